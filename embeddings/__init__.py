@@ -1,0 +1,1 @@
+"""Model loading, text extraction, chunking and the ingestion worker of HQ Knowledge."""

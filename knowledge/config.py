@@ -1,0 +1,57 @@
+"""Settings, read from the environment in exactly one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database lives when HQ_DATA_DIR is not set.
+
+    Root gets a system location (a home directory would have to be opened up to the
+    unprivileged user that runs the embedded server); everyone else the user data dir.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/hq-knowledge")
+    import platformdirs
+
+    return platformdirs.user_data_path("hq-knowledge")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-time settings.
+
+    `database_url` None means: use the embedded server in `data_dir`.
+    """
+
+    database_url: str | None = None
+    data_dir: Path = Path(".hq-data")
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        url = env.get("HQ_DATABASE_URL", "").strip() or None
+        data_dir = env.get("HQ_DATA_DIR", "").strip()
+        port = env.get("HQ_PORT", "").strip()
+        return cls(
+            database_url=url,
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            host=env.get("HQ_HOST", "").strip() or "127.0.0.1",
+            port=_port(port) if port else 8765,
+        )
+
+
+def _port(value: str) -> int:
+    from .errors import InvalidInput
+
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise InvalidInput(f"HQ_PORT must be a port number from 1 to 65535, got {value!r}")
+    return int(value)

@@ -1,0 +1,80 @@
+"""Connections: the database URL (embedded or external), and driver errors turned into ours."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from .config import Settings
+from .errors import DatabaseUnavailable
+
+__all__ = ["connect", "database", "describe_url", "translate_connect_error"]
+
+
+def describe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def translate_connect_error(url: str, e: psycopg.OperationalError) -> DatabaseUnavailable:
+    """A one-line error naming the problem and the fix, for a failed connection to `url`."""
+    text = str(e).strip()
+    where = describe_url(url)
+    if "password authentication failed" in text or "no password supplied" in text:
+        return DatabaseUnavailable(
+            f"password authentication failed for {where}: "
+            "check the user and password in HQ_DATABASE_URL"
+        )
+    if "does not exist" in text and "database" in text:
+        return DatabaseUnavailable(
+            f"{text.splitlines()[-1].removeprefix('FATAL:  ')} ({where}): "
+            "create it or fix the database name in HQ_DATABASE_URL"
+        )
+    if "invalid dsn" in text or "missing \"=\"" in text or "invalid URI" in text:
+        return DatabaseUnavailable(
+            f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({where}): "
+            "expected postgresql://user:password@host:5432/dbname"
+        )
+    reason = text.splitlines()[-1] if text else type(e).__name__
+    for hint in ("Connection refused", "No such file or directory", "timeout expired",
+                 "could not translate host name", "Network is unreachable", "No route to host"):
+        if hint in text:
+            reason = hint.lower()
+            break
+    return DatabaseUnavailable(
+        f"cannot connect to PostgreSQL at {where} ({reason}): "
+        "check that the server is running and that HQ_DATABASE_URL is right"
+    )
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection, raising DatabaseUnavailable with a readable reason on failure."""
+    kwargs.setdefault("connect_timeout", 10)
+    kwargs.setdefault("application_name", "hq-knowledge")
+    try:
+        return psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as e:
+        raise translate_connect_error(url, e) from e
+    except psycopg.ProgrammingError as e:  # a malformed conninfo string
+        raise DatabaseUnavailable(
+            f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({describe_url(url)}): {e}"
+        ) from e
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield the URL of the database to use: HQ_DATABASE_URL, or the embedded server.
+
+    The embedded server is started (or joined) on entry and released on exit.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from .embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(settings.data_dir) as server:
+        yield server.url

@@ -1,0 +1,254 @@
+"""The embedded PostgreSQL server used when no HQ_DATABASE_URL is given.
+
+The server binaries (PostgreSQL with pgvector, and pg_textsearch where the wheel has it)
+come from the `pgserver` wheel. This module owns the server's life cycle: one postmaster
+per data directory, shared by every process of this package that opens it, stopped by
+the last one to close it. A process that was killed never closes; its entry in the
+register is pruned the next time anyone looks, so an orphaned postmaster is reused by
+the next process and stopped when that one is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from .errors import DatabaseUnavailable
+
+__all__ = ["EmbeddedPostgres", "postmaster_pid"]
+
+DATABASE = "hq"
+SUPERUSER = "postgres"
+_SYSTEM_USER = "pgserver"  # the unprivileged account the server runs as when we are root
+_SERVER_OPTIONS = (
+    "-c listen_addresses=''",
+    # HNSW index builds want a lot of maintenance memory; 1 GB of 24 is affordable.
+    "-c maintenance_work_mem=1GB",
+    "-c shared_buffers=256MB",
+)
+_PRELOAD = ("pg_textsearch",)  # extensions that only load from shared_preload_libraries
+_MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes on Linux; keep a margin
+
+
+def _pgserver() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR at import
+        import pgserver
+    return pgserver
+
+
+def _bin_path() -> Path:
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the postmaster running on `pgdata`, or None when none runs."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        # The pid may have been reused by an unrelated process after a crash.
+        if "postgres" not in proc.name() and "postmaster" not in proc.name():
+            return None
+    except psutil.Error:
+        return None
+    return pid
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server kept in `data_dir`, surviving restarts of the service.
+
+    Use as a context manager, or call `start()` and, when done, `stop()`: a process that
+    starts must stop, or the server keeps running until some other process of this
+    package releases it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self.pgdata = self.data_dir / "pg"
+        self._register = self.data_dir / "users.json"
+        self._started = False
+        self._user: str | None = None
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def socket_dir(self) -> Path:
+        if len(str(self.pgdata / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"hq-knowledge-{digest}"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}@/{DATABASE}?host={self.socket_dir}"
+
+    def start(self) -> str:
+        """Start the server, or join the one already running on this data directory.
+
+        Returns the connection URL. Raises DatabaseUnavailable with the server log's
+        last lines when the server cannot start.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            users = self._live_users()
+            if postmaster_pid(self.pgdata) is None:
+                self._init_cluster()
+                self._start_postmaster()
+            self._save_users(users | {os.getpid()})
+            self._started = True
+        self._ensure_database()
+        return self.url
+
+    def stop(self) -> None:
+        """Release this process's use of the server; the last live user stops it."""
+        if not self._started:
+            return
+        with self._locked():
+            users = self._live_users() - {os.getpid()}
+            self._save_users(users)
+            self._started = False
+            if not users and postmaster_pid(self.pgdata) is not None:
+                self._pg_ctl(["-w", "-m", "fast", "stop"])
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the server ---------------------------------------------------------------------
+
+    def _system_user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        if self._user is None:
+            from pgserver.utils import ensure_user_exists
+
+            ensure_user_exists(_SYSTEM_USER)
+            self._user = _SYSTEM_USER
+        return self._user
+
+    def _init_cluster(self) -> None:
+        pgserver = _pgserver()
+        user = self._system_user()
+        self.pgdata.mkdir(exist_ok=True)
+        if user is not None:
+            import shutil
+
+            from pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)
+            ensure_prefix_permissions(_bin_path())
+            shutil.chown(self.pgdata, user, user)
+            os.chmod(self.pgdata, 0o700)
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        try:
+            pgserver.initdb(
+                ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "-U", SUPERUSER],
+                pgdata=self.pgdata,
+                user=user,
+            )
+        except Exception as e:  # CalledProcessError carries nothing readable; say where to look
+            raise DatabaseUnavailable(
+                f"could not create the embedded database in {self.pgdata}: {e}"
+            ) from e
+
+    def _start_postmaster(self) -> None:
+        socket_dir = self.socket_dir
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        if self._system_user() is not None:
+            os.chmod(socket_dir, 0o777 if socket_dir != self.pgdata else 0o700)
+            if socket_dir == self.pgdata:
+                import shutil
+
+                shutil.chown(self.pgdata, self._system_user(), self._system_user())
+        options = [*_SERVER_OPTIONS, f"-c unix_socket_directories='{socket_dir}'"]
+        preload = [name for name in _PRELOAD if self._has_library(name)]
+        if preload:
+            options.append(f"-c shared_preload_libraries={','.join(preload)}")
+        log = self.pgdata / "log"
+        try:
+            self._pg_ctl(["-w", "-t", "60", "-l", str(log), "-o", " ".join(options), "start"])
+        except Exception as e:
+            tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL in {self.pgdata} did not start: "
+                + (" / ".join(tail) or str(e))
+            ) from e
+        deadline = time.monotonic() + 30
+        while postmaster_pid(self.pgdata) is None:
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(f"the embedded PostgreSQL in {self.pgdata} did not start")
+            time.sleep(0.05)
+
+    def _has_library(self, name: str) -> bool:
+        lib_dir = _bin_path().parent / "lib"
+        return any(lib_dir.rglob(f"{name}.so"))
+
+    def _pg_ctl(self, args: list[str]) -> None:
+        _pgserver().pg_ctl(args, pgdata=self.pgdata, user=self._system_user())
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        admin = f"postgresql://{SUPERUSER}@/postgres?host={self.socket_dir}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            if exists.fetchone() is None:
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                    conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+    # -- the register of processes using the server -----------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.data_dir / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _live_users(self) -> set[int]:
+        try:
+            pids = set(json.loads(self._register.read_text()))
+        except (FileNotFoundError, ValueError):
+            return set()
+        return {pid for pid in pids if psutil.pid_exists(pid) and _alive(pid)}
+
+    def _save_users(self, users: set[int]) -> None:
+        tmp = self._register.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(users)))
+        tmp.replace(self._register)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,46 @@
+"""The package's error hierarchy; `status` is the HTTP status the API answers with."""
+
+from __future__ import annotations
+
+__all__ = [
+    "KnowledgeError",
+    "NotFound",
+    "Conflict",
+    "InvalidInput",
+    "DatabaseUnavailable",
+    "MigrationError",
+]
+
+
+class KnowledgeError(Exception):
+    """Base of every error this package raises on purpose; the message is shown to the user."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(KnowledgeError):
+    status = 404
+
+
+class Conflict(KnowledgeError):
+    status = 409
+
+
+class InvalidInput(KnowledgeError):
+    status = 422
+
+
+class DatabaseUnavailable(KnowledgeError):
+    """The database cannot be reached or used: wrong URL, password, missing extension."""
+
+    status = 503
+
+
+class MigrationError(KnowledgeError):
+    """A migration failed, or a migration file changed after it was applied."""
+
+    status = 500

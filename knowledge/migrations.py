@@ -1,0 +1,244 @@
+"""The migration runner: applies db/migrations/*.sql in filename order, once each.
+
+Each file runs in its own transaction, and a ledger table records its name and checksum.
+A file that changed after it was applied is reported, never silently re-run: released
+migrations are immutable, and a change belongs in a new file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .errors import DatabaseUnavailable, MigrationError
+
+__all__ = [
+    "Migration",
+    "MigrateResult",
+    "load_migrations",
+    "migrate",
+    "bundle",
+    "applied_migrations",
+    "preflight",
+    "LEDGER",
+]
+
+LEDGER = "hq_schema_migrations"
+_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_LOCK_KEY = 7_417_226_301  # pg_advisory_lock key: one migrator at a time per database
+MIN_SERVER_VERSION = 150000
+MIN_VECTOR_VERSION = (0, 7)
+
+_LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
+  name       text PRIMARY KEY,
+  checksum   text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE {LEDGER} IS 'Migrations applied to this database: file name and sha256 of its text.';
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass
+class MigrateResult:
+    applied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notices: dict[str, list[str]] = field(default_factory=dict)
+
+
+def migrations_dir() -> Path:
+    """The directory holding the SQL files: in the wheel, or in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent / "db" / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError(f"no migrations directory found next to {here}")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    """Every migration file, in order. Raises MigrationError on a misnamed or missing number."""
+    directory = directory or migrations_dir()
+    files = sorted(p for p in directory.iterdir() if p.suffix == ".sql")
+    migrations = []
+    for expected, path in enumerate(files, start=1):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise MigrationError(
+                f"{path.name}: migration files are named NNN_lowercase_name.sql"
+            )
+        if int(match.group(1)) != expected:
+            raise MigrationError(
+                f"{path.name}: expected migration number {expected:03d} here (numbers run 001, 002, ... without gaps)"
+            )
+        migrations.append(Migration(path.name, path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationError(f"no migration files in {directory}")
+    return migrations
+
+
+def preflight(conn: psycopg.Connection[Any]) -> None:
+    """Check the server can hold the schema: PostgreSQL >= 15 and pgvector >= 0.7 available."""
+    version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+    if version < MIN_SERVER_VERSION:
+        raise DatabaseUnavailable(
+            f"PostgreSQL {version // 10000} is too old: HQ needs PostgreSQL 15 or newer"
+        )
+    row = conn.execute(
+        "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
+    ).fetchone()
+    if row is None:
+        raise DatabaseUnavailable(
+            f"the pgvector extension is not installed on this PostgreSQL {version // 10000} server: "
+            f"install it (Debian/Ubuntu: apt install postgresql-{version // 10000}-pgvector; "
+            "Supabase: enable 'vector' under Database > Extensions), then run the migrations again"
+        )
+    available = tuple(int(p) for p in re.findall(r"\d+", row[1] or row[0])[:2])
+    if available < MIN_VECTOR_VERSION:
+        raise DatabaseUnavailable(
+            f"pgvector {row[1] or row[0]} is too old: HQ needs pgvector 0.7 or newer "
+            "(ALTER EXTENSION vector UPDATE after upgrading the package)"
+        )
+
+
+def applied_migrations(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, datetime]]:
+    """name -> (checksum, applied_at) from the ledger; empty when there is no ledger yet."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [LEDGER]).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    rows = conn.execute(f"SELECT name, checksum, applied_at FROM {LEDGER}").fetchall()
+    return {name: (checksum, at) for name, checksum, at in rows}
+
+
+def check_unchanged(migrations: list[Migration], applied: dict[str, tuple[str, datetime]]) -> None:
+    """Raise MigrationError naming every applied file whose text has changed since."""
+    changed = [
+        (m, applied[m.name])
+        for m in migrations
+        if m.name in applied and applied[m.name][0] != m.checksum
+    ]
+    if changed:
+        names = ", ".join(
+            f"{m.name} (applied {at:%Y-%m-%d %H:%M}, checksum {old[:12]} now {m.checksum[:12]})"
+            for m, (old, at) in changed
+        )
+        raise MigrationError(
+            f"migration file changed after it was applied: {names}. "
+            "Applied migrations are immutable: restore the file and put the change in a new migration"
+        )
+
+
+def migrate(
+    conn: psycopg.Connection[Any],
+    migrations: list[Migration] | None = None,
+    *,
+    reapply: bool = False,
+    on_file: Callable[[str, str], None] | None = None,
+) -> MigrateResult:
+    """Apply every pending migration, each file in its own transaction.
+
+    With `reapply`, files already applied run again (they are idempotent): a repair for a
+    schema changed by hand. `conn` must be in autocommit mode. `on_file(name, state)` is
+    called with state "applied" or "skipped" as the run goes. Raises MigrationError when a
+    file fails (that file is rolled back; earlier ones stay applied) or when an applied
+    file has changed (then nothing is applied).
+    """
+    if not conn.autocommit:
+        raise ValueError("migrate() needs a connection in autocommit mode")
+    migrations = load_migrations() if migrations is None else migrations
+    result = MigrateResult()
+    notices: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized in ("NOTICE", "WARNING") and diag.message_primary:
+            notices.append(diag.message_primary)
+
+    conn.add_notice_handler(collect)
+    conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+    try:
+        preflight(conn)
+        conn.execute("SET client_min_messages = notice")
+        with conn.transaction():
+            # Quiet: "relation already exists, skipping" is not news worth reporting.
+            conn.execute("SET LOCAL client_min_messages = warning")
+            conn.execute(_LEDGER_DDL)
+        applied = applied_migrations(conn)
+        check_unchanged(migrations, applied)
+        for m in migrations:
+            if m.name in applied and not reapply:
+                result.skipped.append(m.name)
+                if on_file:
+                    on_file(m.name, "skipped")
+                continue
+            notices.clear()
+            try:
+                with conn.transaction():
+                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted file text
+                    conn.execute(
+                        f"INSERT INTO {LEDGER} (name, checksum) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum",
+                        [m.name, m.checksum],
+                    )
+            except psycopg.Error as e:
+                raise MigrationError(
+                    f"{m.name} failed and was rolled back: {_first_line(e)}"
+                ) from e
+            result.applied.append(m.name)
+            if notices:
+                result.notices[m.name] = [n for n in notices if "skipping" not in n]
+            if on_file:
+                on_file(m.name, "applied")
+    finally:
+        conn.remove_notice_handler(collect)
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+    return result
+
+
+def bundle(migrations: list[Migration] | None = None) -> str:
+    """Every migration as one SQL script to paste into an SQL editor and run in one go.
+
+    It also creates the ledger and records each file, so that `db migrate` and `db check`
+    later see a database set up from the bundle as fully migrated.
+    """
+    migrations = load_migrations() if migrations is None else migrations
+    parts = [
+        "-- HQ Knowledge schema: every migration in filename order, in one transaction.",
+        "-- Safe to run again: each file is idempotent.",
+        "BEGIN;",
+        "",
+        _LEDGER_DDL,
+    ]
+    for m in migrations:
+        parts += [f"-- ==== {m.name} ====", m.sql.rstrip(), ""]
+        parts.append(
+            f"INSERT INTO {LEDGER} (name, checksum) VALUES ('{m.name}', '{m.checksum}') "
+            "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum;"
+        )
+        parts.append("")
+    parts.append("COMMIT;")
+    return "\n".join(parts) + "\n"
+
+
+def _first_line(e: psycopg.Error) -> str:
+    diag = e.diag
+    text = diag.message_primary or str(e).strip().splitlines()[0]
+    if diag.context:
+        where = diag.context.strip().splitlines()[-1]
+        return f"{text} ({where})"
+    return text
