@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 LEDGER = "hq_schema_migrations"
+# Notices that are not news: "already exists, skipping" on a re-run, BM25 build progress.
+_QUIET_NOTICE = re.compile(r"already exists, skipping|^BM25 index build|^Using (text search|index options)")
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 7_417_226_301  # pg_advisory_lock key: one migrator at a time per database
 MIN_SERVER_VERSION = 150000
@@ -199,8 +201,8 @@ def migrate(
                     f"{m.name} failed and was rolled back: {_first_line(e)}"
                 ) from e
             result.applied.append(m.name)
-            if notices:
-                result.notices[m.name] = [n for n in notices if "skipping" not in n]
+            if any(not _QUIET_NOTICE.search(n) for n in notices):
+                result.notices[m.name] = [n for n in notices if not _QUIET_NOTICE.search(n)]
             if on_file:
                 on_file(m.name, "applied")
     finally:

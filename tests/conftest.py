@@ -32,8 +32,9 @@ def with_dbname(url: str, dbname: str) -> str:
 class Server:
     """The test server: make and drop databases on it."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, embedded: EmbeddedPostgres | None = None) -> None:
         self.admin_url = admin_url
+        self.embedded = embedded  # None when HQ_TEST_DATABASE_URL names another server
 
     def admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.admin_url, autocommit=True)
@@ -62,7 +63,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded")))
     server.start()
     try:
-        yield Server(with_dbname(server.url, "postgres"))
+        yield Server(with_dbname(server.url, "postgres"), server)
     finally:
         server.stop()
 

@@ -177,3 +177,6 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN agent_budgets b ON b.agent_id = a.id
    WHERE a.id = p_agent_id AND w.id = 1
 $$;
+
+CREATE OR REPLACE TRIGGER agent_budgets_updated_at BEFORE UPDATE ON agent_budgets
+  FOR EACH ROW EXECUTE FUNCTION set_updated_at();

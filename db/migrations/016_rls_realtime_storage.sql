@@ -39,6 +39,14 @@ BEGIN
   END LOOP;
   EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO authenticated, service_role', current_schema());
   EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO authenticated, service_role', current_schema());
+  -- Objects created after this file (017 and later migrations) get the same grants, so a
+  -- first run and a re-run end with identical privileges.
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES '
+                 'TO authenticated, service_role', current_schema());
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE ON SEQUENCES TO authenticated, service_role',
+                 current_schema());
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT EXECUTE ON FUNCTIONS TO authenticated, service_role',
+                 current_schema());
 END $$;
 
 DO $$

@@ -1,0 +1,40 @@
+"""The HTTP API: `create_app(database_url)` builds the FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+
+from .. import __version__
+from ..errors import KnowledgeError
+from .routes import health
+
+__all__ = ["create_app"]
+
+
+def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
+    """The application. Its connection pool is opened when the app starts and closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=False,
+                              kwargs={"autocommit": True, "application_name": "hq-knowledge-api"})
+        pool.open(wait=True, timeout=30)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(KnowledgeError)
+    async def knowledge_error(request: Request, exc: KnowledgeError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,128 @@
+"""The `hq-knowledge` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Settings
+from .errors import KnowledgeError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hq-knowledge",
+        description="HQ Knowledge: documents, assets, hybrid search and boot bundles for AI agents. "
+        "Uses HQ_DATABASE_URL when set, else an embedded PostgreSQL in HQ_DATA_DIR.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="apply migrations and run the API")
+    serve.add_argument("--host", help="address to listen on (default HQ_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default HQ_PORT or 8765)")
+
+    db = commands.add_parser("db", help="schema commands").add_subparsers(
+        dest="db_command", required=True, metavar="DB_COMMAND")
+    migrate = db.add_parser("migrate", help="apply pending migrations in filename order")
+    migrate.add_argument("--reapply", action="store_true",
+                         help="run every migration again (they are idempotent): repairs a schema changed by hand")
+    bundle = db.add_parser("bundle", help="print every migration as one SQL script to paste into an SQL editor")
+    bundle.add_argument("-o", "--output", help="write to this file instead of standard output")
+    check = db.add_parser("check", help="report what the schema has and lacks; exit 0 only when complete")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    db.add_parser("url", help="print the database URL (starts the embedded server if needed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "db" and args.db_command == "bundle":
+            return _bundle(args)
+        settings = Settings.from_env()
+        if args.command == "serve":
+            from .server import serve
+
+            return serve(settings, host=args.host, port=args.port)
+        return _db(args, settings)
+    except KnowledgeError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from .migrations import bundle
+
+    text = bundle()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output} ({len(text.splitlines())} lines)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from .db import connect, database, describe_url
+
+    with database(settings) as url:
+        if args.db_command == "url":
+            print(url)
+            return 0
+        with connect(url, autocommit=True) as conn:
+            if args.db_command == "migrate":
+                return _migrate(conn, describe_url(url), reapply=args.reapply)
+            return _check(conn, describe_url(url), as_json=args.json)
+    raise AssertionError(args.db_command)
+
+
+def _migrate(conn: Any, where: str, *, reapply: bool) -> int:
+    from .migrations import migrate
+
+    print(f"migrating {where}")
+    result = migrate(conn, reapply=reapply, on_file=lambda name, state: (
+        print(f"  {name:<34} {state}") if state == "applied" else None))
+    for name, notices in result.notices.items():
+        for notice in notices:
+            print(f"  note ({name}): {notice}")
+    if result.applied:
+        print(f"applied {len(result.applied)} migration(s); {len(result.skipped)} already applied")
+    else:
+        print(f"schema up to date ({len(result.skipped)} migrations applied)")
+    return 0
+
+
+def _check(conn: Any, where: str, *, as_json: bool) -> int:
+    from .schema_check import check_database
+
+    report = check_database(conn)
+    if as_json:
+        print(json.dumps({"database": where, **report.as_dict()}, indent=2))
+        return 0 if report.complete else 1
+    print(f"HQ database check: {where}")
+    for item in report.items:
+        mark = {True: "ok", False: "MISSING", None: "info"}[item.ok]
+        print(f"  {item.name:<20} {mark:<8} {item.detail}")
+    if report.complete:
+        print("complete: the schema is ready")
+        return 0
+    print(f"incomplete: {len(report.missing)} missing")
+    for m in report.missing:
+        print(f"  - {m}")
+    print("run `hq-knowledge db migrate` to apply what is missing")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
