@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 from .config import Settings
 from .db import connect, database, describe_url
@@ -20,6 +22,10 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     from .api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
+    # handler found at start: make that handler an exit that unwinds through `database()`,
+    # so the embedded server is released instead of orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as url:
         with connect(url, autocommit=True) as conn:
             result = migrate(conn)
@@ -29,3 +35,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
                                 port=port or settings.port, log_level="info")
         uvicorn.Server(config).run()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

@@ -202,6 +202,11 @@ DECLARE
   v_target uuid;
   v_title text;
   v_n integer := 0;
+  -- A contact's title column is its job title: name a contact by its name (or email).
+  v_label text := CASE WHEN p_entity_type = 'contact'
+                       THEN coalesce(nullif(concat_ws(' ', p_row->>'first_name', p_row->>'last_name'), ''),
+                                     p_row->>'email', '')
+                       ELSE coalesce(p_row->>'title', p_row->>'name', p_row->>'subject', '') END;
 BEGIN
   FOR r IN SELECT * FROM automation_rules
             WHERE enabled AND event = p_event AND p_row @> conditions
@@ -212,8 +217,7 @@ BEGIN
     CONTINUE WHEN v_target IS NULL;
     v_title := replace(replace(replace(r.title_template,
                  '{event}', p_event),
-                 '{title}', coalesce(p_row->>'title', p_row->>'name', p_row->>'subject',
-                                     concat_ws(' ', p_row->>'first_name', p_row->>'last_name'), '')),
+                 '{title}', v_label),
                  '{id}', p_row->>'id');
     IF enqueue_inbox_item(v_target, r.item_kind, v_title,
                           jsonb_build_object('event', p_event, 'entity_type', p_entity_type,

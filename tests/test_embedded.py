@@ -1,0 +1,86 @@
+"""The embedded server's life cycle across processes: persistence, sharing, orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from knowledge.embedded import EmbeddedPostgres
+    server = EmbeddedPostgres(Path(sys.argv[1]))
+    print(server.start(), flush=True)
+    sys.stdin.readline()
+    server.stop()
+""")
+
+
+def _holder(data_dir: Path) -> subprocess.Popen[str]:
+    """A process that starts (or joins) the server and holds it until its stdin gets a line."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(data_dir)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("postgresql://")
+    return proc
+
+
+def _postmasters(pgdata: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and cmd[0].endswith("/postgres") and str(pgdata) in cmd:
+            found.append(proc)
+    return found
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path) as server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (note text)")
+            conn.execute("INSERT INTO kept VALUES ('still here')")
+    assert postmaster_pid(tmp_path / "pg") is None
+    with EmbeddedPostgres(tmp_path) as server:
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
+
+
+def test_last_user_stops_the_server(tmp_path: Path) -> None:
+    holder = _holder(tmp_path)
+    pid = postmaster_pid(tmp_path / "pg")
+    assert pid is not None
+    mine = EmbeddedPostgres(tmp_path)
+    mine.start()
+    assert postmaster_pid(tmp_path / "pg") == pid  # joined, not a second server
+    mine.stop()
+    assert postmaster_pid(tmp_path / "pg") == pid  # the holder still uses it
+    holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert postmaster_pid(tmp_path / "pg") is None
+
+
+def test_orphaned_postmaster_is_reused_then_stopped(tmp_path: Path) -> None:
+    holder = _holder(tmp_path)
+    orphan = postmaster_pid(tmp_path / "pg")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=10)
+    assert postmaster_pid(tmp_path / "pg") == orphan  # the postmaster outlived its owner
+
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    assert postmaster_pid(tmp_path / "pg") == orphan
+    assert [p.pid for p in _postmasters(tmp_path / "pg")] == [orphan]
+    with psycopg.connect(server.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    server.stop()
+    assert postmaster_pid(tmp_path / "pg") is None
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
