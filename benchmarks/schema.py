@@ -53,8 +53,8 @@ def main() -> None:
                 record("db check", timed(lambda: check_database(conn, migrations)))
                 conn.execute("CREATE DATABASE bundled")
             with psycopg.connect(server.url.replace("/hq?", "/bundled?"), autocommit=True) as conn:
-                text = bundle(migrations)
-                record("db bundle applied in one transaction", timed(lambda: conn.execute(text)))  # type: ignore[call-overload]
+                script = bundle(migrations).encode()
+                record("db bundle applied in one transaction", timed(lambda: conn.execute(script)))
             record("embedded stop", timed(server.stop))
 
     print(f"machine: {platform.machine()}, {platform.system()} {platform.release()}, "

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -128,7 +128,7 @@ class EmbeddedPostgres:
             if not users and postmaster_pid(self.pgdata) is not None:
                 self._pg_ctl(["-w", "-m", "fast", "stop"])
 
-    def __enter__(self) -> EmbeddedPostgres:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -181,12 +181,8 @@ class EmbeddedPostgres:
     def _start_postmaster(self) -> None:
         socket_dir = self.socket_dir
         socket_dir.mkdir(parents=True, exist_ok=True)
-        if self._system_user() is not None:
-            os.chmod(socket_dir, 0o777 if socket_dir != self.pgdata else 0o700)
-            if socket_dir == self.pgdata:
-                import shutil
-
-                shutil.chown(self.pgdata, self._system_user(), self._system_user())
+        if self._system_user() is not None and socket_dir != self.pgdata:
+            os.chmod(socket_dir, 0o777)  # the server's user must create its socket there
         options = [*_SERVER_OPTIONS, f"-c unix_socket_directories='{socket_dir}'"]
         preload = [name for name in _PRELOAD if self._has_library(name)]
         if preload:
@@ -249,6 +245,6 @@ class EmbeddedPostgres:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False

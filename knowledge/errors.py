@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
-    "KnowledgeError",
-    "NotFound",
     "Conflict",
-    "InvalidInput",
     "DatabaseUnavailable",
+    "InvalidInput",
+    "KnowledgeError",
     "MigrationError",
+    "NotFound",
 ]
 
 

@@ -20,14 +20,14 @@ import psycopg
 from .errors import DatabaseUnavailable, MigrationError
 
 __all__ = [
-    "Migration",
+    "LEDGER",
     "MigrateResult",
+    "Migration",
+    "applied_migrations",
+    "bundle",
     "load_migrations",
     "migrate",
-    "bundle",
-    "applied_migrations",
     "preflight",
-    "LEDGER",
 ]
 
 LEDGER = "hq_schema_migrations"
@@ -190,7 +190,7 @@ def migrate(
             notices.clear()
             try:
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted file text
+                    conn.execute(m.sql.encode())  # trusted file text, run as is
                     conn.execute(
                         f"INSERT INTO {LEDGER} (name, checksum) VALUES (%s, %s) "
                         "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum",

@@ -91,7 +91,7 @@ def keyword_path(conn: psycopg.Connection[Any]) -> str:
 
 
 def _names(conn: psycopg.Connection[Any], sql: str) -> set[Any]:
-    return {row[0] if len(row) == 1 else tuple(row) for row in conn.execute(sql)}  # type: ignore[arg-type]
+    return {row[0] if len(row) == 1 else tuple(row) for row in conn.execute(sql.encode())}
 
 
 def check_database(

@@ -28,7 +28,7 @@ def hq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> s
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "knowledge", *args], env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -139,7 +139,7 @@ def server_without_pgvector(tmp_path: Path) -> Iterator[str]:
         yield f"postgresql://postgres@/postgres?host={data}"
     finally:
         subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, user=user)
+                       capture_output=True, user=user, check=False)
 
 
 def test_server_without_pgvector(server_without_pgvector: str, tmp_path: Path) -> None:

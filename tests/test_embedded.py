@@ -49,9 +49,8 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
             conn.execute("CREATE TABLE kept (note text)")
             conn.execute("INSERT INTO kept VALUES ('still here')")
     assert postmaster_pid(tmp_path / "pg") is None
-    with EmbeddedPostgres(tmp_path) as server:
-        with psycopg.connect(server.url) as conn:
-            assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
+    with EmbeddedPostgres(tmp_path) as server, psycopg.connect(server.url) as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
 
 
 def test_last_user_stops_the_server(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,7 @@ NOT_LEASED = psycopg.errors.ObjectNotInPrerequisiteState  # SQLSTATE 55000
 
 
 def one(conn: Conn, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> dict[str, Any]:
-    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql, params).fetchone()
     assert row is not None, sql
     return row
 
@@ -136,6 +137,12 @@ def enqueue(conn: Conn, agent_id: UUID, title: str = "work", **kw: Any) -> UUID 
     return scalar(conn, f"SELECT enqueue_inbox_item({named}) AS id", args)  # type: ignore[no-any-return]
 
 
+def new_item(conn: Conn, agent_id: UUID, title: str = "work", **kw: Any) -> UUID:
+    item_id = enqueue(conn, agent_id, title, **kw)
+    assert item_id is not None, "enqueue_inbox_item returned NULL"
+    return item_id
+
+
 def item(conn: Conn, item_id: UUID) -> dict[str, Any]:
     return one(conn, "SELECT * FROM agent_inbox_items WHERE id = %s", (item_id,))
 
@@ -180,25 +187,17 @@ def lease_concurrently(connect: Connect, workers: int, lease: LeaseBatch) -> lis
     until it gets nothing; return the ids every worker received."""
     conns = [connect() for _ in range(workers)]
     barrier = threading.Barrier(workers)
-    leased: list[list[UUID]] = [[] for _ in range(workers)]
-    errors: list[BaseException] = []
 
-    def run(n: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            while batch := lease(conns[n], n):
-                leased[n].extend(batch)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
+    def run(n: int) -> list[UUID]:
+        leased: list[UUID] = []
+        barrier.wait(timeout=10)
+        while batch := lease(conns[n], n):
+            leased.extend(batch)
+        return leased
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a leasing thread hung"
-    assert not errors, errors
-    return leased
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run, n) for n in range(workers)]
+        return [f.result(timeout=60) for f in futures]
 
 
 def assert_leased_once(leased: list[list[UUID]], expected: set[UUID]) -> None:
@@ -359,12 +358,12 @@ def test_start_command_after_the_lease_expired_raises(conn: Conn) -> None:
 
 def test_fail_command_backs_off_exponentially_then_fails_with_one_notification(conn: Conn) -> None:
     """fail_command with retry returns the command to pending after delay * 2^(attempt-1)
-    (10 s, then 20 s), not leasable before then; the failure of the last attempt ends it
+    (10 s, 20 s, 40 s), not leasable before then; the failure of the last attempt ends it
     failed with exactly one command.failed notification, none for the retried ones."""
     gw = add_gateway(conn)
-    cmd = add_command(conn, gateway_id=gw, max_attempts=3)
+    cmd = add_command(conn, gateway_id=gw, max_attempts=4)
     delays = []
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         [leased] = lease_commands(conn, gw)
         assert leased["attempts"] == attempt
         row = one(conn, "SELECT * FROM fail_command(%s, %s, %s, true, 10)", (cmd, gw, f"boom {attempt}"))
@@ -374,15 +373,15 @@ def test_fail_command_backs_off_exponentially_then_fails_with_one_notification(c
         assert lease_commands(conn, gw) == []
         make_available(conn, "agent_commands", cmd)
 
-    assert delays == [timedelta(seconds=10), timedelta(seconds=20)]
+    assert delays == [timedelta(seconds=10), timedelta(seconds=20), timedelta(seconds=40)]
     assert failed_notifications(conn, cmd) == []
 
     lease_commands(conn, gw)
-    row = one(conn, "SELECT * FROM fail_command(%s, %s, 'boom 3', true, 10)", (cmd, gw))
-    assert row["status"] == "failed" and row["attempts"] == 3 and row["error"] == "boom 3"
+    row = one(conn, "SELECT * FROM fail_command(%s, %s, 'boom 4', true, 10)", (cmd, gw))
+    assert row["status"] == "failed" and row["attempts"] == 4 and row["error"] == "boom 4"
     assert row["completed_at"] is not None
     [note] = failed_notifications(conn, cmd)
-    assert note["body"] == "boom 3"
+    assert note["body"] == "boom 4"
     make_available(conn, "agent_commands", cmd)
     assert lease_commands(conn, gw) == []
     assert command(conn, cmd)["status"] == "failed"
@@ -457,11 +456,10 @@ def test_enqueue_dedup_key_is_per_agent(conn: Conn) -> None:
 def test_enqueue_stores_what_it_was_given(conn: Conn) -> None:
     """enqueue_inbox_item returns the id of a pending item holding the given fields."""
     agent = add_agent(conn, "worker")
-    item_id = enqueue(
+    item_id = new_item(
         conn, agent, "Read this", p_payload={"doc": 1}, p_priority=7, p_max_attempts=5,
         p_source_type="document",
     )
-    assert item_id is not None
     row = item(conn, item_id)
     assert (row["agent_id"], row["kind"], row["title"], row["payload"]) == (
         agent, "test.work", "Read this", {"doc": 1})
@@ -507,10 +505,10 @@ def test_lease_inbox_item_takes_the_highest_priority_first(conn: Conn) -> None:
     """Items are leased by priority (highest first), then by availability (oldest first),
     and only the agent's own items."""
     agent, other = add_agent(conn, "a"), add_agent(conn, "b")
-    low = enqueue(conn, agent, "low", p_priority=0)
-    high = enqueue(conn, agent, "high", p_priority=5)
-    mid_late = enqueue(conn, agent, "mid late", p_priority=1)
-    mid_early = enqueue(conn, agent, "mid early", p_priority=1)
+    low = new_item(conn, agent, "low", p_priority=0)
+    high = new_item(conn, agent, "high", p_priority=5)
+    mid_late = new_item(conn, agent, "mid late", p_priority=1)
+    mid_early = new_item(conn, agent, "mid early", p_priority=1)
     conn.execute(
         "UPDATE agent_inbox_items SET available_at = now() - interval '1 minute' WHERE id = %s",
         (mid_early,),
@@ -526,13 +524,13 @@ def test_lease_inbox_item_takes_the_highest_priority_first(conn: Conn) -> None:
 def test_lease_inbox_item_skips_items_not_yet_available(conn: Conn) -> None:
     """An item whose available_at lies in the future is not leased until that time comes."""
     agent = add_agent(conn, "a")
-    later = enqueue(conn, agent)
+    later = new_item(conn, agent)
     conn.execute(
         "UPDATE agent_inbox_items SET available_at = now() + interval '1 hour' WHERE id = %s",
         (later,),
     )
     assert lease_items(conn, agent) == []
-    make_available(conn, "agent_inbox_items", later)  # type: ignore[arg-type]
+    make_available(conn, "agent_inbox_items", later)
     assert [r["id"] for r in lease_items(conn, agent)] == [later]
 
 
@@ -546,13 +544,12 @@ def test_lease_inbox_item_requires_an_owner(conn: Conn) -> None:
 
 def test_inbox_retries_count_leases_back_off_and_end_failed(conn: Conn) -> None:
     """attempts counts leases: fail_inbox_item leaves it alone and only the next lease raises
-    it. Each failure backs off delay * 2^(attempt-1) (5 s, then 10 s); the failure of the last
+    it. Each failure backs off delay * 2^(attempt-1) (5 s, 10 s, 20 s); the failure of the last
     attempt ends the item failed, keeping its error, and it is never leased again."""
     agent = add_agent(conn, "a")
-    item_id = enqueue(conn, agent, p_max_attempts=3)
-    assert item_id is not None
+    item_id = new_item(conn, agent, p_max_attempts=4)
     delays = []
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         [leased] = lease_items(conn, agent)
         assert leased["attempts"] == attempt
         row = one(
@@ -564,12 +561,12 @@ def test_inbox_retries_count_leases_back_off_and_end_failed(conn: Conn) -> None:
         assert lease_items(conn, agent) == []
         make_available(conn, "agent_inbox_items", item_id)
 
-    assert delays == [timedelta(seconds=5), timedelta(seconds=10)]
+    assert delays == [timedelta(seconds=5), timedelta(seconds=10), timedelta(seconds=20)]
 
     [leased] = lease_items(conn, agent)
-    assert leased["attempts"] == 3
+    assert leased["attempts"] == 4
     row = one(conn, "SELECT * FROM fail_inbox_item(%s, 'final error', 'worker', 5)", (item_id,))
-    assert row["status"] == "failed" and row["attempts"] == 3
+    assert row["status"] == "failed" and row["attempts"] == 4
     assert row["last_error"] == "final error" and row["failed_at"] is not None
 
     make_available(conn, "agent_inbox_items", item_id)
@@ -581,8 +578,8 @@ def test_complete_inbox_item_checks_the_lease_owner(conn: Conn) -> None:
     """Completing an item leased by another worker raises 55000 and changes nothing; the
     owner completes it with a result; an item not leased cannot be completed or failed."""
     agent = add_agent(conn, "a")
-    item_id = enqueue(conn, agent)
-    pending = enqueue(conn, agent)
+    item_id = new_item(conn, agent)
+    pending = new_item(conn, agent)
     lease_items(conn, agent, owner="w1")
 
     with pytest.raises(NOT_LEASED):
@@ -605,8 +602,7 @@ def test_expired_inbox_lease_is_leased_again_then_fails_on_last_attempt(conn: Co
     """An expired lease makes the item leasable again (by any worker) as a new attempt; when
     the lease of the last attempt expires, the next lease call fails the item instead."""
     agent = add_agent(conn, "a")
-    item_id = enqueue(conn, agent, p_max_attempts=2)
-    assert item_id is not None
+    item_id = new_item(conn, agent, p_max_attempts=2)
     lease_items(conn, agent, owner="w1")
     assert lease_items(conn, agent, owner="w2") == []
 
@@ -628,7 +624,7 @@ def test_inbox_insert_notifies_listeners(conn: Conn, connect: Connect) -> None:
     agent = add_agent(conn, "a")
     listener = connect()
     listener.execute("LISTEN hq_agent_inbox")
-    item_id = enqueue(conn, agent)
+    item_id = new_item(conn, agent)
     [note] = list(listener.notifies(timeout=2, stop_after=1))
     assert json.loads(note.payload) == {"id": str(item_id), "agent_id": str(agent)}
 
@@ -638,7 +634,8 @@ def test_inbox_insert_notifies_listeners(conn: Conn, connect: Connect) -> None:
 
 def test_task_assignment_creates_one_task_assigned_item(conn: Conn) -> None:
     """Assigning a task to an agent puts one task.assigned item in its inbox; saving the task
-    again, or unassigning and reassigning it while that item is open, adds none."""
+    again, or unassigning and reassigning it while that item is open, adds none, and saving it
+    without a new assignee after the item was done adds none either."""
     agent = add_agent(conn, "a")
     add_task(conn, "unassigned")
     task = add_task(conn, "Write the report", assignee=agent)
@@ -652,6 +649,10 @@ def test_task_assignment_creates_one_task_assigned_item(conn: Conn) -> None:
     conn.execute("UPDATE tasks SET assignee_agent_id = NULL WHERE id = %s", (task,))
     conn.execute("UPDATE tasks SET assignee_agent_id = %s WHERE id = %s", (agent, task))
     assert len(inbox(conn, agent)) == 1
+
+    conn.execute("SELECT complete_inbox_item(%s)", (lease_items(conn, agent)[0]["id"],))
+    conn.execute("UPDATE tasks SET status = 'review' WHERE id = %s", (task,))
+    assert [r["status"] for r in inbox(conn, agent)] == ["completed"]
 
 
 def test_task_reassignment_notifies_the_new_assignee(conn: Conn) -> None:

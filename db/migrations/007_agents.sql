@@ -54,6 +54,13 @@ BEGIN
   -- Serialise manager changes: two concurrent changes (a -> b, b -> a) would each pass alone.
   -- The chain below is read after the lock, so it sees the other change once committed.
   PERFORM pg_advisory_xact_lock(hashtext('hq.agents.reports_to'));
+  -- Under REPEATABLE READ or SERIALIZABLE the chain is read from the transaction's snapshot,
+  -- which the lock does not refresh. Share-locking the rows of that chain makes a manager
+  -- change committed since the snapshot fail with a serialization error instead of going
+  -- unseen: the first changed row on the real path to a cycle is always on the stale chain.
+  PERFORM 1 FROM agents a
+   WHERE a.id IN (SELECT c.agent_id FROM agent_reports_chain(NEW.reports_to_id, 1000) c)
+     FOR SHARE OF a;
   IF EXISTS (
     SELECT 1 FROM agent_reports_chain(NEW.reports_to_id, 1000) c WHERE c.agent_id = NEW.id
   ) THEN

@@ -44,7 +44,27 @@ $$;
 
 CREATE OR REPLACE FUNCTION interactions_sync() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+  v_contacts uuid[];
+  v_organizations uuid[];
 BEGIN
+  -- Lock the contacts and organizations to recompute (in id order, so that two movers cannot
+  -- deadlock) before reading the timeline: the recount then runs on a snapshot taken after
+  -- every other transaction touching those rows has committed, and counts their rows too.
+  -- Without the lock, two concurrent inserts for one contact each count only their own row.
+  -- (Under REPEATABLE READ the lock raises a serialization error instead.)
+  IF TG_OP = 'INSERT' THEN
+    v_contacts := ARRAY[NEW.contact_id];
+    v_organizations := ARRAY[NEW.organization_id];
+  ELSIF TG_OP = 'UPDATE' THEN
+    v_contacts := ARRAY[NEW.contact_id, OLD.contact_id];
+    v_organizations := ARRAY[NEW.organization_id, OLD.organization_id];
+  ELSE
+    v_contacts := ARRAY[OLD.contact_id];
+    v_organizations := ARRAY[OLD.organization_id];
+  END IF;
+  PERFORM 1 FROM contacts WHERE id = ANY (v_contacts) ORDER BY id FOR NO KEY UPDATE;
+  PERFORM 1 FROM organizations WHERE id = ANY (v_organizations) ORDER BY id FOR NO KEY UPDATE;
   IF TG_OP IN ('INSERT', 'UPDATE') THEN
     PERFORM sync_contact_interactions(NEW.contact_id);
     IF NEW.organization_id IS NOT NULL THEN

@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS comments (
   edited_at        timestamptz,
   created_at       timestamptz NOT NULL DEFAULT now(),
   updated_at       timestamptz NOT NULL DEFAULT now(),
-  CHECK (author_kind <> 'agent' OR author_agent_id IS NOT NULL)
+  CHECK (author_kind <> 'agent' OR author_agent_id IS NOT NULL),
+  CONSTRAINT comments_mentions_no_nulls CHECK (array_position(mentions, NULL) IS NULL)
 );
 CREATE INDEX IF NOT EXISTS comments_entity_idx ON comments (entity_type, entity_id, created_at);
 CREATE INDEX IF NOT EXISTS comments_mentions_idx ON comments USING gin (mentions);

@@ -47,6 +47,15 @@ BEGIN
     RETURN NEW;
   END IF;
   PERFORM pg_advisory_xact_lock(hashtext('hq.folders.' || TG_TABLE_NAME));
+  -- Under REPEATABLE READ or SERIALIZABLE the ancestors are read from the transaction's
+  -- snapshot, which the lock does not refresh: share-locking them makes a move committed
+  -- since then fail with a serialization error instead of closing a loop unseen.
+  EXECUTE format(
+    'WITH RECURSIVE up AS (SELECT id, parent_id, 1 AS depth FROM %1$I WHERE id = $1
+       UNION ALL SELECT f.id, f.parent_id, up.depth + 1 FROM %1$I f JOIN up ON f.id = up.parent_id
+       WHERE up.depth < 10000)
+     SELECT 1 FROM %1$I f WHERE f.id IN (SELECT id FROM up) FOR SHARE OF f', TG_TABLE_NAME)
+    USING NEW.parent_id;
   EXECUTE format(
     'WITH RECURSIVE up AS (SELECT id, parent_id, 1 AS depth FROM %1$I WHERE id = $1
        UNION ALL SELECT f.id, f.parent_id, up.depth + 1 FROM %1$I f JOIN up ON f.id = up.parent_id

@@ -153,7 +153,7 @@ BEGIN
      SET status = CASE WHEN p_retry AND attempts < max_attempts THEN 'pending' ELSE 'failed' END::queue_status,
          available_at = CASE WHEN p_retry AND attempts < max_attempts
                              THEN now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)
-                                                                * power(2, 0))
+                                                                * power(2, attempts - 1))
                              ELSE available_at END,
          completed_at = CASE WHEN p_retry AND attempts < max_attempts THEN NULL ELSE now() END,
          error = p_error, lease_owner = NULL, lease_expires_at = NULL

@@ -66,27 +66,33 @@ BEGIN
     RETURN b;
   END IF;
   SELECT slug INTO v_slug FROM agents WHERE id = p_agent_id;
-  IF b.warned_at IS NULL AND b.period_cost_usd >= v_limit * v_warn THEN
-    b.warned_at := now();
+  -- The status follows the spend even when the threshold was already notified this month
+  -- (after a raised limit and a recompute, spend can cross the new limit again).
+  IF b.period_cost_usd >= v_limit * v_warn THEN
     b.status := greatest(b.status, 'warned');
-    PERFORM notify_operator('budget.warned',
-      format('Agent %s has used %s%% of its monthly budget', v_slug,
-             round(100 * b.period_cost_usd / nullif(v_limit, 0))),
-      format('$%s of $%s spent since %s.', round(b.period_cost_usd, 2), v_limit, b.period_start),
-      'warning', p_agent_id, 'agent', p_agent_id::text,
-      jsonb_build_object('spent_usd', b.period_cost_usd, 'limit_usd', v_limit, 'period_start', b.period_start),
-      'budget.warned:' || p_agent_id || ':' || b.period_start);
+    IF b.warned_at IS NULL THEN
+      b.warned_at := now();
+      PERFORM notify_operator('budget.warned',
+        format('Agent %s has used %s%% of its monthly budget', v_slug,
+               round(100 * b.period_cost_usd / nullif(v_limit, 0))),
+        format('$%s of $%s spent since %s.', round(b.period_cost_usd, 2), v_limit, b.period_start),
+        'warning', p_agent_id, 'agent', p_agent_id::text,
+        jsonb_build_object('spent_usd', b.period_cost_usd, 'limit_usd', v_limit, 'period_start', b.period_start),
+        'budget.warned:' || p_agent_id || ':' || b.period_start);
+    END IF;
   END IF;
-  IF b.exceeded_at IS NULL AND b.period_cost_usd >= v_limit THEN
-    b.exceeded_at := now();
+  IF b.period_cost_usd >= v_limit THEN
     b.status := 'exceeded';
-    PERFORM notify_operator('budget.exceeded',
-      format('Agent %s has exceeded its monthly budget', v_slug),
-      format('$%s of $%s spent since %s.%s', round(b.period_cost_usd, 2), v_limit, b.period_start,
-             CASE WHEN b.hard_stop THEN ' New work is blocked until the budget is raised or the month ends.' ELSE '' END),
-      'error', p_agent_id, 'agent', p_agent_id::text,
-      jsonb_build_object('spent_usd', b.period_cost_usd, 'limit_usd', v_limit, 'period_start', b.period_start),
-      'budget.exceeded:' || p_agent_id || ':' || b.period_start);
+    IF b.exceeded_at IS NULL THEN
+      b.exceeded_at := now();
+      PERFORM notify_operator('budget.exceeded',
+        format('Agent %s has exceeded its monthly budget', v_slug),
+        format('$%s of $%s spent since %s.%s', round(b.period_cost_usd, 2), v_limit, b.period_start,
+               CASE WHEN b.hard_stop THEN ' New work is blocked until the budget is raised or the month ends.' ELSE '' END),
+        'error', p_agent_id, 'agent', p_agent_id::text,
+        jsonb_build_object('spent_usd', b.period_cost_usd, 'limit_usd', v_limit, 'period_start', b.period_start),
+        'budget.exceeded:' || p_agent_id || ':' || b.period_start);
+    END IF;
   END IF;
   UPDATE agent_budgets SET status = b.status, warned_at = b.warned_at, exceeded_at = b.exceeded_at,
                            updated_at = now()

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..deps import Conn
 from ...schema_check import check_database, keyword_path
+from ..deps import Conn
 
 router = APIRouter(tags=["health"])
 
