@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -125,8 +126,9 @@ class EmbeddedPostgres:
             users = self._live_users() - {os.getpid()}
             self._save_users(users)
             self._started = False
-            if not users and postmaster_pid(self.pgdata) is not None:
-                self._pg_ctl(["-w", "-m", "fast", "stop"])
+            pid = postmaster_pid(self.pgdata)
+            if not users and pid is not None:
+                _shut_down(pid)
 
     def __enter__(self) -> Self:
         self.start()
@@ -241,6 +243,20 @@ class EmbeddedPostgres:
         tmp = self._register.with_suffix(".tmp")
         tmp.write_text(json.dumps(sorted(users)))
         tmp.replace(self._register)
+
+
+def _shut_down(pid: int, timeout: float = 60) -> None:
+    """Stop a postmaster: SIGINT is PostgreSQL's fast shutdown (roll back open transactions,
+    checkpoint, exit). Signalling needs no access to the data directory, unlike pg_ctl."""
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.send_signal(signal.SIGQUIT)  # immediate shutdown; recovery runs at next start
+        proc.wait(10)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _alive(pid: int) -> bool:

@@ -22,6 +22,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     from .api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command's output at INFO
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
     # handler found at start: make that handler an exit that unwinds through `database()`,
     # so the embedded server is released instead of orphaned.

@@ -17,7 +17,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from knowledge.embedded import EmbeddedPostgres
+from knowledge.embedded import EmbeddedPostgres, postmaster_pid
 from knowledge.migrations import load_migrations, migrate
 
 TEMPLATE = "hq_test_template"
@@ -54,12 +54,23 @@ class Server:
         return with_dbname(self.admin_url, dbname)
 
 
+def _reap_orphans(root: Path) -> None:
+    """Stop test servers left running by killed test sessions under `root`: joining and
+    releasing one stops it when no live process uses it (a running session keeps its own)."""
+    for pid_file in root.glob("*/*/pg/postmaster.pid"):
+        if postmaster_pid(pid_file.parent) is not None:
+            server = EmbeddedPostgres(pid_file.parent.parent)
+            server.start()
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     external = os.environ.get("HQ_TEST_DATABASE_URL")
     if external:
         yield Server(external)
         return
+    _reap_orphans(tmp_path_factory.getbasetemp().parent)
     server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded")))
     server.start()
     try:
