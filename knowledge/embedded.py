@@ -18,7 +18,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -81,8 +81,11 @@ class EmbeddedPostgres:
     package releases it.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, preload: Sequence[str] = _PRELOAD) -> None:
+        """`preload`: the bundled extensions to load at server start (those the wheel has);
+        pass () for a server without pg_textsearch."""
         self.data_dir = data_dir.expanduser().resolve()
+        self.preload = tuple(preload)
         self.pgdata = self.data_dir / "pg"
         self._register = self.data_dir / "users.json"
         self._started = False
@@ -186,7 +189,7 @@ class EmbeddedPostgres:
         if self._system_user() is not None and socket_dir != self.pgdata:
             os.chmod(socket_dir, 0o777)  # the server's user must create its socket there
         options = [*_SERVER_OPTIONS, f"-c unix_socket_directories='{socket_dir}'"]
-        preload = [name for name in _PRELOAD if self._has_library(name)]
+        preload = [name for name in self.preload if self._has_library(name)]
         if preload:
             options.append(f"-c shared_preload_libraries={','.join(preload)}")
         log = self.pgdata / "log"

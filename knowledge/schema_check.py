@@ -49,6 +49,7 @@ TRIGGERS = (  # (table, trigger): the ones with behaviour; updated_at triggers a
     ("agent_usage", "agent_usage_append_only"),
     ("documents", "documents_requeue_embedding"),
     ("assets", "assets_requeue_embedding"),
+    ("chunk_embeddings", "chunk_embeddings_check_dims"),
     ("document_folders", "document_folders_reject_cycle"),
     ("asset_folders", "asset_folders_reject_cycle"),
 )

@@ -708,13 +708,14 @@ def test_spawn_due_task_series_respects_ends_at(conn: Conn) -> None:
 
 
 def test_spawn_due_task_series_caps_catch_up(conn: Conn) -> None:
-    """A series far behind gets at most p_max_per_series tasks; the schedule stays on its grid."""
+    """A series far behind gets its newest p_max_per_series tasks (the one due now among them);
+    the schedule stays on its grid."""
     series = insert_series(conn)
     now = T0 + 9 * HOUR + timedelta(minutes=30)
 
     assert spawn(conn, now, max_per_series=3) == 3
 
-    assert series_runs(conn, series) == [T0, T0 + HOUR, T0 + 2 * HOUR]
+    assert series_runs(conn, series) == [T0 + 7 * HOUR, T0 + 8 * HOUR, T0 + 9 * HOUR]
     assert series_row(conn, series)["next_run_at"] == T0 + 10 * HOUR
     assert spawn(conn, now, max_per_series=3) == 0
     assert spawn(conn, T0 + 10 * HOUR, max_per_series=3) == 1
@@ -923,6 +924,30 @@ def test_agent_usage_is_append_only(conn: Conn) -> None:
 
     assert scalar(conn, "SELECT cost_usd FROM agent_usage") == Decimal(1)
     assert budget(conn, agent)["period_cost_usd"] == Decimal(1)
+    with pytest.raises(errors.ObjectNotInPrerequisiteState, match="cannot be changed or deleted"):
+        conn.execute("DELETE FROM agent_usage")
+    assert scalar(conn, "SELECT count(*) FROM agent_usage") == 1
+
+
+def test_deleting_an_agent_deletes_its_usage(conn: Conn) -> None:
+    """Append-only stops direct deletes, not the cascade from deleting the agent."""
+    agent = insert_agent(conn, "writer")
+    add_usage(conn, agent, "1")
+    conn.execute("DELETE FROM agents WHERE id = %s", [agent])
+    assert scalar(conn, "SELECT count(*) FROM agent_usage") == 0
+
+
+def test_budget_months_follow_the_workspace_time_zone(conn: Conn) -> None:
+    """A call at 23:30 UTC on 31 January is February's in Tokyo, whatever the session's zone."""
+    conn.execute("UPDATE workspace SET timezone = 'Asia/Tokyo' WHERE id = 1")
+    conn.execute("SET TIME ZONE 'America/Los_Angeles'")
+    agent = insert_agent(conn, "writer")
+    conn.execute(
+        "INSERT INTO agent_usage (agent_id, provider, model, cost_usd, occurred_at) "
+        "VALUES (%s, 'p', 'm', 1, '2031-01-31 23:30:00+00')", [agent])
+    assert budget(conn, agent)["period_start"].isoformat() == "2031-02-01"
+    conn.execute("UPDATE workspace SET timezone = 'UTC' WHERE id = 1")
+    assert scalar(conn, "SELECT hq_month_start('2031-01-31 23:30:00+00')").isoformat() == "2031-01-01"
 
 
 def test_concurrent_usage_of_one_agent_sums_exactly(conn: Conn, connect: Connect) -> None:
@@ -1352,3 +1377,14 @@ def test_ensure_embedding_index_for_a_new_model_creates_its_own_partial_index(
 
     with pytest.raises(errors.InvalidParameterValue):
         conn.execute("SELECT hq_ensure_embedding_index('no-such-model')")
+
+
+def test_embedding_dimension_must_match_its_model_even_without_an_index(conn: Conn) -> None:
+    """Models over HNSW's 2000-dimension limit get no index; the dimension check still holds."""
+    conn.execute("INSERT INTO embedding_models (name, dims) VALUES ('wide', 3072)")
+    assert scalar(conn, "SELECT hq_ensure_embedding_index('wide') AS n") is None
+    chunk = insert_chunk(conn, insert_document(conn), 0)
+    with pytest.raises(errors.DataException, match="embedding for model wide has 384 dimensions, expected 3072"):
+        insert_embedding(conn, chunk, "wide", 384)
+    insert_embedding(conn, chunk, "wide", 3072)
+    assert scalar(conn, "SELECT count(*) FROM chunk_embeddings WHERE model = 'wide'") == 1

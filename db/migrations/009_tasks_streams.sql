@@ -95,8 +95,8 @@ END $$;
 CREATE OR REPLACE TRIGGER tasks_track_status BEFORE INSERT OR UPDATE OF status ON tasks
   FOR EACH ROW EXECUTE FUNCTION tasks_track_status();
 
--- Create the tasks every active series owes up to p_now (several if it fell behind, at most
--- p_max_per_series each) and move next_run_at past p_now. Returns the number created.
+-- Create the tasks every active series owes up to p_now (several if it fell behind: the
+-- newest p_max_per_series of them) and move next_run_at past p_now. Returns the number created.
 CREATE OR REPLACE FUNCTION spawn_due_task_series(p_now timestamptz DEFAULT now(),
                                                  p_max_per_series integer DEFAULT 10)
 RETURNS integer
@@ -105,6 +105,7 @@ DECLARE
   s task_series;
   v_run timestamptz;
   v_n integer;
+  v_owed integer;
   v_created integer := 0;
 BEGIN
   FOR s IN
@@ -114,15 +115,15 @@ BEGIN
      FOR UPDATE SKIP LOCKED
   LOOP
     v_run := s.next_run_at;
+    -- Far behind: skip the oldest missed occurrences and create the newest p_max_per_series.
+    -- The count is exact for fixed intervals and close for calendar ones; v_n caps either way.
+    v_owed := floor(extract(epoch FROM p_now - v_run) / extract(epoch FROM s.every))::integer + 1;
+    IF v_owed > p_max_per_series THEN
+      v_run := v_run + s.every * (v_owed - p_max_per_series);
+    END IF;
     v_n := 0;
     WHILE v_run <= p_now AND (s.ends_at IS NULL OR v_run <= s.ends_at) LOOP
-      IF v_n >= p_max_per_series THEN
-        -- Fell far behind: skip the missed occurrences instead of creating them all.
-        v_run := v_run + s.every * greatest(1, floor(
-          extract(epoch FROM p_now - v_run) / extract(epoch FROM s.every))::integer);
-        CONTINUE;
-      END IF;
-      IF true THEN
+      IF v_n < p_max_per_series THEN
         INSERT INTO tasks (title, description, priority, stream_id, assignee_agent_id,
                            series_id, series_run_at, scheduled_for, metadata)
         VALUES (s.title, s.description, s.priority, s.stream_id, s.assignee_agent_id,

@@ -335,6 +335,22 @@ CREATE TABLE IF NOT EXISTS chunk_embeddings (
 COMMENT ON TABLE chunk_embeddings IS 'One vector per passage and model; each model has a partial HNSW index over its own rows.';
 CREATE INDEX IF NOT EXISTS chunk_embeddings_model_idx ON chunk_embeddings (model);
 
+-- The column holds vectors of every model; each row must have its own model's dimension.
+CREATE OR REPLACE FUNCTION chunk_embeddings_check_dims() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_dims integer;
+BEGIN
+  SELECT dims INTO v_dims FROM embedding_models WHERE name = NEW.model;
+  IF vector_dims(NEW.embedding) <> v_dims THEN
+    RAISE EXCEPTION 'embedding for model % has % dimensions, expected %',
+      NEW.model, vector_dims(NEW.embedding), v_dims USING ERRCODE = '22000';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER chunk_embeddings_check_dims BEFORE INSERT OR UPDATE OF embedding, model
+  ON chunk_embeddings FOR EACH ROW EXECUTE FUNCTION chunk_embeddings_check_dims();
+
 -- The HNSW index of one model's vectors: a partial index on an expression casting to the
 -- model's dimension. Queries must use the same expression and predicate:
 --   WHERE model = $1 ORDER BY embedding::vector(<dims>) <=> $2

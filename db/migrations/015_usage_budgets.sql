@@ -3,6 +3,13 @@
 -- agent_usage_rollup trigger, which raises budget.warned and budget.exceeded notifications
 -- once each per month; check_agent_budget() for enforcement and recompute_agent_budget().
 
+-- Budget months follow the workspace's time zone, whatever the session's TimeZone is.
+CREATE OR REPLACE FUNCTION hq_month_start(p_at timestamptz) RETURNS date
+LANGUAGE sql STABLE AS $$
+  SELECT date_trunc('month', p_at AT TIME ZONE
+                    coalesce((SELECT timezone FROM workspace WHERE id = 1), 'UTC'))::date
+$$;
+
 CREATE TABLE IF NOT EXISTS agent_usage (
   id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   agent_id            uuid NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
@@ -24,10 +31,14 @@ CREATE INDEX IF NOT EXISTS agent_usage_agent_time_idx ON agent_usage (agent_id, 
 CREATE OR REPLACE FUNCTION agent_usage_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  RAISE EXCEPTION 'agent_usage is append-only: usage records cannot be changed'
+  -- Deleting an agent cascades to its usage (a foreign-key trigger, hence the depth).
+  IF TG_OP = 'DELETE' AND pg_trigger_depth() > 1 THEN
+    RETURN OLD;
+  END IF;
+  RAISE EXCEPTION 'agent_usage is append-only: usage records cannot be changed or deleted'
     USING ERRCODE = '55000';
 END $$;
-CREATE OR REPLACE TRIGGER agent_usage_append_only BEFORE UPDATE ON agent_usage
+CREATE OR REPLACE TRIGGER agent_usage_append_only BEFORE UPDATE OR DELETE ON agent_usage
   FOR EACH ROW EXECUTE FUNCTION agent_usage_append_only();
 
 CREATE TABLE IF NOT EXISTS agent_budgets (
@@ -35,7 +46,7 @@ CREATE TABLE IF NOT EXISTS agent_budgets (
   monthly_limit_usd     numeric(12, 2) CHECK (monthly_limit_usd >= 0),
   warn_ratio            numeric(4, 3) CHECK (warn_ratio > 0 AND warn_ratio <= 1),
   hard_stop             boolean NOT NULL DEFAULT true,
-  period_start          date NOT NULL DEFAULT date_trunc('month', now())::date,
+  period_start          date NOT NULL DEFAULT hq_month_start(now()),
   period_cost_usd       numeric(14, 6) NOT NULL DEFAULT 0,
   period_input_tokens   bigint NOT NULL DEFAULT 0,
   period_output_tokens  bigint NOT NULL DEFAULT 0,
@@ -106,7 +117,7 @@ END $$;
 CREATE OR REPLACE FUNCTION agent_usage_rollup() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_month date := date_trunc('month', NEW.occurred_at)::date;
+  v_month date := hq_month_start(NEW.occurred_at);
 BEGIN
   INSERT INTO agent_budgets (agent_id, period_start) VALUES (NEW.agent_id, v_month)
   ON CONFLICT (agent_id) DO NOTHING;
@@ -136,7 +147,7 @@ CREATE OR REPLACE TRIGGER agent_usage_rollup AFTER INSERT ON agent_usage
 CREATE OR REPLACE FUNCTION recompute_agent_budget(p_agent_id uuid) RETURNS agent_budgets
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-  v_month date := date_trunc('month', now())::date;
+  v_month date := hq_month_start(now());
 BEGIN
   INSERT INTO agent_budgets (agent_id, period_start) VALUES (p_agent_id, v_month)
   ON CONFLICT (agent_id) DO NOTHING;
@@ -150,8 +161,7 @@ BEGIN
     FROM (SELECT coalesce(sum(cost_usd), 0) AS cost, coalesce(sum(input_tokens), 0) AS input_tokens,
                  coalesce(sum(output_tokens), 0) AS output_tokens, count(*)::integer AS calls
             FROM agent_usage
-           WHERE agent_id = p_agent_id AND occurred_at >= v_month
-             AND occurred_at < v_month + interval '1 month') s
+           WHERE agent_id = p_agent_id AND hq_month_start(occurred_at) = v_month) s
    WHERE b.agent_id = p_agent_id;
   -- Keep the thresholds already notified this month; re-derive the status from spend.
   UPDATE agent_budgets b
@@ -172,12 +182,12 @@ CREATE OR REPLACE FUNCTION check_agent_budget(p_agent_id uuid)
 RETURNS TABLE (allowed boolean, status budget_status, spent_usd numeric, limit_usd numeric,
                period_start date)
 LANGUAGE sql STABLE AS $$
-  SELECT NOT coalesce(coalesce(b.hard_stop, true) AND b.period_start = date_trunc('month', now())::date
+  SELECT NOT coalesce(coalesce(b.hard_stop, true) AND b.period_start = hq_month_start(now())
               AND b.period_cost_usd >= coalesce(b.monthly_limit_usd, w.default_monthly_budget_usd), false),
-         CASE WHEN b.period_start = date_trunc('month', now())::date THEN b.status ELSE 'ok' END,
-         CASE WHEN b.period_start = date_trunc('month', now())::date THEN b.period_cost_usd ELSE 0 END,
+         CASE WHEN b.period_start = hq_month_start(now()) THEN b.status ELSE 'ok' END,
+         CASE WHEN b.period_start = hq_month_start(now()) THEN b.period_cost_usd ELSE 0 END,
          coalesce(b.monthly_limit_usd, w.default_monthly_budget_usd),
-         date_trunc('month', now())::date
+         hq_month_start(now())
     FROM agents a
     CROSS JOIN workspace w
     LEFT JOIN agent_budgets b ON b.agent_id = a.id
