@@ -76,28 +76,26 @@ CREATE OR REPLACE TRIGGER asset_folders_reject_cycle
   BEFORE UPDATE OF parent_id ON asset_folders
   FOR EACH ROW EXECUTE FUNCTION reject_folder_cycle();
 
--- '/Operations/Sales' for a folder: names from the root down.
+-- '/Operations/Sales' for a folder of either tree: names from the root down.
+CREATE OR REPLACE FUNCTION hq_folder_path(p_folders regclass, p_folder_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  v_path text;
+BEGIN
+  EXECUTE format(
+    'WITH RECURSIVE up AS (SELECT id, parent_id, name, 0 AS depth FROM %1$s WHERE id = $1
+       UNION ALL SELECT f.id, f.parent_id, f.name, up.depth + 1 FROM %1$s f JOIN up ON f.id = up.parent_id
+       WHERE up.depth < 10000)
+     SELECT coalesce(''/'' || string_agg(name, ''/'' ORDER BY depth DESC), ''/'') FROM up', p_folders)
+    INTO v_path USING p_folder_id;
+  RETURN v_path;
+END $$;
+
 CREATE OR REPLACE FUNCTION document_folder_path(p_folder_id uuid) RETURNS text
-LANGUAGE sql STABLE AS $$
-  WITH RECURSIVE up AS (
-    SELECT id, parent_id, name, 0 AS depth FROM document_folders WHERE id = p_folder_id
-    UNION ALL
-    SELECT f.id, f.parent_id, f.name, up.depth + 1
-      FROM document_folders f JOIN up ON f.id = up.parent_id WHERE up.depth < 10000
-  )
-  SELECT coalesce('/' || string_agg(name, '/' ORDER BY depth DESC), '/') FROM up
-$$;
+LANGUAGE sql STABLE AS $$ SELECT hq_folder_path('document_folders', p_folder_id) $$;
 
 CREATE OR REPLACE FUNCTION asset_folder_path(p_folder_id uuid) RETURNS text
-LANGUAGE sql STABLE AS $$
-  WITH RECURSIVE up AS (
-    SELECT id, parent_id, name, 0 AS depth FROM asset_folders WHERE id = p_folder_id
-    UNION ALL
-    SELECT f.id, f.parent_id, f.name, up.depth + 1
-      FROM asset_folders f JOIN up ON f.id = up.parent_id WHERE up.depth < 10000
-  )
-  SELECT coalesce('/' || string_agg(name, '/' ORDER BY depth DESC), '/') FROM up
-$$;
+LANGUAGE sql STABLE AS $$ SELECT hq_folder_path('asset_folders', p_folder_id) $$;
 
 -- ---- documents and assets -------------------------------------------------------------------
 
