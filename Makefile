@@ -13,11 +13,13 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first: unpinned, pip would pull a CUDA build (GBs).
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/hq-knowledge serve
+	$(BIN)/hq-knowledge serve --sample
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

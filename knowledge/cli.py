@@ -24,9 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="apply migrations and run the API")
+    serve = commands.add_parser("serve", help="apply migrations and run the API and the ingestion worker")
     serve.add_argument("--host", help="address to listen on (default HQ_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default HQ_PORT or 8765)")
+    serve.add_argument("--no-worker", action="store_true", help="run the API only")
+    serve.add_argument("--sample", action="store_true",
+                       help="import the sample knowledge base first (again: only changes are applied)")
+
+    worker = commands.add_parser("worker", help="embed pending documents and assets, waking on every change")
+    worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    worker.add_argument("--batch", type=int, default=16, metavar="N", help="records leased per round (default 16)")
+
+    imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
+    imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
     db = commands.add_parser("db", help="schema commands").add_subparsers(
         dest="db_command", required=True, metavar="DB_COMMAND")
@@ -50,7 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .server import serve
 
-            return serve(settings, host=args.host, port=args.port)
+            return serve(settings, host=args.host, port=args.port, worker=not args.no_worker,
+                         sample=args.sample)
+        if args.command == "worker":
+            from .server import run_worker
+
+            return run_worker(settings, once=args.once, batch=args.batch)
+        if args.command == "import":
+            return _import(args, settings)
         return _db(args, settings)
     except KnowledgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -58,6 +75,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .db import connect, database
+    from .importer import discover, import_folder
+    from .migrations import migrate
+    from .progress import progress
+
+    root = Path(args.path).expanduser()
+    with database(settings) as url, connect(url, autocommit=True) as conn:
+        migrate(conn)
+        total = sum(1 for _ in discover(root)) if root.is_dir() else 0
+        with progress(total, "importing", unit="file") as advance:
+            result = import_folder(conn, root, on_file=lambda rel, outcome: advance(f"{rel}: {outcome}"))
+    print(f"imported {root}: {result.created} created, {result.updated} updated, "
+          f"{result.unchanged} unchanged, {len(result.errors)} failed")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if result.errors else 0
 
 
 def _bundle(args: argparse.Namespace) -> int:

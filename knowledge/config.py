@@ -34,6 +34,7 @@ class Settings:
     data_dir: Path = Path(".hq-data")
     host: str = "127.0.0.1"
     port: int = 8765
+    embedder: str = "all-MiniLM-L6-v2"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +47,7 @@ class Settings:
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             host=env.get("HQ_HOST", "").strip() or "127.0.0.1",
             port=_port(port) if port else 8765,
+            embedder=env.get("HQ_EMBEDDER", "").strip() or "all-MiniLM-L6-v2",
         )
 
 

@@ -1,40 +1,120 @@
-"""`hq-knowledge serve`: open the database, apply migrations, run the API until stopped."""
+"""Long-running commands: `serve` (API + ingestion worker) and `worker`."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
+import threading
 from types import FrameType
+from typing import Any
 
 from .config import Settings
 from .db import connect, database, describe_url
 from .migrations import migrate
 
-__all__ = ["serve"]
+__all__ = ["serve", "run_worker"]
 
 log = logging.getLogger("hq_knowledge")
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command's output at INFO
+
+
+def _prepare(url: str, *, sample: bool = False) -> None:
+    with connect(url, autocommit=True) as conn:
+        result = migrate(conn)
+        log.info("database %s: %d migration(s) applied, %d already there",
+                 describe_url(url), len(result.applied), len(result.skipped))
+        if sample:
+            from .importer import import_folder, sample_dir
+
+            imported = import_folder(conn, sample_dir())
+            log.info("sample knowledge base: %d created, %d updated, %d unchanged, %d failed",
+                     imported.created, imported.updated, imported.unchanged, len(imported.errors))
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
+          worker: bool = True, sample: bool = False) -> int:
     """Run until SIGINT/SIGTERM; the embedded server (if used) is released on the way out."""
     import uvicorn
 
     from .api import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command's output at INFO
+    _logging()
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
     # handler found at start: make that handler an exit that unwinds through `database()`,
     # so the embedded server is released instead of orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as url:
-        with connect(url, autocommit=True) as conn:
-            result = migrate(conn)
-        log.info("database %s: %d migration(s) applied, %d already there",
-                 describe_url(url), len(result.applied), len(result.skipped))
-        config = uvicorn.Config(create_app(url), host=host or settings.host,
-                                port=port or settings.port, log_level="info")
-        uvicorn.Server(config).run()
+        _prepare(url, sample=sample)
+        stop = threading.Event()
+        thread = _start_worker(url, settings, stop) if worker else None
+        try:
+            config = uvicorn.Config(create_app(url), host=host or settings.host,
+                                    port=port or settings.port, log_level="info")
+            uvicorn.Server(config).run()
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=120)
+    return 0
+
+
+def _start_worker(url: str, settings: Settings, stop: threading.Event) -> threading.Thread:
+    from embeddings.model import load_embedder
+    from embeddings.worker import Worker
+
+    worker = Worker(url, load_embedder(settings.embedder))
+
+    def run() -> None:
+        try:
+            worker.run(stop=stop)
+        except Exception:  # keep serving search; say loudly that ingestion stopped
+            log.exception("the ingestion worker stopped")
+
+    thread = threading.Thread(target=run, name="hq-knowledge-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_worker(settings: Settings, *, once: bool = False, batch: int = 16) -> int:
+    """`worker`: embed until SIGTERM/SIGINT (the current batch is finished or released),
+    or with `once` until nothing is pending. Exit 1 when a record failed for good."""
+    from embeddings.model import load_embedder
+    from embeddings.worker import Worker
+
+    from .progress import progress
+
+    _logging()
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping after the current batch")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with database(settings) as url:
+        _prepare(url)
+        with connect(url) as conn:
+            pending: Any = conn.execute(
+                "SELECT (SELECT count(*) FROM documents WHERE embedding_status IN ('pending', 'processing'))"
+                " + (SELECT count(*) FROM assets WHERE embedding_status IN ('pending', 'processing'))"
+            ).fetchone()
+        with progress(pending[0] if once else None, "embedding", unit="record") as advance:
+            worker = Worker(url, load_embedder(settings.embedder), batch_records=batch,
+                            on_record=lambda kind, id_, outcome: advance(f"{kind} {outcome}"))
+            stats = worker.run(once=once, stop=stop)
+    print(f"indexed {stats.indexed}, failed {stats.failed}, retrying {stats.retried}, "
+          f"superseded by edits {stats.stale}; passages embedded {stats.passages_embedded}, "
+          f"reused {stats.passages_reused}")
+    if stats.failed:
+        print(f"error: {stats.failed} record(s) failed to embed; their errors are in embedding_error",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -153,8 +153,15 @@ CREATE INDEX IF NOT EXISTS documents_embedding_queue_idx ON documents (embedding
   WHERE embedding_status IN ('pending', 'processing');
 CREATE UNIQUE INDEX IF NOT EXISTS documents_source_path_key ON documents (source_path)
   WHERE source_path IS NOT NULL;
+-- updated_at is the operator's "last edited": the worker's bookkeeping (status, lease,
+-- extracted text) does not move it.
 CREATE OR REPLACE TRIGGER documents_updated_at BEFORE UPDATE ON documents
-  FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+  FOR EACH ROW WHEN ((OLD.title, OLD.folder_id, OLD.content_format, OLD.content, OLD.content_text,
+                      OLD.tags, OLD.pinned, OLD.metadata, OLD.source_path, OLD.archived_at)
+                     IS DISTINCT FROM
+                     (NEW.title, NEW.folder_id, NEW.content_format, NEW.content, NEW.content_text,
+                      NEW.tags, NEW.pinned, NEW.metadata, NEW.source_path, NEW.archived_at))
+  EXECUTE FUNCTION set_updated_at();
 
 CREATE TABLE IF NOT EXISTS assets (
   id                          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -204,7 +211,14 @@ CREATE INDEX IF NOT EXISTS assets_search_tsv_idx ON assets USING gin (search_tsv
 CREATE INDEX IF NOT EXISTS assets_embedding_queue_idx ON assets (embedding_next_attempt_at NULLS FIRST)
   WHERE embedding_status IN ('pending', 'processing');
 CREATE OR REPLACE TRIGGER assets_updated_at BEFORE UPDATE ON assets
-  FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+  FOR EACH ROW WHEN ((OLD.name, OLD.folder_id, OLD.description, OLD.asset_type, OLD.url, OLD.storage_path,
+                      OLD.mime_type, OLD.size_bytes, OLD.content_text, OLD.tags, OLD.pinned, OLD.metadata,
+                      OLD.archived_at)
+                     IS DISTINCT FROM
+                     (NEW.name, NEW.folder_id, NEW.description, NEW.asset_type, NEW.url, NEW.storage_path,
+                      NEW.mime_type, NEW.size_bytes, NEW.content_text, NEW.tags, NEW.pinned, NEW.metadata,
+                      NEW.archived_at))
+  EXECUTE FUNCTION set_updated_at();
 
 -- A change to what gets embedded re-queues the record, bumps its version (so a worker still
 -- embedding the old text writes nothing) and wakes the workers listening on hq_embedding.

@@ -1,0 +1,369 @@
+"""The ingestion worker: keeps every document and asset chunked, embedded and indexed.
+
+Work is claimed per record (a document or an asset) with FOR UPDATE SKIP LOCKED and a
+lease, so several workers share one database without doing anything twice, and a worker
+killed mid-batch only delays its records until the lease expires. A record's passages
+are written in one transaction, after checking that the record is still at the version
+that was read and still leased by this worker: an edit made while embedding wins, and
+the stale vectors are dropped. Passages whose text is unchanged keep their embeddings
+(matched by hash, within a document and across documents).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.rows import dict_row, tuple_row
+
+from .chunking import Chunk, chunk_markdown, passage_hash
+from .extract import asset_markdown, document_markdown
+from .model import Embedder
+
+__all__ = ["Worker", "WorkerStats", "register_model"]
+
+log = logging.getLogger("hq_knowledge.worker")
+CHANNEL = "hq_embedding"
+_KINDS = {"document": "documents", "asset": "assets"}
+_OWNER = {"document": "document_id", "asset": "asset_id"}
+_CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
+
+
+@dataclass
+class WorkerStats:
+    indexed: int = 0
+    failed: int = 0
+    retried: int = 0
+    stale: int = 0
+    passages_embedded: int = 0
+    passages_reused: int = 0
+    seconds_embedding: float = 0.0
+
+
+@dataclass
+class _Record:
+    kind: str
+    id: uuid.UUID
+    version: int
+    attempts: int
+    title: str
+    row: dict[str, Any]
+    chunks: list[Chunk] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    markdown: str = ""
+    error: str | None = None
+
+
+def register_model(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
+    """Make sure `embedder`'s model is registered with its HNSW index. Raises ValueError
+    when a model of that name is registered with another dimension."""
+    row = conn.cursor(row_factory=tuple_row).execute(
+        "INSERT INTO embedding_models (name, dims, provider, max_tokens) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING dims",
+        [embedder.name, embedder.dims, embedder.provider, embedder.max_tokens + 2],
+    ).fetchone()
+    dims = row[0] if row else None
+    if dims != embedder.dims:
+        raise ValueError(f"model {embedder.name} is registered with {dims} dimensions, "
+                         f"but the embedder gives {embedder.dims}")
+    conn.execute("SELECT hq_ensure_embedding_index(%s)", [embedder.name])
+
+
+class Worker:
+    """Embeds pending documents and assets with `embedder` into the database at `url`.
+
+    `run()` loops until `stop` is set (or, with once=True, until nothing is pending);
+    `process_batch()` does one lease-embed-write round and returns how many records it
+    finished. A worker is used from one thread.
+    """
+
+    def __init__(self, url: str, embedder: Embedder, *, worker_id: str | None = None,
+                 batch_records: int = 16, lease_seconds: int = 300, max_attempts: int = 5,
+                 retry_base_seconds: float = 10.0, poll_seconds: float = 5.0,
+                 on_record: Callable[[str, str, str], None] | None = None) -> None:
+        self.url = url
+        self.embedder = embedder
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.batch_records = batch_records
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self.poll_seconds = poll_seconds
+        self.on_record = on_record  # (kind, id, outcome) after each record
+        self.stats = WorkerStats()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> WorkerStats:
+        stop = stop or threading.Event()
+        with self._connect() as listen:
+            listen.execute(f"LISTEN {CHANNEL}")
+            while not stop.is_set():
+                while not stop.is_set() and self.process_batch(stop) > 0:
+                    pass
+                if once:
+                    if not self._pending_now():
+                        break
+                    continue
+                self._wait(listen, stop)
+        self.close()
+        return self.stats
+
+    def _wait(self, listen: psycopg.Connection[Any], stop: threading.Event) -> None:
+        """Sleep until a NOTIFY, a retry falls due, `stop`, or the poll interval passes."""
+        deadline = time.monotonic() + self._seconds_to_next_retry()
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for _ in listen.notifies(timeout=min(remaining, 0.25), stop_after=1):
+                return
+
+    def _seconds_to_next_retry(self) -> float:
+        row = self.conn.execute(
+            "SELECT extract(epoch FROM min(t) - now()) AS due FROM ("
+            " SELECT min(embedding_next_attempt_at) AS t FROM documents WHERE embedding_status = 'pending'"
+            " UNION ALL SELECT min(embedding_lease_expires_at) FROM documents WHERE embedding_status = 'processing'"
+            " UNION ALL SELECT min(embedding_next_attempt_at) FROM assets WHERE embedding_status = 'pending'"
+            " UNION ALL SELECT min(embedding_lease_expires_at) FROM assets WHERE embedding_status = 'processing'"
+            ") s").fetchone()
+        due = float(row["due"]) if row and row["due"] is not None else self.poll_seconds
+        return max(0.0, min(self.poll_seconds, due))
+
+    def _pending_now(self) -> bool:
+        """Is anything leasable now, or soon (a retry or an expired lease within the poll)?"""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM documents WHERE embedding_status IN ('pending', 'processing'))"
+            " OR EXISTS (SELECT 1 FROM assets WHERE embedding_status IN ('pending', 'processing')) AS queued"
+        ).fetchone()
+        return bool(row and row["queued"]) and self._seconds_to_next_retry() < self.poll_seconds
+
+    # -- one round ------------------------------------------------------------------------
+
+    def process_batch(self, stop: threading.Event | None = None) -> int:
+        records = self._lease()
+        if not records:
+            return 0
+        if stop is not None and stop.is_set():
+            self._release(records)
+            return 0
+        for record in records:
+            self._prepare(record)
+        vectors = self._embed([r for r in records if r.error is None])
+        for record in records:
+            self._finish(record, vectors)
+        return len(records)
+
+    def _lease(self) -> list[_Record]:
+        records: list[_Record] = []
+        for kind, table in _KINDS.items():
+            room = self.batch_records - len(records)
+            if room <= 0:
+                break
+            rows = self.conn.execute(
+                f"""WITH ready AS (
+                      SELECT id FROM {table}
+                       WHERE (embedding_status = 'pending'
+                              AND (embedding_next_attempt_at IS NULL OR embedding_next_attempt_at <= now()))
+                          OR (embedding_status = 'processing' AND embedding_lease_expires_at < now())
+                       ORDER BY embedding_next_attempt_at NULLS FIRST, updated_at
+                       LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+                    UPDATE {table} t
+                       SET embedding_status = 'processing', embedding_lease_owner = %(owner)s,
+                           embedding_lease_expires_at = now() + make_interval(secs => %(lease)s),
+                           embedding_attempts = t.embedding_attempts + 1
+                      FROM ready WHERE t.id = ready.id
+                    RETURNING t.*""",  # noqa: S608 - table names are constants
+                {"n": room, "owner": self.worker_id, "lease": self.lease_seconds},
+            ).fetchall()
+            for row in rows:
+                title = row["title"] if kind == "document" else row["name"]
+                records.append(_Record(kind, row["id"], row["content_version"], row["embedding_attempts"],
+                                       title, row))
+        return records
+
+    def _release(self, records: list[_Record]) -> None:
+        """Give leased records back untouched (shutting down before any work was done)."""
+        for r in records:
+            self.conn.execute(
+                f"UPDATE {_KINDS[r.kind]} SET embedding_status = 'pending', embedding_lease_owner = NULL, "
+                "embedding_lease_expires_at = NULL, embedding_attempts = greatest(embedding_attempts - 1, 0) "
+                "WHERE id = %s AND embedding_lease_owner = %s AND embedding_status = 'processing'",
+                [r.id, self.worker_id])
+
+    def _prepare(self, record: _Record) -> None:
+        try:
+            row = record.row
+            if record.kind == "document":
+                record.markdown = document_markdown(row["content_format"], row["content"], row["content_text"])
+            else:
+                record.markdown = asset_markdown(row)
+            record.chunks = chunk_markdown(record.title, record.markdown, self.embedder.count_tokens,
+                                           max_tokens=self.embedder.max_tokens)
+            record.hashes = [passage_hash(c.indexed_text, self.embedder.name) for c in record.chunks]
+        except Exception as e:  # one bad record must not stop the batch
+            record.error = f"text extraction failed: {type(e).__name__}: {e}"
+
+    def _embed(self, records: list[_Record]) -> dict[str, np.ndarray[Any, Any]]:
+        """Vectors by passage hash: reused from the database where they exist, else embedded.
+        A failing batch is retried record by record, so one bad record fails alone."""
+        wanted = {h: c.indexed_text for r in records for h, c in zip(r.hashes, r.chunks, strict=True)}
+        vectors: dict[str, np.ndarray[Any, Any]] = {}
+        if wanted:
+            vectors.update(self._existing(list(wanted)))
+        self.stats.passages_reused += sum(1 for r in records for h in r.hashes if h in vectors)
+        missing = [h for h in wanted if h not in vectors]
+        try:
+            vectors.update(self._encode(missing, wanted))
+        except Exception:
+            for record in records:
+                todo = [h for h in dict.fromkeys(record.hashes) if h not in vectors]
+                try:
+                    vectors.update(self._encode(todo, wanted))
+                except Exception as e:
+                    record.error = f"embedding failed: {type(e).__name__}: {e}"
+        return vectors
+
+    def _existing(self, hashes: list[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT ON (content_hash) content_hash, embedding FROM chunk_embeddings "
+            "WHERE model = %s AND content_hash = ANY(%s)", [self.embedder.name, hashes]).fetchall()
+        for row in rows:
+            vector = row["embedding"]  # pgvector's Vector (newer) or a numpy array (older)
+            yield row["content_hash"], np.asarray(
+                vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
+
+    def _encode(self, hashes: list[str], texts: dict[str, str]) -> dict[str, np.ndarray[Any, Any]]:
+        if not hashes:
+            return {}
+        start = time.perf_counter()
+        matrix = self.embedder.embed([texts[h] for h in hashes])
+        self.stats.seconds_embedding += time.perf_counter() - start
+        self.stats.passages_embedded += len(hashes)
+        return dict(zip(hashes, matrix, strict=True))
+
+    def _finish(self, record: _Record, vectors: dict[str, np.ndarray[Any, Any]]) -> None:
+        if record.error is None and any(h not in vectors for h in record.hashes):
+            record.error = "embedding failed: no vector for some passages"
+        try:
+            outcome = self._write(record, vectors) if record.error is None else self._fail(record)
+        except psycopg.Error as e:
+            record.error = f"writing passages failed: {str(e).strip().splitlines()[0]}"
+            outcome = self._fail(record)
+        if self.on_record:
+            self.on_record(record.kind, str(record.id), outcome)
+
+    def _write(self, record: _Record, vectors: dict[str, np.ndarray[Any, Any]]) -> str:
+        table, owner = _KINDS[record.kind], _OWNER[record.kind]
+        model = self.embedder.name
+        with self.conn.transaction():
+            current = self.conn.execute(
+                f"SELECT content_version, embedding_lease_owner FROM {table} WHERE id = %s FOR UPDATE",
+                [record.id]).fetchone()
+            if current is None or current["content_version"] != record.version \
+                    or current["embedding_lease_owner"] != self.worker_id:
+                self.stats.stale += 1
+                return "stale"  # edited, deleted or taken over meanwhile: its new version is queued
+            existing = self.conn.execute(
+                f"SELECT id, content_hash FROM knowledge_chunks WHERE {owner} = %s", [record.id]).fetchall()
+            by_hash: dict[str, list[int]] = {}
+            for row in existing:
+                by_hash.setdefault(row["content_hash"], []).append(row["id"])
+            keep: list[tuple[int, Chunk, str]] = []
+            new: list[tuple[Chunk, str]] = []
+            for chunk, h in zip(record.chunks, record.hashes, strict=True):
+                ids = by_hash.get(h)
+                if ids:
+                    keep.append((ids.pop(), chunk, h))
+                else:
+                    new.append((chunk, h))
+            gone = [i for ids in by_hash.values() for i in ids]
+            if gone:
+                self.conn.execute("DELETE FROM knowledge_chunks WHERE id = ANY(%s)", [gone])
+            with self.conn.cursor() as cur:
+                if keep:
+                    cur.execute("UPDATE knowledge_chunks SET chunk_index = chunk_index + %s WHERE id = ANY(%s)",
+                                [_CHUNK_INDEX_SHIFT, [i for i, _, _ in keep]])
+                    cur.executemany(
+                        "UPDATE knowledge_chunks SET chunk_index = %s, heading_path = %s, content = %s, "
+                        "token_count = %s, char_start = %s, char_end = %s WHERE id = %s",
+                        [(c.index, list(c.heading_path), c.content, c.token_count, c.char_start, c.char_end, i)
+                         for i, c, _ in keep])
+                created: list[tuple[int, str]] = []
+                for chunk, h in new:
+                    cur.execute(
+                        f"INSERT INTO knowledge_chunks ({owner}, chunk_index, heading_path, content, indexed_text,"
+                        " content_hash, token_count, char_start, char_end)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        [record.id, chunk.index, list(chunk.heading_path), chunk.content, chunk.indexed_text,
+                         h, chunk.token_count, chunk.char_start, chunk.char_end])
+                    created.append((cur.fetchone()["id"], h))  # type: ignore[index]
+                # Kept passages may lack this model's vector (first run of a new model).
+                kept_ids = [i for i, _, _ in keep]
+                have = {r["chunk_id"] for r in cur.execute(
+                    "SELECT chunk_id FROM chunk_embeddings WHERE model = %s AND chunk_id = ANY(%s)",
+                    [model, kept_ids]).fetchall()} if kept_ids else set()
+                todo = created + [(i, h) for i, _, h in keep if i not in have]
+                cur.executemany(
+                    "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (chunk_id, model) DO UPDATE SET embedding = EXCLUDED.embedding,"
+                    " content_hash = EXCLUDED.content_hash, embedded_at = now()",
+                    [(i, model, vectors[h], h) for i, h in todo])
+            self.conn.execute(
+                f"UPDATE {table} SET embedding_status = 'indexed', extracted_text = %s,"
+                " embedding_source_hash = %s, embedding_model = %s, embedding_dims = %s, embedding_error = NULL,"
+                " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
+                " embedding_next_attempt_at = NULL, embedded_at = now() WHERE id = %s",
+                [record.markdown, passage_hash("\n".join(record.hashes), model), model,
+                 self.embedder.dims, record.id])
+        self.stats.indexed += 1
+        return "indexed"
+
+    def _fail(self, record: _Record) -> str:
+        final = record.attempts >= self.max_attempts
+        delay = self.retry_base_seconds * 2 ** max(record.attempts - 1, 0)
+        self.conn.execute(
+            f"UPDATE {_KINDS[record.kind]} SET embedding_status = %s, embedding_error = %s,"
+            " embedding_next_attempt_at = CASE WHEN %s THEN NULL ELSE now() + make_interval(secs => %s) END,"
+            " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL"
+            " WHERE id = %s AND embedding_lease_owner = %s AND content_version = %s",
+            ["failed" if final else "pending", record.error, final, delay, record.id, self.worker_id,
+             record.version])
+        log.warning("%s %s: %s (attempt %d of %d)", record.kind, record.id, record.error,
+                    record.attempts, self.max_attempts)
+        if final:
+            self.stats.failed += 1
+            return "failed"
+        self.stats.retried += 1
+        return "retry"
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                               application_name="hq-knowledge-worker")
+        register_vector(conn)
+        return conn
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+            register_model(self._conn, self.embedder)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
