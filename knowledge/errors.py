@@ -9,6 +9,7 @@ __all__ = [
     "KnowledgeError",
     "MigrationError",
     "NotFound",
+    "TooLarge",
 ]
 
 
@@ -32,6 +33,12 @@ class Conflict(KnowledgeError):
 
 class InvalidInput(KnowledgeError):
     status = 422
+
+
+class TooLarge(KnowledgeError):
+    """A request body or a document's content is over a size limit; the message names it."""
+
+    status = 413
 
 
 class DatabaseUnavailable(KnowledgeError):

@@ -381,6 +381,8 @@ DECLARE
   v_dims integer;
   v_name text := hq_embedding_index_name(p_model);
 BEGIN
+  -- Two workers starting together would both try to create the index.
+  PERFORM pg_advisory_xact_lock(hashtext('hq.embedding_index.' || p_model));
   SELECT dims INTO v_dims FROM embedding_models WHERE name = p_model;
   IF v_dims IS NULL THEN
     RAISE EXCEPTION 'unknown embedding model %', p_model USING ERRCODE = '22023';

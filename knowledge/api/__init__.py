@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import __version__
 from ..errors import KnowledgeError
-from .routes import health
+from .routes import assets, documents, folders, health, tags
 
 __all__ = ["create_app"]
 
@@ -37,4 +37,8 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
         return JSONResponse(status_code=exc.status, content={"detail": exc.message})
 
     app.include_router(health.router)
+    app.include_router(documents.router)
+    app.include_router(assets.router)
+    app.include_router(folders.router)
+    app.include_router(tags.router)
     return app

@@ -1,0 +1,166 @@
+"""/assets: create, read, update, archive, delete and list assets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...assets import (
+    MAX_NAME_CHARS,
+    AssetType,
+    archive_asset,
+    create_asset,
+    delete_asset,
+    get_asset,
+    list_assets,
+    retry_asset_embedding,
+    unarchive_asset,
+    update_asset,
+)
+from ...validation import MAX_CONTENT_BYTES, TAG_RULE
+from ..body import MAX_BODY_BYTES, CheckedBodyRoute
+from ..deps import Conn, Filters
+
+router = APIRouter(prefix="/assets", tags=["assets"], route_class=CheckedBodyRoute)
+
+_MIB = 1024 * 1024
+LIMITS = (
+    f"Limits: name 1..{MAX_NAME_CHARS} characters, not blank; description and content_text at most "
+    f"{MAX_CONTENT_BYTES // _MIB} MiB of UTF-8 each (413 over it); request bodies over "
+    f"{MAX_BODY_BYTES // _MIB} MiB are refused unread with 413. A `link` needs a url. Text cannot "
+    f"hold NUL characters (422). Tags: {TAG_RULE}; at most 100 per asset, duplicates dropped, case kept."
+)
+
+
+class AssetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=f"1..{MAX_NAME_CHARS} characters, not blank.")
+    asset_type: AssetType = "other"
+    description: str | None = None
+    url: str | None = Field(None, description="Required for asset_type `link`.")
+    storage_path: str | None = Field(None, description="Where the file is stored (media, uploads).")
+    mime_type: str | None = None
+    size_bytes: int | None = Field(None, ge=0)
+    content_text: str | None = Field(None, description="Text of the asset (an SOP, a script, CSV); media have none.")
+    folder_id: UUID | None = Field(None, description="An asset folder; null: at the root.")
+    tags: list[str] = Field(default_factory=list, description=TAG_RULE)
+    pinned: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
+    created_by_agent_id: UUID | None = None
+
+
+class AssetUpdate(BaseModel):
+    """Only the fields sent change; null clears an optional field. `folder_id: null` moves
+    the asset to the root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description=f"1..{MAX_NAME_CHARS} characters, not blank.")
+    asset_type: AssetType | None = None
+    description: str | None = None
+    url: str | None = None
+    storage_path: str | None = None
+    mime_type: str | None = None
+    size_bytes: int | None = Field(None, ge=0)
+    content_text: str | None = None
+    folder_id: UUID | None = None
+    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}")
+    pinned: bool | None = None
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.")
+
+    @field_validator("name", "asset_type", "tags", "pinned", "metadata", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null (leave the field out to keep it)")
+        return value
+
+
+class AssetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    name: str
+    description: str | None
+    asset_type: AssetType
+    folder_id: UUID | None
+    folder_path: str = Field(description="'/Media/Logos'; '/' for an asset in no folder.")
+    url: str | None
+    storage_path: str | None
+    mime_type: str | None
+    size_bytes: int | None
+    content_text: str | None
+    tags: list[str]
+    pinned: bool
+    metadata: dict[str, Any]
+    archived_at: datetime | None
+    created_by_agent_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+    embedding_status: str = Field(description="pending, processing, indexed or failed.")
+    embedding_error: str | None
+    embedding_attempts: int
+    embedding_model: str | None
+    embedded_at: datetime | None
+    passage_count: int
+
+
+class AssetsPublic(BaseModel):
+    data: list[AssetPublic]
+    count: int = Field(description="All assets matching the filters, not only this page.")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=AssetPublic,
+             summary="Create an asset", description=LIMITS)
+def create(body: AssetCreate, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(create_asset(conn, **body.model_dump()))
+
+
+@router.get("", response_model=AssetsPublic, summary="List assets",
+            description="Pinned first, then the most recently updated. `count` is the total matching.")
+def list_(conn: Conn, filters: Filters,
+          asset_type: Annotated[AssetType | None, Query(description="Only assets of this type.")] = None,
+          ) -> AssetsPublic:
+    page = list_assets(conn, filters, asset_type=asset_type)
+    return AssetsPublic(data=[AssetPublic.model_validate(a) for a in page.items], count=page.count)
+
+
+@router.get("/{asset_id}", response_model=AssetPublic, summary="Get an asset")
+def get(asset_id: UUID, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(get_asset(conn, asset_id))
+
+
+@router.patch("/{asset_id}", response_model=AssetPublic, summary="Update an asset",
+              description="Partial update; also how an asset is pinned or unpinned. " + LIMITS)
+def update(asset_id: UUID, body: AssetUpdate, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(update_asset(conn, asset_id, **body.model_dump(exclude_unset=True)))
+
+
+@router.delete("/{asset_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an asset",
+               description="Deletes the record with its passages, embeddings and comments; "
+                           "not the file at storage_path.")
+def delete(asset_id: UUID, conn: Conn) -> Response:
+    delete_asset(conn, asset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{asset_id}/archive", response_model=AssetPublic, summary="Archive an asset",
+             description="Lists leave archived assets out unless `archived=true` or `any`.")
+def archive(asset_id: UUID, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(archive_asset(conn, asset_id))
+
+
+@router.post("/{asset_id}/unarchive", response_model=AssetPublic, summary="Unarchive an asset")
+def unarchive(asset_id: UUID, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(unarchive_asset(conn, asset_id))
+
+
+@router.post("/{asset_id}/retry", response_model=AssetPublic, summary="Retry a failed embedding",
+             description="Puts a `failed` asset back to `pending` with its attempts reset; 409 otherwise.")
+def retry(asset_id: UUID, conn: Conn) -> AssetPublic:
+    return AssetPublic.model_validate(retry_asset_embedding(conn, asset_id))

@@ -1,0 +1,162 @@
+"""/documents: create, read, update, archive, delete and list documents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...documents import (
+    MAX_TITLE_CHARS,
+    ContentFormat,
+    archive_document,
+    create_document,
+    delete_document,
+    get_document,
+    list_documents,
+    retry_document_embedding,
+    unarchive_document,
+    update_document,
+)
+from ...validation import MAX_CONTENT_BYTES, TAG_RULE
+from ..body import MAX_BODY_BYTES, CheckedBodyRoute
+from ..deps import Conn, Filters
+
+router = APIRouter(prefix="/documents", tags=["documents"], route_class=CheckedBodyRoute)
+
+_MIB = 1024 * 1024
+LIMITS = (
+    f"Limits: content at most {MAX_CONTENT_BYTES // _MIB} MiB ({MAX_CONTENT_BYTES} bytes of UTF-8 "
+    f"content_text, or of the compact JSON text of content), else 413; request bodies over "
+    f"{MAX_BODY_BYTES // _MIB} MiB are refused unread with 413. Title 1..{MAX_TITLE_CHARS} "
+    f"characters, not blank. Text cannot hold NUL characters (422). Tags: {TAG_RULE}; at most 100 "
+    "per document, duplicates dropped, case kept."
+)
+_CONTENT = ("With content_format `tiptap`: the TipTap/ProseMirror JSON object, checked for "
+            "structure (a 422 names the path of the first bad node). Null otherwise.")
+_CONTENT_TEXT = "With content_format `markdown` or `html`: the source text, stored and returned byte for byte."
+
+
+class DocumentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(description=f"1..{MAX_TITLE_CHARS} characters, not blank.")
+    content_format: ContentFormat = "markdown"
+    content: dict[str, Any] | None = Field(None, description=_CONTENT)
+    content_text: str | None = Field(None, description=_CONTENT_TEXT)
+    folder_id: UUID | None = Field(None, description="A document folder; null: at the root.")
+    tags: list[str] = Field(default_factory=list, description=TAG_RULE)
+    pinned: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
+    created_by_agent_id: UUID | None = None
+
+
+class DocumentUpdate(BaseModel):
+    """Only the fields sent change. `folder_id: null` moves the document to the root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, description=f"1..{MAX_TITLE_CHARS} characters, not blank.")
+    content_format: ContentFormat | None = Field(
+        None, description="A new format needs its content unless the stored one fits "
+                          "(markdown <-> html keeps the text).")
+    content: dict[str, Any] | None = Field(None, description=_CONTENT)
+    content_text: str | None = Field(None, description=_CONTENT_TEXT)
+    folder_id: UUID | None = None
+    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}")
+    pinned: bool | None = None
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.")
+    updated_by_agent_id: UUID | None = None
+
+    @field_validator("title", "content_format", "tags", "pinned", "metadata", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null (leave the field out to keep it)")
+        return value
+
+
+class DocumentPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    title: str
+    folder_id: UUID | None
+    folder_path: str = Field(description="'/Operations/Sales'; '/' for a document in no folder.")
+    content_format: ContentFormat
+    content: dict[str, Any] | None
+    content_text: str | None
+    tags: list[str]
+    pinned: bool
+    metadata: dict[str, Any]
+    source_path: str | None = Field(description="Set by the importer; read-only here.")
+    archived_at: datetime | None
+    created_by_agent_id: UUID | None
+    updated_by_agent_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+    embedding_status: str = Field(description="pending, processing, indexed or failed.")
+    embedding_error: str | None
+    embedding_attempts: int
+    embedding_model: str | None
+    embedded_at: datetime | None
+    passage_count: int = Field(description="Passages (chunks) the document is searched by.")
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int = Field(description="All documents matching the filters, not only this page.")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
+             summary="Create a document", description=LIMITS)
+def create(body: DocumentCreate, conn: Conn) -> DocumentPublic:
+    return DocumentPublic.model_validate(create_document(conn, **body.model_dump()))
+
+
+@router.get("", response_model=DocumentsPublic, summary="List documents",
+            description="Pinned first, then the most recently updated. `count` is the total matching.")
+def list_(conn: Conn, filters: Filters) -> DocumentsPublic:
+    page = list_documents(conn, filters)
+    return DocumentsPublic(data=[DocumentPublic.model_validate(d) for d in page.items], count=page.count)
+
+
+@router.get("/{document_id}", response_model=DocumentPublic, summary="Get a document")
+def get(document_id: UUID, conn: Conn) -> DocumentPublic:
+    return DocumentPublic.model_validate(get_document(conn, document_id))
+
+
+@router.patch("/{document_id}", response_model=DocumentPublic, summary="Update a document",
+              description="Partial update; also how a document is pinned or unpinned. A new title "
+                          "or content re-queues the embedding; tags, folder, pinned and metadata do "
+                          "not. " + LIMITS)
+def update(document_id: UUID, body: DocumentUpdate, conn: Conn) -> DocumentPublic:
+    changes = body.model_dump(exclude_unset=True)
+    return DocumentPublic.model_validate(update_document(conn, document_id, **changes))
+
+
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a document",
+               description="Deletes it with its passages, embeddings and comments.")
+def delete(document_id: UUID, conn: Conn) -> Response:
+    delete_document(conn, document_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{document_id}/archive", response_model=DocumentPublic, summary="Archive a document",
+             description="Lists leave archived documents out unless `archived=true` or `any`.")
+def archive(document_id: UUID, conn: Conn) -> DocumentPublic:
+    return DocumentPublic.model_validate(archive_document(conn, document_id))
+
+
+@router.post("/{document_id}/unarchive", response_model=DocumentPublic, summary="Unarchive a document")
+def unarchive(document_id: UUID, conn: Conn) -> DocumentPublic:
+    return DocumentPublic.model_validate(unarchive_document(conn, document_id))
+
+
+@router.post("/{document_id}/retry", response_model=DocumentPublic, summary="Retry a failed embedding",
+             description="Puts a `failed` document back to `pending` with its attempts reset; 409 otherwise.")
+def retry(document_id: UUID, conn: Conn) -> DocumentPublic:
+    return DocumentPublic.model_validate(retry_document_embedding(conn, document_id))

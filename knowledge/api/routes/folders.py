@@ -1,0 +1,137 @@
+"""/document-folders and /asset-folders: the two folder trees, with the same operations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...folders import (
+    MAX_FOLDER_NAME_CHARS,
+    FolderNode,
+    create_folder,
+    delete_folder,
+    folder_tree,
+    get_folder,
+    update_folder,
+)
+from ...items import Kind
+from ..body import CheckedBodyRoute
+from ..deps import Conn
+
+router = APIRouter(route_class=CheckedBodyRoute)
+
+NAME_RULE = (f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/'; unique among its "
+             "siblings ignoring case (409 otherwise).")
+
+
+class FolderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description=NAME_RULE)
+    parent_id: UUID | None = Field(None, description="The parent folder; null: at the root.")
+
+
+class FolderUpdate(BaseModel):
+    """Rename (name), move (parent_id; null moves to the root), or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description=NAME_RULE)
+    parent_id: UUID | None = Field(
+        None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409.")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null (leave the field out to keep it)")
+        return value
+
+
+class FolderPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    parent_id: UUID | None
+    name: str
+    path: str = Field(description="'/Operations/Sales': the names from the root down.")
+    position: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FolderNodePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    parent_id: UUID | None
+    name: str
+    path: str
+    position: int
+    item_count: int = Field(description="Unarchived documents (or assets) directly in this folder.")
+    total_item_count: int = Field(description="The same, in this folder and all its subfolders.")
+    children: list[FolderNodePublic]
+
+
+class FolderTreePublic(BaseModel):
+    data: list[FolderNodePublic] = Field(description="The top-level folders, each with its subtree.")
+    count: int = Field(description="Folders in the whole tree.")
+    unfiled_count: int = Field(description="Unarchived items in no folder.")
+
+
+class FolderDeletionPublic(BaseModel):
+    folders_deleted: int = Field(description="The folder and all its subfolders.")
+    items_moved_to_root: int = Field(description="Items that were in them, now in no folder.")
+
+
+def _node(node: FolderNode) -> FolderNodePublic:
+    return FolderNodePublic.model_validate(node)
+
+
+def _routes(tree: Kind, prefix: str, items: str) -> None:
+    tag: list[str | Enum] = [prefix.strip("/")]
+
+    @router.post(prefix, status_code=status.HTTP_201_CREATED, response_model=FolderPublic, tags=tag,
+                 summary=f"Create a {tree} folder", name=f"create_{tree}_folder",
+                 description=f"Name: {NAME_RULE} An unknown parent_id is a 404.")
+    def create(body: FolderCreate, conn: Conn) -> FolderPublic:
+        return FolderPublic.model_validate(create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
+
+    @router.get(prefix, response_model=FolderTreePublic, tags=tag, summary=f"The {tree} folder tree",
+                name=f"{tree}_folder_tree",
+                description=f"Nested folders with counts of the unarchived {items} in each.")
+    def tree_(conn: Conn) -> FolderTreePublic:
+        found = folder_tree(conn, tree)
+        return FolderTreePublic(data=[_node(n) for n in found.roots], count=found.count,
+                                unfiled_count=found.unfiled_count)
+
+    @router.get(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
+                summary=f"Get a {tree} folder", name=f"get_{tree}_folder")
+    def get(folder_id: UUID, conn: Conn) -> FolderPublic:
+        return FolderPublic.model_validate(get_folder(conn, tree, folder_id))
+
+    @router.patch(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
+                  summary=f"Rename or move a {tree} folder", name=f"update_{tree}_folder",
+                  description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
+                              "both folders; an unknown parent_id is a 404.")
+    def update(folder_id: UUID, body: FolderUpdate, conn: Conn) -> FolderPublic:
+        return FolderPublic.model_validate(
+            update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True)))
+
+    @router.delete(prefix + "/{folder_id}", response_model=FolderDeletionPublic, tags=tag,
+                   summary=f"Delete a {tree} folder", name=f"delete_{tree}_folder",
+                   description=f"Deletes the folder and its subfolders; the {items} in them move to "
+                               "the root (nothing is lost). Says how many of each.")
+    def delete(folder_id: UUID, conn: Conn) -> FolderDeletionPublic:
+        done = delete_folder(conn, tree, folder_id)
+        return FolderDeletionPublic(folders_deleted=done.folders_deleted,
+                                    items_moved_to_root=done.items_moved_to_root)
+
+
+_routes("document", "/document-folders", "documents")
+_routes("asset", "/asset-folders", "assets")

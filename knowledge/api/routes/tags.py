@@ -1,0 +1,90 @@
+"""/tags, and the tags of one document or asset: /documents/{id}/tags, /assets/{id}/tags."""
+
+# No `from __future__ import annotations`: the route functions below are defined in a
+# factory, and FastAPI must see their parameter types (local aliases) as objects.
+
+from enum import Enum
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...items import Kind
+from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
+from ...validation import MAX_TAGS, TAG_RULE
+from ..body import CheckedBodyRoute
+from ..deps import Conn
+
+router = APIRouter(route_class=CheckedBodyRoute)
+
+RULES = (f"Tag rule: {TAG_RULE}. Tags are compared and stored after NFC normalisation, case kept "
+         f"(`Pricing` and `pricing` are two tags); an item holds each tag once and at most {MAX_TAGS}. "
+         "A tag with whitespace or over 100 characters is a 422.")
+
+
+class TagsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(description=f"The item's new tags; duplicates dropped, order kept. {TAG_RULE}")
+
+
+class ItemTagsPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    kind: str = Field(description="document or asset")
+    tags: list[str]
+
+
+class TagCountPublic(BaseModel):
+    tag: str
+    documents: int = Field(description="Unarchived documents with the tag.")
+    assets: int = Field(description="Unarchived assets with the tag.")
+
+
+class TagsPublic(BaseModel):
+    data: list[TagCountPublic]
+    count: int
+
+
+@router.get("/tags", response_model=TagsPublic, tags=["tags"], summary="All tags with counts",
+            description="Every tag on an unarchived document or asset, in tag order, with the number "
+                        "of documents and of assets carrying it. " + RULES)
+def all_tags(conn: Conn, prefix: Annotated[str | None, Query(
+        description="Only tags starting with this, case-sensitive (e.g. `boot:`).")] = None) -> TagsPublic:
+    found = list_tags(conn, prefix=prefix)
+    return TagsPublic(data=[TagCountPublic(tag=t.tag, documents=t.documents, assets=t.assets) for t in found],
+                      count=len(found))
+
+
+def _public(tags: ItemTags) -> ItemTagsPublic:
+    return ItemTagsPublic.model_validate(tags)
+
+
+def _routes(kind: Kind, prefix: str) -> None:
+    id_name = f"{kind}_id"
+    ItemId = Annotated[UUID, Path(alias=id_name, description=f"The {kind}'s id.")]
+    Tag = Annotated[str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).")]
+    base = f"{prefix}/{{{id_name}}}/tags"
+    group: list[str | Enum] = [prefix.strip("/")]
+
+    @router.post(base + "/{tag:path}", response_model=ItemTagsPublic, tags=group, name=f"add_{kind}_tag",
+                 summary=f"Add a tag to a {kind}", description="Adding a tag it has changes nothing. " + RULES)
+    def add(item_id: ItemId, tag: Tag, conn: Conn) -> ItemTagsPublic:
+        return _public(add_tag(conn, kind, item_id, tag))
+
+    @router.delete(base + "/{tag:path}", response_model=ItemTagsPublic, tags=group, name=f"remove_{kind}_tag",
+                   summary=f"Remove a tag from a {kind}",
+                   description="Removing a tag it does not have changes nothing. " + RULES)
+    def remove(item_id: ItemId, tag: Tag, conn: Conn) -> ItemTagsPublic:
+        return _public(remove_tag(conn, kind, item_id, tag))
+
+    @router.put(base, response_model=ItemTagsPublic, tags=group, name=f"set_{kind}_tags",
+                summary=f"Replace a {kind}'s tags", description=RULES)
+    def replace(item_id: ItemId, body: TagsUpdate, conn: Conn) -> ItemTagsPublic:
+        return _public(set_tags(conn, kind, item_id, body.tags))
+
+
+_routes("document", "/documents")
+_routes("asset", "/assets")

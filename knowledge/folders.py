@@ -1,0 +1,229 @@
+"""Folder trees, one for documents and one for assets: `tree` is "document" or "asset".
+
+Sibling names are unique ignoring case; a folder cannot move into its own subtree (a
+trigger refuses it). Deleting a folder deletes its subfolders, and the documents or
+assets inside them move to the root: nothing in them is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import errors as pg
+from psycopg import sql
+from psycopg.rows import class_row, tuple_row
+
+from .errors import Conflict, InvalidInput, NotFound
+from .items import KINDS, UNSET, Kind, Unset
+from .validation import DATA_ERRORS, check_name, data_error
+
+__all__ = [
+    "MAX_FOLDER_NAME_CHARS",
+    "Folder",
+    "FolderDeletion",
+    "FolderNode",
+    "FolderTree",
+    "create_folder",
+    "delete_folder",
+    "folder_tree",
+    "get_folder",
+    "update_folder",
+]
+
+MAX_FOLDER_NAME_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Folder:
+    id: UUID
+    parent_id: UUID | None
+    name: str
+    path: str
+    """'/Operations/Sales': the names from the root down."""
+    position: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class FolderNode:
+    id: UUID
+    parent_id: UUID | None
+    name: str
+    path: str
+    position: int
+    item_count: int
+    """Unarchived documents (or assets) directly in this folder."""
+    total_item_count: int
+    """The same, in this folder and all its subfolders."""
+    children: list[FolderNode] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FolderTree:
+    roots: list[FolderNode]
+    count: int
+    """Folders in the whole tree."""
+    unfiled_count: int
+    """Unarchived items in no folder (at the root)."""
+
+
+@dataclass(frozen=True)
+class FolderDeletion:
+    folders_deleted: int
+    """The folder and all its subfolders."""
+    items_moved_to_root: int
+    """Documents or assets that were in them (archived ones included), now in no folder."""
+
+
+def _tables(tree: Kind) -> tuple[sql.Identifier, sql.Identifier, str]:
+    if tree not in KINDS:
+        raise InvalidInput(f"tree is {tree!r}; accepted: {', '.join(KINDS)}")
+    items, folders = KINDS[tree]
+    return sql.Identifier(items), sql.Identifier(folders), folders
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise InvalidInput(f"name must be a string of 1..{MAX_FOLDER_NAME_CHARS} characters")
+    check_name("name", name, max_chars=MAX_FOLDER_NAME_CHARS)
+    if "/" in name:
+        raise InvalidInput(f"name {name!r} contains '/': folder names cannot contain '/' (it separates path parts)")
+    return name
+
+
+def _folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID | None) -> Folder | None:
+    _, folders, regclass = _tables(tree)
+    query = sql.SQL(
+        "SELECT id, parent_id, name, hq_folder_path(%(t)s::regclass, id) AS path, position, "
+        "created_at, updated_at FROM {} WHERE id = %(id)s").format(folders)
+    with conn.cursor(row_factory=class_row(Folder)) as cur:
+        return cur.execute(query, {"t": regclass, "id": folder_id}).fetchone()
+
+
+def get_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> Folder:
+    """The folder with its path. Raises NotFound."""
+    found = _folder(conn, tree, folder_id)
+    if found is None:
+        raise NotFound(f"{tree} folder {folder_id} not found")
+    return found
+
+
+def _where(conn: psycopg.Connection[Any], tree: Kind, parent_id: UUID | None) -> str:
+    if parent_id is None:
+        return "at the root"
+    parent = _folder(conn, tree, parent_id)
+    return f"in {parent.path!r}" if parent else f"in folder {parent_id}"
+
+
+def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
+                  parent_id: UUID | None = None) -> Folder:
+    """A new folder under `parent_id` (None: at the root). Raises InvalidInput for a bad
+    name, NotFound for an unknown parent, Conflict when a sibling has the name (any case)."""
+    _, folders, _ = _tables(tree)
+    _check_name(name)
+    try:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(sql.SQL("INSERT INTO {} (name, parent_id) VALUES (%s, %s) RETURNING id")
+                              .format(folders), [name, parent_id]).fetchone()
+    except pg.ForeignKeyViolation as e:
+        raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
+    except pg.UniqueViolation as e:
+        raise Conflict(f"name: a {tree} folder named {name!r} already exists "
+                       f"{_where(conn, tree, parent_id)} (names are compared ignoring case)") from e
+    except DATA_ERRORS as e:
+        raise data_error(e, f"{tree} folder") from e
+    assert row is not None
+    return get_folder(conn, tree, row[0])
+
+
+def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
+                  name: str | Unset = UNSET, parent_id: UUID | None | Unset = UNSET) -> Folder:
+    """Rename and/or move the folder (parent_id=None: to the root). Raises NotFound for an
+    unknown folder or parent, Conflict for a sibling with the name or a move into the
+    folder's own subtree, InvalidInput for a bad name."""
+    _, folders, _ = _tables(tree)
+    changes: dict[str, Any] = {}
+    if name is not UNSET:
+        changes["name"] = _check_name(name)
+    if parent_id is not UNSET:
+        changes["parent_id"] = parent_id
+    current = get_folder(conn, tree, folder_id)
+    if not changes:
+        return current
+    statement = sql.SQL("UPDATE {} SET {} WHERE id = %(id)s").format(
+        folders, sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes))
+    try:
+        with conn.transaction():
+            if conn.execute(statement, {**changes, "id": folder_id}).rowcount == 0:
+                raise NotFound(f"{tree} folder {folder_id} not found")
+    except pg.ForeignKeyViolation as e:
+        raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
+    except pg.UniqueViolation as e:
+        where = _where(conn, tree, changes.get("parent_id", current.parent_id))
+        raise Conflict(f"name: a {tree} folder named {changes.get('name', current.name)!r} already "
+                       f"exists {where} (names are compared ignoring case)") from e
+    except pg.CheckViolation as e:
+        if "parent_id" not in changes:
+            raise data_error(e, f"{tree} folder") from e
+        target = _folder(conn, tree, changes["parent_id"])
+        target_name = f"{target.path!r} ({target.id})" if target else str(parent_id)
+        raise Conflict(f"parent_id: cannot move {tree} folder {current.path!r} ({folder_id}) into "
+                       f"{target_name}: that is the folder itself or one of its subfolders") from e
+    except DATA_ERRORS as e:
+        raise data_error(e, f"{tree} folder") from e
+    return get_folder(conn, tree, folder_id)
+
+
+def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> FolderDeletion:
+    """Delete the folder and its subfolders; their documents (or assets) move to the root.
+    Returns how many folders went and how many items moved. Raises NotFound."""
+    items, folders, _ = _tables(tree)
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        # Locking the subtree makes a concurrent insert into it wait, then fail on the
+        # foreign key, instead of landing in a folder that is being deleted uncounted.
+        subtree = [r[0] for r in cur.execute(sql.SQL(
+            "SELECT id FROM {f} WHERE id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %s "
+            "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub) "
+            "FOR UPDATE").format(f=folders), [folder_id]).fetchall()]
+        if not subtree:
+            raise NotFound(f"{tree} folder {folder_id} not found")
+        moved = cur.execute(sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)")
+                            .format(items), [subtree]).rowcount
+        cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(folders), [folder_id])
+    return FolderDeletion(folders_deleted=len(subtree), items_moved_to_root=moved)
+
+
+def folder_tree(conn: psycopg.Connection[Any], tree: Kind) -> FolderTree:
+    """The whole tree, siblings ordered by position then name, with item counts."""
+    items, folders, _ = _tables(tree)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(sql.SQL(
+            "SELECT f.id, f.parent_id, f.name, f.position, "
+            "(SELECT count(*) FROM {i} i WHERE i.folder_id = f.id AND i.archived_at IS NULL) "
+            "FROM {f} f ORDER BY f.position, lower(f.name), f.id").format(i=items, f=folders)).fetchall()
+        unfiled = cur.execute(sql.SQL(
+            "SELECT count(*) FROM {} WHERE folder_id IS NULL AND archived_at IS NULL").format(items)).fetchone()
+    nodes = {r[0]: FolderNode(id=r[0], parent_id=r[1], name=r[2], path="", position=r[3],
+                              item_count=r[4], total_item_count=r[4]) for r in rows}
+    roots: list[FolderNode] = []
+    for node in nodes.values():  # rows are in sibling order, so children lists are too
+        (nodes[node.parent_id].children if node.parent_id else roots).append(node)
+    # Paths top-down, subtree totals bottom-up, without recursion (trees can be deep).
+    order: list[FolderNode] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        parent_path = nodes[node.parent_id].path if node.parent_id else ""
+        node.path = f"{parent_path}/{node.name}"
+        order.append(node)
+        stack.extend(node.children)
+    for node in reversed(order):
+        if node.parent_id:
+            nodes[node.parent_id].total_item_count += node.total_item_count
+    return FolderTree(roots=roots, count=len(nodes), unfiled_count=unfiled[0] if unfiled else 0)
