@@ -49,7 +49,32 @@ roles in a small incident, never all three.
 ## Afterwards
 
 Within two working days the commander writes a blameless review: timeline, impact, root
-cause, what went well, what did not, and actions with owners and dates.
+cause, what went well, what did not, and actions with owners and dates. The review is read
+aloud at the weekly operations meeting, and every action is tracked in the incident stream
+until it is closed or explicitly dropped with a reason.
+
+## Communication
+
+Customers hear from us before they have to ask. The communications lead posts the first
+status page update within fifteen minutes of a Sev 1 being declared, then every thirty
+minutes until the incident is resolved, even when there is nothing new to say. Updates say
+what customers see, what we are doing, and when the next update comes; they never guess at
+a root cause. Enterprise customers with a named account manager also get an email from that
+manager once the incident is resolved, with a summary of the impact on their workspace.
+
+## Hand-offs
+
+An incident that runs past the end of a shift is handed over in the incident channel, not
+in a private message: the outgoing commander writes the current state, the open questions
+and the next decision to be made, and the incoming commander acknowledges in writing before
+the outgoing one leaves. Nobody hands over in the middle of a change to production.
+
+## Tools
+
+Alerts come from the monitoring system and page through the paging tool; the runbook for
+each alert is linked from the alert itself. Dashboards for latency, error rate, queue depth
+and database load are pinned in the incident channel template. Access to production is
+granted for the length of the incident and revoked automatically four hours after it closes.
 """
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
 
 from .chunking import Chunk, chunk_markdown, passage_hash
 from .extract import asset_markdown, document_markdown
@@ -88,7 +89,7 @@ class Worker:
     """
 
     def __init__(self, url: str, embedder: Embedder, *, worker_id: str | None = None,
-                 batch_records: int = 16, lease_seconds: int = 300, max_attempts: int = 5,
+                 batch_records: int = 64, lease_seconds: int = 300, max_attempts: int = 5,
                  retry_base_seconds: float = 10.0, poll_seconds: float = 5.0,
                  on_record: Callable[[str, str, str], None] | None = None) -> None:
         self.url = url
@@ -301,14 +302,21 @@ class Worker:
                         [(c.index, list(c.heading_path), c.content, c.token_count, c.char_start, c.char_end, i)
                          for i, c, _ in keep])
                 created: list[tuple[int, str]] = []
-                for chunk, h in new:
-                    cur.execute(
+                if new:
+                    # One round trip for all new passages; heading paths travel as JSON arrays
+                    # because unnest() cannot take a ragged text[][].
+                    rows = cur.execute(
                         f"INSERT INTO knowledge_chunks ({owner}, chunk_index, heading_path, content, indexed_text,"
                         " content_hash, token_count, char_start, char_end)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                        [record.id, chunk.index, list(chunk.heading_path), chunk.content, chunk.indexed_text,
-                         h, chunk.token_count, chunk.char_start, chunk.char_end])
-                    created.append((cur.fetchone()["id"], h))  # type: ignore[index]
+                        " SELECT %s, i, ARRAY(SELECT jsonb_array_elements_text(hp)), c, t, h, n, cs, ce"
+                        " FROM unnest(%s::int[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::int[],"
+                        " %s::int[], %s::int[]) AS u(i, hp, c, t, h, n, cs, ce)"
+                        " RETURNING id, content_hash",
+                        [record.id, [c.index for c, _ in new], [Jsonb(list(c.heading_path)) for c, _ in new],
+                         [c.content for c, _ in new], [c.indexed_text for c, _ in new], [h for _, h in new],
+                         [c.token_count for c, _ in new], [c.char_start for c, _ in new],
+                         [c.char_end for c, _ in new]]).fetchall()
+                    created = [(r["id"], r["content_hash"]) for r in rows]
                 # Kept passages may lack this model's vector (first run of a new model).
                 kept_ids = [i for i, _, _ in keep]
                 have = {r["chunk_id"] for r in cur.execute(

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="embed pending documents and assets, waking on every change")
     worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
-    worker.add_argument("--batch", type=int, default=16, metavar="N", help="records leased per round (default 16)")
+    worker.add_argument("--batch", type=int, default=64, metavar="N", help="records leased per round (default 64)")
 
     imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")

@@ -80,7 +80,7 @@ def _start_worker(url: str, settings: Settings, stop: threading.Event) -> thread
     return thread
 
 
-def run_worker(settings: Settings, *, once: bool = False, batch: int = 16) -> int:
+def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> int:
     """`worker`: embed until SIGTERM/SIGINT (the current batch is finished or released),
     or with `once` until nothing is pending. Exit 1 when a record failed for good."""
     from embeddings.model import load_embedder
