@@ -20,6 +20,14 @@ from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
 
+from embeddings.markdown_blocks import (
+    Section,
+    parse_sections,
+    split_levels,
+    split_span,
+    strip_span,
+)
+
 __all__ = ["Chunk", "chunk_markdown", "load_tokenizer_counter", "passage_hash"]
 
 TokenCounter = Callable[[str], int]
@@ -99,165 +107,6 @@ def load_tokenizer_counter(model_dir: str | Path) -> TokenCounter:
 _ASCII_SPACE = re.compile(r"[ \t\n\r]+")
 
 
-# ---- parsing ----------------------------------------------------------------------------------
-
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?$")
-_SETEXT_UNDERLINE = re.compile(r" {0,3}(=+|-+)[ \t]*$")
-_NOT_SETEXT_TEXT = re.compile(r" {0,3}(?:[-*+>|]|\d{1,9}[.)](?:\s|$))| {4}")
-_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)|[。！？]+")
-_WORD = re.compile(r"\S+")
-_LINE = re.compile(r"[^\n]+")
-
-
-@dataclass(frozen=True)
-class _Section:
-    path: tuple[str, ...]
-    level: int
-    heading: tuple[int, int] | None
-    blocks: tuple[tuple[int, int], ...]
-
-
-def _strip(md: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and md[start].isspace():
-        start += 1
-    while end > start and md[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
-def _parse(md: str) -> list[_Section]:
-    """Sections in document order. A block is a run of non-blank lines; a fenced code block
-    is one block however many blank lines it holds, and nothing inside it is a heading."""
-    lines, offset = [], 0
-    for text in md.split("\n"):
-        lines.append((offset, offset + len(text)))
-        offset += len(text) + 1
-    sections: list[_Section] = []
-    stack: list[tuple[int, str]] = []
-    path: tuple[str, ...] = ()
-    level, heading = 0, None
-    blocks: list[tuple[int, int]] = []
-    block: list[int] = []
-    fence: tuple[str, int] | None = None
-
-    def close_block() -> None:
-        if block:
-            blocks.append(_strip(md, block[0], block[1]))
-            block.clear()
-
-    i = 0
-    while i < len(lines):
-        start, end = lines[i]
-        line = md[start:end].rstrip("\r")
-        i += 1
-        if fence is not None:
-            block[1] = end
-            closing = _FENCE.match(line)
-            if (
-                closing
-                and closing[1][0] == fence[0]
-                and len(closing[1]) >= fence[1]
-                and not line[closing.end() :].strip()
-            ):
-                fence = None
-                close_block()
-            continue
-        if not line.strip():
-            close_block()
-            continue
-        opening = _FENCE.match(line)
-        if opening and not (opening[1][0] == "`" and "`" in line[opening.end() :]):
-            close_block()
-            block[:] = [start, end]
-            fence = (opening[1][0], len(opening[1]))
-            continue
-        atx = _ATX.match(line)
-        found: tuple[int, str, int] | None = None
-        if atx:
-            text = re.sub(r"(?:^|[ \t]+)#+[ \t]*$", "", atx[2] or "")
-            found = (len(atx[1]), text, end)
-        elif not block and i < len(lines) and not _NOT_SETEXT_TEXT.match(line):
-            next_start, next_end = lines[i]
-            underline = _SETEXT_UNDERLINE.match(md[next_start:next_end].rstrip("\r"))
-            if underline:
-                found = (1 if underline[1][0] == "=" else 2, line, next_end)
-                i += 1
-        if found is None:
-            if block:
-                block[1] = end
-            else:
-                block[:] = [start, end]
-            continue
-        close_block()
-        if heading is not None or blocks:
-            sections.append(_Section(path, level, heading, tuple(blocks)))
-        blocks = []
-        level, text, heading_end = found
-        while stack and stack[-1][0] >= level:
-            stack.pop()
-        stack.append((level, " ".join(text.split())))
-        path = tuple(name for _, name in stack if name)
-        heading = _strip(md, start, heading_end)
-    close_block()
-    if heading is not None or blocks:
-        sections.append(_Section(path, level, heading, tuple(blocks)))
-    return sections
-
-
-# ---- splitting ----------------------------------------------------------------------------------
-
-
-def _split_lines(md: str, start: int, end: int) -> list[tuple[int, int]]:
-    spans = (_strip(md, m.start(), m.end()) for m in _LINE.finditer(md, start, end))
-    return [(s, e) for s, e in spans if s < e]
-
-
-def _split_items(md: str, start: int, end: int) -> list[tuple[int, int]]:
-    """List items with their continuation lines and nested items."""
-    items: list[tuple[int, int]] = []
-    base = start - md.rfind("\n", 0, start) - 1
-    for s, e in _split_lines(md, start, end):
-        indent = s - md.rfind("\n", 0, s) - 1
-        if not items or (indent <= base and _LIST_ITEM.match(md, s, e)):
-            items.append((s, e))
-        else:
-            items[-1] = (items[-1][0], e)
-    return items
-
-
-def _split_sentences(md: str, start: int, end: int) -> list[tuple[int, int]]:
-    spans = []
-    cursor = start
-    for m in _SENTENCE_END.finditer(md, start, end):
-        spans.append(_strip(md, cursor, m.end()))
-        cursor = m.end()
-    spans.append(_strip(md, cursor, end))
-    return [(s, e) for s, e in spans if s < e]
-
-
-def _split_words(md: str, start: int, end: int) -> list[tuple[int, int]]:
-    return [m.span() for m in _WORD.finditer(md, start, end)]
-
-
-_SPLITTERS: dict[str, Callable[[str, int, int], list[tuple[int, int]]]] = {
-    "items": _split_items,
-    "lines": _split_lines,
-    "sentences": _split_sentences,
-    "words": _split_words,
-}
-
-
-def _levels(md: str, start: int) -> tuple[str, ...]:
-    """How a block is cut when it is too large, coarsest first, by what it starts with."""
-    if _FENCE.match(md, start) or md.startswith("|", start):
-        return ("lines", "words")
-    if _LIST_ITEM.match(md, start):
-        return ("items", "lines", "sentences", "words")
-    return ("sentences", "lines", "words")
-
-
 @dataclass(frozen=True)
 class _Unit:
     """A span packed whole. `levels` cut it further (for overlap); a `solo` unit is a piece of
@@ -294,7 +143,7 @@ class _Chunker:
             if self.title:
                 self._append((), 0, 0, self.title, self.count_tokens(self.title))
             return self.chunks
-        sections = _parse(self.md)
+        sections = parse_sections(self.md)
         for k, section in enumerate(sections):
             if section.blocks:
                 self._section(section)
@@ -329,7 +178,7 @@ class _Chunker:
         head = self._head(path)[0]
         return f"{head}\n\n{content}" if head and content else head or content
 
-    def _section(self, section: _Section) -> None:
+    def _section(self, section: Section) -> None:
         budget = self.max_tokens - self._head(section.path)[1]
         sizes = [self.count_tokens(self.md[s:e]) for s, e in section.blocks]
         if sum(sizes) <= budget:
@@ -341,7 +190,7 @@ class _Chunker:
         limit = budget - overlap
         units: list[_Unit] = []
         for (s, e), size in zip(section.blocks, sizes, strict=True):
-            pieces = self._units(s, e, size, limit, _levels(self.md, s))
+            pieces = self._units(s, e, size, limit, split_levels(self.md, s))
             units += [replace(pieces[0], first=True), *pieces[1:]]
         previous: list[_Unit] | None = None
         for group in self._pack(units, limit):
@@ -358,7 +207,7 @@ class _Chunker:
         if tokens <= limit:
             return [_Unit(start, end, tokens, levels)]
         while levels:
-            spans = _SPLITTERS[levels[0]](self.md, start, end)
+            spans = split_span(levels[0], self.md, start, end)
             levels = levels[1:]
             if len(spans) > 1:
                 units: list[_Unit] = []
@@ -439,7 +288,7 @@ class _Chunker:
             if start is not None:
                 break
             for level in dict.fromkeys([*unit.levels, "words"]):
-                part = self._suffix(_SPLITTERS[level](self.md, unit.start, unit.end), budget)
+                part = self._suffix(split_span(level, self.md, unit.start, unit.end), budget)
                 if part is not None:
                     return part
             break
@@ -484,10 +333,10 @@ class _Chunker:
                 space = max(self.md.rfind(c, start, cut) for c in " \n\t")
                 if cut < end and space > start and measure(start, space) <= self.max_tokens:
                     cut = space
-                piece_start, piece_end = _strip(self.md, start, cut)
+                piece_start, piece_end = strip_span(self.md, start, cut)
                 piece = self._indexed(path, self.md[piece_start:piece_end])
                 self._append(path, piece_start, piece_end, piece, self.count_tokens(piece))
-                start = _strip(self.md, cut, end)[0]
+                start = strip_span(self.md, cut, end)[0]
 
     def _append(self, path: tuple[str, ...], start: int, end: int, text: str, n: int) -> None:
         self.chunks.append(Chunk(len(self.chunks), path, self.md[start:end], text, n, start, end))

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Embedder", "SentenceTransformerEmbedder", "FakeEmbedder", "load_embedder", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MODEL", "Embedder", "FakeEmbedder", "SentenceTransformerEmbedder", "load_embedder"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 Vectors = NDArray[np.float32]

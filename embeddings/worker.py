@@ -185,7 +185,7 @@ class Worker:
                            embedding_lease_expires_at = now() + make_interval(secs => %(lease)s),
                            embedding_attempts = t.embedding_attempts + 1
                       FROM ready WHERE t.id = ready.id
-                    RETURNING t.*""",  # noqa: S608 - table names are constants
+                    RETURNING t.*""",  # the table name is one of two constants
                 {"n": room, "owner": self.worker_id, "lease": self.lease_seconds},
             ).fetchall()
             for row in rows:
@@ -213,7 +213,7 @@ class Worker:
             record.chunks = chunk_markdown(record.title, record.markdown, self.embedder.count_tokens,
                                            max_tokens=self.embedder.max_tokens)
             record.hashes = [passage_hash(c.indexed_text, self.embedder.name) for c in record.chunks]
-        except Exception as e:  # one bad record must not stop the batch
+        except Exception as e:  # noqa: BLE001 - one bad record must not stop the batch
             record.error = f"text extraction failed: {type(e).__name__}: {e}"
 
     def _embed(self, records: list[_Record]) -> dict[str, np.ndarray[Any, Any]]:
@@ -227,12 +227,12 @@ class Worker:
         missing = [h for h in wanted if h not in vectors]
         try:
             vectors.update(self._encode(missing, wanted))
-        except Exception:
+        except Exception:  # noqa: BLE001 - retried record by record below
             for record in records:
                 todo = [h for h in dict.fromkeys(record.hashes) if h not in vectors]
                 try:
                     vectors.update(self._encode(todo, wanted))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - the model failed on this record
                     record.error = f"embedding failed: {type(e).__name__}: {e}"
         return vectors
 

@@ -266,10 +266,9 @@ def test_sigterm_finishes_the_batch_and_exits(conn: Conn, db_url: str) -> None:
 
 
 def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_path: Any) -> None:
-    """Import a folder, run the worker with the packaged all-MiniLM-L6-v2: every document is
-    indexed, and a paraphrased question is nearest to the right document's passages."""
+    """`import` a folder, then `worker --once` with the packaged all-MiniLM-L6-v2: every
+    document is indexed, and a paraphrased question is nearest to the right document."""
     from embeddings.model import SentenceTransformerEmbedder
-    from knowledge.importer import import_folder
 
     folder = tmp_path / "kb"
     (folder / "Policies").mkdir(parents=True)
@@ -280,18 +279,26 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
         "<html><head><title>Password rules</title></head><body><h1>Password rules</h1><p>Agents never store "
         "credentials in documents. Rotate API keys every 90 days.</p></body></html>")
     (folder / "garden.txt").write_text("Tomatoes need six hours of sun and regular watering in summer.\n")
-    result = import_folder(conn, folder)
-    assert result.created == 3 and not result.errors
+    env = {"HQ_DATABASE_URL": db_url}
+    imported = cli("import", str(folder), env=env)
+    assert imported.returncode == 0, imported.stderr
+    assert "3 created, 0 updated, 0 unchanged, 0 failed" in imported.stdout
+    worked = cli("worker", "--once", env=env)
+    assert worked.returncode == 0, worked.stderr
+    assert worked.stdout.startswith("indexed 3, failed 0")
 
-    model = SentenceTransformerEmbedder()
-    stats = Worker(db_url, model).run(once=True)
-    assert stats.indexed == 3 and statuses(conn) == {"indexed": 3}
-    rows = conn.execute("SELECT embedding_model, embedding_dims FROM documents").fetchall()
-    assert all(r == {"embedding_model": "all-MiniLM-L6-v2", "embedding_dims": 384} for r in rows)
+    assert statuses(conn) == {"indexed": 3}
+    rows = conn.execute("SELECT title, tags, embedding_model, embedding_dims FROM documents ORDER BY title").fetchall()
+    assert [r["title"] for r in rows] == ["Password rules", "Refund policy", "garden"]
+    assert rows[1]["tags"] == ["billing", "boot:all"]
+    assert all((r["embedding_model"], r["embedding_dims"]) == ("all-MiniLM-L6-v2", 384) for r in rows)
+    folders = conn.execute("SELECT document_folder_path(folder_id) AS p FROM documents ORDER BY title").fetchall()
+    assert [f["p"] for f in folders] == ["/kb/Policies", "/kb/Policies", "/kb"]
 
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
+    model = SentenceTransformerEmbedder()
     query = model.embed(["how do I get my money back on a yearly subscription?"])[0]
     ranked = conn.execute(
         "SELECT d.title, 1 - (e.embedding::vector(384) <=> %s) AS similarity FROM chunk_embeddings e "
@@ -301,3 +308,11 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
     assert ranked[0]["title"] == "Refund policy"
     assert ranked[0]["similarity"] > ranked[-1]["similarity"] + 0.2
     assert float(np.linalg.norm(query)) == pytest.approx(1.0, abs=1e-4)
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
+    return subprocess.run([sys.executable, "-m", "knowledge", *args], env=full, capture_output=True,
+                          text=True, timeout=300, check=False)
