@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from .errors import DatabaseUnavailable, MigrationError
 
@@ -29,6 +30,11 @@ __all__ = [
     "migrate",
     "preflight",
 ]
+
+def _tuples(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A cursor with tuple rows, whatever row factory the caller's connection has."""
+    return conn.cursor(row_factory=tuple_row)
+
 
 LEDGER = "hq_schema_migrations"
 # Notices that are not news: "already exists, skipping" on a re-run, BM25 build progress.
@@ -96,12 +102,12 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 def preflight(conn: psycopg.Connection[Any]) -> None:
     """Check the server can hold the schema: PostgreSQL >= 15 and pgvector >= 0.7 available."""
-    version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+    version = int(_tuples(conn).execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
     if version < MIN_SERVER_VERSION:
         raise DatabaseUnavailable(
             f"PostgreSQL {version // 10000} is too old: HQ needs PostgreSQL 15 or newer"
         )
-    row = conn.execute(
+    row = _tuples(conn).execute(
         "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
     ).fetchone()
     if row is None:
@@ -120,10 +126,10 @@ def preflight(conn: psycopg.Connection[Any]) -> None:
 
 def applied_migrations(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, datetime]]:
     """name -> (checksum, applied_at) from the ledger; empty when there is no ledger yet."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [LEDGER]).fetchone()
+    exists = _tuples(conn).execute("SELECT to_regclass(%s) IS NOT NULL", [LEDGER]).fetchone()
     if not exists or not exists[0]:
         return {}
-    rows = conn.execute(f"SELECT name, checksum, applied_at FROM {LEDGER}").fetchall()
+    rows = _tuples(conn).execute(f"SELECT name, checksum, applied_at FROM {LEDGER}").fetchall()
     return {name: (checksum, at) for name, checksum, at in rows}
 
 
@@ -171,14 +177,14 @@ def migrate(
             notices.append(diag.message_primary)
 
     conn.add_notice_handler(collect)
-    conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+    _tuples(conn).execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
     try:
         preflight(conn)
-        conn.execute("SET client_min_messages = notice")
+        _tuples(conn).execute("SET client_min_messages = notice")
         with conn.transaction():
             # Quiet: "relation already exists, skipping" is not news worth reporting.
-            conn.execute("SET LOCAL client_min_messages = warning")
-            conn.execute(_LEDGER_DDL)
+            _tuples(conn).execute("SET LOCAL client_min_messages = warning")
+            _tuples(conn).execute(_LEDGER_DDL)
         applied = applied_migrations(conn)
         check_unchanged(migrations, applied)
         for m in migrations:
@@ -190,8 +196,8 @@ def migrate(
             notices.clear()
             try:
                 with conn.transaction():
-                    conn.execute(m.sql.encode())  # trusted file text, run as is
-                    conn.execute(
+                    _tuples(conn).execute(m.sql.encode())  # trusted file text, run as is
+                    _tuples(conn).execute(
                         f"INSERT INTO {LEDGER} (name, checksum) VALUES (%s, %s) "
                         "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum",
                         [m.name, m.checksum],
@@ -208,7 +214,7 @@ def migrate(
     finally:
         conn.remove_notice_handler(collect)
         if not conn.closed and not conn.broken:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+            _tuples(conn).execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
     return result
 
 

@@ -11,10 +11,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from .migrations import Migration, applied_migrations, load_migrations
 
 __all__ = ["CheckItem", "CheckReport", "check_database", "keyword_path"]
+
+def _tuples(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A cursor with tuple rows, whatever row factory the caller's connection has."""
+    return conn.cursor(row_factory=tuple_row)
+
 
 TABLES = (
     "workspace", "pipeline_stages", "field_definitions",
@@ -83,7 +89,7 @@ class CheckReport:
 
 def keyword_path(conn: psycopg.Connection[Any]) -> str:
     """'bm25' when the passages have a pg_textsearch BM25 index, else 'ts_rank_cd'."""
-    row = conn.execute(
+    row = _tuples(conn).execute(
         "SELECT 1 FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname "
         "JOIN pg_am am ON am.oid = c.relam "
         "WHERE i.schemaname = current_schema() AND i.tablename = 'knowledge_chunks' AND am.amname = 'bm25'"
@@ -92,7 +98,7 @@ def keyword_path(conn: psycopg.Connection[Any]) -> str:
 
 
 def _names(conn: psycopg.Connection[Any], sql: str) -> set[Any]:
-    return {row[0] if len(row) == 1 else tuple(row) for row in conn.execute(sql.encode())}
+    return {row[0] if len(row) == 1 else tuple(row) for row in _tuples(conn).execute(sql.encode())}
 
 
 def check_database(
@@ -102,8 +108,8 @@ def check_database(
     migrations = load_migrations() if migrations is None else migrations
     items: list[CheckItem] = []
 
-    version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]  # type: ignore[index]
-    extensions = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+    version = _tuples(conn).execute("SELECT current_setting('server_version')").fetchone()[0]  # type: ignore[index]
+    extensions = dict(_tuples(conn).execute("SELECT extname, extversion FROM pg_extension").fetchall())
     if "vector" in extensions:
         items.append(CheckItem("server", True, f"PostgreSQL {version}, pgvector {extensions['vector']}"))
     else:
@@ -166,7 +172,7 @@ def _seed_rows(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
     }
     missing = [
         f"seed row: {label}" for label, (table, sql) in checks.items()
-        if table not in tables or not conn.execute(sql).fetchone()[0]  # type: ignore[index]
+        if table not in tables or not _tuples(conn).execute(sql).fetchone()[0]  # type: ignore[index]
     ]
     return CheckItem("seed rows", not missing, f"{len(checks) - len(missing)} of {len(checks)}", missing)
 
@@ -174,7 +180,7 @@ def _seed_rows(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
 def _vector_index(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
     if "embedding_models" not in tables or "chunk_embeddings" not in tables:
         return CheckItem("vector index", False, "no embedding tables", ["vector index of the active model"])
-    row = conn.execute(
+    row = _tuples(conn).execute(
         "SELECT m.name, m.dims, hq_embedding_index_name(m.name), to_regclass(hq_embedding_index_name(m.name)) "
         "FROM embedding_models m WHERE m.is_active"
     ).fetchone()
@@ -192,7 +198,7 @@ def _supabase(conn: psycopg.Connection[Any], tables: set[Any]) -> list[CheckItem
     roles = _names(conn, "SELECT rolname FROM pg_roles WHERE rolname IN ('authenticated', 'service_role')")
     items = []
     if len(roles) == 2:
-        rows = conn.execute(
+        rows = _tuples(conn).execute(
             "SELECT c.relname, c.relrowsecurity, EXISTS (SELECT 1 FROM pg_policies p WHERE p.schemaname = "
             "current_schema() AND p.tablename = c.relname AND p.policyname = 'hq_authenticated_all') "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -204,14 +210,14 @@ def _supabase(conn: psycopg.Connection[Any], tables: set[Any]) -> list[CheckItem
                                f"{len(TABLES) - len(missing)} of {len(TABLES)} tables", missing))
     else:
         items.append(CheckItem("row-level security", None, "not Supabase (no authenticated/service_role roles)"))
-    if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = 'supabase_realtime'").fetchone():
+    if _tuples(conn).execute("SELECT 1 FROM pg_publication WHERE pubname = 'supabase_realtime'").fetchone():
         members = _names(conn, "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'")
         missing = [f"realtime publication of {t}" for t in REALTIME_TABLES if t not in members]
         items.append(CheckItem("realtime", not missing, ", ".join(t for t in REALTIME_TABLES if t in members)
                                or "none", missing))
     else:
         items.append(CheckItem("realtime", None, "no supabase_realtime publication: LISTEN/NOTIFY wakes workers"))
-    if conn.execute("SELECT to_regclass('storage.buckets')").fetchone()[0] is not None:  # type: ignore[index]
+    if _tuples(conn).execute("SELECT to_regclass('storage.buckets')").fetchone()[0] is not None:  # type: ignore[index]
         buckets = _names(conn, "SELECT id FROM storage.buckets")
         missing = [f"storage bucket {b}" for b in STORAGE_BUCKETS if b not in buckets]
         items.append(CheckItem("storage", not missing, f"buckets {', '.join(sorted(buckets & set(STORAGE_BUCKETS)))}",

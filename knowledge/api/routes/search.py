@@ -1,0 +1,59 @@
+"""GET /search: hybrid, semantic or keyword search over documents and assets."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from ...query_models import query_embedder, search_setup
+from ...search import MAX_QUERY_CHARS, SearchQuery, search
+from ..deps import Conn
+
+router = APIRouter(tags=["search"])
+
+
+@router.get("/search", summary="Search documents and assets",
+            description=f"Hybrid retrieval: HNSW over passage embeddings and BM25 (pg_textsearch; "
+                        f"ts_rank_cd where it is not installed), fused per item by weighted reciprocal "
+                        f"rank (score = w_s/(k + rank_s) + w_k/(k + rank_k)). `q` is 1 to {MAX_QUERY_CHARS} "
+                        "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
+                        "matched terms in <mark>. Archived items are left out unless `archived=true|any`.")
+def search_route(
+    conn: Conn,
+    q: str,
+    limit: int = 10,
+    offset: int = 0,
+    mode: Literal["hybrid", "semantic", "keyword"] = "hybrid",
+    tags_any: Annotated[list[str] | None, Query()] = None,
+    tags_all: Annotated[list[str] | None, Query()] = None,
+    folder: uuid.UUID | None = None,
+    kind: Literal["document", "asset"] | None = None,
+    asset_type: str | None = None,
+    pinned: bool | None = None,
+    archived: Literal["false", "true", "any"] = "false",
+    updated_since: datetime | None = None,
+    explain: bool = False,
+    k: float = 60.0,
+    semantic_weight: float = 1.0,
+    keyword_weight: float = 1.0,
+) -> JSONResponse:
+    query = SearchQuery(q=q, limit=limit, offset=offset, mode=mode, tags_any=tuple(tags_any or ()),
+                        tags_all=tuple(tags_all or ()), folder=folder, kind=kind, asset_type=asset_type,
+                        pinned=pinned, archived=archived, updated_since=updated_since, explain=explain,
+                        rrf_k=k, semantic_weight=semantic_weight, keyword_weight=keyword_weight).validated()
+    setup = search_setup(conn)
+    embed = (query_embedder(setup.model, setup.dims)
+             if mode != "keyword" and setup.model and setup.dims else None)
+    result = search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
+                    embed_query=embed)
+    body: dict[str, Any] = jsonable_encoder(dataclasses.asdict(result))
+    if not explain:
+        for hit in body["hits"]:
+            hit.pop("explain", None)
+    return JSONResponse(body)

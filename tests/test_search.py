@@ -1,0 +1,206 @@
+"""GET /search against a real database, with the deterministic fake embedder as the active model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from embeddings.model import FakeEmbedder
+from embeddings.worker import Worker
+from knowledge import search as search_module
+from knowledge.api import create_app
+from knowledge.embedded import EmbeddedPostgres
+from knowledge.migrations import migrate
+from knowledge.query_models import forget_setup
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+DOCS = [
+    ("Refund policy", "# Refunds\n\nAnnual plans are refunded pro rata within 30 days of renewal.", ["billing"]),
+    ("Discount approvals", "# Discounts\n\nA sales rep may give up to 10% without approval; more needs the CFO.",
+     ["sales", "pricing"]),
+    ("On-call handoff", "# Handoff\n\nThe outgoing engineer writes open incidents in the channel.", ["engineering"]),
+    ("Tomato care", "# Garden\n\nTomatoes need six hours of sun and regular watering.", ["garden"]),
+]
+
+
+def add(conn: Conn, title: str, text: str, tags: list[str], **extra: Any) -> uuid.UUID:
+    cols = ["title", "content_text", "tags", *extra]
+    row = conn.execute(
+        f"INSERT INTO documents ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
+        [title, text, tags, *extra.values()]).fetchone()
+    assert row is not None
+    return row["id"]  # type: ignore[no-any-return]
+
+
+def index_with_fake(conn: Conn, url: str) -> None:
+    Worker(url, FakeEmbedder()).run(once=True)
+    with conn.transaction():
+        conn.execute("UPDATE embedding_models SET is_active = false")
+        conn.execute("UPDATE embedding_models SET is_active = true, activated_at = now() WHERE name = 'fake-hash-384'")
+    forget_setup()
+
+
+@pytest.fixture
+def client(conn: Conn, db_url: str) -> Iterator[TestClient]:
+    for title, text, tags in DOCS:
+        add(conn, title, text, tags)
+    index_with_fake(conn, db_url)
+    with TestClient(create_app(db_url)) as c:
+        yield c
+
+
+def titles(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [h["title"] for h in response.json()["hits"]]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic", "keyword"])
+def test_each_mode_finds_the_document(client: TestClient, mode: str) -> None:
+    got = titles(client.get("/search", params={"q": "how much discount can a sales rep give without approval",
+                                               "mode": mode}))
+    assert got[0] == "Discount approvals"
+
+
+def test_hit_shape_explain_and_highlight(client: TestClient) -> None:
+    body = client.get("/search", params={"q": "refunded annual plans", "explain": "true", "limit": 2}).json()
+    hit = body["hits"][0]
+    assert hit["title"] == "Refund policy" and hit["kind"] == "document" and hit["folder_path"] == "/"
+    assert hit["tags"] == ["billing"] and hit["passages"][0]["heading_path"] == ["Refunds"]
+    assert "<mark>refunded</mark>" in hit["snippet"] and "<mark>Annual</mark>" in hit["snippet"]
+    assert hit["explain"]["semantic"]["rank"] == 1 and hit["explain"]["keyword"]["rank"] == 1
+    assert hit["explain"]["keyword"]["score"] > 0
+    assert body["mode"] == "hybrid" and body["keyword_path"] == "bm25" and body["model"] == "fake-hash-384"
+    assert "explain" not in client.get("/search", params={"q": "refund"}).json()["hits"][0]
+
+
+def test_html_in_documents_and_queries_comes_back_escaped(conn: Conn, db_url: str, client: TestClient) -> None:
+    add(conn, "Unsafe <b>title</b>", "# Note\n\n<script>alert('x')</script> quarterly refund review", ["x"])
+    Worker(db_url, FakeEmbedder()).run(once=True)
+    body = client.get("/search", params={"q": "<script>quarterly review", "mode": "keyword"}).json()
+    hit = body["hits"][0]
+    assert hit["title"] == "Unsafe <b>title</b>"  # JSON text: the client renders it as text
+    assert "<mark>quarterly</mark>" in hit["snippet"]
+    without_marks = hit["snippet"].replace("<mark>", "").replace("</mark>", "")
+    assert "<" not in without_marks and ">" not in without_marks
+
+
+def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
+    folder = conn.execute("INSERT INTO document_folders (name) VALUES ('Ops') RETURNING id").fetchone()["id"]  # type: ignore[index]
+    sub = conn.execute("INSERT INTO document_folders (name, parent_id) VALUES ('Sales', %s) RETURNING id",
+                       [folder]).fetchone()["id"]  # type: ignore[index]
+    add(conn, "Discount ladder (archived)", "Discount approval ladder for sales reps.", ["sales"],
+        archived_at="2030-01-01")
+    add(conn, "Discount FAQ", "Questions about discount approval for sales reps.", ["sales", "faq"],
+        folder_id=sub, pinned=True)
+    conn.execute("INSERT INTO assets (name, asset_type, content_text, tags) VALUES "
+                 "('Discount calculator', 'spreadsheet', 'discount approval sales rep percent', '{sales}')")
+    Worker(db_url, FakeEmbedder()).run(once=True)
+    q = "discount approval sales rep"
+
+    def get(**params: Any) -> list[str]:
+        return titles(client.get("/search", params={"q": q, **params}))
+
+    assert "Discount ladder (archived)" not in get()
+    assert get(archived="true") == ["Discount ladder (archived)"]
+    assert set(get(folder=str(folder))) == {"Discount FAQ"}  # the subtree counts
+    assert set(get(tags_all=["sales", "faq"])) == {"Discount FAQ"}
+    assert set(get(tags_any=["faq", "pricing"])) == {"Discount FAQ", "Discount approvals"}
+    assert get(kind="asset") == ["Discount calculator"]
+    assert get(asset_type="spreadsheet") == ["Discount calculator"]
+    assert set(get(kind="document", pinned="true")) == {"Discount FAQ"}
+    assert get(updated_since="2999-01-01T00:00:00Z") == []
+
+
+@pytest.mark.parametrize("exact_below", [0, 100_000], ids=["hnsw-iterative-scan", "exact-scan"])
+def test_one_percent_filter_returns_the_full_limit(
+    conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch, exact_below: int
+) -> None:
+    """1,000 passages, 10 of them tagged: both the HNSW path (iterative scan) and the exact
+    path return all 10, every hit matching."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO documents (title, content_text, tags) VALUES (%s, %s, %s)",
+                        [(f"Note {i}", f"Operations note {i} about shipping rates and carriers.",
+                          ["rare"] if i % 100 == 0 else ["common"]) for i in range(1000)])
+    index_with_fake(conn, db_url)
+    monkeypatch.setattr(search_module, "EXACT_SCAN_BELOW", exact_below)
+    with TestClient(create_app(db_url)) as c:
+        for mode in ("semantic", "hybrid"):
+            body = c.get("/search", params={"q": "shipping carriers", "tags_any": "rare", "limit": 10,
+                                            "mode": mode}).json()
+            assert len(body["hits"]) == 10, (mode, body)
+            assert all(h["tags"] == ["rare"] for h in body["hits"])
+            assert ("selective filter: exact vector scan" in body["notes"]) == (exact_below > 0)
+
+
+BAD = [
+    ({"q": ""}, 422, "q"),
+    ({"q": "   "}, 422, "q"),
+    ({"q": "x" * 10_000}, 422, "q"),
+    ({"q": "a\x00b"}, 422, "q"),
+    ({"q": "refund", "limit": 0}, 422, "limit"),
+    ({"q": "refund", "limit": -1}, 422, "limit"),
+    ({"q": "refund", "limit": 10_000}, 422, "limit"),
+    ({"q": "refund", "offset": -5}, 422, "offset"),
+    ({"q": "refund", "mode": "fuzzy"}, 422, "mode"),
+    ({"q": "refund", "kind": "video"}, 422, "kind"),
+    ({"q": "refund", "asset_type": "hologram"}, 422, "asset_type"),
+    ({"q": "refund", "archived": "maybe"}, 422, "archived"),
+    ({"q": "refund", "updated_since": "yesterday"}, 422, "updated_since"),
+    ({"q": "refund", "folder": "not-a-uuid"}, 422, "folder"),
+    ({"q": "refund", "pinned": "sometimes"}, 422, "pinned"),
+    ({"q": "refund", "tags_any": "x" * 101}, 422, "tags_any"),
+    ({"q": "refund", "k": 0}, 422, "rrf_k"),
+]
+SANE = ["!&|():*'\\<>-\"", "refund & | ! ( ) : * ' \\ < > - \"", "'; DROP TABLE documents; --",
+        "1' OR '1'='1", "refund) OR 1=1 --", "knowledge_chunks_bm25_idx:refund", "\ufffd\ufffd", "é ü ß 中文",
+        "-", "*", ":", "<->", "a:* & b"]
+
+
+def test_bad_input_is_a_clear_4xx_and_odd_queries_are_sane(client: TestClient, conn: Conn) -> None:
+    before = conn.execute("SELECT count(*) AS n FROM documents").fetchone()
+    for params, status, field in BAD:
+        r = client.get("/search", params=params)
+        assert r.status_code == status, (params, r.text)
+        assert field in r.text, (params, r.text)
+    for q in SANE:
+        for mode in ("hybrid", "semantic", "keyword"):
+            r = client.get("/search", params={"q": q, "mode": mode})
+            assert r.status_code == 200, (q, mode, r.text)
+    raw = client.get("/search?q=%ff%fe%fdrefund")  # not UTF-8
+    assert raw.status_code in (200, 422), raw.text
+    assert conn.execute("SELECT count(*) AS n FROM documents").fetchone() == before
+
+
+def test_source_path_of_imported_documents(conn: Conn, db_url: str, tmp_path: Path) -> None:
+    from knowledge.importer import import_folder
+
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "vat.md").write_text("# VAT rules\n\nInvoices to EU companies carry reverse-charge VAT.\n")
+    import_folder(conn, tmp_path / "kb")
+    index_with_fake(conn, db_url)
+    with TestClient(create_app(db_url)) as c:
+        hit = c.get("/search", params={"q": "reverse-charge VAT invoices"}).json()["hits"][0]
+    assert hit["source_path"] == "kb/vat.md" and hit["folder_path"] == "/kb"
+
+
+def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path, preload=()) as server:
+        with psycopg.connect(server.url, autocommit=True) as raw:
+            migrate(raw)
+        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            for title, text, tags in DOCS:
+                add(conn, title, text, tags)
+            index_with_fake(conn, server.url)
+        with TestClient(create_app(server.url)) as c:
+            assert c.get("/healthz").json()["keyword_search"] == "ts_rank_cd"
+            for mode in ("hybrid", "semantic", "keyword"):
+                body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
+                assert body["keyword_path"] == "ts_rank_cd"
+                assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
