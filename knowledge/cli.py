@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
     worker.add_argument("--batch", type=int, default=64, metavar="N", help="records leased per round (default 64)")
 
+    boot = commands.add_parser("boot", help="print an agent's boot bundle: its boot:all and boot:<slug> "
+                               "documents and assets as markdown")
+    boot.add_argument("slug", help="the agent's slug")
+    boot.add_argument("--max-tokens", type=int, metavar="N",
+                      help="token budget, 1..1000000: items in order while they fit, the first that "
+                           "does not cut at a paragraph or section, the rest listed as left out")
+    boot.add_argument("--json", action="store_true", help="print the bundle as JSON (as GET /boot/SLUG)")
+
     imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
@@ -68,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_worker(settings, once=args.once, batch=args.batch)
         if args.command == "import":
             return _import(args, settings)
+        if args.command == "boot":
+            return _boot(args, settings)
         return _db(args, settings)
     except KnowledgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -96,6 +106,20 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if result.errors else 0
+
+
+def _boot(args: argparse.Namespace, settings: Settings) -> int:
+    from .boot import JSON, MARKDOWN, boot_bundle, bundle_markdown
+    from .db import connect, database
+
+    with database(settings) as url, connect(url, autocommit=True) as conn:
+        bundle = boot_bundle(conn, args.slug, max_tokens=args.max_tokens,
+                             media_type=JSON if args.json else MARKDOWN)
+    if args.json:
+        print(json.dumps(bundle.as_json(), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(bundle_markdown(bundle))
+    return 0
 
 
 def _bundle(args: argparse.Namespace) -> int:

@@ -77,5 +77,5 @@ def _embedder(model: str, dims: int) -> QueryEmbed:
             torch_model = load_embedder(model)
             return lru_cache(maxsize=2048)(lambda q: torch_model.embed([q])[0])
         onnx_model = load_query_embedder(model)
-        return onnx_model.embed_query  # type: ignore[no-any-return]
+        return onnx_model.embed_query
     raise DatabaseUnavailable(f"the active embedding model {model!r} cannot be loaded by this service")

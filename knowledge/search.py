@@ -194,7 +194,7 @@ def _keyword_leg(path: str, where: sql.Composable, explain: bool) -> sql.Composa
 
 
 def _statement(mode: str, path: str, dims: int | None, where: sql.Composable, exact: bool,
-               has_folder: bool, explain: bool) -> sql.Composable:
+               has_folder: bool, explain: bool) -> sql.Composed:
     empty = sql.SQL("SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score WHERE false")
     sem = _semantic_leg(dims, where, exact) if mode != "keyword" and dims else empty
     kw = _keyword_leg(path, where, explain) if mode != "semantic" else empty

@@ -1,0 +1,203 @@
+"""Retrieval quality of /search on a BEIR collection, next to reference systems.
+
+    python benchmarks/quality.py [--dataset scifact] [--limit-docs N]
+
+Each corpus entry becomes a markdown file (`# title` + text) imported through the real
+import path and embedded by the real worker (all-MiniLM-L6-v2) into a throw-away embedded
+PostgreSQL; the service runs as `hq-knowledge serve` and every test query goes through
+GET /search over HTTP in keyword, semantic and hybrid mode. References on the same data in
+the same run: bm25s (English stemming and stop words) and exact dense search (numpy over
+the same model's passage embeddings, a document scored by its best passage).
+Prints a markdown table; writes benchmarks/results/quality-<dataset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(dataset: Path, limit_docs: int | None) -> tuple[dict[str, tuple[str, str]], dict[str, str],
+                                                          dict[str, dict[str, int]]]:
+    corpus: dict[str, tuple[str, str]] = {}
+    with open(dataset / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            corpus[row["_id"]] = (row.get("title") or "", row.get("text") or "")
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with open(dataset / "qrels" / "test.tsv", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            qid, did, score = line.rstrip("\n").split("\t")[:3]
+            if int(score) > 0:
+                qrels[qid][did] = int(score)
+    if limit_docs:  # keep every judged document, fill up with others
+        keep = {d for rel in qrels.values() for d in rel} | set(list(corpus)[:limit_docs])
+        corpus = {k: v for k, v in corpus.items() if k in keep}
+    queries = {}
+    with open(dataset / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["_id"] in qrels:
+                queries[row["_id"]] = row["text"]
+    return corpus, queries, dict(qrels)
+
+
+def ndcg_at(ranked: list[str], rel: dict[str, int], k: int = 10) -> float:
+    dcg = sum((2 ** rel.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted(rel.values(), reverse=True)[:k]
+    idcg = sum((2 ** r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def recall_at(ranked: list[str], rel: dict[str, int], k: int) -> float:
+    return len(set(ranked[:k]) & set(rel)) / len(rel) if rel else 0.0
+
+
+def score(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    qids = [q for q in qrels if q in runs]
+    return {
+        "ndcg@10": float(np.mean([ndcg_at(runs[q], qrels[q]) for q in qids])),
+        "recall@10": float(np.mean([recall_at(runs[q], qrels[q], 10) for q in qids])),
+        "recall@100": float(np.mean([recall_at(runs[q], qrels[q], 100) for q in qids])),
+    }
+
+
+def bm25s_runs(corpus: dict[str, tuple[str, str]], queries: dict[str, str]) -> dict[str, list[str]]:
+    import bm25s
+    import Stemmer
+
+    ids = list(corpus)
+    stemmer = Stemmer.Stemmer("english")
+    tokens = bm25s.tokenize([f"{t} {x}" for t, x in corpus.values()], stopwords="en", stemmer=stemmer,
+                            show_progress=False)
+    model = bm25s.BM25()
+    model.index(tokens, show_progress=False)
+    qids = list(queries)
+    qtokens = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False)
+    docs, _ = model.retrieve(qtokens, k=min(100, len(ids)), show_progress=False)
+    return {q: [ids[i] for i in docs[n]] for n, q in enumerate(qids)}
+
+
+def dense_runs(url: str, queries: dict[str, str]) -> dict[str, list[str]]:
+    from embeddings.model import SentenceTransformerEmbedder
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT d.source_path, e.embedding::text FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
+            " JOIN documents d ON d.id = c.document_id WHERE e.model = 'all-MiniLM-L6-v2'").fetchall()
+    owners = [Path(r[0]).stem for r in rows]
+    matrix = np.array([json.loads(r[1]) for r in rows], dtype=np.float32)
+    model = SentenceTransformerEmbedder()
+    qids = list(queries)
+    qv = model.embed([queries[q] for q in qids])
+    sims = qv @ matrix.T
+    runs = {}
+    for n, q in enumerate(qids):
+        best: dict[str, float] = {}
+        for j in np.argsort(-sims[n])[:1000]:
+            best.setdefault(owners[j], float(sims[n, j]))
+        runs[q] = sorted(best, key=lambda d: -best[d])[:100]
+    return runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--limit-docs", type=int, default=None, help="a smaller corpus (judged documents kept)")
+    args = parser.parse_args()
+    corpus, queries, qrels = load(DATASETS / args.dataset, args.limit_docs)
+    print(f"{args.dataset}: {len(corpus)} documents, {len(queries)} judged test queries", flush=True)
+
+    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.importer import import_folder
+    from knowledge.migrations import migrate
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / args.dataset
+        folder.mkdir()
+        for did, (title, text) in corpus.items():
+            (folder / f"{did}.md").write_text(f"# {title.strip() or did}\n\n{text}\n", encoding="utf-8")
+        server = EmbeddedPostgres(Path(tmp) / "db")
+        url = server.start()
+        env = {**os.environ, "HQ_DATABASE_URL": url}
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                migrate(conn)
+                started = time.perf_counter()
+                imported = import_folder(conn, folder)
+                print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s", flush=True)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env=env, check=True)
+            print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
+
+            port = free_port()
+            service = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--no-worker", "--port", str(port)],
+                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                    for _ in range(600):
+                        try:
+                            if client.get("/healthz").status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            time.sleep(0.1)
+                    for mode in ("keyword", "semantic", "hybrid"):
+                        runs, took = {}, []
+                        for qid, text in queries.items():
+                            r = client.get("/search", params={"q": text[:1000], "mode": mode, "limit": 100})
+                            r.raise_for_status()
+                            body = r.json()
+                            took.append(body["took_ms"])
+                            runs[qid] = [Path(h["source_path"]).stem for h in body["hits"]]
+                        rows.append({"system": mode, **score(runs, qrels), "p50_ms": float(np.median(took))})
+                        print(f"{mode}: done", flush=True)
+            finally:
+                service.terminate()
+                service.wait(timeout=60)
+            rows.append({"system": "exact-dense", **score(dense_runs(url, queries), qrels)})
+        finally:
+            server.stop()
+    rows.append({"system": "bm25s", **score(bm25s_runs(corpus, queries), qrels)})
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"\nmachine: {machine}; dataset {args.dataset}: {len(corpus)} documents, {len(queries)} queries")
+    print("| system | nDCG@10 | recall@10 | recall@100 | server ms p50 |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        ms = f"{row['p50_ms']:.1f}" if "p50_ms" in row else ""
+        print(f"| {row['system']} | {row['ndcg@10']:.3f} | {row['recall@10']:.3f} | {row['recall@100']:.3f} | {ms} |")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"quality-{args.dataset}.json"
+    out.write_text(json.dumps({"dataset": args.dataset, "documents": len(corpus), "queries": len(queries),
+                               "machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""GET /boot/{agent_slug}: an agent's boot bundle, as JSON or markdown, with an ETag."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ...boot import (
+    JSON,
+    MARKDOWN,
+    MAX_TOKENS_LIMIT,
+    SLUG_RULE,
+    boot_bundle,
+    boot_version,
+    bundle_markdown,
+)
+from ..deps import Conn
+
+router = APIRouter(tags=["boot"])
+
+_OFFERED = (JSON, MARKDOWN)
+"""In order of preference when the Accept header rates them alike."""
+
+
+class BootItemPublic(BaseModel):
+    id: UUID
+    kind: str = Field(description="document or asset")
+    title: str
+    folder_path: str = Field(description="'/' for the root, else '/Operations/Sales'.")
+    tags: list[str]
+    pinned: bool
+    updated_at: datetime
+    tokens: int = Field(description="Tokens of `markdown` (the model's word pieces).")
+    markdown: str = Field(description="`# <title>`, a blank line, then the body as markdown.")
+    truncated: bool = Field(description="Cut at a paragraph or section boundary to fit max_tokens; "
+                                        "the markdown ends with a note saying so.")
+
+
+class BootOmittedPublic(BaseModel):
+    id: UUID
+    kind: str
+    title: str
+    tokens: int = Field(description="Tokens of the whole item.")
+    reason: str = Field(description="`over budget`, or `cannot be rendered: ...`.")
+
+
+class BootBundlePublic(BaseModel):
+    agent: str
+    version: str = Field(description="The ETag of this response, without quotes.")
+    items: list[BootItemPublic]
+    omitted: list[BootOmittedPublic]
+    tokens: int = Field(description="Sum of the items' tokens.")
+    max_tokens: int | None
+
+
+def negotiate(accept: str | None) -> str:
+    """The offered media type the Accept header rates highest: by q, then by how specific the
+    matching range is (`text/markdown` over `text/*` over `*/*`), then JSON first. Without an
+    Accept header, or when it accepts neither, JSON (RFC 9110 lets a server disregard Accept
+    rather than answer 406)."""
+    if not accept:
+        return JSON
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media:
+            ranges.append((media.lower(), q))
+
+    def rating(offered: str) -> tuple[float, int]:
+        kind = offered.split("/")[0]
+        matches = [(q, specificity) for media, q in ranges
+                   for specificity, pattern in ((2, offered), (1, f"{kind}/*"), (0, "*/*"))
+                   if media == pattern]
+        if not matches:
+            return 0.0, -1
+        specificity = max(s for _, s in matches)  # the most specific range decides the q
+        return max(q for q, s in matches if s == specificity), specificity
+
+    best = max(_OFFERED, key=lambda m: (*rating(m), -_OFFERED.index(m)))
+    return best if rating(best)[0] > 0 else JSON
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match's weak comparison: `*`, or one of the listed tags with `W/` ignored."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/boot/{agent_slug}", response_model=BootBundlePublic, summary="An agent's boot bundle",
+    responses={200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
+               304: {"description": "Not modified: If-None-Match holds the current ETag."},
+               404: {"description": "No agent with this slug."}},
+    description=(
+        "Every unarchived document and asset tagged `boot:all`, then those tagged `boot:<agent_slug>` "
+        "(an item with both appears once, in the first part). Within each part: pinned first, then "
+        "documents before assets, then folder path (tree order), title (case-insensitive), id. Each item "
+        "is markdown: `# <title>` and its body (TipTap and HTML converted).\n\n"
+        "`Accept: application/json` (the default) answers the JSON below; `Accept: text/markdown` the "
+        "items' markdown joined, after a header naming the agent and version and before a list of what "
+        "was left out.\n\n"
+        "With `max_tokens`, items are taken in order while they fit whole; the first that does not is cut "
+        "after its last paragraph or section that fits (with a note), or left out if none does; every "
+        "later item is listed in `omitted`.\n\n"
+        "Caching: a strong ETag, different for the JSON and the markdown representation and for each "
+        "max_tokens (the media type is part of what is hashed), and `Cache-Control: no-cache`. Send it "
+        "back in If-None-Match: 304 without a body while no candidate item was edited, retagged, pinned "
+        "or unpinned, moved, archived or deleted and no item gained a boot tag."),
+)
+def get_boot_bundle(
+    agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.")],
+    conn: Conn,
+    max_tokens: Annotated[int | None, Query(
+        ge=1, le=MAX_TOKENS_LIMIT,
+        description=f"Token budget, 1..{MAX_TOKENS_LIMIT}, in word pieces of the embedding model's "
+                    "tokenizer; none: everything.")] = None,
+    accept: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The bundle in the negotiated representation, or 304 when If-None-Match holds its current
+    ETag. ETags differ per representation: the media type is part of what `boot_version`
+    hashes, so a JSON ETag never validates the markdown and vice versa."""
+    media_type = negotiate(accept)
+    headers = {"Cache-Control": "no-cache", "Vary": "Accept"}
+    etag = f'"{boot_version(conn, agent_slug, max_tokens, media_type)}"'
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    bundle = boot_bundle(conn, agent_slug, max_tokens=max_tokens, media_type=media_type)
+    # The bundle's own version: the data may have changed since the check above.
+    headers["ETag"] = f'"{bundle.version}"'
+    if media_type == MARKDOWN:
+        return Response(bundle_markdown(bundle), media_type=f"{MARKDOWN}; charset=utf-8", headers=headers)
+    return JSONResponse(bundle.as_json(), headers=headers)
