@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
                            "does not cut at a paragraph or section, the rest listed as left out")
     boot.add_argument("--json", action="store_true", help="print the bundle as JSON (as GET /boot/SLUG)")
 
+    find = commands.add_parser("search", help="search documents and assets (hybrid by default)")
+    find.add_argument("query")
+    find.add_argument("--mode", choices=("hybrid", "semantic", "keyword"), default="hybrid")
+    find.add_argument("--limit", type=int, default=10, help="hits to show, 1-100 (default 10)")
+    find.add_argument("--tag", action="append", default=[], help="only items with this tag (repeatable: any)")
+    find.add_argument("--kind", choices=("document", "asset"))
+    find.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
@@ -76,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_worker(settings, once=args.once, batch=args.batch)
         if args.command == "import":
             return _import(args, settings)
+        if args.command == "search":
+            return _search(args, settings)
         if args.command == "boot":
             return _boot(args, settings)
         return _db(args, settings)
@@ -119,6 +129,40 @@ def _boot(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(bundle.as_json(), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(bundle_markdown(bundle))
+    return 0
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import re
+
+    from pgvector.psycopg import register_vector
+
+    from .db import connect, database
+    from .query_models import query_embedder, search_setup
+    from .search import SearchQuery, search
+
+    query = SearchQuery(q=args.query, limit=args.limit, mode=args.mode, tags_any=tuple(args.tag),
+                        kind=args.kind).validated()
+    with database(settings) as url, connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        setup = search_setup(conn)
+        embed = (query_embedder(setup.model, setup.dims)
+                 if query.mode != "keyword" and setup.model and setup.dims else None)
+        result = search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
+                        embed_query=embed)
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+        return 0
+    bold, plain = "\033[1m", "\033[0m"
+    print(f"{len(result.hits)} hits ({result.mode}, keyword: {result.keyword_path}, {result.took_ms:.0f} ms)")
+    for n, hit in enumerate(result.hits, start=1):
+        print(f"{n:>3}. {bold}{hit.title}{plain}  [{hit.kind}] {hit.folder_path}  score {hit.score:.4f}")
+        snippet = re.sub(r"\s+", " ", hit.snippet).replace("<mark>", bold).replace("</mark>", plain)
+        import html as html_module
+
+        print(f"     {html_module.unescape(snippet)[:300]}")
     return 0
 
 
