@@ -1,0 +1,347 @@
+"""Query embedding through ONNX Runtime: all-MiniLM-L6-v2 with the vectors of the torch model
+(cosine >= 0.999) at a fraction of its per-query latency, and an LRU cache of query vectors.
+
+The packaged model's BERT body is exported to ONNX once, on first use, into a cache
+directory, and reused by every later start. Nothing is loaded at import time.
+`load_query_embedder` hands out one query embedder per process and falls back to the torch
+model when ONNX Runtime is missing or the export fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .model import DEFAULT_MODEL, Embedder, Vectors, load_embedder, packaged_model_dir
+
+__all__ = ["CachedQueryEmbedder", "OnnxEmbedder", "QueryEmbedder", "export_onnx", "load_query_embedder"]
+
+log = logging.getLogger("hq_knowledge.onnx")
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT = "last_hidden_state"
+# Two intra-op threads (capped at the core count): on the 2-core development machine a
+# short query takes 2.8 ms p50 against 4.4 ms with one thread, for 1.25x the CPU time
+# (benchmarks/query_embedding.py). A search waits on this call, and queries are rare next
+# to the worker's batches, so latency wins. When other processes keep the cores busy, two
+# threads suffer more (12 ms against 6 ms p50 measured); pass threads=1 there.
+DEFAULT_THREADS = 2
+CACHE_SIZE = 2048
+# Longer texts are embedded but not cached: 2048 keys hold at most ~8M characters.
+CACHEABLE_CHARS = 4096
+
+
+class QueryEmbedder(Embedder, Protocol):
+    """An embedder with a cached single-query path."""
+
+    def embed_query(self, text: str) -> NDArray[np.float32]: ...
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`$HQ_DATA_DIR/models` when HQ_DATA_DIR is set, else the user cache directory of
+    hq-knowledge. Where exported models live unless a caller names a directory."""
+    env = os.environ if env is None else env
+    data_dir = env.get("HQ_DATA_DIR", "").strip()
+    if data_dir:
+        return Path(data_dir).expanduser() / "models"
+    import platformdirs
+
+    return platformdirs.user_cache_path("hq-knowledge")
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 (hex) of the model's weights file. Raises FileNotFoundError when there is none."""
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = model_dir / filename
+        if path.is_file():
+            with path.open("rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {model_dir}")
+
+
+def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17) -> Path:
+    """Export the BERT body of the sentence-transformers model in `model_dir` to `out_path`:
+    inputs input_ids, attention_mask, token_type_ids (int64, batch x sequence, both axes
+    dynamic), output last_hidden_state (float32, batch x sequence x hidden). Pooling and
+    normalisation are left to the caller.
+
+    The file appears whole or not at all (a temporary file in the same directory, renamed
+    over `out_path`), so a reader never sees a partial export. Needs torch and transformers;
+    returns `out_path`."""
+    import torch
+    from transformers import AutoModel
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Eager attention traces to the plain MatMul/Softmax graph ONNX Runtime's fusions know.
+    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class Body(torch.nn.Module):  # positional inputs in, one tensor out
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            hidden: torch.Tensor = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                             token_type_ids=token_type_ids, return_dict=False)[0]
+            return hidden
+
+    # A padded row in the example keeps the traced graph on the masked-attention path.
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    axes = {0: "batch", 1: "sequence"}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation of the TorchScript exporter, tracer notes
+            torch.onnx.export(Body(bert), (ids, mask, torch.zeros_like(ids)), str(tmp), dynamo=False,
+                              input_names=list(INPUTS), output_names=[OUTPUT], opset_version=opset,
+                              dynamic_axes={name: axes for name in (*INPUTS, OUTPUT)})
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())  # the rename must not outlive the data in a crash
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (and threads) on `path`; a no-op where there is
+    no fcntl, where the atomic rename alone keeps the export whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class _QueryCache:
+    """A thread-safe LRU of query vectors by exact text. Stored arrays are read-only and
+    callers get copies, so nothing a caller does reaches the cache."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, embed: Callable[[Sequence[str]], Vectors]) -> NDArray[np.float32]:
+        with self._lock:
+            hit = self._entries.get(text)
+            if hit is not None:
+                self._entries.move_to_end(text)
+                return hit.copy()
+        vector = np.array(embed([text])[0], dtype=np.float32)
+        if self.size > 0 and len(text) <= CACHEABLE_CHARS:
+            stored = vector.copy()
+            stored.setflags(write=False)
+            with self._lock:
+                self._entries[text] = stored
+                self._entries.move_to_end(text)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return vector
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 (or another BERT sentence-transformers directory with mean pooling)
+    through ONNX Runtime on the CPU, with the vectors of `SentenceTransformerEmbedder`.
+
+    Texts are cut at `max_seq_length` word pieces including [CLS]/[SEP]: passages from the
+    chunker always fit, a longer query is truncated. The first `load()` (or first embed)
+    exports the model into `cache_dir` as `<name>-<weights sha256[:12]>.onnx` unless that
+    file exists; concurrent processes export it once, under a file lock. Thread-safe."""
+
+    provider = "onnx"
+
+    def __init__(self, model_dir: Path | None = None, *, name: str = DEFAULT_MODEL, dims: int = 384,
+                 max_seq_length: int = 256, batch_size: int = 32, threads: int = DEFAULT_THREADS,
+                 cache_dir: str | Path | None = None, cache_size: int = CACHE_SIZE) -> None:
+        self.model_dir = model_dir
+        self.name = name
+        self.dims = dims
+        self.max_seq_length = max_seq_length
+        self.max_tokens = max_seq_length - 2  # [CLS] and [SEP]
+        self.batch_size = batch_size
+        self.threads = threads
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._queries = _QueryCache(cache_size)
+        self._onnx_path: Path | None = None
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._pad_id = 0
+        self._count: Callable[[str], int] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def onnx_path(self) -> Path:
+        """Where the exported model is (or will be) cached. Hashes the weights on first call."""
+        if self._onnx_path is None:
+            model_dir = self.model_dir or packaged_model_dir()
+            digest = weights_digest(model_dir)[:12]
+            directory = self.cache_dir or default_cache_dir()
+            self._onnx_path = directory / f"{self.name.replace('/', '_')}-{digest}.onnx"
+        return self._onnx_path
+
+    def load(self) -> None:
+        """Export the model if its cached file is missing, then open it. Idempotent.
+        Raises ImportError without onnxruntime or the export's dependencies, ValueError
+        when the model's width is not `dims`, and whatever the export raises."""
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            model_dir = self.model_dir or packaged_model_dir()
+            path = self.onnx_path
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = max(1, min(self.threads, os.cpu_count() or 1))
+            options.inter_op_num_threads = 1
+            if not path.is_file():
+                self._export(model_dir, path, replace=False)
+            try:
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # noqa: BLE001 - damaged, or written by another onnx version
+                log.warning("cannot open %s (%s); exporting it again", path, e)
+                self._export(model_dir, path, replace=True)
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            width = session.get_outputs()[0].shape[-1]
+            if width != self.dims:
+                raise ValueError(f"model {self.name} gives {width} dimensions, expected {self.dims}")
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            tokenizer.no_padding()  # padded per batch below, to its longest text
+            tokenizer.enable_truncation(max_length=self.max_seq_length)
+            pad = tokenizer.token_to_id("[PAD]")
+            self._pad_id = 0 if pad is None else pad
+            self._tokenizer = tokenizer
+            self._session = session
+
+    def _export(self, model_dir: Path, path: Path, *, replace: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.with_name(path.name + ".lock")):
+            if replace or not path.is_file():  # another process may have exported meanwhile
+                log.info("exporting %s to %s", self.name, path)
+                export_onnx(model_dir, path)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """float32 (len(texts), dims), rows L2-normalised, in the order given. Not cached."""
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        self.load()
+        texts = list(texts)
+        if len(texts) == 1:
+            encodings = [self._tokenizer.encode(texts[0])]
+        else:
+            encodings = self._tokenizer.encode_batch(texts)
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        # Longest first, as sentence-transformers does: each batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            out[rows] = self._run([encodings[i].ids for i in rows])
+        return out
+
+    def _run(self, batch: list[list[int]]) -> Vectors:
+        longest = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, :len(ids)] = ids
+            mask[row, :len(ids)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask,
+                "token_type_ids": np.zeros_like(input_ids)}
+        hidden = self._session.run([OUTPUT], feed)[0]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return np.asarray(pooled / norms, dtype=np.float32)
+
+    def embed_query(self, text: str) -> NDArray[np.float32]:
+        """float32 (dims,), L2-normalised; from the LRU cache when this exact text was
+        embedded recently. The array is the caller's to keep or change."""
+        return self._queries.get(text, self.embed)
+
+    def count_tokens(self, text: str) -> int:
+        if self._count is None:
+            from .chunking import load_tokenizer_counter
+
+            self._count = load_tokenizer_counter(self.model_dir or packaged_model_dir())
+        return int(self._count(text))
+
+
+class CachedQueryEmbedder:
+    """Any `Embedder` with the cached `embed_query` of `OnnxEmbedder`: the fallback when
+    ONNX is unavailable, and the query side of the fake embedder."""
+
+    def __init__(self, inner: Embedder, cache_size: int = CACHE_SIZE) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dims = inner.dims
+        self.max_tokens = inner.max_tokens
+        self.provider = inner.provider
+        self._queries = _QueryCache(cache_size)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return self.inner.embed(texts)
+
+    def embed_query(self, text: str) -> NDArray[np.float32]:
+        return self._queries.get(text, self.inner.embed)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+
+_query_embedders: dict[tuple[str, Path | None], QueryEmbedder] = {}
+_query_embedders_lock = threading.Lock()
+
+
+def load_query_embedder(name: str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> QueryEmbedder:
+    """The process-wide query embedder for `name`. For all-MiniLM-L6-v2: an `OnnxEmbedder`,
+    loaded (exported on the first start) before it is returned; if ONNX Runtime is missing
+    or the export fails, a warning is logged and the torch model of `load_embedder` is
+    returned instead, wrapped with the same query cache. Other names ('fake') get their
+    `load_embedder` embedder wrapped; an unknown name raises ValueError."""
+    key = (name, Path(cache_dir) if cache_dir is not None else None)
+    with _query_embedders_lock:
+        if key not in _query_embedders:
+            _query_embedders[key] = _make_query_embedder(name, key[1])
+        return _query_embedders[key]
+
+
+def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
+    if name != DEFAULT_MODEL:
+        return CachedQueryEmbedder(load_embedder(name))
+    embedder = OnnxEmbedder(name=name, cache_dir=cache_dir)
+    try:
+        embedder.load()
+    except Exception as e:  # noqa: BLE001 - a failure here only costs speed: torch gives the same vectors
+        log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead",
+                    type(e).__name__, e)
+        return CachedQueryEmbedder(load_embedder(name))
+    return embedder

@@ -1,0 +1,278 @@
+"""The ONNX query embedder with the real model: the torch model's vectors, one export reused
+by later starts (and by concurrent ones), a query cache callers cannot corrupt, and the
+torch fallback. Exports go to temporary directories only; no database is needed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import embeddings.onnx as onnx_module
+from embeddings.model import SentenceTransformerEmbedder, packaged_model_dir
+from embeddings.onnx import CachedQueryEmbedder, OnnxEmbedder, export_onnx, load_query_embedder
+
+pytestmark = pytest.mark.slow
+
+WORDS = ["incident", "escalation", "refund", "invoice", "schedule", "rotation", "deploy", "rollback",
+         "customer", "latency", "database", "replica", "backup", "restore", "agent", "prompt",
+         "budget", "quota", "policy"]
+
+
+def _passage(words: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(str(w) for w in rng.choice(WORDS, size=words)) + "."
+
+
+TEXTS = [
+    "how do I rotate the on-call schedule?",
+    "refund policy for annual plans",
+    "What is our SLA for Sev 1 incidents",
+    "postgres replica lag",
+    "who approves budget increases over $5,000?",
+    "deploy",
+    "OKR Q3 2025",
+    "agent boot bundle tags",
+    "Where are the SOPs for onboarding a new customer workspace?",
+    "reset password 2FA",
+    "HNSW vs IVFFlat index recall",
+    "",
+    "   ",
+    "Überprüfung der Rückerstattungsrichtlinie für Jahrespläne",
+    "politique de remboursement : délai de préavis et résiliation",
+    "оповещение о сбое базы данных",
+    "日本語のテキストを検索する方法",
+    "数据库备份和恢复流程",
+    "سياسة الاسترداد للعملاء",
+    "🚀 launch checklist ✅ done",
+    "def rotate(schedule: list[str]) -> list[str]:\n    return schedule[1:] + schedule[:1]",
+    "| plan | price |\n|------|------:|\n| team | 49 € |",
+    "# Incident response\n\nWhen an alert fires, the on-call engineer acknowledges it.",
+    _passage(60, 1),
+    _passage(180, 2),
+    _passage(240, 3),  # near the window: 240 words, each one word piece, plus [CLS]/[SEP]
+    _passage(252, 4),
+    _passage(254, 5),  # exactly 256 with [CLS]/[SEP]
+    _passage(400, 6),  # truncated, as the torch model truncates it
+    ("Microstructural development of human newborn cerebral white matter assessed in vivo "
+     "by diffusion tensor magnetic resonance imaging. ") * 12,
+    "the the the the the",
+    "1234567890 3.14159 2025-11-25T12:00:00Z",
+]
+
+
+@pytest.fixture(scope="module")
+def exports() -> Iterator[list[Path]]:
+    """Every export_onnx call of this module, by output path."""
+    calls: list[Path] = []
+    real = onnx_module.export_onnx
+
+    def counting(model_dir: str | Path, out_path: str | Path, **kwargs: Any) -> Path:
+        calls.append(Path(out_path))
+        return real(model_dir, out_path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_module, "export_onnx", counting)
+        yield calls
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx(cache_dir: Path, exports: list[Path]) -> OnnxEmbedder:
+    embedder = OnnxEmbedder(cache_dir=cache_dir)
+    embedder.load()
+    return embedder
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder()
+
+
+def test_onnx_vectors_match_the_torch_model(onnx: OnnxEmbedder,
+                                            torch_model: SentenceTransformerEmbedder) -> None:
+    assert len(TEXTS) >= 30
+    assert max(onnx.count_tokens(t) for t in TEXTS) > 256  # some are truncated
+    expected = torch_model.embed(TEXTS)
+    batched = onnx.embed(TEXTS)  # one padded batch of mixed lengths
+    one_by_one = np.stack([onnx.embed([t])[0] for t in TEXTS])
+    for got in (batched, one_by_one):
+        cosines = np.sum(got * expected, axis=1)
+        worst = int(np.argmin(cosines))
+        assert cosines[worst] >= 0.999, f"cosine {cosines[worst]:.5f} for {TEXTS[worst][:60]!r}"
+
+
+def test_related_texts_rank_above_unrelated(onnx: OnnxEmbedder) -> None:
+    query = onnx.embed_query("how do I get my money back?")
+    passages = onnx.embed(["Refunds are paid to the original card within 5 days.",
+                           "The on-call engineer acknowledges alerts within five minutes."])
+    assert passages[0] @ query > passages[1] @ query
+
+
+def test_shapes_dtype_and_norms(onnx: OnnxEmbedder) -> None:
+    batch = onnx.embed(TEXTS[:5])
+    assert batch.shape == (5, 384) and batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    query = onnx.embed_query("shape check")
+    assert query.shape == (384,) and query.dtype == np.float32
+    assert abs(float(np.linalg.norm(query)) - 1.0) < 1e-5
+    assert onnx.embed([]).shape == (0, 384)
+    assert (onnx.name, onnx.dims, onnx.max_tokens, onnx.provider) == ("all-MiniLM-L6-v2", 384, 254, "onnx")
+
+
+def test_the_export_is_reused_by_the_next_start(onnx: OnnxEmbedder, cache_dir: Path,
+                                                exports: list[Path]) -> None:
+    path = onnx.onnx_path
+    assert path.parent == cache_dir and path.is_file()
+    assert path.name.startswith("all-MiniLM-L6-v2-") and len(path.stem) == len("all-MiniLM-L6-v2-") + 12
+    assert exports.count(path) == 1
+    mtime = path.stat().st_mtime_ns
+
+    again = OnnxEmbedder(cache_dir=cache_dir)
+    again.load()
+    np.testing.assert_array_equal(again.embed(TEXTS[:3]), onnx.embed(TEXTS[:3]))
+    assert exports.count(path) == 1
+    assert path.stat().st_mtime_ns == mtime
+    assert not [p for p in cache_dir.iterdir() if p.suffix == ".tmp"]
+
+
+def test_concurrent_starts_export_once(tmp_path: Path, exports: list[Path]) -> None:
+    embedders = [OnnxEmbedder(cache_dir=tmp_path) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def start(e: OnnxEmbedder) -> None:
+        try:
+            e.load()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in embedders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert exports.count(embedders[0].onnx_path) == 1
+    vectors = [e.embed(["concurrent start"]) for e in embedders]
+    for v in vectors[1:]:
+        np.testing.assert_array_equal(v, vectors[0])
+
+
+def test_query_cache_returns_equal_vectors_the_caller_cannot_change(
+        onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded: list[str] = []
+    real = onnx.embed
+
+    def counting(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        embedded.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(onnx, "embed", counting)
+    first = onnx.embed_query("which runbook covers database failover?")
+    kept = first.copy()
+    first[:] = 0.0  # the caller's array is writable and its own
+    second = onnx.embed_query("which runbook covers database failover?")
+    np.testing.assert_array_equal(second, kept)
+    np.testing.assert_array_equal(second, real(["which runbook covers database failover?"])[0])
+    second[:] = 1.0  # a hit is the caller's own array too
+    np.testing.assert_array_equal(onnx.embed_query("which runbook covers database failover?"), kept)
+    assert embedded == ["which runbook covers database failover?"]  # later calls were hits
+    onnx.embed_query("Which runbook covers database failover?")  # exact text: a new key
+    assert len(embedded) == 2
+
+
+def test_query_cache_evicts_the_least_recently_used(onnx: OnnxEmbedder,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    small = OnnxEmbedder(cache_dir=onnx.onnx_path.parent, cache_size=2)
+    seen: list[str] = []
+    real = small.embed
+
+    def counting(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        seen.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(small, "embed", counting)
+    for q in ["a", "b", "a", "c", "a", "b"]:
+        small.embed_query(q)
+    assert seen == ["a", "b", "c", "b"]  # "a" stayed recent; "b" was evicted by "c"
+
+
+def test_export_onnx_writes_a_whole_model_into_any_directory(tmp_path: Path) -> None:
+    import onnx
+
+    out = export_onnx(packaged_model_dir(), tmp_path / "nested" / "body.onnx")
+    assert out == tmp_path / "nested" / "body.onnx"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["body.onnx"]  # no temp file left
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in model.graph.output] == ["last_hidden_state"]
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+
+
+def test_default_cache_dir_follows_hq_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert onnx_module.default_cache_dir({"HQ_DATA_DIR": str(tmp_path)}) == tmp_path / "models"
+    assert onnx_module.default_cache_dir({}).name == "hq-knowledge"
+    monkeypatch.setenv("HQ_DATA_DIR", str(tmp_path))
+    assert OnnxEmbedder().onnx_path.parent == tmp_path / "models"  # hashes, exports nothing
+    assert not (tmp_path / "models").exists()
+
+
+def _fallback(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+              cache_dir: Path) -> CachedQueryEmbedder:
+    monkeypatch.setattr(onnx_module, "_query_embedders", {})
+    with caplog.at_level(logging.WARNING, logger="hq_knowledge.onnx"):
+        embedder = load_query_embedder(cache_dir=cache_dir)
+    assert isinstance(embedder, CachedQueryEmbedder)
+    assert embedder.provider == "sentence-transformers" and embedder.name == "all-MiniLM-L6-v2"
+    assert "using the torch model instead" in caplog.text
+    assert load_query_embedder(cache_dir=cache_dir) is embedder  # decided once per process
+    return embedder
+
+
+def test_falls_back_to_torch_when_the_export_fails(
+        tmp_path: Path, onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(onnx_module, "export_onnx", broken)
+    embedder = _fallback(monkeypatch, caplog, tmp_path)
+    assert "exporter exploded" in caplog.text
+    query = "how do I rotate the on-call schedule?"
+    vector = embedder.embed_query(query)
+    assert vector.shape == (384,) and vector.dtype == np.float32
+    assert float(vector @ onnx.embed_query(query)) >= 0.999
+    vector[:] = 0.0
+    assert abs(float(np.linalg.norm(embedder.embed_query(query))) - 1.0) < 1e-5
+
+
+def test_falls_back_to_torch_without_onnxruntime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    _fallback(monkeypatch, caplog, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing exported for a runtime that is missing
+
+
+def test_load_query_embedder_is_process_wide(cache_dir: Path, onnx: OnnxEmbedder,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_module, "_query_embedders", {})
+    first = load_query_embedder(cache_dir=cache_dir)
+    assert isinstance(first, OnnxEmbedder)
+    assert load_query_embedder(cache_dir=cache_dir) is first
+    fake = load_query_embedder("fake")
+    assert fake.provider == "fake" and fake.embed_query("x").shape == (fake.dims,)
+    with pytest.raises(ValueError, match="unknown embedding model 'nope'"):
+        load_query_embedder("nope")
+
