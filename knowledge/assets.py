@@ -208,9 +208,7 @@ def update_asset(
     if not given:
         return get_asset(conn, asset_id)
     params = _checked(given)
-    statement = sql.SQL("UPDATE assets SET {} WHERE id = %(id)s RETURNING *").format(
-        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in params))
-    row = _write(conn, statement, {**params, "id": asset_id})
+    row = _write(conn, items.update_statement(_SPEC, params), {**params, "id": asset_id})
     if row is None:
         raise NotFound(f"asset {asset_id} not found")
     return row

@@ -230,10 +230,7 @@ def update_document(
                 new_content = given.get("content")
             params["content_format"] = fmt
             params["content"], params["content_text"] = _content(fmt, new_content, new_text)
-        statement = sql.SQL("UPDATE documents SET {} WHERE id = %(id)s RETURNING *").format(
-            sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in params))
-        updated = items.write(conn, _SPEC, statement, {**params, "id": document_id})
+        updated = items.write(conn, _SPEC, items.update_statement(_SPEC, params), {**params, "id": document_id})
     if updated is None:
         raise NotFound(f"document {document_id} not found")
     return updated

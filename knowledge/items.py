@@ -7,7 +7,7 @@ deletion, the embedding retry, and the conversion of driver errors on a write.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
@@ -122,6 +122,13 @@ def fetch(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> T:
     if row is None:
         raise NotFound(f"{spec.kind} {item_id} not found")
     return row
+
+
+def update_statement(spec: ItemSpec[T], columns: Iterable[str]) -> sql.Composed:
+    """`UPDATE <table> SET col = %(col)s, ... WHERE id = %(id)s RETURNING *` for `columns`."""
+    return sql.SQL("UPDATE {} SET {} WHERE id = %(id)s RETURNING *").format(
+        sql.Identifier(spec.table),
+        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in columns))
 
 
 def write(conn: psycopg.Connection[Any], spec: ItemSpec[T], statement: sql.Composable,
