@@ -50,6 +50,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as url:
         _prepare(url, sample=sample)
+        _warm_query_embedder(url)
         stop = threading.Event()
         thread = _start_worker(url, settings, stop) if worker else None
         try:
@@ -61,6 +62,26 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
             if thread is not None:
                 thread.join(timeout=120)
     return 0
+
+
+def _warm_query_embedder(url: str) -> None:
+    """Load (on a first start: export) the query model in the background, so that the
+    first search does not wait for it."""
+    from .query_models import query_embedder, search_setup
+
+    with connect(url) as conn:
+        setup = search_setup(conn)
+    if setup.model is None or setup.dims is None:
+        return
+    model, dims = setup.model, setup.dims
+
+    def warm() -> None:
+        try:
+            query_embedder(model, dims)("warm up")
+        except Exception:  # noqa: BLE001 - search reports the problem itself when used
+            log.warning("could not load the query model %s", model, exc_info=True)
+
+    threading.Thread(target=warm, name="hq-knowledge-warm-up", daemon=True).start()
 
 
 def _start_worker(url: str, settings: Settings, stop: threading.Event) -> threading.Thread:
