@@ -157,16 +157,22 @@ def main() -> None:
             print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
 
             port = free_port()
+            log = open(Path(tmp) / "serve.log", "w+")  # noqa: SIM115 - read back on failure
             service = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--no-worker", "--port", str(port)],
-                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                    for _ in range(600):
+                    deadline = time.monotonic() + 180
+                    while True:
                         try:
                             if client.get("/healthz").status_code == 200:
                                 break
                         except httpx.TransportError:
-                            time.sleep(0.1)
+                            pass
+                        if time.monotonic() > deadline or service.poll() is not None:
+                            log.seek(0)
+                            raise SystemExit(f"the service did not start:\n{log.read()[-3000:]}")
+                        time.sleep(0.2)
                     for mode in ("keyword", "semantic", "hybrid"):
                         runs, took = {}, []
                         for qid, text in queries.items():
