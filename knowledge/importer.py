@@ -23,7 +23,7 @@ from psycopg.rows import tuple_row
 from .documents import upsert_document_by_source_path
 from .errors import InvalidInput, KnowledgeError
 
-__all__ = ["ImportResult", "import_folder", "parse_file", "sample_dir", "SUFFIXES"]
+__all__ = ["ImportResult", "import_folder", "import_sample_agents", "parse_file", "sample_dir", "SUFFIXES"]
 
 SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "markdown", ".html": "html", ".htm": "html"}
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
@@ -115,6 +115,20 @@ def sample_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise InvalidInput(f"no sample knowledge base found next to {here}")
+
+
+def import_sample_agents(conn: psycopg.Connection[Any]) -> int:
+    """Create the sample workspace's agents (samples/agents.json) that do not exist yet, so
+    that their boot bundles resolve. Returns how many were created."""
+    import json
+
+    created = 0
+    for agent in json.loads((sample_dir().parent / "agents.json").read_text(encoding="utf-8")):
+        row = conn.cursor(row_factory=tuple_row).execute(
+            "INSERT INTO agents (slug, name, role) VALUES (%s, %s, %s) ON CONFLICT (slug) DO NOTHING RETURNING id",
+            [agent["slug"], agent["name"], agent["role"]]).fetchone()
+        created += row is not None
+    return created
 
 
 def discover(root: Path) -> Iterator[Path]:

@@ -29,8 +29,9 @@ def _prepare(url: str, *, sample: bool = False) -> None:
         log.info("database %s: %d migration(s) applied, %d already there",
                  describe_url(url), len(result.applied), len(result.skipped))
         if sample:
-            from .importer import import_folder, sample_dir
+            from .importer import import_folder, import_sample_agents, sample_dir
 
+            import_sample_agents(conn)
             imported = import_folder(conn, sample_dir())
             log.info("sample knowledge base: %d created, %d updated, %d unchanged, %d failed",
                      imported.created, imported.updated, imported.unchanged, len(imported.errors))

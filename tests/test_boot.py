@@ -365,3 +365,20 @@ def test_cli_boot(conn: Conn, db_url: str) -> None:
     missing = hq(db_url, "boot", "ghost")
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == ["error: agent 'ghost' not found"]
+
+
+def test_the_sample_workspace_has_a_boot_bundle_for_each_agent(conn: psycopg.Connection[Any], db_url: str) -> None:
+    """`serve --sample` creates the agents its documents are tagged for: every one of them
+    gets a bundle that starts with the boot:all documents and holds its own."""
+    from knowledge.importer import import_folder, import_sample_agents, sample_dir
+
+    assert import_sample_agents(conn) == 5
+    assert import_sample_agents(conn) == 0  # again: nothing new
+    import_folder(conn, sample_dir())
+    with TestClient(create_app(db_url)) as client:
+        for slug in ("scout", "closer", "helpdesk", "builder", "ledger"):
+            body = client.get(f"/boot/{slug}").json()
+            tags = [set(item["tags"]) for item in body["items"]]
+            assert tags and all("boot:all" in t or f"boot:{slug}" in t for t in tags), slug
+            assert any(f"boot:{slug}" in t for t in tags), slug
+            assert "boot:all" in tags[0], slug
