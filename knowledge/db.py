@@ -12,7 +12,7 @@ import psycopg
 from .config import Settings
 from .errors import DatabaseUnavailable
 
-__all__ = ["connect", "database", "describe_url", "translate_connect_error"]
+__all__ = ["configure_for_search", "connect", "database", "describe_url", "translate_connect_error"]
 
 
 def describe_url(url: str) -> str:
@@ -63,6 +63,19 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
         raise DatabaseUnavailable(
             f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({describe_url(url)}): {e}"
         ) from e
+
+
+def configure_for_search(conn: psycopg.Connection[Any]) -> None:
+    """Vectors as numpy arrays, and HNSW scans that keep going until a filtered query has
+    its rows (pgvector >= 0.8; older servers search without iterative scans)."""
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    for setting in ("SET hnsw.iterative_scan = relaxed_order", "SET hnsw.ef_search = 200"):
+        try:
+            conn.execute(setting)
+        except psycopg.errors.UndefinedObject:
+            pass
 
 
 @contextlib.contextmanager

@@ -15,8 +15,9 @@ from psycopg.rows import tuple_row
 
 from .errors import DatabaseUnavailable
 from .schema_check import keyword_path
+from .search import SearchQuery, SearchResult, search
 
-__all__ = ["SearchSetup", "search_setup", "query_embedder"]
+__all__ = ["SearchSetup", "search_setup", "query_embedder", "search_active"]
 
 QueryEmbed = Callable[[str], np.ndarray[Any, Any]]
 
@@ -52,6 +53,16 @@ def forget_setup() -> None:
     """Drop cached setups (after a model switch, and between tests)."""
     with _lock:
         _cache.clear()
+
+
+def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchResult:
+    """Run `query` with this database's active model and keyword path (the query embedded
+    only when a semantic leg runs). `conn` must be set up by `configure_for_search`."""
+    setup = search_setup(conn)
+    embed = (query_embedder(setup.model, setup.dims)
+             if query.mode != "keyword" and setup.model and setup.dims else None)
+    return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
+                  embed_query=embed)
 
 
 def query_embedder(model: str, dims: int) -> QueryEmbed:

@@ -156,6 +156,14 @@ def _filters(q: SearchQuery) -> tuple[sql.Composable, dict[str, Any]]:
     return where, params
 
 
+# The folder filter's subtrees (the folder and everything below it, in both trees), as CTEs
+# of a WITH RECURSIVE: the search statement and the selectivity count both use them.
+_FOLDER_SUBTREES = (
+    "folder_docs AS (SELECT id FROM document_folders WHERE id = %(folder)s"
+    " UNION ALL SELECT f.id FROM document_folders f JOIN folder_docs t ON f.parent_id = t.id),"
+    " folder_assets AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
+    " UNION ALL SELECT f.id FROM asset_folders f JOIN folder_assets t ON f.parent_id = t.id)"
+)
 _OWNERS = sql.SQL("LEFT JOIN documents d ON d.id = c.document_id LEFT JOIN assets a ON a.id = c.asset_id")
 _OR_QUERY = "to_tsquery('english', replace(plainto_tsquery('english', %(q)s)::text, ' & ', ' | '))"
 
@@ -201,14 +209,9 @@ def _statement(mode: str, path: str, dims: int | None, where: sql.Composable, ex
     empty = sql.SQL("SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score WHERE false")
     sem = _semantic_leg(dims, where, exact) if mode != "keyword" and dims else empty
     kw = _keyword_leg(path, where, explain) if mode != "semantic" else empty
-    folders = sql.SQL(
-        "folder_docs AS (WITH RECURSIVE t AS (SELECT id FROM document_folders WHERE id = %(folder)s"
-        " UNION ALL SELECT f.id FROM document_folders f JOIN t ON f.parent_id = t.id) SELECT id FROM t),"
-        " folder_assets AS (WITH RECURSIVE t AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
-        " UNION ALL SELECT f.id FROM asset_folders f JOIN t ON f.parent_id = t.id) SELECT id FROM t),"
-    ) if has_folder else sql.SQL("")
+    folders = sql.SQL(_FOLDER_SUBTREES + ",") if has_folder else sql.SQL("")
     return sql.SQL("""
-WITH {folders}
+WITH RECURSIVE {folders}
 sem AS ({sem}),
 kw AS ({kw}),
 chunk_hits AS (
@@ -267,12 +270,7 @@ def _mark(snippet: str) -> str:
 def _selective(conn: psycopg.Connection[Any], where: sql.Composable, params: dict[str, Any],
                has_folder: bool) -> bool:
     """Do the filters keep fewer than EXACT_SCAN_BELOW passages? (Counted up to that bound.)"""
-    folders = sql.SQL(
-        "WITH RECURSIVE folder_docs AS (SELECT id FROM document_folders WHERE id = %(folder)s"
-        " UNION ALL SELECT f.id FROM document_folders f JOIN folder_docs t ON f.parent_id = t.id),"
-        " folder_assets AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
-        " UNION ALL SELECT f.id FROM asset_folders f JOIN folder_assets t ON f.parent_id = t.id) "
-    ) if has_folder else sql.SQL("")
+    folders = sql.SQL("WITH RECURSIVE " + _FOLDER_SUBTREES + " ") if has_folder else sql.SQL("")
     row = conn.cursor(row_factory=tuple_row).execute(sql.SQL("{folders}SELECT count(*) FROM (SELECT 1 FROM knowledge_chunks c {owners}"
                                " WHERE {where} LIMIT %(bound)s) s").format(folders=folders, owners=_OWNERS,
                                                                            where=where),

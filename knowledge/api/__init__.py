@@ -4,30 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-import psycopg
-from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
 from .. import __version__
+from ..db import configure_for_search
 from ..errors import KnowledgeError
-from .routes import assets, boot, documents, folders, health, tags, search
+from .routes import assets, boot, documents, folders, health, search, tags
 
 __all__ = ["create_app"]
-
-
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Per connection: vectors as numpy, and HNSW scans that keep going until a filtered
-    query has its rows (pgvector >= 0.8; older servers search without iterative scans)."""
-    register_vector(conn)
-    for setting in ("SET hnsw.iterative_scan = relaxed_order", "SET hnsw.ef_search = 200"):
-        try:
-            conn.execute(setting)
-        except psycopg.errors.UndefinedObject:
-            pass
 
 
 def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
@@ -37,7 +24,7 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=False,
                               kwargs={"autocommit": True, "application_name": "hq-knowledge-api"},
-                              configure=_configure)
+                              configure=configure_for_search)
         pool.open(wait=True, timeout=30)
         app.state.pool = pool
         try:

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from ...query_models import query_embedder, search_setup
-from ...search import MAX_QUERY_CHARS, SearchQuery, search
+from ...query_models import search_active
+from ...search import MAX_QUERY_CHARS, SearchQuery
 from ..deps import Conn
 
 router = APIRouter(tags=["search"])
@@ -47,11 +47,7 @@ def search_route(
                         tags_all=tuple(tags_all or ()), folder=folder, kind=kind, asset_type=asset_type,
                         pinned=pinned, archived=archived, updated_since=updated_since, explain=explain,
                         rrf_k=k, semantic_weight=semantic_weight, keyword_weight=keyword_weight).validated()
-    setup = search_setup(conn)
-    embed = (query_embedder(setup.model, setup.dims)
-             if mode != "keyword" and setup.model and setup.dims else None)
-    result = search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                    embed_query=embed)
+    result = search_active(conn, query)
     body: dict[str, Any] = jsonable_encoder(dataclasses.asdict(result))
     if not explain:
         for hit in body["hits"]:
