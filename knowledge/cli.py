@@ -134,24 +134,20 @@ def _boot(args: argparse.Namespace, settings: Settings) -> int:
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
+    import html
     import re
 
-    from pgvector.psycopg import register_vector
-
-    from .db import connect, database
-    from .query_models import query_embedder, search_setup
-    from .search import SearchQuery, search
+    from .db import configure_for_search, connect, database
+    from .keyword_index import repair_bm25_index
+    from .query_models import search_active
+    from .search import SearchQuery
 
     query = SearchQuery(q=args.query, limit=args.limit, mode=args.mode, tags_any=tuple(args.tag),
                         kind=args.kind).validated()
     with database(settings) as url, connect(url, autocommit=True) as conn:
-        register_vector(conn)
-        conn.execute("SET hnsw.iterative_scan = relaxed_order")
-        setup = search_setup(conn)
-        embed = (query_embedder(setup.model, setup.dims)
-                 if query.mode != "keyword" and setup.model and setup.dims else None)
-        result = search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                        embed_query=embed)
+        configure_for_search(conn)
+        repair_bm25_index(conn)  # this command may have just restarted the embedded server
+        result = search_active(conn, query)
     if args.json or not sys.stdout.isatty():
         print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
         return 0
@@ -160,9 +156,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     for n, hit in enumerate(result.hits, start=1):
         print(f"{n:>3}. {bold}{hit.title}{plain}  [{hit.kind}] {hit.folder_path}  score {hit.score:.4f}")
         snippet = re.sub(r"\s+", " ", hit.snippet).replace("<mark>", bold).replace("</mark>", plain)
-        import html as html_module
-
-        print(f"     {html_module.unescape(snippet)[:300]}")
+        print(f"     {html.unescape(snippet)[:300]}")
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import Settings
 from .db import connect, database, describe_url
+from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
 __all__ = ["serve", "run_worker"]
@@ -28,6 +29,7 @@ def _prepare(url: str, *, sample: bool = False) -> None:
         result = migrate(conn)
         log.info("database %s: %d migration(s) applied, %d already there",
                  describe_url(url), len(result.applied), len(result.skipped))
+        repair_bm25_index(conn)
         if sample:
             from .importer import import_folder, import_sample_agents, sample_dir
 

@@ -204,3 +204,32 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
                 body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
                 assert body["keyword_path"] == "ts_rank_cd"
                 assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+
+
+def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:
+    """pg_textsearch 1.0 forgets its corpus statistics on restart (BM25 then finds nothing);
+    the start-up repair rebuilds the index, once."""
+    from knowledge.keyword_index import repair_bm25_index
+
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    try:
+        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            migrate(conn)
+            for title, text, tags in DOCS:
+                add(conn, title, text, tags)
+            index_with_fake(conn, server.url)
+            assert repair_bm25_index(conn) is False  # healthy: nothing to do
+        server.stop()
+        server.start()
+        with TestClient(create_app(server.url)) as c:
+            broken = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
+        assert broken["hits"] == []  # the upstream behaviour this repair exists for
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            assert repair_bm25_index(conn) is True
+            assert repair_bm25_index(conn) is False
+        with TestClient(create_app(server.url)) as c:
+            body = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
+        assert body["hits"][0]["title"] == "Discount approvals"
+    finally:
+        server.stop()
