@@ -17,48 +17,37 @@ import argparse
 import json
 import math
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import common
 import httpx
 import numpy as np
 import psycopg
+from common import (
+    DATASETS,
+    RESULTS,
+    Corpus,
+    Qrels,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    running_service,
+    write_corpus_markdown,
+)
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def load(dataset: Path, limit_docs: int | None) -> tuple[dict[str, tuple[str, str]], dict[str, str],
-                                                          dict[str, dict[str, int]]]:
-    corpus: dict[str, tuple[str, str]] = {}
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            corpus[row["_id"]] = (row.get("title") or "", row.get("text") or "")
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with open(dataset / "qrels" / "test.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            qid, did, score = line.rstrip("\n").split("\t")[:3]
-            if int(score) > 0:
-                qrels[qid][did] = int(score)
+def load(dataset: Path, limit_docs: int | None) -> tuple[Corpus, dict[str, str], Qrels]:
+    corpus, qrels = read_corpus(dataset), read_qrels(dataset)
     if limit_docs:  # keep every judged document, fill up with others
         keep = {d for rel in qrels.values() for d in rel} | set(list(corpus)[:limit_docs])
         corpus = {k: v for k, v in corpus.items() if k in keep}
-    queries = {}
-    with open(dataset / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if row["_id"] in qrels:
-                queries[row["_id"]] = row["text"]
-    return corpus, queries, dict(qrels)
+    queries = {qid: text for qid, text in read_queries(dataset).items() if qid in qrels}
+    return corpus, queries, qrels
 
 
 def ndcg_at(ranked: list[str], rel: dict[str, int], k: int = 10) -> float:
@@ -119,12 +108,6 @@ def dense_runs(url: str, queries: dict[str, str]) -> dict[str, list[str]]:
     return runs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="scifact")
@@ -140,9 +123,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / args.dataset
-        folder.mkdir()
-        for did, (title, text) in corpus.items():
-            (folder / f"{did}.md").write_text(f"# {title.strip() or did}\n\n{text}\n", encoding="utf-8")
+        write_corpus_markdown(corpus, folder)
         server = EmbeddedPostgres(Path(tmp) / "db")
         url = server.start()
         env = {**os.environ, "HQ_DATABASE_URL": url}
@@ -156,42 +137,24 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env=env, check=True)
             print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
 
-            port = free_port()
-            log = open(Path(tmp) / "serve.log", "w+")  # noqa: SIM115 - read back on failure
-            service = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--no-worker", "--port", str(port)],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                    deadline = time.monotonic() + 180
-                    while True:
-                        try:
-                            if client.get("/healthz").status_code == 200:
-                                break
-                        except httpx.TransportError:
-                            pass
-                        if time.monotonic() > deadline or service.poll() is not None:
-                            log.seek(0)
-                            raise SystemExit(f"the service did not start:\n{log.read()[-3000:]}")
-                        time.sleep(0.2)
-                    for mode in ("keyword", "semantic", "hybrid"):
-                        runs, took = {}, []
-                        for qid, text in queries.items():
-                            r = client.get("/search", params={"q": text[:1000], "mode": mode, "limit": 100})
-                            r.raise_for_status()
-                            body = r.json()
-                            took.append(body["took_ms"])
-                            runs[qid] = [Path(h["source_path"]).stem for h in body["hits"]]
-                        rows.append({"system": mode, **score(runs, qrels), "p50_ms": float(np.median(took))})
-                        print(f"{mode}: done", flush=True)
-            finally:
-                service.terminate()
-                service.wait(timeout=60)
+            with running_service(env, Path(tmp) / "serve.log") as base, \
+                    httpx.Client(base_url=base, timeout=60) as client:
+                for mode in ("keyword", "semantic", "hybrid"):
+                    runs, took = {}, []
+                    for qid, text in queries.items():
+                        r = client.get("/search", params={"q": text[:1000], "mode": mode, "limit": 100})
+                        r.raise_for_status()
+                        body = r.json()
+                        took.append(body["took_ms"])
+                        runs[qid] = [Path(h["source_path"]).stem for h in body["hits"]]
+                    rows.append({"system": mode, **score(runs, qrels), "p50_ms": float(np.median(took))})
+                    print(f"{mode}: done", flush=True)
             rows.append({"system": "exact-dense", **score(dense_runs(url, queries), qrels)})
         finally:
             server.stop()
     rows.append({"system": "bm25s", **score(bm25s_runs(corpus, queries), qrels)})
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = common.machine()
     print(f"\nmachine: {machine}; dataset {args.dataset}: {len(corpus)} documents, {len(queries)} queries")
     print("| system | nDCG@10 | recall@10 | recall@100 | server ms p50 |")
     print("|---|---:|---:|---:|---:|")

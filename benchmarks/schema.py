@@ -54,7 +54,7 @@ def main() -> None:
                 conn.execute("CREATE DATABASE bundled")
             with psycopg.connect(server.url.replace("/hq?", "/bundled?"), autocommit=True) as conn:
                 script = bundle(migrations).encode()
-                record("db bundle applied in one transaction", timed(lambda: conn.execute(script)))
+                record("db bundle applied in one transaction", timed(lambda c=conn, s=script: c.execute(s)))
             record("embedded stop", timed(server.stop))
 
     print(f"machine: {platform.machine()}, {platform.system()} {platform.release()}, "

@@ -334,14 +334,25 @@ def load_query_embedder(name: str = DEFAULT_MODEL, cache_dir: str | Path | None 
         return _query_embedders[key]
 
 
+def query_cache_size(env: Mapping[str, str] | None = None) -> int:
+    """Entries of the query-vector cache: HQ_QUERY_CACHE (0 turns it off), else CACHE_SIZE."""
+    value = (os.environ if env is None else env).get("HQ_QUERY_CACHE", "").strip()
+    if not value:
+        return CACHE_SIZE
+    if not value.isdigit():
+        raise ValueError(f"HQ_QUERY_CACHE must be a number of cached queries (0 turns the cache off), got {value!r}")
+    return int(value)
+
+
 def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
+    size = query_cache_size()
     if name != DEFAULT_MODEL:
-        return CachedQueryEmbedder(load_embedder(name))
-    embedder = OnnxEmbedder(name=name, cache_dir=cache_dir)
+        return CachedQueryEmbedder(load_embedder(name), cache_size=size)
+    embedder = OnnxEmbedder(name=name, cache_dir=cache_dir, cache_size=size)
     try:
         embedder.load()
     except Exception as e:  # noqa: BLE001 - a failure here only costs speed: torch gives the same vectors
         log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead",
                     type(e).__name__, e)
-        return CachedQueryEmbedder(load_embedder(name))
+        return CachedQueryEmbedder(load_embedder(name), cache_size=size)
     return embedder

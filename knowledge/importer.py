@@ -23,14 +23,14 @@ from psycopg.rows import tuple_row
 from .documents import upsert_document_by_source_path
 from .errors import InvalidInput, KnowledgeError
 
-__all__ = ["ImportResult", "import_folder", "import_sample_agents", "parse_file", "sample_dir", "SUFFIXES"]
+__all__ = ["SUFFIXES", "ImportResult", "import_folder", "import_sample_agents", "parse_file", "sample_dir"]
 
 SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "markdown", ".html": "html", ".htm": "html"}
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
-_H1 = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.M)
-_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.S | re.I)
-_HTML_H1 = re.compile(r"<h1[^>]*>(.*?)</h1>", re.S | re.I)
-_HTML_TAGS_META = re.compile(r"""<meta\s+name=["']tags["']\s+content=["']([^"']*)["']""", re.I)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+_H1 = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.DOTALL | re.IGNORECASE)
+_HTML_H1 = re.compile(r"<h1[^>]*>(.*?)</h1>", re.DOTALL | re.IGNORECASE)
+_HTML_TAGS_META = re.compile(r"""<meta\s+name=["']tags["']\s+content=["']([^"']*)["']""", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

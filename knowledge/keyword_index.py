@@ -17,7 +17,7 @@ from psycopg.rows import tuple_row
 
 from .schema_check import keyword_path
 
-__all__ = ["repair_bm25_index", "BM25_INDEX"]
+__all__ = ["BM25_INDEX", "repair_bm25_index"]
 
 BM25_INDEX = "knowledge_chunks_bm25_idx"
 log = logging.getLogger("hq_knowledge")

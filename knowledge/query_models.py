@@ -17,7 +17,7 @@ from .errors import DatabaseUnavailable
 from .schema_check import keyword_path
 from .search import SearchQuery, SearchResult, search
 
-__all__ = ["SearchSetup", "search_setup", "query_embedder", "search_active"]
+__all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]
 
 QueryEmbed = Callable[[str], np.ndarray[Any, Any]]
 

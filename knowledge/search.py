@@ -23,7 +23,7 @@ from psycopg.rows import tuple_row
 
 from .errors import InvalidInput
 
-__all__ = ["SearchQuery", "SearchHit", "SearchResult", "Passage", "search", "MODES", "ASSET_TYPES"]
+__all__ = ["ASSET_TYPES", "MODES", "Passage", "SearchHit", "SearchQuery", "SearchResult", "search"]
 
 MODES = ("hybrid", "semantic", "keyword")
 KINDS = ("document", "asset")
@@ -120,112 +120,195 @@ class SearchResult:
     candidates: int
     notes: list[str] = field(default_factory=list)
 
+    def as_dict(self, *, explain: bool = False) -> dict[str, Any]:
+        """The response body: plain values, UUIDs and datetimes (orjson encodes them); a hit's
+        `explain` only when asked for. Built by hand: dataclasses.asdict is 3x slower."""
+        return {
+            "hits": [{
+                "id": h.id, "kind": h.kind, "title": h.title, "folder_path": h.folder_path, "tags": h.tags,
+                "score": h.score, "snippet": h.snippet,
+                "passages": [{"chunk_id": p.chunk_id, "heading_path": p.heading_path, "content": p.content,
+                              "snippet": p.snippet} for p in h.passages],
+                "source_path": h.source_path, "asset_type": h.asset_type, "pinned": h.pinned,
+                "updated_at": h.updated_at, **({"explain": h.explain} if explain else {}),
+            } for h in self.hits],
+            "mode": self.mode, "keyword_path": self.keyword_path, "model": self.model, "took_ms": self.took_ms,
+            "candidates": self.candidates, "notes": self.notes,
+        }
 
-def _filters(q: SearchQuery) -> tuple[sql.Composable, dict[str, Any]]:
-    """WHERE conditions on passages c with their owner d (document) or a (asset)."""
-    parts: list[sql.Composable] = []
+
+def _filters(q: SearchQuery) -> tuple[sql.Composable, sql.Composable, dict[str, Any]]:
+    """What the filters keep: (conditions on a document d, conditions on an asset a, params).
+    Without parameters only the archive filter applies, and it keeps most passages."""
+    doc: list[sql.Composable] = []
+    asset: list[sql.Composable] = []
     params: dict[str, Any] = {}
+
+    def both(condition: str) -> None:
+        doc.append(sql.SQL(condition.format(t="d")))
+        asset.append(sql.SQL(condition.format(t="a")))
+
+    if q.kind == "asset" or q.asset_type:
+        doc.append(sql.SQL("false"))
+        params["kind"] = "asset"
     if q.kind == "document":
-        parts.append(sql.SQL("c.document_id IS NOT NULL"))
-    elif q.kind == "asset":
-        parts.append(sql.SQL("c.asset_id IS NOT NULL"))
+        asset.append(sql.SQL("false"))
+        params["kind"] = "document"
     if q.asset_type:
-        parts.append(sql.SQL("a.asset_type = %(asset_type)s::asset_type"))
+        asset.append(sql.SQL("a.asset_type = %(asset_type)s::asset_type"))
         params["asset_type"] = q.asset_type
     if q.tags_any:
-        parts.append(sql.SQL("coalesce(d.tags, a.tags) && %(tags_any)s::text[]"))
+        both("{t}.tags && %(tags_any)s::text[]")
         params["tags_any"] = list(q.tags_any)
     if q.tags_all:
-        parts.append(sql.SQL("coalesce(d.tags, a.tags) @> %(tags_all)s::text[]"))
+        both("{t}.tags @> %(tags_all)s::text[]")
         params["tags_all"] = list(q.tags_all)
     if q.folder is not None:
-        parts.append(sql.SQL(
-            "(d.folder_id IN (SELECT id FROM folder_docs) OR a.folder_id IN (SELECT id FROM folder_assets))"))
+        doc.append(sql.SQL("d.folder_id IN (SELECT id FROM folder_docs)"))
+        asset.append(sql.SQL("a.folder_id IN (SELECT id FROM folder_assets)"))
         params["folder"] = q.folder
     if q.pinned is not None:
-        parts.append(sql.SQL("coalesce(d.pinned, a.pinned) = %(pinned)s"))
+        both("{t}.pinned = %(pinned)s")
         params["pinned"] = q.pinned
     if q.archived == "false":
-        parts.append(sql.SQL("d.archived_at IS NULL AND a.archived_at IS NULL"))
+        both("{t}.archived_at IS NULL")
     elif q.archived == "true":
-        parts.append(sql.SQL("coalesce(d.archived_at, a.archived_at) IS NOT NULL"))
+        both("{t}.archived_at IS NOT NULL")
     if q.updated_since is not None:
-        parts.append(sql.SQL("coalesce(d.updated_at, a.updated_at) >= %(updated_since)s"))
+        both("{t}.updated_at >= %(updated_since)s")
         params["updated_since"] = q.updated_since
-    where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
-    return where, params
+
+    def conjunction(parts: list[sql.Composable]) -> sql.Composable:
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    return conjunction(doc), conjunction(asset), params
 
 
 # The folder filter's subtrees (the folder and everything below it, in both trees), as CTEs
-# of a WITH RECURSIVE: the search statement and the selectivity count both use them.
+# of the WITH RECURSIVE of the search statement.
 _FOLDER_SUBTREES = (
     "folder_docs AS (SELECT id FROM document_folders WHERE id = %(folder)s"
     " UNION ALL SELECT f.id FROM document_folders f JOIN folder_docs t ON f.parent_id = t.id),"
     " folder_assets AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
-    " UNION ALL SELECT f.id FROM asset_folders f JOIN folder_assets t ON f.parent_id = t.id)"
+    " UNION ALL SELECT f.id FROM asset_folders f JOIN folder_assets t ON f.parent_id = t.id),"
 )
 _OWNERS = sql.SQL("LEFT JOIN documents d ON d.id = c.document_id LEFT JOIN assets a ON a.id = c.asset_id")
 _OR_QUERY = "to_tsquery('english', replace(plainto_tsquery('english', %(q)s)::text, ' & ', ' | '))"
 
 
-def _semantic_leg(dims: int, where: sql.Composable, exact: bool) -> sql.Composable:
-    distance = sql.SQL("e.embedding::vector({dims}) <=> %(qv)s").format(dims=sql.Literal(dims))
-    # "+ 0" keeps the planner off the HNSW index: an exact scan of the filtered passages.
-    order = sql.SQL("({}) + 0").format(distance) if exact else distance
+def _row_filter(doc: sql.Composable, asset: sql.Composable) -> sql.Composable:
+    """The filters on one passage c joined to its owner (`_OWNERS`)."""
+    return sql.SQL("CASE WHEN c.document_id IS NOT NULL THEN ({}) ELSE ({}) END").format(doc, asset)
+
+
+def _filtered_passages(doc: sql.Composable, asset: sql.Composable) -> sql.Composable:
+    """CTEs for filtered searches: the kept items (through their own indexes: tags, folder),
+    and `selective`: do they hold fewer than %(bound)s passages (counted up to that bound)?"""
     return sql.SQL(
-        "SELECT s.chunk_id, row_number() OVER (ORDER BY s.dist) AS rnk, 1 - s.dist AS score FROM ("
-        " SELECT e.chunk_id, {distance} AS dist FROM chunk_embeddings e"
+        "fdocs AS (SELECT d.id FROM documents d WHERE {doc}),"
+        " fassets AS (SELECT a.id FROM assets a WHERE {asset}),"
+        " selective AS (SELECT count(*) < %(bound)s AS yes FROM ("
+        "  SELECT 1 FROM fdocs JOIN knowledge_chunks c ON c.document_id = fdocs.id"
+        "  UNION ALL SELECT 1 FROM fassets JOIN knowledge_chunks c ON c.asset_id = fassets.id"
+        "  LIMIT %(bound)s) s),"
+    ).format(doc=doc, asset=asset)
+
+
+def _semantic_leg(dims: int, row_filter: sql.Composable, filtered: bool) -> sql.Composable:
+    distance = sql.SQL("e.embedding::vector({dims}) <=> %(qv)s").format(dims=sql.Literal(dims))
+    ranked = "SELECT s.chunk_id, row_number() OVER (ORDER BY s.dist) AS rnk, 1 - s.dist AS score FROM ({}) s"
+    index_scan = sql.SQL(
+        "SELECT e.chunk_id, {distance} AS dist FROM chunk_embeddings e"
         " JOIN knowledge_chunks c ON c.id = e.chunk_id {owners}"
-        " WHERE e.model = %(model)s AND {where} ORDER BY {order} LIMIT %(n)s) s"
-    ).format(distance=distance, owners=_OWNERS, where=where, order=order)
+        " WHERE e.model = %(model)s AND {where} ORDER BY {distance} LIMIT %(n)s"
+    ).format(distance=distance, owners=_OWNERS, where=row_filter)
+    if not filtered:
+        return sql.SQL(ranked).format(index_scan)
+    # A selective filter: an exact scan of the kept passages (reached through the items'
+    # indexes) beats walking the HNSW graph past rows the filter drops. The one-time
+    # filters on `selective` run exactly one of the two branches.
+    exact_scan = sql.SQL(
+        "SELECT x.chunk_id, x.dist FROM ("
+        " SELECT c.id AS chunk_id, {distance} AS dist FROM fdocs"
+        "  JOIN knowledge_chunks c ON c.document_id = fdocs.id"
+        "  JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = %(model)s"
+        " UNION ALL SELECT c.id, {distance} FROM fassets"
+        "  JOIN knowledge_chunks c ON c.asset_id = fassets.id"
+        "  JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = %(model)s) x"
+        " ORDER BY x.dist LIMIT %(n)s"
+    ).format(distance=distance)
+    return sql.SQL(ranked).format(sql.SQL(
+        "SELECT * FROM ({exact}) ex WHERE (SELECT yes FROM selective)"
+        " UNION ALL SELECT * FROM ({index}) ix WHERE NOT (SELECT yes FROM selective)"
+    ).format(exact=exact_scan, index=index_scan))
 
 
-def _keyword_leg(path: str, where: sql.Composable, explain: bool) -> sql.Composable:
+def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool) -> sql.Composable:
     if path == "bm25":
         # Driven by the BM25 index's own top-k (%(kn)s, over-fetched when filters may drop
         # rows), filtered afterwards: joined to the owners in one query, the planner scans
-        # every passage and scores each one (~110 us a row) instead. The BM25 expression
-        # stays in ORDER BY only; scores are computed for the kept rows when explaining.
+        # every passage and scores each one (~110 us a row) instead. pg_textsearch takes the
+        # LIMIT into its Block-Max WAND top-k only from a query level's own LIMIT (a subquery
+        # in FROM); inside a CTE or ARRAY(...) it scores far more (12 ms against 1.3 ms for
+        # a top-100 at 100k passages). The BM25 expression stays in ORDER BY only; scores
+        # are computed for the kept rows when explaining. A rebuilt index also returns
+        # passages without any query term (score 0) after the matches: the lexeme test
+        # drops them (ts_match_vq is @@ that the planner cannot turn into a GIN scan of
+        # every matching passage).
         shown = sql.SQL("-(c.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))") \
             if explain else sql.SQL("NULL::float8")
         return sql.SQL(
             "SELECT u.chunk_id, row_number() OVER (ORDER BY u.ord) AS rnk, {shown} AS score"
-            " FROM unnest(ARRAY(SELECT c.id FROM knowledge_chunks c"
-            " ORDER BY c.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx') LIMIT %(kn)s))"
-            " WITH ORDINALITY AS u(chunk_id, ord)"
+            " FROM (SELECT t.id AS chunk_id, row_number() OVER () AS ord FROM ("
+            "  SELECT c.id FROM knowledge_chunks c"
+            "  ORDER BY c.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx') LIMIT %(kn)s) t) u"
             " JOIN knowledge_chunks c ON c.id = u.chunk_id {owners}"
-            " WHERE {where} ORDER BY u.ord LIMIT %(n)s"
-        ).format(shown=shown, owners=_OWNERS, where=where)
+            " WHERE ts_match_vq(c.search_tsv, (SELECT query FROM or_query)) AND {where} ORDER BY u.ord LIMIT %(n)s"
+        ).format(shown=shown, owners=_OWNERS, where=row_filter)
     return sql.SQL(
         "SELECT k.chunk_id, row_number() OVER (ORDER BY k.s DESC) AS rnk, k.s AS score FROM ("
         " SELECT c.id AS chunk_id, ts_rank_cd(c.search_tsv, oq.query) AS s"
-        " FROM knowledge_chunks c {owners}, (SELECT " + _OR_QUERY + " AS query) oq"
+        " FROM knowledge_chunks c {owners}, or_query oq"
         " WHERE c.search_tsv @@ oq.query AND {where} ORDER BY s DESC LIMIT %(n)s) k"
-    ).format(owners=_OWNERS, where=where)
+    ).format(owners=_OWNERS, where=row_filter)
 
 
-def _statement(mode: str, path: str, dims: int | None, where: sql.Composable, exact: bool,
-               has_folder: bool, explain: bool) -> sql.Composed:
+def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asset: sql.Composable,
+               filtered: bool, has_folder: bool, explain: bool) -> sql.Composed:
     empty = sql.SQL("SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score WHERE false")
-    sem = _semantic_leg(dims, where, exact) if mode != "keyword" and dims else empty
-    kw = _keyword_leg(path, where, explain) if mode != "semantic" else empty
-    folders = sql.SQL(_FOLDER_SUBTREES + ",") if has_folder else sql.SQL("")
+    row_filter = _row_filter(doc, asset)
+    sem = _semantic_leg(dims, row_filter, filtered) if mode != "keyword" and dims else empty
+    kw = _keyword_leg(path, row_filter, explain) if mode != "semantic" else empty
+    ctes = sql.SQL("{folders}{passages}").format(
+        folders=sql.SQL(_FOLDER_SUBTREES) if has_folder else sql.SQL(""),
+        passages=_filtered_passages(doc, asset) if filtered else sql.SQL(""))
+    exact = sql.SQL("(SELECT yes FROM selective)" if filtered and mode != "keyword" else "false")
+    # Every CTE below but or_query, fdocs/fassets and selective is referenced once, so the
+    # planner inlines it: the BM25 top-k must not sit in a materialized CTE or a sub-plan,
+    # where pg_textsearch does not see its LIMIT and scores 10x longer.
     return sql.SQL("""
-WITH RECURSIVE {folders}
+WITH RECURSIVE {ctes}
+or_query AS (SELECT """ + _OR_QUERY + """ AS query),
 sem AS ({sem}),
 kw AS ({kw}),
-chunk_hits AS (
-  SELECT c.id AS chunk_id, coalesce(c.document_id, c.asset_id) AS item_id,
-         CASE WHEN c.document_id IS NOT NULL THEN 'document' ELSE 'asset' END AS kind,
-         s.rnk AS sem_rank, s.score AS sem_score, k.rnk AS kw_rank, k.score AS kw_score,
-         coalesce(%(ws)s / (%(k)s + s.rnk), 0) + coalesce(%(wk)s / (%(k)s + k.rnk), 0) AS chunk_score
-    FROM sem s FULL JOIN kw k ON k.chunk_id = s.chunk_id
-    JOIN knowledge_chunks c ON c.id = coalesce(s.chunk_id, k.chunk_id)
+hits AS (
+  SELECT h.*,
+         min(h.sem_rank) OVER w AS sem_best, max(h.sem_score) OVER w AS sem_top,
+         min(h.kw_rank) OVER w AS kw_best, max(h.kw_score) OVER w AS kw_top,
+         row_number() OVER (PARTITION BY h.item_id ORDER BY h.chunk_score DESC, h.chunk_id) AS pos
+    FROM (SELECT c.id AS chunk_id, coalesce(c.document_id, c.asset_id) AS item_id,
+                 CASE WHEN c.document_id IS NOT NULL THEN 'document' ELSE 'asset' END AS kind,
+                 s.rnk AS sem_rank, s.score AS sem_score, k.rnk AS kw_rank, k.score AS kw_score,
+                 coalesce(%(ws)s / (%(k)s + s.rnk), 0) + coalesce(%(wk)s / (%(k)s + k.rnk), 0) AS chunk_score
+            FROM sem s FULL JOIN kw k ON k.chunk_id = s.chunk_id
+            JOIN knowledge_chunks c ON c.id = coalesce(s.chunk_id, k.chunk_id)) h
+  WINDOW w AS (PARTITION BY h.item_id)
 ),
 per_item AS (
-  SELECT item_id, kind, min(sem_rank) AS sem_best, max(sem_score) AS sem_score,
-         min(kw_rank) AS kw_best, max(kw_score) AS kw_score
-    FROM chunk_hits GROUP BY item_id, kind
+  SELECT item_id, kind, sem_best, sem_top AS sem_score, kw_best, kw_top AS kw_score,
+         array_agg(chunk_id ORDER BY pos) AS best_chunks
+    FROM hits WHERE pos <= 3
+   GROUP BY item_id, kind, sem_best, sem_top, kw_best, kw_top
 ),
 ranked AS (
   SELECT p.*,
@@ -240,42 +323,30 @@ fused AS (
    ORDER BY score DESC, item_id
    LIMIT %(limit)s OFFSET %(offset)s
 )
-SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_score, f.candidates,
+SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_score, f.candidates, {exact},
        coalesce(d.title, a.name) AS title,
        CASE WHEN f.kind = 'document' THEN document_folder_path(d.folder_id)
             ELSE asset_folder_path(a.folder_id) END AS folder_path,
        coalesce(d.tags, a.tags) AS tags, coalesce(d.pinned, a.pinned) AS pinned,
        coalesce(d.updated_at, a.updated_at) AS updated_at, d.source_path, a.asset_type::text AS asset_type,
        (SELECT json_agg(json_build_object(
-                 'chunk_id', b.chunk_id, 'heading_path', b.heading_path, 'content', b.content,
-                 'snippet', ts_headline('english', b.content, """ + _OR_QUERY + """,
+                 'chunk_id', c.id, 'heading_path', c.heading_path, 'content', c.content,
+                 'snippet', ts_headline('english', c.content, (SELECT query FROM or_query),
                    'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
                    ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "'))
-               ORDER BY b.chunk_score DESC)
-          FROM (SELECT h.chunk_id, h.chunk_score, c.heading_path, c.content
-                  FROM chunk_hits h JOIN knowledge_chunks c ON c.id = h.chunk_id
-                 WHERE h.item_id = f.item_id ORDER BY h.chunk_score DESC LIMIT 3) b) AS passages
+               ORDER BY b.pos)
+          FROM unnest(f.best_chunks) WITH ORDINALITY AS b(chunk_id, pos)
+          JOIN knowledge_chunks c ON c.id = b.chunk_id) AS passages
   FROM fused f
   LEFT JOIN documents d ON f.kind = 'document' AND d.id = f.item_id
   LEFT JOIN assets a ON f.kind = 'asset' AND a.id = f.item_id
  ORDER BY f.score DESC, f.item_id
-""").format(folders=folders, sem=sem, kw=kw)
+""").format(ctes=ctes, sem=sem, kw=kw, exact=exact)
 
 
 def _mark(snippet: str) -> str:
     """Escape the text as HTML, then turn the placeholders into <mark> tags."""
     return html.escape(snippet).replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>")
-
-
-def _selective(conn: psycopg.Connection[Any], where: sql.Composable, params: dict[str, Any],
-               has_folder: bool) -> bool:
-    """Do the filters keep fewer than EXACT_SCAN_BELOW passages? (Counted up to that bound.)"""
-    folders = sql.SQL("WITH RECURSIVE " + _FOLDER_SUBTREES + " ") if has_folder else sql.SQL("")
-    row = conn.cursor(row_factory=tuple_row).execute(sql.SQL("{folders}SELECT count(*) FROM (SELECT 1 FROM knowledge_chunks c {owners}"
-                               " WHERE {where} LIMIT %(bound)s) s").format(folders=folders, owners=_OWNERS,
-                                                                           where=where),
-                       {**params, "bound": EXACT_SCAN_BELOW}).fetchone()
-    return bool(row and row[0] < EXACT_SCAN_BELOW)
 
 
 def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: str,
@@ -289,31 +360,32 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     mode = q.mode
     if mode != "keyword" and (model is None or dims is None or embed_query is None):
         raise InvalidInput(f"mode: {mode} needs an active embedding model; use mode=keyword")
-    where, params = _filters(q)
-    exact = mode != "keyword" and bool(params) and _selective(conn, where, params, q.folder is not None)
-    if exact:
-        notes.append("selective filter: exact vector scan")
+    doc, asset, params = _filters(q)
+    filtered = bool(params)
     n = min(max(50, (q.offset + q.limit) * 3), 400)
     # BM25 candidates before filtering: a few more for archived items, many more when the
     # caller filters (the index knows nothing of tags or folders).
-    kn = min(max(n * 20, 1000), 10000) if params else n * 2
+    kn = min(max(n * 20, 1000), 10000) if filtered else n * 2
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
-    params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "n": n, "kn": kn, "k": q.rrf_k, "limit": q.limit, "offset": q.offset,
+    params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "n": n, "kn": kn, "k": q.rrf_k,
+               "limit": q.limit, "offset": q.offset, "bound": EXACT_SCAN_BELOW,
                "ws": q.semantic_weight if mode != "keyword" else 0.0,
                "wk": q.keyword_weight if mode != "semantic" else 0.0}
     if mode != "keyword":
         assert embed_query is not None
         params["qv"] = np.asarray(embed_query(q.q), dtype=np.float32)
-    statement = _statement(mode, keyword_path, dims, where, exact, q.folder is not None, q.explain)
+    statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain)
     rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
     hits = [_hit(row, q.explain) for row in rows]
+    if rows and rows[0][8]:
+        notes.append("selective filter: exact vector scan")
     return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
                         int(rows[0][7]) if rows else 0, notes)
 
 
 def _hit(row: Any, explain: bool) -> SearchHit:
-    (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, title, folder_path, tags,
+    (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, title, folder_path, tags,
      pinned, updated_at, source_path, asset_type, passages) = row
     found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"], _mark(p["snippet"] or ""))
              for p in passages or []]

@@ -14,7 +14,7 @@ from .db import connect, database, describe_url
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
-__all__ = ["serve", "run_worker"]
+__all__ = ["run_worker", "serve"]
 
 log = logging.getLogger("hq_knowledge")
 
@@ -81,7 +81,7 @@ def _warm_query_embedder(url: str) -> None:
     def warm() -> None:
         try:
             query_embedder(model, dims)("warm up")
-        except Exception:  # noqa: BLE001 - search reports the problem itself when used
+        except Exception:
             log.warning("could not load the query model %s", model, exc_info=True)
 
     threading.Thread(target=warm, name="hq-knowledge-warm-up", daemon=True).start()

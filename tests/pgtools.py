@@ -30,5 +30,5 @@ def psql_file(url: str, path: Path) -> subprocess.CompletedProcess[str]:
     """Run an SQL file with psql, stopping at the first error, as an SQL editor would."""
     return subprocess.run(
         [str(pg_bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
-        capture_output=True, text=True,
+        check=False, capture_output=True, text=True,
     )

@@ -44,10 +44,9 @@ def _postmasters(pgdata: Path) -> list[psutil.Process]:
 
 
 def test_data_survives_a_restart(tmp_path: Path) -> None:
-    with EmbeddedPostgres(tmp_path) as server:
-        with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kept (note text)")
-            conn.execute("INSERT INTO kept VALUES ('still here')")
+    with EmbeddedPostgres(tmp_path) as server, psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('still here')")
     assert postmaster_pid(tmp_path / "pg") is None
     with EmbeddedPostgres(tmp_path) as server, psycopg.connect(server.url) as conn:
         assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Query
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from ...query_models import search_active
 from ...search import MAX_QUERY_CHARS, SearchQuery
@@ -42,14 +41,10 @@ def search_route(
     k: float = 60.0,
     semantic_weight: float = 1.0,
     keyword_weight: float = 1.0,
-) -> JSONResponse:
+) -> Response:
     query = SearchQuery(q=q, limit=limit, offset=offset, mode=mode, tags_any=tuple(tags_any or ()),
                         tags_all=tuple(tags_all or ()), folder=folder, kind=kind, asset_type=asset_type,
                         pinned=pinned, archived=archived, updated_since=updated_since, explain=explain,
                         rrf_k=k, semantic_weight=semantic_weight, keyword_weight=keyword_weight).validated()
     result = search_active(conn, query)
-    body: dict[str, Any] = jsonable_encoder(dataclasses.asdict(result))
-    if not explain:
-        for hit in body["hits"]:
-            hit.pop("explain", None)
-    return JSONResponse(body)
+    return Response(orjson.dumps(result.as_dict(explain=explain)), media_type="application/json")

@@ -1,0 +1,396 @@
+"""Latency of GET /search over HTTP, at collection size and at 100k passages.
+
+    python benchmarks/latency.py [--dataset scifact] [--passages 100000] [--requests 300]
+
+A BEIR collection is imported through the real import path and embedded by the real worker
+(all-MiniLM-L6-v2) into an embedded PostgreSQL kept in --data-dir, so later runs start at
+once. A copy of that database is filled up to --passages with real text (passages of the
+collections in the datasets folder) and synthetic vectors clustered around the collection's
+own passage vectors (each a real vector plus Gaussian noise, cosine ~0.7-0.95 to it); the
+BM25 and HNSW indexes are rebuilt after the bulk load, as a re-embed would.
+
+For each size the service runs as `hq-knowledge serve --no-worker` with its query cache off
+(HQ_QUERY_CACHE=0: every request embeds its query), and the collection's queries go to
+/search over keep-alive HTTP connections, from 1 and from 8 concurrent clients, in each mode,
+without a filter and with a tag held by 1% of the passages. Latency is measured by the
+client: request sent to body read. The semantic leg's recall@10 is measured against exact
+search (numpy over every stored vector, the same query vectors, items ranked by their best
+passage), unfiltered and filtered by tags that hold 1% and 5% of the passages.
+
+Prints markdown tables; writes benchmarks/results/latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import common
+import httpx
+import numpy as np
+import psycopg
+from common import (
+    DATASETS,
+    RESULTS,
+    read_corpus,
+    read_queries,
+    running_service,
+    write_corpus_markdown,
+)
+from psycopg import sql
+
+MODEL = "all-MiniLM-L6-v2"
+DIMS = 384
+FILTER_TAGS = {"1%": ("bench:1pct", 0.01), "5%": ("bench:5pct", 0.05)}
+BM25_INDEX = ("CREATE INDEX knowledge_chunks_bm25_idx ON knowledge_chunks USING bm25 (indexed_text)"
+              " WITH (text_config = 'english')")
+
+
+def database_url(server_url: str, name: str) -> str:
+    """The URL of database `name` on the embedded server whose URL is `server_url`."""
+    base, _, query = server_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+def database_exists(admin: psycopg.Connection[Any], name: str) -> bool:
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def passages(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM chunk_embeddings WHERE model = %s", [MODEL]).fetchone()
+        return int(row[0]) if row else 0
+
+
+def load_collection(admin: psycopg.Connection[Any], server_url: str, name: str, dataset: str) -> str:
+    """The database `name` holding `dataset`, imported and embedded (kept between runs)."""
+    from knowledge.importer import import_folder
+    from knowledge.migrations import migrate
+
+    url = database_url(server_url, name)
+    if database_exists(admin, name):
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE embedding_status <> 'indexed'), count(*) FROM documents"
+                               ).fetchone()
+        if row and row[0] == 0 and row[1] > 0:
+            return url
+        admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    corpus = read_corpus(DATASETS / dataset)
+    with tempfile.TemporaryDirectory() as tmp, psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        folder = Path(tmp) / dataset
+        write_corpus_markdown(corpus, folder)
+        started = time.perf_counter()
+        imported = import_folder(conn, folder)
+        print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"],
+                   env={**os.environ, "HQ_DATABASE_URL": url}, check=True)
+    print(f"embedded {passages(url)} passages in {time.perf_counter() - started:.0f} s", flush=True)
+    return url
+
+
+def text_pool(limit_chars: int = 1200) -> list[tuple[str, str]]:
+    """(title, text) of every entry of every collection in the datasets folder: real prose."""
+    pool = []
+    for dataset in sorted(p for p in DATASETS.iterdir() if (p / "corpus.jsonl").exists()):
+        for title, text in read_corpus(dataset).values():
+            if text.strip():
+                pool.append((title.strip(), text.strip()[:limit_chars]))
+    return pool
+
+
+def fill(admin: psycopg.Connection[Any], server_url: str, source: str, name: str, target: int,
+         seed: int = 7) -> str:
+    """A copy of database `source` filled up to `target` passages (kept between runs)."""
+    from pgvector.psycopg import register_vector
+
+    url = database_url(server_url, name)
+    if database_exists(admin, name):
+        if passages(url) >= target:
+            return url
+        admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source)))
+    rng = np.random.default_rng(seed)
+    pick = random.Random(seed)
+    pool = text_pool()
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        centres = np.array([v.to_numpy() for (v,) in conn.execute(
+            "SELECT embedding FROM chunk_embeddings WHERE model = %s", [MODEL])], dtype=np.float32)
+        missing = target - len(centres)
+        print(f"filling {name}: {missing} passages of real text with vectors clustered around "
+              f"{len(centres)} real ones", flush=True)
+        started = time.perf_counter()
+        hnsw = conn.execute("SELECT hq_embedding_index_name(%s)", [MODEL]).fetchone()[0]  # type: ignore[index]
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(hnsw)))
+        conn.execute("DROP INDEX IF EXISTS knowledge_chunks_bm25_idx")
+        docs: list[tuple[uuid.UUID, str, list[str]]] = []
+        while missing > 0:
+            parts = [pick.choice(pool)[1] for _ in range(min(missing, pick.randint(1, 5)))]
+            title = pick.choice(pool)[0] or f"Note {len(docs)}"
+            docs.append((uuid.uuid4(), title[:200], parts))
+            missing -= len(parts)
+        with conn.cursor().copy("COPY documents (id, title, content_format, content_text, metadata)"
+                                " FROM STDIN") as copy:
+            for doc_id, title, parts in docs:
+                copy.write_row((doc_id, title, "markdown", "\n\n".join(parts), '{"bench": "filler"}'))
+        conn.execute("UPDATE documents SET embedding_status = 'indexed', extracted_text = content_text,"
+                     " embedding_model = %s, embedding_dims = %s, embedded_at = now()"
+                     " WHERE metadata->>'bench' = 'filler'", [MODEL, DIMS])
+        with conn.cursor().copy("COPY knowledge_chunks (document_id, chunk_index, content, indexed_text,"
+                                " content_hash) FROM STDIN") as copy:
+            for doc_id, title, parts in docs:
+                for i, part in enumerate(parts):
+                    indexed = f"{title}\n\n{part}"
+                    copy.write_row((doc_id, i, part, indexed, hashlib.sha256(indexed.encode()).hexdigest()))
+        ids = conn.execute("SELECT c.id, c.content_hash FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
+                           " WHERE d.metadata->>'bench' = 'filler' ORDER BY c.id").fetchall()
+        with conn.cursor().copy("COPY chunk_embeddings (chunk_id, model, embedding, content_hash)"
+                                " FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "vector", "text"])
+            for start in range(0, len(ids), 10_000):
+                batch = ids[start:start + 10_000]
+                near = centres[rng.integers(0, len(centres), len(batch))]
+                sigma = rng.uniform(0.015, 0.045, (len(batch), 1)).astype(np.float32)
+                vectors = near + rng.normal(0, 1, near.shape).astype(np.float32) * sigma
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                for (chunk_id, digest), vector in zip(batch, vectors, strict=True):
+                    copy.write_row((chunk_id, MODEL, vector, digest))
+        conn.commit()
+        print(f"  rows written in {time.perf_counter() - started:.0f} s", flush=True)
+        conn.autocommit = True
+        conn.execute("SET maintenance_work_mem = '2GB'")
+        started = time.perf_counter()
+        conn.execute("SELECT hq_ensure_embedding_index(%s)", [MODEL])
+        print(f"  HNSW index built in {time.perf_counter() - started:.0f} s", flush=True)
+        if conn.execute("SELECT 1 FROM pg_am WHERE amname = 'bm25'").fetchone():
+            started = time.perf_counter()
+            conn.execute(BM25_INDEX)
+            print(f"  BM25 index built in {time.perf_counter() - started:.0f} s", flush=True)
+        conn.execute("VACUUM ANALYZE")
+    return url
+
+
+def tag_fractions(url: str, seed: int = 11) -> dict[str, int]:
+    """Give each filter tag to random documents until they hold its share of the passages;
+    returns the passages each tag holds."""
+    held = {}
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE documents SET tags = array(SELECT t FROM unnest(tags) t WHERE t NOT LIKE 'bench:%%')"
+                     " WHERE tags && %s", [[tag for tag, _ in FILTER_TAGS.values()]])
+        counts = conn.execute("SELECT document_id, count(*) FROM knowledge_chunks GROUP BY document_id"
+                              " ORDER BY document_id").fetchall()
+        total = sum(n for _, n in counts)
+        for tag, share in FILTER_TAGS.values():
+            order = counts[:]
+            random.Random(f"{seed}{tag}").shuffle(order)
+            chosen, n = [], 0
+            for doc_id, k in order:
+                if n >= share * total:
+                    break
+                chosen.append(doc_id)
+                n += k
+            conn.execute("UPDATE documents SET tags = tags || %s::text WHERE id = ANY(%s)", [tag, chosen])
+            held[tag] = n
+        conn.execute("ANALYZE documents")
+    return held
+
+
+class ExactSearch:
+    """Exact cosine search over every stored vector, items ranked by their best passage."""
+
+    def __init__(self, url: str) -> None:
+        from pgvector.psycopg import register_vector
+
+        with psycopg.connect(url) as conn:
+            register_vector(conn)
+            rows = conn.execute(
+                "SELECT coalesce(c.document_id, c.asset_id), coalesce(d.tags, a.tags), e.embedding"
+                " FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
+                " LEFT JOIN documents d ON d.id = c.document_id LEFT JOIN assets a ON a.id = c.asset_id"
+                " WHERE e.model = %s AND d.archived_at IS NULL AND a.archived_at IS NULL", [MODEL]).fetchall()
+        self.items = np.array([str(r[0]) for r in rows])
+        self.tags = [set(r[1]) for r in rows]
+        self.matrix = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32)
+
+    def top_items(self, qv: np.ndarray[Any, Any], k: int, tag: str | None = None) -> list[str]:
+        sims = self.matrix @ qv
+        if tag is not None:
+            sims = np.where([tag in t for t in self.tags], sims, -np.inf)
+        found: list[str] = []
+        for j in np.argsort(-sims):
+            if not np.isfinite(sims[j]):
+                break
+            if self.items[j] not in found:
+                found.append(str(self.items[j]))
+                if len(found) == k:
+                    break
+        return found
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
+
+
+def run_requests(base: str, queries: list[str], params: dict[str, Any], clients: int) -> tuple[list[float], list[float]]:
+    """Each query once, spread over `clients` keep-alive connections; client and server ms."""
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    lock = threading.Lock()
+
+    def worker(share: list[str]) -> None:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for text in share:
+                started = time.perf_counter()
+                r = client.get("/search", params={"q": text, **params})
+                took = (time.perf_counter() - started) * 1000
+                r.raise_for_status()
+                with lock:
+                    client_ms.append(took)
+                    server_ms.append(r.json()["took_ms"])
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, [queries[i::clients] for i in range(clients)]))
+    return client_ms, server_ms
+
+
+def check_filter(base: str, queries: list[str], tag: str, limit: int = 10) -> str:
+    """Does every filtered hybrid search return the full limit, every hit holding the tag?"""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for text in queries:
+            hits = client.get("/search", params={"q": text, "limit": limit, "tags_any": tag}).json()["hits"]
+            if len(hits) != limit or any(tag not in h["tags"] for h in hits):
+                return f"NO: {len(hits)} hits for {text!r}, {sum(tag in h['tags'] for h in hits)} with {tag}"
+    return f"yes ({len(queries)} queries: {limit} hits each, all tagged {tag})"
+
+
+def semantic_recall(base: str, exact: ExactSearch, queries: list[str], tag: str | None) -> float:
+    from embeddings.onnx import load_query_embedder
+
+    embedder = load_query_embedder(MODEL)
+    recalls = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for text in queries:
+            params: dict[str, Any] = {"q": text, "mode": "semantic", "limit": 10}
+            if tag:
+                params["tags_any"] = tag
+            got = [h["id"] for h in client.get("/search", params=params).json()["hits"]]
+            want = exact.top_items(embedder.embed_query(text), 10, tag)
+            recalls.append(len(set(got) & set(want)) / len(want) if want else 1.0)
+    return round(float(np.mean(recalls)), 4)
+
+
+def hnsw_settings(url: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        from knowledge.db import configure_for_search
+
+        configure_for_search(conn)
+        options = conn.execute("SELECT c.reloptions FROM pg_class c WHERE c.relname = hq_embedding_index_name(%s)",
+                               [MODEL]).fetchone()
+        settings = {"index": dict(o.split("=", 1) for o in (options[0] or [])) if options else None}
+        for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples"):
+            settings[name] = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()[0]  # type: ignore[index]
+        settings["server"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        settings["pgvector"] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                                            ).fetchone()[0]  # type: ignore[index]
+    return settings
+
+
+def measure(url: str, size: int, queries: list[str], requests: int, log: Path) -> list[dict[str, Any]]:
+    held = tag_fractions(url)
+    print(f"\n## {size} passages: tags {', '.join(f'{t} on {n} passages' for t, n in held.items())}", flush=True)
+    print(f"HNSW: {json.dumps(hnsw_settings(url))}", flush=True)
+    exact = ExactSearch(url)
+    rows: list[dict[str, Any]] = []
+    env = {**os.environ, "HQ_DATABASE_URL": url, "HQ_QUERY_CACHE": "0"}
+    with running_service(env, log) as base:
+        run_requests(base, queries[:30], {"mode": "hybrid"}, 1)  # warm-up: connections, caches
+        recall_queries = queries[:200]
+        recall = {None: semantic_recall(base, exact, recall_queries, None)}
+        for label, (tag, _) in FILTER_TAGS.items():
+            recall[label] = semantic_recall(base, exact, recall_queries, tag)
+            print(f"{label} filter, full limit and all matching: {check_filter(base, recall_queries, tag)}", flush=True)
+        for label in ("5%",):
+            rows.append({"passages": size, "mode": "semantic", "clients": 1, "filter": f"tag {label}",
+                         "p50_ms": None, "p95_ms": None, "p99_ms": None, "recall@10": recall[label]})
+        for filter_label, extra in (("none", {}), ("tag 1%", {"tags_any": FILTER_TAGS["1%"][0]})):
+            for mode in ("hybrid", "semantic", "keyword"):
+                for clients in (1, 8):
+                    use = queries[:requests]
+                    started = time.perf_counter()
+                    client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients)
+                    wall = time.perf_counter() - started
+                    row = {"passages": size, "mode": mode, "clients": clients, "filter": filter_label,
+                           **percentiles(client_ms),
+                           "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
+                           "server_p50_ms": round(float(np.median(server_ms)), 2),
+                           "requests": len(use), "per_second": round(len(use) / wall, 1)}
+                    rows.append(row)
+                    print(f"  {mode:8} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
+                          f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
+                          f"({row['per_second']} req/s)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--passages", type=int, default=100_000, help="the large size (default 100000)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per measured row")
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data",
+                        help="where the embedded server keeps the benchmark databases between runs")
+    parser.add_argument("--skip-collection-size", action="store_true", help="measure the large size only")
+    args = parser.parse_args()
+
+    from knowledge.embedded import EmbeddedPostgres
+
+    queries = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))
+    server = EmbeddedPostgres(args.data_dir / "pg")
+    server_url = server.start()
+    rows: list[dict[str, Any]] = []
+    try:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            collection = load_collection(admin, server_url, f"lat_{args.dataset}", args.dataset)
+            filled = fill(admin, server_url, f"lat_{args.dataset}", f"lat_{args.dataset}_{args.passages}",
+                          args.passages)
+        sizes = [(collection, passages(collection))] if not args.skip_collection_size else []
+        sizes.append((filled, passages(filled)))
+        for url, size in sizes:
+            rows += measure(url, size, queries, args.requests, args.data_dir / "serve.log")
+    finally:
+        server.stop()
+
+    machine = common.machine()
+    print(f"\nmachine: {machine}; queries: {args.dataset}; latency measured by the client over HTTP, "
+          "query embedding included (cache off)")
+    print("| passages | mode | clients | filter | p50 ms | p95 ms | p99 ms | recall@10 | req/s |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        def ms(key: str, row: dict[str, Any] = r) -> str:
+            return "" if row[key] is None else f"{row[key]:.1f}"
+        recall = "" if r["recall@10"] is None else f"{r['recall@10']:.3f}"
+        print(f"| {r['passages']} | {r['mode']} | {r['clients']} | {r['filter']} | {ms('p50_ms')} | {ms('p95_ms')} |"
+              f" {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "latency.json"
+    out.write_text(json.dumps({"machine": machine, "dataset": args.dataset, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
