@@ -35,7 +35,8 @@ _lock = threading.Lock()
 
 def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchSetup:
     """The active model and keyword path of this database, re-read at most every `ttl` s."""
-    key = conn.info.dsn
+    # host, port and database name: conn.info.dsn would rebuild the whole conninfo (~0.4 ms).
+    key = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
     now = time.monotonic()
     with _lock:
         hit = _cache.get(key)

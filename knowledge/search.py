@@ -90,7 +90,6 @@ class Passage:
     chunk_id: int
     heading_path: list[str]
     content: str
-    snippet: str
 
 
 @dataclass
@@ -119,6 +118,7 @@ class SearchResult:
     took_ms: float
     candidates: int
     notes: list[str] = field(default_factory=list)
+    embed_ms: float = 0.0  # of took_ms: embedding the query (0 when cached or not needed)
 
     def as_dict(self, *, explain: bool = False) -> dict[str, Any]:
         """The response body: plain values, UUIDs and datetimes (orjson encodes them); a hit's
@@ -127,13 +127,13 @@ class SearchResult:
             "hits": [{
                 "id": h.id, "kind": h.kind, "title": h.title, "folder_path": h.folder_path, "tags": h.tags,
                 "score": h.score, "snippet": h.snippet,
-                "passages": [{"chunk_id": p.chunk_id, "heading_path": p.heading_path, "content": p.content,
-                              "snippet": p.snippet} for p in h.passages],
+                "passages": [{"chunk_id": p.chunk_id, "heading_path": p.heading_path, "content": p.content}
+                             for p in h.passages],
                 "source_path": h.source_path, "asset_type": h.asset_type, "pinned": h.pinned,
                 "updated_at": h.updated_at, **({"explain": h.explain} if explain else {}),
             } for h in self.hits],
             "mode": self.mode, "keyword_path": self.keyword_path, "model": self.model, "took_ms": self.took_ms,
-            "candidates": self.candidates, "notes": self.notes,
+            "embed_ms": self.embed_ms, "candidates": self.candidates, "notes": self.notes,
         }
 
 
@@ -329,14 +329,15 @@ SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_scor
             ELSE asset_folder_path(a.folder_id) END AS folder_path,
        coalesce(d.tags, a.tags) AS tags, coalesce(d.pinned, a.pinned) AS pinned,
        coalesce(d.updated_at, a.updated_at) AS updated_at, d.source_path, a.asset_type::text AS asset_type,
-       (SELECT json_agg(json_build_object(
-                 'chunk_id', c.id, 'heading_path', c.heading_path, 'content', c.content,
-                 'snippet', ts_headline('english', c.content, (SELECT query FROM or_query),
-                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
-                   ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "'))
-               ORDER BY b.pos)
+       (SELECT json_agg(json_build_object('chunk_id', c.id, 'heading_path', c.heading_path, 'content', c.content)
+                        ORDER BY b.pos)
           FROM unnest(f.best_chunks) WITH ORDINALITY AS b(chunk_id, pos)
-          JOIN knowledge_chunks c ON c.id = b.chunk_id) AS passages
+          JOIN knowledge_chunks c ON c.id = b.chunk_id) AS passages,
+       -- ts_headline parses the passage again (~65 us each): the best passage's only.
+       (SELECT ts_headline('english', c.content, (SELECT query FROM or_query),
+                 'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
+                 ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "')
+          FROM knowledge_chunks c WHERE c.id = f.best_chunks[1]) AS snippet
   FROM fused f
   LEFT JOIN documents d ON f.kind = 'document' AND d.id = f.item_id
   LEFT JOIN assets a ON f.kind = 'asset' AND a.id = f.item_id
@@ -372,26 +373,28 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
                "limit": q.limit, "offset": q.offset, "bound": EXACT_SCAN_BELOW,
                "ws": q.semantic_weight if mode != "keyword" else 0.0,
                "wk": q.keyword_weight if mode != "semantic" else 0.0}
+    embed_ms = 0.0
     if mode != "keyword":
         assert embed_query is not None
+        embed_start = time.perf_counter()
         params["qv"] = np.asarray(embed_query(q.q), dtype=np.float32)
+        embed_ms = (time.perf_counter() - embed_start) * 1000
     statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain)
     rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
     hits = [_hit(row, q.explain) for row in rows]
     if rows and rows[0][8]:
         notes.append("selective filter: exact vector scan")
     return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
-                        int(rows[0][7]) if rows else 0, notes)
+                        int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
 
 
 def _hit(row: Any, explain: bool) -> SearchHit:
     (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, title, folder_path, tags,
-     pinned, updated_at, source_path, asset_type, passages) = row
-    found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"], _mark(p["snippet"] or ""))
-             for p in passages or []]
+     pinned, updated_at, source_path, asset_type, passages, snippet) = row
+    found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"]) for p in passages or []]
     return SearchHit(
         id=item_id, kind=kind, title=title, folder_path=folder_path, tags=list(tags), score=float(score),
-        snippet=found[0].snippet if found else "", passages=found, source_path=source_path,
+        snippet=_mark(snippet or ""), passages=found, source_path=source_path,
         asset_type=asset_type, pinned=pinned, updated_at=updated_at,
         explain={"semantic": {"rank": sem_rank, "score": sem_score},
                  "keyword": {"rank": kw_rank, "score": kw_score}} if explain else None)

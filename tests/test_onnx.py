@@ -5,6 +5,7 @@ torch fallback. Exports go to temporary directories only; no database is needed.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -134,7 +135,11 @@ def test_the_export_is_reused_by_the_next_start(onnx: OnnxEmbedder, cache_dir: P
                                                 exports: list[Path]) -> None:
     path = onnx.onnx_path
     assert path.parent == cache_dir and path.is_file()
-    assert path.name.startswith("all-MiniLM-L6-v2-") and len(path.stem) == len("all-MiniLM-L6-v2-") + 12
+    assert re.fullmatch(r"all-MiniLM-L6-v2-[0-9a-f]{12}-fused\.onnx", path.name), path.name
+    import onnx as onnx_lib  # the export carries ONNX Runtime's BERT fusions
+
+    ops = {node.op_type for node in onnx_lib.load(str(path), load_external_data=False).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops, ops
     assert exports.count(path) == 1
     mtime = path.stat().st_mtime_ns
 
