@@ -36,8 +36,15 @@ _SERVER_OPTIONS = (
     "-c listen_addresses=''",
     # HNSW index builds want a lot of maintenance memory; 1 GB of 24 is affordable.
     "-c maintenance_work_mem=1GB",
-    "-c shared_buffers=256MB",
 )
+
+
+def _shared_buffers() -> str:
+    """1/16 of the memory, from 256 MB to 1 GB: 100k passages of a 384-dimension model take
+    ~800 MB with their HNSW index, and a search that finds its pages in shared buffers
+    instead of the OS cache is ~1 ms faster."""
+    mb = psutil.virtual_memory().total // (16 * 1024 * 1024)
+    return f"-c shared_buffers={max(256, min(1024, mb))}MB"
 _PRELOAD = ("pg_textsearch",)  # extensions that only load from shared_preload_libraries
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes on Linux; keep a margin
 
@@ -188,7 +195,7 @@ class EmbeddedPostgres:
         socket_dir.mkdir(parents=True, exist_ok=True)
         if self._system_user() is not None and socket_dir != self.pgdata:
             os.chmod(socket_dir, 0o777)  # the server's user must create its socket there
-        options = [*_SERVER_OPTIONS, f"-c unix_socket_directories='{socket_dir}'"]
+        options = [*_SERVER_OPTIONS, _shared_buffers(), f"-c unix_socket_directories='{socket_dir}'"]
         preload = [name for name in self.preload if self._has_library(name)]
         if preload:
             options.append(f"-c shared_preload_libraries={','.join(preload)}")
