@@ -112,6 +112,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--limit-docs", type=int, default=None, help="a smaller corpus (judged documents kept)")
+    parser.add_argument("--database-url", default=None,
+                        help="a database already holding this collection, imported and embedded (as "
+                             "benchmarks/latency.py leaves it): skips the import and the embedding")
     args = parser.parse_args()
     corpus, queries, qrels = load(DATASETS / args.dataset, args.limit_docs)
     print(f"{args.dataset}: {len(corpus)} documents, {len(queries)} judged test queries", flush=True)
@@ -122,20 +125,26 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / args.dataset
-        write_corpus_markdown(corpus, folder)
-        server = EmbeddedPostgres(Path(tmp) / "db")
-        url = server.start()
+        server = None
+        if args.database_url:
+            url = args.database_url
+        else:
+            server = EmbeddedPostgres(Path(tmp) / "db")
+            url = server.start()
         env = {**os.environ, "HQ_DATABASE_URL": url}
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                migrate(conn)
+            if server is not None:
+                folder = Path(tmp) / args.dataset
+                write_corpus_markdown(corpus, folder)
+                with psycopg.connect(url, autocommit=True) as conn:
+                    migrate(conn)
+                    started = time.perf_counter()
+                    imported = import_folder(conn, folder)
+                    print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s",
+                          flush=True)
                 started = time.perf_counter()
-                imported = import_folder(conn, folder)
-                print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s", flush=True)
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env=env, check=True)
-            print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
+                subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env=env, check=True)
+                print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
 
             with running_service(env, Path(tmp) / "serve.log") as base, \
                     httpx.Client(base_url=base, timeout=60) as client:
@@ -151,7 +160,8 @@ def main() -> None:
                     print(f"{mode}: done", flush=True)
             rows.append({"system": "exact-dense", **score(dense_runs(url, queries), qrels)})
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
     rows.append({"system": "bm25s", **score(bm25s_runs(corpus, queries), qrels)})
 
     machine = common.machine()
