@@ -139,7 +139,7 @@ class SearchResult:
 
 def _filters(q: SearchQuery) -> tuple[sql.Composable, sql.Composable, dict[str, Any]]:
     """What the filters keep: (conditions on a document d, conditions on an asset a, params).
-    Without parameters only the archive filter applies, and it keeps most passages."""
+    The archive filter and `kind` are the only ones that take no parameter."""
     doc: list[sql.Composable] = []
     asset: list[sql.Composable] = []
     params: dict[str, Any] = {}
@@ -150,10 +150,8 @@ def _filters(q: SearchQuery) -> tuple[sql.Composable, sql.Composable, dict[str, 
 
     if q.kind == "asset" or q.asset_type:
         doc.append(sql.SQL("false"))
-        params["kind"] = "asset"
     if q.kind == "document":
         asset.append(sql.SQL("false"))
-        params["kind"] = "document"
     if q.asset_type:
         asset.append(sql.SQL("a.asset_type = %(asset_type)s::asset_type"))
         params["asset_type"] = q.asset_type
@@ -365,7 +363,9 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     if mode != "keyword" and (model is None or dims is None or embed_query is None):
         raise InvalidInput(f"mode: {mode} needs an active embedding model; use mode=keyword")
     doc, asset, params = _filters(q)
-    filtered = bool(params)
+    # Filters beyond the archive default: the kept passages may be few (the exact-scan
+    # decision) and the BM25 leg over-fetches. Only `kind` needs no parameter.
+    filtered = bool(params) or q.kind is not None
     n = min(max(50, (q.offset + q.limit) * 3), 400)
     # BM25 candidates before filtering: a few more for archived items, many more when the
     # caller filters (the index knows nothing of tags or folders).
