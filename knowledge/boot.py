@@ -50,10 +50,12 @@ __all__ = [
     "BootBundle",
     "BootItem",
     "OmittedItem",
+    "TokenCounter",
     "boot_bundle",
     "boot_version",
     "bundle_markdown",
     "check_slug",
+    "cut_at_boundary",
     "default_token_counter",
 ]
 
@@ -253,7 +255,7 @@ def _render(row: Mapping[str, Any]) -> str:
     return f"{title}\n\n{text}" if text else title
 
 
-def _cut(markdown: str, budget: int, count: TokenCounter) -> tuple[str, int] | None:
+def cut_at_boundary(markdown: str, budget: int, count: TokenCounter) -> tuple[str, int] | None:
     """The longest prefix of `markdown` that ends after a block (a paragraph, list, table, code
     block: never inside one), followed by TRUNCATION_NOTE, whose tokens fit in `budget`; with
     its token count. None when no block after the title fits."""
@@ -303,7 +305,7 @@ def boot_bundle(conn: psycopg.Connection[Any], slug: str, *, max_tokens: int | N
             items.append(_item(row, markdown, tokens, truncated=False))
             used += tokens
             continue
-        cut = None if exhausted or max_tokens is None else _cut(markdown, max_tokens - used, count)
+        cut = None if exhausted or max_tokens is None else cut_at_boundary(markdown, max_tokens - used, count)
         exhausted = True
         if cut is None:
             omitted.append(OmittedItem(row["id"], row["kind"], row["title"], tokens, OVER_BUDGET))

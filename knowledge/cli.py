@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true", help="run the API only")
     serve.add_argument("--sample", action="store_true",
                        help="import the sample knowledge base first (again: only changes are applied)")
+    serve.add_argument("--mcp-read-only", action="store_true",
+                       help="the MCP server at /mcp offers no write tools (save_document, update_document)")
+
+    mcp = commands.add_parser("mcp", help="run the MCP server over stdio, for a local agent runtime")
+    mcp.add_argument("--read-only", action="store_true",
+                     help="offer no write tools (save_document, update_document)")
+    mcp.add_argument("--agent", metavar="SLUG",
+                     help="bind the session to this agent: boot_context defaults to it, saves are recorded as its")
 
     worker = commands.add_parser("worker", help="embed pending documents and assets, waking on every change")
     worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
@@ -77,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server import serve
 
             return serve(settings, host=args.host, port=args.port, worker=not args.no_worker,
-                         sample=args.sample)
+                         sample=args.sample, mcp_read_only=args.mcp_read_only)
+        if args.command == "mcp":
+            from .server import run_mcp
+
+            return run_mcp(settings, read_only=args.read_only, agent=args.agent)
         if args.command == "worker":
             from .server import run_worker
 

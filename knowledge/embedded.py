@@ -68,6 +68,8 @@ def postmaster_pid(pgdata: Path) -> int | None:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
+    if pid <= 0:  # a standalone backend's lock (initdb bootstrapping the cluster), not a postmaster
+        return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -9,6 +9,7 @@ __all__ = [
     "KnowledgeError",
     "MigrationError",
     "NotFound",
+    "ServiceUnavailable",
     "TooLarge",
 ]
 
@@ -43,6 +44,13 @@ class TooLarge(KnowledgeError):
 
 class DatabaseUnavailable(KnowledgeError):
     """The database cannot be reached or used: wrong URL, password, missing extension."""
+
+    status = 503
+
+
+class ServiceUnavailable(KnowledgeError):
+    """The knowledge service cannot be reached over HTTP (raised by `knowledge.client`): it is
+    not running, or the base URL is wrong. Nothing was sent, or no answer came back."""
 
     status = 503
 

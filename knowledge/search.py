@@ -106,7 +106,7 @@ class SearchHit:
     asset_type: str | None
     pinned: bool
     updated_at: datetime
-    explain: dict[str, Any] | None = None
+    explain: dict[str, Any] | None = None  # per leg: rank and score (in responses when asked for)
 
 
 @dataclass
@@ -384,14 +384,14 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         embed_ms = (time.perf_counter() - embed_start) * 1000
     statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain)
     rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
-    hits = [_hit(row, q.explain) for row in rows]
+    hits = [_hit(row) for row in rows]
     if rows and rows[0][8]:
         notes.append("selective filter: exact vector scan")
     return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
                         int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
 
 
-def _hit(row: Any, explain: bool) -> SearchHit:
+def _hit(row: Any) -> SearchHit:
     (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, title, folder_path, tags,
      pinned, updated_at, source_path, asset_type, passages, snippet) = row
     found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"]) for p in passages or []]
@@ -399,6 +399,7 @@ def _hit(row: Any, explain: bool) -> SearchHit:
         id=item_id, kind=kind, title=title, folder_path=folder_path, tags=list(tags), score=float(score),
         snippet=_mark(snippet or ""), passages=found, source_path=source_path,
         asset_type=asset_type, pinned=pinned, updated_at=updated_at,
+        # Each leg's rank comes with every search; the keyword leg's score only when explaining.
         explain={"semantic": {"rank": sem_rank, "score": sem_score},
-                 "keyword": {"rank": kw_rank, "score": kw_score}} if explain else None)
+                 "keyword": {"rank": kw_rank, "score": kw_score}})
 

@@ -14,7 +14,7 @@ from .db import connect, database, describe_url
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
-__all__ = ["run_worker", "serve"]
+__all__ = ["run_mcp", "run_worker", "serve"]
 
 log = logging.getLogger("hq_knowledge")
 
@@ -40,7 +40,7 @@ def _prepare(url: str, *, sample: bool = False) -> None:
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
-          worker: bool = True, sample: bool = False) -> int:
+          worker: bool = True, sample: bool = False, mcp_read_only: bool = False) -> int:
     """Run until SIGINT/SIGTERM; the embedded server (if used) is released on the way out."""
     import uvicorn
 
@@ -57,13 +57,34 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         stop = threading.Event()
         thread = _start_worker(url, settings, stop) if worker else None
         try:
-            config = uvicorn.Config(create_app(url), host=host or settings.host,
+            address = host or settings.host
+            config = uvicorn.Config(create_app(url, mcp_read_only=mcp_read_only, host=address), host=address,
                                     port=port or settings.port, log_level="info")
             uvicorn.Server(config).run()
         finally:
             stop.set()
             if thread is not None:
                 thread.join(timeout=120)
+    return 0
+
+
+def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = None) -> int:
+    """`mcp`: the MCP server over stdio until the client closes it. Standard output carries
+    the protocol only: logs go to standard error."""
+    from .boot import check_slug
+    from .mcp_server import build_mcp_server, open_pool
+
+    _logging()
+    if agent is not None:
+        check_slug(agent)
+    with database(settings) as url:
+        _prepare(url)
+        _warm_query_embedder(url)
+        pool = open_pool(url)
+        try:
+            build_mcp_server(lambda: pool, read_only=read_only, agent=agent).run("stdio")
+        finally:
+            pool.close()
     return 0
 
 

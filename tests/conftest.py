@@ -91,11 +91,25 @@ def template_db(pg_server: Server) -> Iterator[str]:
     pg_server.drop_db(TEMPLATE)
 
 
+def _own_bm25_index(url: str) -> None:
+    """Give the copy's BM25 index an OID of its own. pg_textsearch keeps each index's state in
+    shared memory keyed by the index OID alone, and a database copied from a template has the
+    template's OIDs: two copies would read each other's postings (timescale/pg_textsearch#464:
+    "could not read blocks ... read only 0 of 8192 bytes")."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        definition = conn.execute("SELECT pg_get_indexdef('knowledge_chunks_bm25_idx'::regclass)"
+                                  " WHERE to_regclass('knowledge_chunks_bm25_idx') IS NOT NULL").fetchone()
+        if definition:
+            conn.execute("DROP INDEX knowledge_chunks_bm25_idx")
+            conn.execute(definition[0])
+
+
 @pytest.fixture
 def db_url(pg_server: Server, template_db: str) -> Iterator[str]:
     """URL of a fresh, fully migrated database of this test's own."""
     name = pg_server.create_db(template=template_db)
     try:
+        _own_bm25_index(pg_server.url(name))
         yield pg_server.url(name)
     finally:
         pg_server.drop_db(name)

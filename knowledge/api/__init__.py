@@ -12,13 +12,21 @@ from psycopg_pool import ConnectionPool
 from .. import __version__
 from ..db import configure_for_search
 from ..errors import KnowledgeError
-from .routes import assets, boot, documents, folders, health, search, tags
+from .routes import agent, assets, boot, documents, folders, health, search, tags
 
 __all__ = ["create_app"]
 
 
-def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
-    """The application. Its connection pool is opened when the app starts and closed at shutdown."""
+def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
+               host: str = "127.0.0.1") -> FastAPI:
+    """The application. Its connection pool is opened when the app starts and closed at
+    shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool; `host` is
+    the address the app listens on (on a loopback address, /mcp accepts only local Host
+    and Origin headers)."""
+    from ..mcp_server import build_mcp_server
+
+    mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only)
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -28,7 +36,8 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
         pool.open(wait=True, timeout=30)
         app.state.pool = pool
         try:
-            yield
+            async with mcp.session_manager.run():
+                yield
         finally:
             pool.close()
 
@@ -40,9 +49,11 @@ def create_app(database_url: str, *, pool_size: int = 10) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(documents.router)
+    app.include_router(agent.router)  # /documents/{id}/markdown: one segment more than /documents/{id}
     app.include_router(assets.router)
     app.include_router(folders.router)
     app.include_router(tags.router)
     app.include_router(boot.router)
     app.include_router(search.router)
+    app.router.routes.extend(mcp_app.routes)  # POST/GET/DELETE /mcp
     return app

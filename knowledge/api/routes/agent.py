@@ -1,0 +1,152 @@
+"""What agents do besides searching and booting, over REST (what `knowledge.client` calls):
+read a document as markdown, see what the knowledge base holds, save and update markdown
+documents in folders named by path. The same domain functions as the MCP tools."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...agent_ops import (
+    knowledge_overview,
+    read_document,
+    save_markdown_document,
+    update_markdown_document,
+)
+from ...boot import MAX_TOKENS_LIMIT, SLUG_RULE, check_slug
+from ...errors import InvalidInput
+from ..body import CheckedBodyRoute
+from ..deps import Conn
+from .documents import DocumentPublic
+
+router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
+
+AGENT_HEADER = "X-HQ-Agent"  # as the MCP server's (knowledge.mcp_server.AGENT_HEADER)
+
+_FOLDER = "A folder path such as /Research/Competitors (any case); / is the root."
+
+
+def agent_header(
+    slug: Annotated[str | None, Header(alias=AGENT_HEADER, description=(
+        f"The writing agent's slug ({SLUG_RULE}): the document is recorded as written by it."))] = None,
+) -> str | None:
+    """The X-HQ-Agent header's slug, checked; None without the header."""
+    if slug is None:
+        return None
+    try:
+        return check_slug(slug.strip())
+    except InvalidInput as e:
+        raise InvalidInput(f"{AGENT_HEADER} header: {e.message}") from e
+
+
+Agent = Annotated[str | None, Depends(agent_header)]
+
+
+class DocumentTextPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    title: str
+    folder_path: str
+    tags: list[str]
+    updated_at: datetime
+    markdown: str = Field(description="`# <title>`, a blank line, then the body or the section.")
+    tokens: int = Field(description="Tokens of `markdown` (the embedding model's word pieces).")
+    total_tokens: int = Field(description="Tokens before any cut to max_tokens.")
+    truncated: bool = Field(description="Cut after a whole block to fit max_tokens, with a note saying so.")
+    section: str | None = Field(description="The heading path of the section returned; null: the whole document.")
+    sections: list[str] = Field(description="The document's headings, as ' > '-joined paths.")
+
+
+class FolderCountPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    path: str
+    documents: int = Field(description="Unarchived documents in it and in the folders below it.")
+
+
+class TagCountPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    tag: str
+    documents: int
+    assets: int
+
+
+class RecentDocumentPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    title: str
+    folder_path: str
+    tags: list[str]
+    updated_at: datetime
+
+
+class OverviewPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    folder: str = Field(description="The folder path looked under; / for everything.")
+    tag: str | None
+    documents: int = Field(description="Unarchived documents under `folder` (tagged `tag`).")
+    folders: list[FolderCountPublic]
+    tags: list[TagCountPublic]
+    recent: list[RecentDocumentPublic] = Field(description="The most recently updated documents.")
+
+
+class MarkdownDocumentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    markdown: str = Field(description="The document's text; at least one non-space character.")
+    folder: str | None = Field(None, description=_FOLDER + " Created if missing; null: the root.")
+    tags: list[str] = Field(default_factory=list)
+
+
+class MarkdownDocumentUpdate(BaseModel):
+    """What is given (not null) replaces what is stored; at least one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    markdown: str | None = Field(None, description="The new text; the document becomes markdown.")
+    title: str | None = None
+    tags: list[str] | None = Field(None, description="Replaces the whole list.")
+
+
+@router.get("/documents/{document_id}/markdown", response_model=DocumentTextPublic,
+            summary="Read a document as markdown",
+            description="The whole document, or one `section` (a heading or a heading path such as "
+                        "`Refunds > Annual plans`, any case), cut after the last whole block that fits "
+                        f"`max_tokens` (1..{MAX_TOKENS_LIMIT}).")
+def read_markdown(document_id: UUID, conn: Conn, max_tokens: int | None = None,
+                  section: str | None = None) -> DocumentTextPublic:
+    doc = read_document(conn, document_id, max_tokens=max_tokens, section=section)
+    return DocumentTextPublic.model_validate(doc)
+
+
+@router.get("/overview", response_model=OverviewPublic, summary="What the knowledge base holds",
+            description="Unarchived documents under `folder` (a path) and tagged `tag`: their count, the "
+                        "folders with counts, the tags with counts, the most recently updated.")
+def overview(conn: Conn, folder: Annotated[str | None, Query(description=_FOLDER)] = None,
+             tag: str | None = None) -> OverviewPublic:
+    return OverviewPublic.model_validate(knowledge_overview(conn, folder=folder, tag=tag))
+
+
+@router.post("/documents/markdown", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
+             summary="Save a markdown document in a folder named by path")
+def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent) -> DocumentPublic:
+    doc = save_markdown_document(conn, title=body.title, markdown=body.markdown, folder=body.folder,
+                                 tags=body.tags, agent=agent)
+    return DocumentPublic.model_validate(doc)
+
+
+@router.patch("/documents/{document_id}/markdown", response_model=DocumentPublic,
+              summary="Replace a document's markdown, title or tags")
+def update_markdown(document_id: UUID, body: MarkdownDocumentUpdate, conn: Conn, agent: Agent) -> DocumentPublic:
+    doc = update_markdown_document(conn, document_id, markdown=body.markdown, title=body.title,
+                                   tags=body.tags, agent=agent)
+    return DocumentPublic.model_validate(doc)
