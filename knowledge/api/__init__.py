@@ -12,7 +12,19 @@ from psycopg_pool import ConnectionPool
 from .. import __version__
 from ..db import configure_for_search
 from ..errors import KnowledgeError
-from .routes import agent, assets, boot, documents, folders, health, search, tags
+from .routes import (
+    agent,
+    agents,
+    assets,
+    boot,
+    documents,
+    folders,
+    health,
+    search,
+    status,
+    tags,
+    ui,
+)
 
 __all__ = ["create_app"]
 
@@ -55,5 +67,9 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     app.include_router(tags.router)
     app.include_router(boot.router)
     app.include_router(search.router)
+    app.include_router(status.router)
+    app.include_router(agents.router)
+    app.include_router(ui.router)  # GET /: the operator's search page
+    app.mount("/static", ui.static_files(), name="static")  # only paths under /static/
     app.router.routes.extend(mcp_app.routes)  # POST/GET/DELETE /mcp
     return app
