@@ -31,6 +31,7 @@ ASSET_TYPES = ("sop", "research", "image", "video", "audio", "template", "script
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
 MAX_OFFSET = 1000
+MAX_PASSAGES = 1600  # per leg, when a short page asks again
 EXACT_SCAN_BELOW = 2000  # filtered passages: below this many, an exact scan beats the index
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"  # placeholders, turned into <mark> after escaping
 
@@ -295,6 +296,8 @@ kw AS ({kw}),
 hits AS (
   SELECT h.*,
          min(h.sem_rank) OVER w AS sem_best, max(h.sem_score) OVER w AS sem_top,
+         -- how many passages each leg returned: a leg that returned its whole quota may hold more
+         coalesce(max(h.sem_rank) OVER (), 0) AS sem_rows, coalesce(max(h.kw_rank) OVER (), 0) AS kw_rows,
          min(h.kw_rank) OVER w AS kw_best, max(h.kw_score) OVER w AS kw_top,
          row_number() OVER (PARTITION BY h.item_id ORDER BY h.chunk_score DESC, h.chunk_id) AS pos
     FROM (SELECT c.id AS chunk_id, coalesce(c.document_id, c.asset_id) AS item_id,
@@ -306,10 +309,10 @@ hits AS (
   WINDOW w AS (PARTITION BY h.item_id)
 ),
 per_item AS (
-  SELECT item_id, kind, sem_best, sem_top AS sem_score, kw_best, kw_top AS kw_score,
+  SELECT item_id, kind, sem_best, sem_top AS sem_score, kw_best, kw_top AS kw_score, sem_rows, kw_rows,
          array_agg(chunk_id ORDER BY pos) AS best_chunks
     FROM hits WHERE pos <= 3
-   GROUP BY item_id, kind, sem_best, sem_top, kw_best, kw_top
+   GROUP BY item_id, kind, sem_best, sem_top, kw_best, kw_top, sem_rows, kw_rows
 ),
 ranked AS (
   SELECT p.*,
@@ -325,6 +328,7 @@ fused AS (
    LIMIT %(limit)s OFFSET %(offset)s
 )
 SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_score, f.candidates, {exact},
+       f.sem_rows, f.kw_rows,
        coalesce(d.title, a.name) AS title,
        CASE WHEN f.kind = 'document' THEN document_folder_path(d.folder_id)
             ELSE asset_folder_path(a.folder_id) END AS folder_path,
@@ -367,12 +371,9 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     # decision) and the BM25 leg over-fetches. Only `kind` needs no parameter.
     filtered = bool(params) or q.kind is not None
     n = min(max(50, (q.offset + q.limit) * 3), 400)
-    # BM25 candidates before filtering: a few more for archived items, many more when the
-    # caller filters (the index knows nothing of tags or folders).
-    kn = min(max(n * 20, 1000), 10000) if filtered else n * 2
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
-    params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "n": n, "kn": kn, "k": q.rrf_k,
+    params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "k": q.rrf_k,
                "limit": q.limit, "offset": q.offset, "bound": EXACT_SCAN_BELOW,
                "ws": q.semantic_weight if mode != "keyword" else 0.0,
                "wk": q.keyword_weight if mode != "semantic" else 0.0}
@@ -383,7 +384,16 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         params["qv"] = np.asarray(embed_query(q.q), dtype=np.float32)
         embed_ms = (time.perf_counter() - embed_start) * 1000
     statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain)
-    rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
+    while True:
+        # BM25 candidates before filtering: a few more for archived items, many more when
+        # the caller filters (the index knows nothing of tags or folders).
+        params |= {"n": n, "kn": min(max(n * 20, 1000), 10000) if filtered else n * 2}
+        rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
+        # A short page whose legs returned their whole quota of passages: the passages of a
+        # few items crowded out the rest. Ask again for more passages (rarely needed).
+        if len(rows) >= q.limit or not rows or n >= MAX_PASSAGES or max(rows[0][9], rows[0][10]) < n:
+            break
+        n = min(n * 4, MAX_PASSAGES)
     hits = [_hit(row) for row in rows]
     if rows and rows[0][8]:
         notes.append("selective filter: exact vector scan")
@@ -392,7 +402,8 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
 
 
 def _hit(row: Any) -> SearchHit:
-    (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, title, folder_path, tags,
+    (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, _sem_rows, _kw_rows,
+     title, folder_path, tags,
      pinned, updated_at, source_path, asset_type, passages, snippet) = row
     found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"]) for p in passages or []]
     return SearchHit(

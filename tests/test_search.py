@@ -237,3 +237,20 @@ def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:
         assert all("<mark>" in h["snippet"] for h in body["hits"])
     finally:
         server.stop()
+
+
+def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Conn, db_url: str) -> None:
+    """Sixty passages of one document fill the semantic leg's first quota of 50 passages: the
+    page still holds `limit` items (the search asks again with more passages)."""
+    big = "\n\n".join(f"## Part {i}\n\napple orchard harvest apple orchard harvest" for i in range(60))
+    add(conn, "Orchard", big, ["farm"])
+    for i in range(12):
+        add(conn, f"Note {i}", f"apple orchard harvest, and also tractors, weather, markets and prices {i}", ["farm"])
+    index_with_fake(conn, db_url)
+    passages = conn.execute("SELECT count(*) AS n FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
+                            " WHERE d.title = 'Orchard'").fetchone()
+    assert passages is not None and passages["n"] == 60
+    with TestClient(create_app(db_url)) as client:
+        got = titles(client.get("/search", params={"q": "apple orchard harvest", "mode": "semantic", "limit": 12}))
+    assert len(got) == 12 and got[0] == "Orchard"
+    assert len(set(got[1:])) == 11 and all(t.startswith("Note ") for t in got[1:])
