@@ -26,7 +26,7 @@ from embeddings.markdown_blocks import parse_sections
 from .boot import MAX_TOKENS_LIMIT, TokenCounter, cut_at_boundary, default_token_counter
 from .documents import Document, create_document, get_document, update_document
 from .errors import InvalidInput, NotFound
-from .folders import create_folder
+from .folders import create_folder, get_folder
 from .items import UNSET
 
 __all__ = [
@@ -170,22 +170,26 @@ def resolve_folder(conn: psycopg.Connection[Any], folder: str, *, create: bool =
     path = _folder_path(folder)
     if path == "/":
         return None
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute("SELECT id FROM document_folders WHERE lower(document_folder_path(id)) = lower(%s)"
-                          " ORDER BY created_at LIMIT 1", [path]).fetchone()
-    if row is not None:
-        return UUID(str(row[0]))
+    found = _folder_at(conn, path)
+    if found is not None:
+        return found
     if not create:
         raise NotFound(f"folder: no document folder {path!r}; list_knowledge shows the folders there are")
     parent: UUID | None = None
     walked = ""
     for name in path.strip("/").split("/"):
         walked += "/" + name
-        with conn.cursor(row_factory=tuple_row) as cur:
-            row = cur.execute("SELECT id FROM document_folders WHERE lower(document_folder_path(id)) = lower(%s)"
-                              " LIMIT 1", [walked]).fetchone()
-        parent = UUID(str(row[0])) if row else create_folder(conn, "document", name=name, parent_id=parent).id
+        parent = _folder_at(conn, walked) or create_folder(conn, "document", name=name, parent_id=parent).id
     return parent
+
+
+def _folder_at(conn: psycopg.Connection[Any], path: str) -> UUID | None:
+    """The document folder at `path` (any case: sibling names differ ignoring case, so at
+    most one matches), or None."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute("SELECT id FROM document_folders WHERE lower(document_folder_path(id)) = lower(%s)",
+                          [path]).fetchone()
+    return UUID(str(row[0])) if row else None
 
 
 def _existing_folder_id(conn: psycopg.Connection[Any], folder_id: UUID) -> UUID:
@@ -236,12 +240,8 @@ def knowledge_overview(conn: psycopg.Connection[Any], *, folder: str | None = No
         latest = cur.execute(scope + """
           SELECT id, title, document_folder_path(folder_id) AS folder_path, tags, updated_at
             FROM docs ORDER BY updated_at DESC, id LIMIT %(recent)s""", params).fetchall()
-    return Overview(folder=_path_of(conn, root) if root else "/", tag=tag, documents=total, folders=folders, tags=tags, recent=latest)
-
-
-def _path_of(conn: psycopg.Connection[Any], folder_id: UUID) -> str:
-    row = conn.execute("SELECT document_folder_path(%s)", [folder_id]).fetchone()
-    return str(row[0]) if row else "/"
+    return Overview(folder=get_folder(conn, "document", root).path if root else "/", tag=tag, documents=total,
+                    folders=folders, tags=tags, recent=latest)
 
 
 def agent_id(conn: psycopg.Connection[Any], slug: str | None) -> UUID | None:

@@ -8,11 +8,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from .config import Settings
 from .errors import DatabaseUnavailable
 
-__all__ = ["configure_for_search", "connect", "database", "describe_url", "translate_connect_error"]
+__all__ = [
+    "configure_for_search",
+    "connect",
+    "database",
+    "describe_url",
+    "open_search_pool",
+    "pooled_connection",
+    "translate_connect_error",
+]
 
 
 def describe_url(url: str) -> str:
@@ -78,6 +87,30 @@ def configure_for_search(conn: psycopg.Connection[Any]) -> None:
             conn.execute(setting)
         except psycopg.errors.UndefinedObject:
             pass
+
+
+def open_search_pool(url: str, *, max_size: int, application_name: str) -> ConnectionPool[Any]:
+    """An opened pool of autocommit connections set up by `configure_for_search`, as the API
+    and the MCP server use. Raises DatabaseUnavailable when no connection can be made."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        url, min_size=1, max_size=max_size, open=False, configure=configure_for_search,
+        kwargs={"autocommit": True, "application_name": application_name})
+    try:
+        pool.open(wait=True, timeout=30)
+    except Exception as e:  # psycopg_pool's PoolTimeout: the reason is in its log
+        pool.close()
+        raise DatabaseUnavailable(f"cannot connect to the database at {describe_url(url)}: {e}") from e
+    return pool
+
+
+@contextlib.contextmanager
+def pooled_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection from `pool`; DatabaseUnavailable (503) when none can be had."""
+    try:
+        with pool.connection(timeout=5) as conn:
+            yield conn
+    except psycopg.OperationalError as e:
+        raise DatabaseUnavailable(f"the database is unavailable: {str(e).strip().splitlines()[0]}") from e
 
 
 @contextlib.contextmanager

@@ -42,7 +42,8 @@ from .boot import (
     check_slug,
     default_token_counter,
 )
-from .errors import DatabaseUnavailable, KnowledgeError
+from .db import pooled_connection
+from .errors import KnowledgeError
 from .query_models import search_active
 from .search import MAX_LIMIT, SearchQuery
 
@@ -119,11 +120,10 @@ class _Tools:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; the package's errors raised meanwhile become tool errors."""
         try:
-            with self._pool().connection(timeout=10) as conn:
+            with pooled_connection(self._pool()) as conn:
                 yield conn
-        except psycopg.OperationalError as e:
-            raise ToolError(f"the knowledge database is unavailable: {str(e).strip().splitlines()[0]}") from e
         except KnowledgeError as e:
             raise ToolError(e.message) from e
 
@@ -147,8 +147,6 @@ class _Tools:
             raise ToolError(f"limit: from 1 to {SEARCH_MAX_LIMIT} (up to {MAX_LIMIT} is accepted and clamped "
                             f"to {SEARCH_MAX_LIMIT}), got {limit}")
         shown = min(limit, SEARCH_MAX_LIMIT)
-        if not query.strip():
-            raise ToolError("query: say what to look for (at least one non-space character)")
         with self.connection() as conn:
             folder_id = resolve_folder(conn, folder) if folder else None
             try:
@@ -379,19 +377,3 @@ should stay.""")
         return tools.update(id, markdown, title, tags, ctx)
 
     return server
-
-
-def open_pool(database_url: str, size: int = 4) -> ConnectionPool[Any]:
-    """A pool for the MCP server run on its own (stdio), set up as the API's. Raises
-    DatabaseUnavailable when no connection can be made."""
-    from .db import configure_for_search
-
-    pool: ConnectionPool[Any] = ConnectionPool(
-        database_url, min_size=1, max_size=size, open=False, configure=configure_for_search,
-        kwargs={"autocommit": True, "application_name": "hq-knowledge-mcp"})
-    try:
-        pool.open(wait=True, timeout=30)
-    except Exception as e:
-        pool.close()
-        raise DatabaseUnavailable(f"cannot connect to the knowledge database: {e}") from e
-    return pool

@@ -10,7 +10,7 @@ from types import FrameType
 from typing import Any
 
 from .config import Settings
-from .db import connect, database, describe_url
+from .db import connect, database, describe_url, open_search_pool
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
@@ -72,7 +72,7 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
     """`mcp`: the MCP server over stdio until the client closes it. Standard output carries
     the protocol only: logs go to standard error."""
     from .boot import check_slug
-    from .mcp_server import build_mcp_server, open_pool
+    from .mcp_server import build_mcp_server
 
     _logging()
     if agent is not None:
@@ -80,7 +80,7 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
     with database(settings) as url:
         _prepare(url)
         _warm_query_embedder(url)
-        pool = open_pool(url)
+        pool = open_search_pool(url, max_size=4, application_name="hq-knowledge-mcp")
         try:
             build_mcp_server(lambda: pool, read_only=read_only, agent=agent).run("stdio")
         finally:

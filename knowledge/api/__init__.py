@@ -7,10 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
 
 from .. import __version__
-from ..db import configure_for_search
+from ..db import open_search_pool
 from ..errors import KnowledgeError
 from .routes import (
     agent,
@@ -42,10 +41,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=False,
-                              kwargs={"autocommit": True, "application_name": "hq-knowledge-api"},
-                              configure=configure_for_search)
-        pool.open(wait=True, timeout=30)
+        pool = open_search_pool(database_url, max_size=pool_size, application_name="hq-knowledge-api")
         app.state.pool = pool
         try:
             async with mcp.session_manager.run():

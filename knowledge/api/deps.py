@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import psycopg
 from fastapi import Depends, Query, Request
-from psycopg_pool import ConnectionPool
 
-from ..errors import DatabaseUnavailable, InvalidInput
+from ..db import pooled_connection
+from ..errors import InvalidInput
 from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
 
-__all__ = ["Conn", "Filters", "get_conn", "item_filters", "pooled_connection"]
-
-
-@contextmanager
-def pooled_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
-    """A connection from `pool`; DatabaseUnavailable (503) when none can be had."""
-    try:
-        with pool.connection(timeout=5) as conn:
-            yield conn
-    except psycopg.OperationalError as e:
-        raise DatabaseUnavailable(f"the database is unavailable: {str(e).strip().splitlines()[0]}") from e
+__all__ = ["Conn", "Filters", "get_conn", "item_filters"]
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:

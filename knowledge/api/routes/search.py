@@ -12,9 +12,9 @@ from fastapi.responses import Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from ...db import pooled_connection
 from ...query_models import search_active
 from ...search import MAX_QUERY_CHARS, SearchQuery, SearchResult
-from ..deps import pooled_connection
 
 router = APIRouter(tags=["search"])
 
