@@ -88,7 +88,7 @@ def _fuse_transformer_ops(path: Path, config: Any) -> None:
         log.warning("ONNX transformer fusions skipped (%s: %s)", type(e).__name__, e)
 
 
-def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17) -> Path:
+def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17, fuse: bool = True) -> Path:
     """Export the BERT body of the sentence-transformers model in `model_dir` to `out_path`:
     inputs input_ids, attention_mask, token_type_ids (int64, batch x sequence, both axes
     dynamic), output last_hidden_state (float32, batch x sequence x hidden). Pooling and
@@ -129,7 +129,8 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17)
             torch.onnx.export(Body(bert), (ids, mask, torch.zeros_like(ids)), str(tmp), dynamo=False,
                               input_names=list(INPUTS), output_names=[OUTPUT], opset_version=opset,
                               dynamic_axes={name: axes for name in (*INPUTS, OUTPUT)})
-        _fuse_transformer_ops(tmp, bert.config)
+        if fuse:  # (int8 quantization wants the plain graph)
+            _fuse_transformer_ops(tmp, bert.config)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())  # the rename must not outlive the data in a crash
         os.replace(tmp, out)
@@ -199,8 +200,13 @@ class OnnxEmbedder:
 
     def __init__(self, model_dir: Path | None = None, *, name: str = DEFAULT_MODEL, dims: int = 384,
                  max_seq_length: int = 256, batch_size: int = 32, threads: int = DEFAULT_THREADS,
-                 cache_dir: str | Path | None = None, cache_size: int = CACHE_SIZE) -> None:
+                 cache_dir: str | Path | None = None, cache_size: int = CACHE_SIZE,
+                 quantized: bool = False) -> None:
+        """`quantized`: weights as int8 (dynamic quantization of the exported model):
+        faster, and close to the float model's vectors but not equal to them, so it is
+        registered as a model of its own."""
         self.model_dir = model_dir
+        self.quantized = quantized
         self.name = name
         self.dims = dims
         self.max_seq_length = max_seq_length
@@ -224,7 +230,8 @@ class OnnxEmbedder:
             digest = weights_digest(model_dir)[:12]
             directory = self.cache_dir or default_cache_dir()
             # "-fused": exports before the BERT fusions were added are left alone.
-            self._onnx_path = directory / f"{self.name.replace('/', '_')}-{digest}-fused.onnx"
+            kind = "int8" if self.quantized else "fused"
+            self._onnx_path = directory / f"{self.name.replace('/', '_')}-{digest}-{kind}.onnx"
         return self._onnx_path
 
     def load(self) -> None:
@@ -271,7 +278,15 @@ class OnnxEmbedder:
         with _file_lock(path.with_name(path.name + ".lock")):
             if replace or not path.is_file():  # another process may have exported meanwhile
                 log.info("exporting %s to %s", self.name, path)
-                export_onnx(model_dir, path)
+                if not self.quantized:
+                    export_onnx(model_dir, path)
+                    return
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                    plain = export_onnx(model_dir, Path(tmp) / "model.onnx", fuse=False)
+                    quantize_dynamic(str(plain), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8)
+                    os.replace(Path(tmp) / "int8.onnx", path)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """float32 (len(texts), dims), rows L2-normalised, in the order given. Not cached."""

@@ -88,12 +88,15 @@ class Worker:
     finished. A worker is used from one thread.
     """
 
-    def __init__(self, url: str, embedder: Embedder, *, worker_id: str | None = None,
+    def __init__(self, url: str, embedder: Embedder | None, *, worker_id: str | None = None,
                  batch_records: int = 64, lease_seconds: int = 300, max_attempts: int = 5,
                  retry_base_seconds: float = 10.0, poll_seconds: float = 5.0,
                  on_record: Callable[[str, str, str], None] | None = None) -> None:
         self.url = url
-        self.embedder = embedder
+        # None: embed with the active model, following a model switch (the embedder of a
+        # registered model is loaded by embeddings.registry); else always this model.
+        self.follow_active = embedder is None
+        self._embedder = embedder
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.batch_records = batch_records
         self.lease_seconds = lease_seconds
@@ -103,6 +106,30 @@ class Worker:
         self.on_record = on_record  # (kind, id, outcome) after each record
         self.stats = WorkerStats()
         self._conn: psycopg.Connection[Any] | None = None
+        self._registered = False
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = self._active_embedder()
+        return self._embedder
+
+    def _active_embedder(self) -> Embedder:
+        """The active model's embedder (the packaged default when no model is active)."""
+        from .model import load_embedder
+        from .registry import load_model, spec_from_row
+
+        row = self.conn_raw.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models"
+                                    " WHERE is_active").fetchone()
+        return load_model(spec_from_row(row)) if row else load_embedder()
+
+    def _follow(self) -> None:
+        """Switch to the active model if it changed since the last round."""
+        row = self.conn_raw.execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
+        if row and self._embedder is not None and row["name"] != self._embedder.name:
+            log.info("the active model is now %s: embedding with it", row["name"])
+            self._embedder = self._active_embedder()
+            register_model(self.conn_raw, self._embedder)
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -153,6 +180,8 @@ class Worker:
     # -- one round ------------------------------------------------------------------------
 
     def process_batch(self, stop: threading.Event | None = None) -> int:
+        if self.follow_active:
+            self._follow()
         records = self._lease()
         if not records:
             return 0
@@ -276,6 +305,15 @@ class Worker:
                     or current["embedding_lease_owner"] != self.worker_id:
                 self.stats.stale += 1
                 return "stale"  # edited, deleted or taken over meanwhile: its new version is queued
+            if self.follow_active:
+                # Held until commit: a model switch waits for this write, or this write sees
+                # the switch and the record goes back to the queue for the new model.
+                active = self.conn.execute(
+                    "SELECT name FROM embedding_models WHERE is_active FOR SHARE").fetchone()
+                if active is None or active["name"] != model:
+                    self._release([record])
+                    self.stats.stale += 1
+                    return "stale"
             existing = self.conn.execute(
                 f"SELECT id, content_hash FROM knowledge_chunks WHERE {owner} = %s", [record.id]).fetchall()
             by_hash: dict[str, list[int]] = {}
@@ -365,11 +403,20 @@ class Worker:
         return conn
 
     @property
-    def conn(self) -> psycopg.Connection[Any]:
+    def conn_raw(self) -> psycopg.Connection[Any]:
+        """The connection, without registering the model."""
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
-            register_model(self._conn, self.embedder)
+            self._registered = False
         return self._conn
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        conn = self.conn_raw
+        if not self._registered:
+            register_model(conn, self.embedder)
+            self._registered = True
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:

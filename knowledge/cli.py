@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--kind", choices=("document", "asset"))
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    from .reembed_cli import add_parser as add_reembed
+
+    add_reembed(commands)
+
     imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
@@ -94,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server import run_worker
 
             return run_worker(settings, once=args.once, batch=args.batch)
+        if args.command == "reembed":
+            from .reembed_cli import run as run_reembed
+
+            return run_reembed(args, settings)
         if args.command == "import":
             return _import(args, settings)
         if args.command == "search":

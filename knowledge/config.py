@@ -34,7 +34,9 @@ class Settings:
     data_dir: Path = Path(".hq-data")
     host: str = "127.0.0.1"
     port: int = 8765
-    embedder: str = "all-MiniLM-L6-v2"
+    # None: the worker embeds with the active model and follows a model switch; a name
+    # ('fake', 'all-MiniLM-L6-v2') pins it to that model (HQ_EMBEDDER, for tests and demos).
+    embedder: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,7 +49,7 @@ class Settings:
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             host=env.get("HQ_HOST", "").strip() or "127.0.0.1",
             port=_port(port) if port else 8765,
-            embedder=env.get("HQ_EMBEDDER", "").strip() or "all-MiniLM-L6-v2",
+            embedder=env.get("HQ_EMBEDDER", "").strip() or None,
         )
 
 

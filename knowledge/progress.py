@@ -4,41 +4,62 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-__all__ = ["progress"]
+__all__ = ["Advance", "progress"]
+
+
+class Advance(Protocol):
+    def __call__(self, note: str, n: int = 1) -> None: ...
 
 
 @contextmanager
-def progress(total: int | None, label: str, *, unit: str = "item",
-             every: float = 5.0) -> Iterator[Callable[[str], None]]:
-    """Yield `advance(note)`, to call once per finished item. On a terminal (stderr) this
-    draws a tqdm bar with rate and ETA; otherwise it prints a line at most every `every`
-    seconds and one at the end, so logs stay readable."""
+def progress(total: int | None, label: str, *, unit: str = "item", every: float = 5.0,
+             initial: int = 0) -> Iterator[Advance]:
+    """Yield `advance(note, n=1)`, to call as items finish. On a terminal (stderr) this
+    draws a tqdm bar with rate and ETA; otherwise it prints a line (done, rate, ETA) at
+    most every `every` seconds and one at the end, so logs stay readable. `initial`: items
+    already done before this run (a resumed job), counted in the bar but not the rate."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        with tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True) as bar:
-            def advance(note: str) -> None:
+        with tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                  initial=initial) as bar:
+            def advance(note: str, n: int = 1) -> None:
                 bar.set_postfix_str(note[-40:], refresh=False)
-                bar.update(1)
+                bar.update(n)
 
             yield advance
         return
     done = 0
     start = last = time.monotonic()
 
-    def advance_plain(note: str) -> None:
+    def advance_plain(note: str, n: int = 1) -> None:
         nonlocal done, last
-        done += 1
+        done += n
         now = time.monotonic()
         if now - last >= every:
             last = now
-            rate = done / max(now - start, 1e-9)
-            of = f"/{total}" if total else ""
-            print(f"{label}: {done}{of} {unit}s, {rate:.1f}/s", file=sys.stderr, flush=True)
+            print(f"{label}: {_line(done, initial, total, now - start, unit)}", file=sys.stderr, flush=True)
 
     yield advance_plain
     elapsed = time.monotonic() - start
     print(f"{label}: {done} {unit}s in {elapsed:.1f}s", file=sys.stderr, flush=True)
+
+
+def _line(done: int, initial: int, total: int | None, seconds: float, unit: str) -> str:
+    rate = done / max(seconds, 1e-9)
+    text = f"{initial + done}/{total} {unit}s" if total else f"{done} {unit}s"
+    text += f", {rate:.1f}/s"
+    if total and rate > 0:
+        left = max(total - initial - done, 0) / rate
+        text += f", ETA {_clock(left)}"
+    return text
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

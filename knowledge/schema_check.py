@@ -28,7 +28,7 @@ TABLES = (
     "gateways", "gateway_registration_tokens", "agents", "interactions",
     "streams", "tasks", "task_series", "comments", "task_attachments",
     "assets", "asset_folders", "documents", "document_folders", "draft_sets",
-    "embedding_models", "knowledge_chunks", "chunk_embeddings",
+    "embedding_models", "knowledge_chunks", "chunk_embeddings", "reembed_jobs", "reembed_items",
     "audit_log", "notifications", "agent_inbox_items", "automation_rules",
     "agent_commands", "agent_usage", "agent_budgets",
 )

@@ -23,7 +23,7 @@ from psycopg.rows import tuple_row
 
 from .errors import InvalidInput
 
-__all__ = ["ASSET_TYPES", "MODES", "Passage", "SearchHit", "SearchQuery", "SearchResult", "search"]
+__all__ = ["ASSET_TYPES", "MODES", "ModelSwitched", "Passage", "SearchHit", "SearchQuery", "SearchResult", "search"]
 
 MODES = ("hybrid", "semantic", "keyword")
 KINDS = ("document", "asset")
@@ -34,6 +34,10 @@ MAX_OFFSET = 1000
 MAX_PASSAGES = 1600  # per leg, when a short page asks again
 EXACT_SCAN_BELOW = 2000  # filtered passages: below this many, an exact scan beats the index
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"  # placeholders, turned into <mark> after escaping
+
+
+class ModelSwitched(Exception):
+    """The active model changed since the caller looked it up: look it up again and retry."""
 
 
 @dataclass(frozen=True)
@@ -342,7 +346,10 @@ SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_scor
        (SELECT ts_headline('english', c.content, (SELECT query FROM or_query),
                  'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
                  ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "')
-          FROM knowledge_chunks c WHERE c.id = f.best_chunks[1]) AS snippet
+          FROM knowledge_chunks c WHERE c.id = f.best_chunks[1]) AS snippet,
+       -- read in the statement's own snapshot: a ranking made while another model became
+       -- active is made again with that model's vectors and query embedding
+       (SELECT name FROM embedding_models WHERE is_active) AS active_model
   FROM fused f
   LEFT JOIN documents d ON f.kind = 'document' AND d.id = f.item_id
   LEFT JOIN assets a ON f.kind = 'asset' AND a.id = f.item_id
@@ -394,6 +401,10 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         if len(rows) >= q.limit or not rows or n >= MAX_PASSAGES or max(rows[0][9], rows[0][10]) < n:
             break
         n = min(n * 4, MAX_PASSAGES)
+    if mode != "keyword":
+        active = rows[0][20] if rows else _active_model(conn)
+        if active != model:
+            raise ModelSwitched(f"the active embedding model is now {active}, not {model}")
     hits = [_hit(row) for row in rows]
     if rows and rows[0][8]:
         notes.append("selective filter: exact vector scan")
@@ -401,10 +412,15 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
                         int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
 
 
+def _active_model(conn: psycopg.Connection[Any]) -> str | None:
+    row = conn.cursor(row_factory=tuple_row).execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
+    return row[0] if row else None
+
+
 def _hit(row: Any) -> SearchHit:
     (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, _sem_rows, _kw_rows,
      title, folder_path, tags,
-     pinned, updated_at, source_path, asset_type, passages, snippet) = row
+     pinned, updated_at, source_path, asset_type, passages, snippet, _active) = row
     found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"]) for p in passages or []]
     return SearchHit(
         id=item_id, kind=kind, title=title, folder_path=folder_path, tags=list(tags), score=float(score),

@@ -95,15 +95,15 @@ def _warm_query_embedder(url: str) -> None:
 
     with connect(url) as conn:
         setup = search_setup(conn)
-    if setup.model is None or setup.dims is None:
+    spec = setup.spec
+    if spec is None:
         return
-    model, dims = setup.model, setup.dims
 
     def warm() -> None:
         try:
-            query_embedder(model, dims)("warm up")
+            query_embedder(spec)("warm up")
         except Exception:
-            log.warning("could not load the query model %s", model, exc_info=True)
+            log.warning("could not load the query model %s", spec.name, exc_info=True)
 
     threading.Thread(target=warm, name="hq-knowledge-warm-up", daemon=True).start()
 
@@ -112,7 +112,7 @@ def _start_worker(url: str, settings: Settings, stop: threading.Event) -> thread
     from embeddings.model import load_embedder
     from embeddings.worker import Worker
 
-    worker = Worker(url, load_embedder(settings.embedder))
+    worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None)
 
     def run() -> None:
         try:
@@ -150,7 +150,8 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
                 " + (SELECT count(*) FROM assets WHERE embedding_status IN ('pending', 'processing'))"
             ).fetchone()
         with progress(pending[0] if once else None, "embedding", unit="record") as advance:
-            worker = Worker(url, load_embedder(settings.embedder), batch_records=batch,
+            worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None,
+                            batch_records=batch,
                             on_record=lambda kind, id_, outcome: advance(f"{kind} {outcome}"))
             stats = worker.run(once=once, stop=stop)
     print(f"indexed {stats.indexed}, failed {stats.failed}, retrying {stats.retried}, "

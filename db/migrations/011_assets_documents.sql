@@ -414,6 +414,46 @@ BEGIN
   PERFORM hq_ensure_embedding_index(name) FROM embedding_models WHERE name = 'all-MiniLM-L6-v2';
 END $$;
 
+-- ---- re-embed jobs ----------------------------------------------------------------------------
+-- A re-embed job (re)builds one model's vectors for a selection of passages: its items are
+-- the passages, each claimed with FOR UPDATE SKIP LOCKED inside the transaction that writes
+-- its vector and marks it done, so several processes share a job, a killed process loses
+-- only its uncommitted batch (its locks go with its connection), and no passage is
+-- embedded into the job twice.
+
+CREATE TABLE IF NOT EXISTS reembed_jobs (
+  id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  model        text NOT NULL REFERENCES embedding_models (name) ON UPDATE CASCADE ON DELETE CASCADE,
+  selection    jsonb NOT NULL DEFAULT '{}'::jsonb,
+  status       text NOT NULL DEFAULT 'running'
+                 CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+  activate     boolean NOT NULL DEFAULT false,
+  total        integer NOT NULL DEFAULT 0 CHECK (total >= 0),
+  embedded     integer NOT NULL DEFAULT 0 CHECK (embedded >= 0),
+  skipped      integer NOT NULL DEFAULT 0 CHECK (skipped >= 0),
+  failed       integer NOT NULL DEFAULT 0 CHECK (failed >= 0),
+  error        text,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  updated_at   timestamptz NOT NULL DEFAULT now(),
+  finished_at  timestamptz
+);
+COMMENT ON TABLE reembed_jobs IS 'Batch re-embeds: one model, a selection of passages, progress counters.';
+COMMENT ON COLUMN reembed_jobs.skipped IS 'Items whose passage was deleted or already had a current vector.';
+CREATE INDEX IF NOT EXISTS reembed_jobs_model_idx ON reembed_jobs (model, status);
+CREATE OR REPLACE TRIGGER reembed_jobs_updated_at BEFORE UPDATE ON reembed_jobs
+  FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+
+CREATE TABLE IF NOT EXISTS reembed_items (
+  job_id    uuid NOT NULL REFERENCES reembed_jobs (id) ON DELETE CASCADE,
+  chunk_id  bigint NOT NULL,  -- no foreign key: a passage deleted meanwhile is skipped
+  done_at   timestamptz,
+  attempts  integer NOT NULL DEFAULT 0,
+  error     text,
+  PRIMARY KEY (job_id, chunk_id)
+);
+COMMENT ON TABLE reembed_items IS 'The passages of a re-embed job; done_at is set in the transaction that writes the vector.';
+CREATE INDEX IF NOT EXISTS reembed_items_todo_idx ON reembed_items (job_id, chunk_id) WHERE done_at IS NULL;
+
 -- ---- draft sets ----------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS draft_sets (

@@ -14,7 +14,7 @@ LANGUAGE sql IMMUTABLE AS $$
     'gateways', 'gateway_registration_tokens', 'agents', 'interactions',
     'streams', 'task_series', 'tasks', 'comments', 'task_attachments',
     'document_folders', 'asset_folders', 'documents', 'assets', 'embedding_models',
-    'knowledge_chunks', 'chunk_embeddings', 'draft_sets',
+    'knowledge_chunks', 'chunk_embeddings', 'reembed_jobs', 'reembed_items', 'draft_sets',
     'audit_log', 'notifications', 'agent_inbox_items', 'automation_rules',
     'agent_commands', 'agent_usage', 'agent_budgets'])
 $$;

@@ -19,6 +19,7 @@ from .routes import (
     documents,
     folders,
     health,
+    reembed,
     search,
     status,
     tags,
@@ -43,10 +44,16 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = open_search_pool(database_url, max_size=pool_size, application_name="hq-knowledge-api")
         app.state.pool = pool
+        app.state.database_url = database_url
+        app.state.reembeds = {}  # job id -> (runner thread, stop event)
         try:
             async with mcp.session_manager.run():
                 yield
         finally:
+            for thread, stop in app.state.reembeds.values():
+                stop.set()  # each finishes (and commits) its current batch
+            for thread, _stop in app.state.reembeds.values():
+                thread.join(timeout=60)
             pool.close()
 
     app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan)
@@ -63,6 +70,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     app.include_router(tags.router)
     app.include_router(boot.router)
     app.include_router(search.router)
+    app.include_router(reembed.router)
     app.include_router(status.router)
     app.include_router(agents.router)
     app.include_router(ui.router)  # GET /: the operator's search page
