@@ -147,7 +147,8 @@ def check_unchanged(migrations: list[Migration], applied: dict[str, tuple[str, d
         )
         raise MigrationError(
             f"migration file changed after it was applied: {names}. "
-            "Applied migrations are immutable: restore the file and put the change in a new migration"
+            "Applied migrations are immutable: restore the file and put the change in a new migration "
+            "(or, after upgrading HQ, whose files are idempotent, run `hq-knowledge db migrate --reapply`)"
         )
 
 
@@ -164,7 +165,8 @@ def migrate(
     schema changed by hand. `conn` must be in autocommit mode. `on_file(name, state)` is
     called with state "applied" or "skipped" as the run goes. Raises MigrationError when a
     file fails (that file is rolled back; earlier ones stay applied) or when an applied
-    file has changed (then nothing is applied).
+    file has changed (then nothing is applied), except with `reapply`: that is how a
+    database takes the newer text of HQ's own (idempotent) files after an upgrade.
     """
     if not conn.autocommit:
         raise ValueError("migrate() needs a connection in autocommit mode")
@@ -186,7 +188,8 @@ def migrate(
             _tuples(conn).execute("SET LOCAL client_min_messages = warning")
             _tuples(conn).execute(_LEDGER_DDL)
         applied = applied_migrations(conn)
-        check_unchanged(migrations, applied)
+        if not reapply:  # reapplying runs every file again and records its checksum now
+            check_unchanged(migrations, applied)
         for m in migrations:
             if m.name in applied and not reapply:
                 result.skipped.append(m.name)
