@@ -440,3 +440,34 @@ def test_progress_lines_off_a_terminal(conn: Conn, db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "started re-embed job" in result.stderr and "re-embedding: 200 passages in" in result.stderr
     assert "re-embedded 200 passages in" in result.stdout
+
+
+def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
+    """Edits keep arriving and a live worker (following the active model) keeps indexing them
+    while a model is built and switched: nothing fails, the job completes, and in the end
+    every passage has a vector of the active model."""
+    build_base(conn, db_url, docs=60)
+    job, _ = start_job(conn, resolve_model(NEW), Selection(), activate=True)
+    stop = threading.Event()
+    worker = Worker(db_url, None, poll_seconds=0.2)
+    worker_thread = threading.Thread(target=worker.run, kwargs={"stop": stop})
+    worker_thread.start()
+    runner = ReembedRunner(db_url, job.id, SlowFake(delay=0.05), batch=20)
+    runner_thread = threading.Thread(target=runner.run)
+    runner_thread.start()
+    docs = [r["id"] for r in conn.execute("SELECT id FROM documents ORDER BY title")]
+    edits = 0
+    while runner_thread.is_alive() or edits < 30:
+        doc = docs[edits % len(docs)]
+        conn.execute("UPDATE documents SET content_text = content_text || %s WHERE id = %s",
+                     [f"\n\n## Addendum {edits}\n\nA late paragraph about outcome {edits}.\n", doc])
+        edits += 1
+        time.sleep(0.05)
+    runner_thread.join()
+    wait_until(lambda: conn.execute("SELECT count(*) AS n FROM documents WHERE embedding_status <> 'indexed'"
+                                    ).fetchone() == {"n": 0})
+    stop.set()
+    worker_thread.join()
+    assert runner.stats.activated and get_job(conn, job.id).status == "completed"
+    assert worker.stats.failed == 0 and worker.stats.indexed >= edits // 2
+    assert list_models(conn, NEW)[0].is_active and list_models(conn, NEW)[0].complete
