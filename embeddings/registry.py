@@ -143,7 +143,7 @@ def probe_model(spec: ModelSpec) -> Embedder:
     embedder = load_model(spec)
     try:
         vector = embedder.embed(["probe"])
-    except Exception as e:  # noqa: BLE001 - whatever the loader raises means: not a usable model
+    except Exception as e:
         with _lock:
             _loaded.pop(spec, None)
         raise ModelError(f"model {spec.name} ({spec.source or spec.provider}) cannot be loaded: "

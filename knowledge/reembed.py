@@ -88,7 +88,7 @@ def _dicts(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     return conn.cursor(row_factory=dict_row)
 
 
-def _selected(selection: Selection, *, stale: bool) -> tuple[sql.Composable, dict[str, Any]]:
+def _selected(selection: Selection, *, stale: bool) -> tuple[sql.SQL, dict[str, Any]]:
     """The FROM/WHERE of the passages `selection` keeps (aliases c, d, a), and its parameters."""
     where: list[str] = ["true"]
     params: dict[str, Any] = {}

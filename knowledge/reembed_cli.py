@@ -174,7 +174,7 @@ def _reembed(conn: Any, url: str, args: argparse.Namespace, selection: Any) -> i
 
     from .models import list_models
     from .progress import progress
-    from .reembed import count_selection, start_job
+    from .reembed import start_job
 
     spec = _spec(conn, args)
     registered = list_models(conn, spec.name)
