@@ -20,11 +20,14 @@ from embeddings.registry import ModelSpec
 
 from .errors import Conflict, NotFound
 
-__all__ = ["ModelInfo", "activate_model", "drop_model", "list_models", "register_model"]
+__all__ = ["ModelInfo", "activate_model", "drop_model", "ef_search_for", "list_models", "register_model"]
 
-# HNSW build settings for a model's index (benchmarks/results/README.md explains them).
+# HNSW build settings for a model's index, and the search breadth by the model's number of
+# vectors (benchmarks/vector_index.py; benchmarks/results/README.md reads its results).
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
+EF_SEARCH_BY_SIZE = ((50_000, 100), (300_000, 100), (None, 400))  # (up to this many vectors, ef_search)
+DEFAULT_EF_SEARCH = 100
 MAX_HNSW_DIMS = 2000  # pgvector indexes vectors of up to 2,000 dimensions
 
 
@@ -43,6 +46,14 @@ class ModelInfo:
     @property
     def complete(self) -> bool:
         return self.vectors >= self.passages
+
+
+def ef_search_for(vectors: int) -> int:
+    """The recommended hnsw.ef_search for an index of `vectors` vectors."""
+    for bound, ef in EF_SEARCH_BY_SIZE:
+        if bound is None or vectors <= bound:
+            return ef
+    return DEFAULT_EF_SEARCH
 
 
 def _dicts(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from embeddings.model import DEFAULT_MODEL
 from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
 
 from .errors import DatabaseUnavailable, ServiceUnavailable
+from .models import DEFAULT_EF_SEARCH, ef_search_for
 from .schema_check import keyword_path
 from .search import ModelSwitched, SearchQuery, SearchResult, search
 
@@ -31,6 +33,7 @@ class SearchSetup:
     dims: int | None
     keyword_path: str
     spec: ModelSpec | None = None  # how to load the active model
+    ef_search: int = DEFAULT_EF_SEARCH  # for the active model's number of vectors
 
 
 _cache: dict[str, tuple[float, SearchSetup]] = {}
@@ -46,10 +49,14 @@ def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchS
         hit = _cache.get(key)
         if hit and now - hit[0] < ttl:
             return hit[1]
+    # The vectors of the active model, as its HNSW index's statistics estimate them (no count).
     row = conn.cursor(row_factory=dict_row).execute(
-        "SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active").fetchone()
+        "SELECT name, dims, provider, source, max_tokens,"
+        " (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(hq_embedding_index_name(name)))"
+        " AS vectors FROM embedding_models WHERE is_active").fetchone()
     spec = spec_from_row(row) if row else None
-    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec)
+    ef = ef_search_for(int(row["vectors"] or 0)) if row else DEFAULT_EF_SEARCH
+    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec, ef)
     with _lock:
         _cache[key] = (now, setup)
     return setup
@@ -66,6 +73,8 @@ def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchRe
     only when a semantic leg runs). `conn` must be set up by `configure_for_search`."""
     for attempt in (1, 2):
         setup = search_setup(conn)
+        if query.mode != "keyword":
+            _use_ef_search(conn, setup.ef_search)
         embed = query_embedder(setup.spec) if query.mode != "keyword" and setup.spec else None
         try:
             return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
@@ -76,6 +85,18 @@ def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchRe
                 raise ServiceUnavailable("the embedding model was switched twice during this search: "
                                          "try again") from None
     raise AssertionError("unreachable")
+
+
+def _use_ef_search(conn: psycopg.Connection[Any], ef_search: int) -> None:
+    """Set hnsw.ef_search on `conn` when it is not already set to `ef_search` (remembered
+    on the connection object, so a search usually costs no extra round trip)."""
+    if getattr(conn, "_hq_ef_search", None) == ef_search:
+        return
+    try:
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+    except psycopg.errors.UndefinedObject:  # pgvector without HNSW settings loaded yet
+        return
+    conn._hq_ef_search = ef_search  # type: ignore[attr-defined]
 
 
 def query_embedder(spec: ModelSpec) -> QueryEmbed:

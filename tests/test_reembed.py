@@ -472,3 +472,22 @@ def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
     assert runner.stats.activated and get_job(conn, job.id).status == "completed"
     assert worker.stats.failed == 0 and worker.stats.indexed >= edits // 2
     assert list_models(conn, NEW)[0].is_active and list_models(conn, NEW)[0].complete
+
+
+def test_ef_search_follows_the_size_of_the_index(conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from knowledge import models
+    from knowledge.db import configure_for_search
+    from knowledge.query_models import search_active
+    from knowledge.search import SearchQuery
+
+    build_base(conn, db_url, docs=10)  # 100 vectors
+    conn.execute("ANALYZE chunk_embeddings")
+    monkeypatch.setattr(models, "EF_SEARCH_BY_SIZE", ((50, 40), (500, 123), (None, 400)))
+    assert [models.ef_search_for(n) for n in (10, 50, 51, 500, 10**6)] == [40, 40, 123, 123, 400]
+    with psycopg.connect(db_url, autocommit=True) as search_conn:
+        configure_for_search(search_conn)
+        forget_setup()
+        search_active(search_conn, SearchQuery(q="white matter", mode="keyword"))
+        assert search_conn.execute("SHOW hnsw.ef_search").fetchone() == ("100",)  # keyword: untouched
+        search_active(search_conn, SearchQuery(q="white matter"))
+        assert search_conn.execute("SHOW hnsw.ef_search").fetchone() == ("123",)
