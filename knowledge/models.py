@@ -16,11 +16,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from embeddings.registry import ModelSpec
+from embeddings.registry import ModelSpec, spec_from_row
 
 from .errors import Conflict, NotFound
 
-__all__ = ["ModelInfo", "activate_model", "drop_model", "ef_search_for", "list_models", "register_model"]
+__all__ = ["ModelInfo", "activate_model", "active_spec", "drop_model", "ef_search_for", "list_models", "register_model"]
 
 # HNSW build settings for a model's index, and the search breadth by the model's number of
 # vectors (benchmarks/vector_index.py; benchmarks/results/README.md reads its results).
@@ -71,6 +71,13 @@ def list_models(conn: psycopg.Connection[Any], name: str | None = None) -> list[
              FROM embedding_models m WHERE %(name)s::text IS NULL OR m.name = %(name)s
             ORDER BY m.is_active DESC, m.name""", {"name": name}).fetchall()
     return [ModelInfo(**row) for row in rows]
+
+
+def active_spec(conn: psycopg.Connection[Any]) -> ModelSpec | None:
+    """How to load the active model, or None when no model is active."""
+    row = _dicts(conn).execute(
+        "SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active").fetchone()
+    return spec_from_row(row) if row else None
 
 
 def get_model(conn: psycopg.Connection[Any], name: str) -> ModelInfo:

@@ -144,7 +144,7 @@ def _failed(conn: Any, url: str) -> int:
 
 
 def _spec(conn: Any, args: argparse.Namespace) -> Any:
-    from embeddings.registry import ModelError, resolve_model, spec_from_row
+    from embeddings.registry import ModelError, resolve_model
 
     if args.model:
         try:
@@ -153,11 +153,12 @@ def _spec(conn: Any, args: argparse.Namespace) -> Any:
             raise InvalidInput(f"--model: {e}") from None
     if args.name:
         raise InvalidInput("--name names a model given with --model")
-    row = conn.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active"
-                       ).fetchone()
-    if row is None:
+    from .models import active_spec
+
+    spec = active_spec(conn)
+    if spec is None:
         raise InvalidInput("no model is active: name one with --model")
-    return spec_from_row(dict(zip(("name", "dims", "provider", "source", "max_tokens"), row, strict=True)))
+    return spec
 
 
 def _load(spec: Any) -> Any:

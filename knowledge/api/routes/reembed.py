@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from ...errors import InvalidInput
-from ...models import list_models
+from ...models import active_spec, list_models
 from ...reembed import Selection, count_selection, get_job, start_job
 from ..deps import Conn
 
@@ -72,18 +72,17 @@ class ModelPublic(BaseModel):
 
 
 def _spec(conn: Conn, body: ReembedCreate) -> Any:
-    from embeddings.registry import ModelError, resolve_model, spec_from_row
+    from embeddings.registry import ModelError, resolve_model
 
     if body.model is not None:
         try:
             return resolve_model(body.model, name=body.name)
         except ModelError as e:
             raise InvalidInput(f"model: {e}") from None
-    row = conn.cursor().execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models"
-                                " WHERE is_active").fetchone()
-    if row is None:
+    spec = active_spec(conn)
+    if spec is None:
         raise InvalidInput("model: no model is active; name one")
-    return spec_from_row(dict(zip(("name", "dims", "provider", "source", "max_tokens"), row, strict=True)))
+    return spec
 
 
 @router.post("/reembed", status_code=202, response_model=ReembedPublic | ReembedPlan,
