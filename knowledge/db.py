@@ -80,8 +80,8 @@ def configure_for_search(conn: psycopg.Connection[Any]) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
-    # ef_search 100 (pgvector's default: 40): semantic recall@10 against exact search 0.972
-    # at 100k passages, 5.9 ms a search; 200 gave 0.989 for 1.5 ms more (benchmarks/latency.py).
+    # ef_search 100 until the first search sets the value for the active model's index size
+    # (knowledge.models.EF_SEARCH_BY_SIZE, from benchmarks/vector_index.py).
     for setting in ("SET hnsw.iterative_scan = relaxed_order", "SET hnsw.ef_search = 100"):
         try:
             conn.execute(setting)

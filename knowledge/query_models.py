@@ -18,9 +18,9 @@ from embeddings.model import DEFAULT_MODEL
 from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
 
 from .errors import DatabaseUnavailable, ServiceUnavailable
-from .models import DEFAULT_EF_SEARCH, ef_search_for
+from .models import DEFAULT_EF_SEARCH, ef_search_for, exact_scan_below
 from .schema_check import keyword_path
-from .search import ModelSwitched, SearchQuery, SearchResult, search
+from .search import EXACT_SCAN_BELOW, ModelSwitched, SearchQuery, SearchResult, search
 
 __all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]
 
@@ -34,6 +34,7 @@ class SearchSetup:
     keyword_path: str
     spec: ModelSpec | None = None  # how to load the active model
     ef_search: int = DEFAULT_EF_SEARCH  # for the active model's number of vectors
+    exact_below: int = EXACT_SCAN_BELOW  # filtered passages searched exactly, not by the index
 
 
 _cache: dict[str, tuple[float, SearchSetup]] = {}
@@ -55,8 +56,9 @@ def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchS
         " (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(hq_embedding_index_name(name)))"
         " AS vectors FROM embedding_models WHERE is_active").fetchone()
     spec = spec_from_row(row) if row else None
-    ef = ef_search_for(int(row["vectors"] or 0)) if row else DEFAULT_EF_SEARCH
-    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec, ef)
+    vectors = int(row["vectors"] or 0) if row else 0
+    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec,
+                        ef_search_for(vectors) if row else DEFAULT_EF_SEARCH, exact_scan_below(vectors))
     with _lock:
         _cache[key] = (now, setup)
     return setup
@@ -78,7 +80,7 @@ def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchRe
         embed = query_embedder(setup.spec) if query.mode != "keyword" and setup.spec else None
         try:
             return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                          embed_query=embed)
+                          embed_query=embed, exact_below=setup.exact_below)
         except ModelSwitched:
             forget_setup()  # the cached model is no longer active: look it up again
             if attempt == 2:

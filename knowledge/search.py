@@ -364,9 +364,11 @@ def _mark(snippet: str) -> str:
 
 def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: str,
            model: str | None, dims: int | None,
-           embed_query: Callable[[str], np.ndarray[Any, Any]] | None) -> SearchResult:
+           embed_query: Callable[[str], np.ndarray[Any, Any]] | None,
+           exact_below: int = EXACT_SCAN_BELOW) -> SearchResult:
     """Run `query`. `model`/`dims` name the active embedding model and `embed_query` embeds
-    with it (both may be None in keyword mode). Raises InvalidInput for a bad query."""
+    with it (both may be None in keyword mode). A filter keeping fewer than `exact_below`
+    passages is searched exactly. Raises InvalidInput for a bad query."""
     q = query.validated()
     start = time.perf_counter()
     notes: list[str] = []
@@ -381,7 +383,7 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
     params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "k": q.rrf_k,
-               "limit": q.limit, "offset": q.offset, "bound": EXACT_SCAN_BELOW,
+               "limit": q.limit, "offset": q.offset, "bound": exact_below,
                "ws": q.semantic_weight if mode != "keyword" else 0.0,
                "wk": q.keyword_weight if mode != "semantic" else 0.0}
     embed_ms = 0.0

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
-from knowledge import search as search_module
+from knowledge import models
 from knowledge.api import create_app
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.migrations import migrate
@@ -129,7 +129,8 @@ def test_one_percent_filter_returns_the_full_limit(
                         [(f"Note {i}", f"Operations note {i} about shipping rates and carriers.",
                           ["rare"] if i % 100 == 0 else ["common"]) for i in range(1000)])
     index_with_fake(conn, db_url)
-    monkeypatch.setattr(search_module, "EXACT_SCAN_BELOW", exact_below)
+    monkeypatch.setattr(models, "EXACT_SCAN_FLOOR", exact_below)
+    monkeypatch.setattr(models, "EXACT_SCAN_SHARE", 0.0)
     with TestClient(create_app(db_url)) as c:
         for mode in ("semantic", "hybrid"):
             body = c.get("/search", params={"q": "shipping carriers", "tags_any": "rare", "limit": 10,
