@@ -305,6 +305,12 @@ def hnsw_settings(url: str) -> dict[str, Any]:
         settings = {"index": dict(o.split("=", 1) for o in (options[0] or [])) if options else None}
         for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples"):
             settings[name] = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()[0]  # type: ignore[index]
+        # What a search sets for the active model's index size (the connection's default above).
+        from knowledge.query_models import search_setup
+
+        setup = search_setup(conn)
+        settings["hnsw.ef_search"] = str(setup.ef_search)
+        settings["exact_scan_below"] = setup.exact_below
         settings["server"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         settings["pgvector"] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
                                             ).fetchone()[0]  # type: ignore[index]

@@ -289,6 +289,10 @@ def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asse
         folders=sql.SQL(_FOLDER_SUBTREES) if has_folder else sql.SQL(""),
         passages=_filtered_passages(doc, asset) if filtered else sql.SQL(""))
     exact = sql.SQL("(SELECT yes FROM selective)" if filtered and mode != "keyword" else "false")
+    # The active model in the statement's own snapshot: a ranking made while another model
+    # became active is made again with that model's vectors and query embedding (~1 ms of
+    # planning, so only where vectors are searched).
+    active = sql.SQL("(SELECT name FROM embedding_models WHERE is_active)" if mode != "keyword" else "NULL::text")
     # Every CTE below but or_query, fdocs/fassets and selective is referenced once, so the
     # planner inlines it: the BM25 top-k must not sit in a materialized CTE or a sub-plan,
     # where pg_textsearch does not see its LIMIT and scores 10x longer.
@@ -347,14 +351,12 @@ SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_scor
                  'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
                  ', MaxWords=35, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "')
           FROM knowledge_chunks c WHERE c.id = f.best_chunks[1]) AS snippet,
-       -- read in the statement's own snapshot: a ranking made while another model became
-       -- active is made again with that model's vectors and query embedding
-       (SELECT name FROM embedding_models WHERE is_active) AS active_model
+       {active} AS active_model
   FROM fused f
   LEFT JOIN documents d ON f.kind = 'document' AND d.id = f.item_id
   LEFT JOIN assets a ON f.kind = 'asset' AND a.id = f.item_id
  ORDER BY f.score DESC, f.item_id
-""").format(ctes=ctes, sem=sem, kw=kw, exact=exact)
+""").format(ctes=ctes, sem=sem, kw=kw, exact=exact, active=active)
 
 
 def _mark(snippet: str) -> str:

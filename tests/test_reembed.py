@@ -127,6 +127,8 @@ def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
         thread.join()
     assert runner.stats.activated and finished
     by_model = collections.Counter(body["model"] for _, _, body in results)
+    print(f"searches by model: {dict(by_model)}; started after the switch: "
+          f"{sum(1 for started, _, _ in results if started > finished[0])}")
     assert set(by_model) == {OLD, NEW} and min(by_model.values()) >= 20, by_model
     for started, query, body in results:
         if started > finished[0]:
@@ -217,6 +219,9 @@ def test_killed_at_half_then_resumed_embeds_each_passage_once(conn: Conn, db_url
     assert sorted(embedded) == sorted(texts) and set(embedded.values()) == {1}
     writes = conn.execute("SELECT chunk_id, count(*) AS n FROM vector_writes GROUP BY chunk_id").fetchall()
     assert len(writes) == total and {w["n"] for w in writes} == {1}
+    print(f"{total} passages; killed at {at_kill.embedded} embedded; embed calls completed per passage: "
+          f"{dict(collections.Counter(embedded.values()))}; vector writes per passage: "
+          f"{dict(collections.Counter(w['n'] for w in writes))}")
     assert [m.name for m in list_models(conn) if m.is_active] == [NEW]
 
 
