@@ -37,12 +37,27 @@ from knowledge.reembed import Selection, get_job, start_job
 Conn = psycopg.Connection[dict[str, Any]]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
+# SciFact from the shared datasets next to the checkout when it is there; otherwise (a clone
+# elsewhere) deterministic text from the sample knowledge base's vocabulary.
+SCIFACT = next((p for p in (ROOT.parent / "shared" / "datasets" / "scifact",
+                            Path("/work/shared/datasets/scifact")) if (p / "corpus.jsonl").is_file()), None)
 OLD, NEW = "fake-hash-384", "fake-hash-256"
 
 
+def _vocabulary() -> list[str]:
+    words = {w.lower() for f in sorted((ROOT / "samples" / "knowledge-base").rglob("*.md"))
+             for w in f.read_text().split() if w.isalpha() and len(w) > 3}
+    return sorted(words)
+
+
 def scifact_texts(n: int) -> list[tuple[str, str]]:
-    out = []
+    out: list[tuple[str, str]] = []
+    if SCIFACT is None:
+        rng, words = np.random.default_rng(1), _vocabulary()
+        for i in range(n):
+            picked = rng.choice(words, 110)
+            out.append((f"Note {i}: {' '.join(picked[:5])}", " ".join(picked)))
+        return out
     with (SCIFACT / "corpus.jsonl").open() as f:
         for line in f:
             row = json.loads(line)
@@ -53,6 +68,9 @@ def scifact_texts(n: int) -> list[tuple[str, str]]:
 
 
 def scifact_queries(n: int) -> list[str]:
+    if SCIFACT is None:
+        rng, words = np.random.default_rng(2), _vocabulary()
+        return [" ".join(rng.choice(words, 8)) for _ in range(n)]
     with (SCIFACT / "queries.jsonl").open() as f:
         return [json.loads(line)["text"] for line, _ in zip(f, range(n), strict=False)]
 
