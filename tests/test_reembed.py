@@ -39,8 +39,8 @@ Conn = psycopg.Connection[dict[str, Any]]
 ROOT = Path(__file__).resolve().parent.parent
 # SciFact from the shared datasets next to the checkout when it is there; otherwise (a clone
 # elsewhere) deterministic text from the sample knowledge base's vocabulary.
-SCIFACT = next((p for p in (ROOT.parent / "shared" / "datasets" / "scifact",
-                            Path("/work/shared/datasets/scifact")) if (p / "corpus.jsonl").is_file()), None)
+_SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
+SCIFACT = _SCIFACT if (_SCIFACT / "corpus.jsonl").is_file() else None
 OLD, NEW = "fake-hash-384", "fake-hash-256"
 
 
