@@ -116,12 +116,13 @@ class Worker:
 
     def _active_embedder(self) -> Embedder:
         """The active model's embedder (the packaged default when no model is active)."""
-        from .model import load_embedder
-        from .registry import load_model, spec_from_row
+        from knowledge.models import active_spec
 
-        row = self.conn_raw.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models"
-                                    " WHERE is_active").fetchone()
-        return load_model(spec_from_row(row)) if row else load_embedder()
+        from .model import load_embedder
+        from .registry import load_model
+
+        spec = active_spec(self.conn_raw)
+        return load_model(spec) if spec else load_embedder()
 
     def _follow(self) -> None:
         """Switch to the active model if it changed since the last round."""

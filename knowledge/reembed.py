@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from embeddings.registry import ModelSpec
 
-from .errors import InvalidInput, NotFound
+from .errors import NotFound
 from .models import get_model, register_model
 
 __all__ = ["ReembedJob", "Selection", "count_selection", "get_job", "start_job"]
@@ -188,10 +188,3 @@ def get_job(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> ReembedJob:
     if row is None:
         raise NotFound(f"re-embed job {job_id} does not exist")
     return ReembedJob(**row)
-
-
-def parse_job_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidInput(f"job: a re-embed job id (a UUID), got {value[:40]!r}") from None
