@@ -12,10 +12,15 @@ BM25 and HNSW indexes are rebuilt after the bulk load, as a re-embed would.
 For each size the service runs as `hq-knowledge serve --no-worker` with its query cache off
 (HQ_QUERY_CACHE=0: every request embeds its query), and the collection's queries go to
 /search over keep-alive HTTP connections, from 1 and from 8 concurrent clients, in each mode,
-without a filter and with a tag held by 1% of the passages. Latency is measured by the
-client: request sent to body read. The semantic leg's recall@10 is measured against exact
+without a filter and with a tag held by 1% of the passages. The service is warmed up first
+with other collections' queries; each mode then gets its own share of the collection's
+queries, new to the service in its first row. Latency is measured by the client: request
+sent to body read. The semantic leg's recall@10 is measured against exact
 search (numpy over every stored vector, the same query vectors, items ranked by their best
-passage), unfiltered and filtered by tags that hold 1% and 5% of the passages.
+passage), unfiltered and filtered by tags that hold 1% and 5% of the passages. Each
+response's took_ms and embed_ms split the server's time into embedding the query and the
+rest, and each leg's index scan is timed alone (HNSW top 50, BM25 top 100): the floor that
+no statement around the legs goes under.
 
 Prints markdown tables; writes benchmarks/results/latency.json.
 """
@@ -247,8 +252,10 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
 
 
-def run_requests(base: str, queries: list[str], params: dict[str, Any], clients: int) -> tuple[list[float], list[float]]:
-    """Each query once, spread over `clients` keep-alive connections; client and server ms."""
+def run_requests(base: str, queries: list[str], params: dict[str, Any], clients: int,
+                 embed_ms: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """Each query once, spread over `clients` keep-alive connections; client and server ms
+    (the server's took_ms), and into `embed_ms` the server's query-embedding ms."""
     client_ms: list[float] = []
     server_ms: list[float] = []
     lock = threading.Lock()
@@ -260,9 +267,12 @@ def run_requests(base: str, queries: list[str], params: dict[str, Any], clients:
                 r = client.get("/search", params={"q": text, **params})
                 took = (time.perf_counter() - started) * 1000
                 r.raise_for_status()
+                body = r.json()
                 with lock:
                     client_ms.append(took)
-                    server_ms.append(r.json()["took_ms"])
+                    server_ms.append(body["took_ms"])
+                    if embed_ms is not None:
+                        embed_ms.append(body["embed_ms"])
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, [queries[i::clients] for i in range(clients)]))
@@ -302,7 +312,7 @@ def hnsw_settings(url: str) -> dict[str, Any]:
         configure_for_search(conn)
         options = conn.execute("SELECT c.reloptions FROM pg_class c WHERE c.relname = hq_embedding_index_name(%s)",
                                [MODEL]).fetchone()
-        settings = {"index": dict(o.split("=", 1) for o in (options[0] or [])) if options else None}
+        settings: dict[str, Any] = {"index": dict(o.split("=", 1) for o in (options[0] or [])) if options else None}
         for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples"):
             settings[name] = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()[0]  # type: ignore[index]
         # What a search sets for the active model's index size (the connection's default above).
@@ -335,17 +345,67 @@ def embedding_alone(queries: list[str]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2)}
 
 
-def measure(url: str, size: int, queries: list[str], requests: int, log: Path) -> list[dict[str, Any]]:
+def warmup_queries(n: int, measured: str) -> list[str]:
+    """`n` queries of the collections in the datasets folder other than `measured`."""
+    found: list[str] = []
+    for dataset in sorted(p for p in DATASETS.iterdir() if (p / "queries.jsonl").is_file()):
+        if dataset.name != measured:
+            found += [t[:1000] for t in read_queries(dataset).values()]
+    return found[:n] or ["warm up"]
+
+
+def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
+    """p50/p99 ms of each leg's index scan by itself, as a search runs it unfiltered (HNSW
+    top 50 at the ef_search the service uses for this size; BM25 top 100), from a client
+    in this process over the socket, each query once: the part of a hybrid search that no
+    statement around the legs can make faster."""
+    from embeddings.onnx import load_query_embedder
+    from knowledge.db import configure_for_search
+    from knowledge.query_models import search_setup
+
+    embedder = load_query_embedder(MODEL)
+    vectors = [embedder.embed_query(text) for text in queries]
+    timings: dict[str, list[float]] = {"hnsw_top50": [], "bm25_top100": []}
+    with psycopg.connect(url, autocommit=True) as conn:
+        configure_for_search(conn)
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(search_setup(conn).ef_search)))
+        hnsw = sql.SQL("SELECT chunk_id FROM chunk_embeddings WHERE model = {} ORDER BY embedding::vector({})"
+                       " <=> %s LIMIT 50").format(sql.Literal(MODEL), sql.Literal(DIMS))
+        bm25 = ("SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
+                " 'knowledge_chunks_bm25_idx') LIMIT 100")
+        for text, vector in zip(queries, vectors, strict=True):
+            for name, statement, value in (("hnsw_top50", hnsw, vector), ("bm25_top100", bm25, text)):
+                started = time.perf_counter()
+                conn.execute(statement, [value], prepare=False).fetchall()
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+            for name, ms in timings.items()}
+
+
+def measure(url: str, size: int, dataset: str, queries: list[str], requests: int,
+            log: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     held = tag_fractions(url)
     print(f"\n## {size} passages: tags {', '.join(f'{t} on {n} passages' for t, n in held.items())}", flush=True)
     print(f"HNSW: {json.dumps(hnsw_settings(url))}", flush=True)
+    # Each mode gets queries no search has seen yet in this run (its 1-client unfiltered row
+    # is the first to send them), and the leg timings and recall their own: a query sent
+    # again finds its index pages in the CPU caches and its BM25 terms looked up, and runs
+    # up to ~25% faster than a new one. Wrapped around when the collection has too few.
+    def pick(start: int, n: int) -> list[str]:
+        return [queries[(start + i) % len(queries)] for i in range(n)]
+
+    by_mode = {mode: pick(i * requests, requests) for i, mode in enumerate(("hybrid", "semantic", "keyword"))}
+    recall_queries = pick(3 * requests, 200)
     exact = ExactSearch(url)
     rows: list[dict[str, Any]] = []
     env = {**os.environ, "HQ_DATABASE_URL": url, "HQ_QUERY_CACHE": "0"}
     with running_service(env, log) as base:
-        run_requests(base, queries[:30], {"mode": "hybrid"}, 1)  # warm-up: connections, caches
-        recall_queries = queries[:200]
-        recall = {None: semantic_recall(base, exact, recall_queries, None)}
+        # Warm-up with other collections' queries: connections, the service's caches, and the
+        # index pages into shared buffers, as in a service that has been running a while.
+        run_requests(base, warmup_queries(300, dataset), {"mode": "hybrid"}, 1)
+        legs = legs_alone(url, recall_queries)
+        print(f"each leg's index scan alone: {json.dumps(legs)}", flush=True)
+        recall: dict[str | None, float] = {None: semantic_recall(base, exact, recall_queries, None)}
         for label, (tag, _) in FILTER_TAGS.items():
             recall[label] = semantic_recall(base, exact, recall_queries, tag)
             print(f"{label} filter, full limit and all matching: {check_filter(base, recall_queries, tag)}", flush=True)
@@ -355,20 +415,25 @@ def measure(url: str, size: int, queries: list[str], requests: int, log: Path) -
         for filter_label, extra in (("none", {}), ("tag 1%", {"tags_any": FILTER_TAGS["1%"][0]})):
             for mode in ("hybrid", "semantic", "keyword"):
                 for clients in (1, 8):
-                    use = queries[:requests]
+                    use = by_mode[mode]
                     started = time.perf_counter()
-                    client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients)
+                    embed_ms: list[float] = []
+                    client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients, embed_ms)
                     wall = time.perf_counter() - started
                     row = {"passages": size, "mode": mode, "clients": clients, "filter": filter_label,
                            **percentiles(client_ms),
                            "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
                            "server_p50_ms": round(float(np.median(server_ms)), 2),
+                           # of the server's time: embedding the query, and the rest (the
+                           # statement, its planning and the assembly of the hits)
+                           "embed_p50_ms": round(float(np.median(embed_ms)), 2),
+                           "statement_p50_ms": round(float(np.median(np.subtract(server_ms, embed_ms))), 2),
                            "requests": len(use), "per_second": round(len(use) / wall, 1)}
                     rows.append(row)
                     print(f"  {mode:8} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
                           f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
                           f"({row['per_second']} req/s)", flush=True)
-    return rows
+    return rows, legs
 
 
 def main() -> None:
@@ -387,6 +452,7 @@ def main() -> None:
     server = EmbeddedPostgres(args.data_dir / "pg")
     server_url = server.start()
     rows: list[dict[str, Any]] = []
+    legs: dict[int, dict[str, dict[str, float]]] = {}
     try:
         with psycopg.connect(server_url, autocommit=True) as admin:
             collection = load_collection(admin, server_url, f"lat_{args.dataset}", args.dataset)
@@ -395,7 +461,9 @@ def main() -> None:
         sizes = [(collection, passages(collection))] if not args.skip_collection_size else []
         sizes.append((filled, passages(filled)))
         for url, size in sizes:
-            rows += measure(url, size, queries, args.requests, args.data_dir / "serve.log")
+            measured, legs[size] = measure(url, size, args.dataset, queries, args.requests,
+                                             args.data_dir / "serve.log")
+            rows += measured
     finally:
         server.stop()
 
@@ -413,10 +481,20 @@ def main() -> None:
         recall = "" if r["recall@10"] is None else f"{r['recall@10']:.3f}"
         print(f"| {r['passages']} | {r['mode']} | {r['clients']} | {r['filter']} | {ms('p50_ms')} | {ms('p95_ms')} |"
               f" {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
+    print("\nWhere a search's time goes, one client, no filter (p50 ms): over HTTP; the server's took_ms;"
+          " of it, embedding the query and the rest; each leg's index scan alone, as the search runs it")
+    print("| passages | mode | HTTP | server | embedding | statement + hits | HNSW top 50 alone | BM25 top 100 alone |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if r["clients"] == 1 and r["filter"] == "none":
+            leg = legs[r["passages"]]
+            print(f"| {r['passages']} | {r['mode']} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
+                  f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} | {leg['hnsw_top50']['p50_ms']:.1f} |"
+                  f" {leg['bm25_top100']['p50_ms']:.1f} |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "latency.json"
     out.write_text(json.dumps({"machine": machine, "dataset": args.dataset, "query_embedding": embedding,
-                               "rows": rows}, indent=2) + "\n")
+                               "legs_alone": {str(k): v for k, v in legs.items()}, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
