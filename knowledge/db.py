@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from .config import Settings
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, InvalidInput
 
 __all__ = [
     "configure_for_search",
@@ -20,6 +21,7 @@ __all__ = [
     "describe_url",
     "open_search_pool",
     "pooled_connection",
+    "prepare_threshold",
     "translate_connect_error",
 ]
 
@@ -89,12 +91,26 @@ def configure_for_search(conn: psycopg.Connection[Any]) -> None:
             pass
 
 
+def prepare_threshold(env: Mapping[str, str] | None = None) -> int | None:
+    """psycopg's prepare_threshold for the service's connections: None (nothing prepared,
+    which a pooler in transaction mode needs: PgBouncer before 1.21, Supavisor on port 6543)
+    when HQ_PREPARED_STATEMENTS is 0, false, off or no; else psycopg's default, and search
+    prepares its unfiltered statements on first use."""
+    value = (os.environ if env is None else env).get("HQ_PREPARED_STATEMENTS", "").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return None
+    if value not in ("", "1", "true", "on", "yes"):
+        raise InvalidInput(f"HQ_PREPARED_STATEMENTS must be 1 or 0 (or true/false, on/off), got {value!r}")
+    return 5
+
+
 def open_search_pool(url: str, *, max_size: int, application_name: str) -> ConnectionPool[Any]:
     """An opened pool of autocommit connections set up by `configure_for_search`, as the API
     and the MCP server use. Raises DatabaseUnavailable when no connection can be made."""
     pool: ConnectionPool[Any] = ConnectionPool(
         url, min_size=1, max_size=max_size, open=False, configure=configure_for_search,
-        kwargs={"autocommit": True, "application_name": application_name})
+        kwargs={"autocommit": True, "application_name": application_name,
+                "prepare_threshold": prepare_threshold()})
     try:
         pool.open(wait=True, timeout=30)
     except Exception as e:  # psycopg_pool's PoolTimeout: the reason is in its log

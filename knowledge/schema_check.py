@@ -34,7 +34,7 @@ TABLES = (
 )
 FUNCTIONS = (
     "set_updated_at", "create_gateway_token", "consume_gateway_token", "agent_reports_chain",
-    "spawn_due_task_series", "document_folder_path", "asset_folder_path",
+    "spawn_due_task_series", "document_folder_path", "asset_folder_path", "hq_bm25_top",
     "hq_ensure_embedding_index", "notify_operator", "enqueue_inbox_item", "lease_inbox_item",
     "complete_inbox_item", "fail_inbox_item", "run_automation_rules", "lease_command",
     "start_command", "complete_command", "fail_command", "check_agent_budget",

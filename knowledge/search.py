@@ -250,11 +250,13 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool) -> sql.Co
     if path == "bm25":
         # Driven by the BM25 index's own top-k (%(kn)s, over-fetched when filters may drop
         # rows), filtered afterwards: joined to the owners in one query, the planner scans
-        # every passage and scores each one (~110 us a row) instead. pg_textsearch takes the
-        # LIMIT into its Block-Max WAND top-k only from a query level's own LIMIT (a subquery
-        # in FROM); inside a CTE or ARRAY(...) it scores far more (12 ms against 1.3 ms for
-        # a top-100 at 100k passages). The BM25 expression stays in ORDER BY only; scores
-        # are computed for the kept rows when explaining. A rebuilt index also returns
+        # every passage and scores each one (~110 us a row) instead. The top-k comes from
+        # hq_bm25_top (011), which plans it with the query as a literal: pg_textsearch takes
+        # the LIMIT into its Block-Max WAND top-k only from a query level's own LIMIT, and
+        # inside a CTE, ARRAY(...) or a statement prepared with the query as a parameter it
+        # scores far more (12 ms against 1.3 ms for a top-100 at 100k passages); this way the
+        # search statement can be prepared. Scores are computed for the kept rows when
+        # explaining. A rebuilt index also returns
         # passages without any query term (score 0) after the matches: the lexeme test
         # drops them. The lateral subquery (OFFSET 0 keeps it one) looks each passage up by
         # its key: joined plainly, the planner may hash-join a scan that tests every passage
@@ -263,9 +265,7 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool) -> sql.Co
             if explain else sql.SQL("NULL::float8")
         return sql.SQL(
             "SELECT u.chunk_id, row_number() OVER (ORDER BY u.ord) AS rnk, {shown} AS score"
-            " FROM (SELECT t.id AS chunk_id, row_number() OVER () AS ord FROM ("
-            "  SELECT c.id FROM knowledge_chunks c"
-            "  ORDER BY c.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx') LIMIT %(kn)s) t) u"
+            " FROM hq_bm25_top(%(q)s, %(kn)s) WITH ORDINALITY AS u(chunk_id, ord)"
             " CROSS JOIN LATERAL (SELECT c.id, c.document_id, c.asset_id, c.indexed_text, c.search_tsv"
             "  FROM knowledge_chunks c WHERE c.id = u.chunk_id OFFSET 0) c"
             " {owners} WHERE {where} AND ts_match_vq(c.search_tsv, (SELECT query FROM or_query))"
@@ -384,8 +384,7 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     n = min(max(50, (q.offset + q.limit) * 3), 400)
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
-    params |= {"q": q.q.replace("<", " ").replace(">", " "), "model": model, "k": q.rrf_k,
-               "limit": q.limit, "offset": q.offset, "bound": exact_below,
+    params |= {"q": q.q.replace("<", " ").replace(">", " "), "k": q.rrf_k,
                "ws": q.semantic_weight if mode != "keyword" else 0.0,
                "wk": q.keyword_weight if mode != "semantic" else 0.0}
     embed_ms = 0.0
@@ -394,12 +393,21 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         embed_start = time.perf_counter()
         params["qv"] = np.asarray(embed_query(q.q), dtype=np.float32)
         embed_ms = (time.perf_counter() - embed_start) * 1000
-    statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain)
+    statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None,
+                           q.explain).as_string(conn)
+    # Unfiltered, the statement is prepared once per connection and shape: its generic plan
+    # is as good as a fresh one and saves planning it (~3 ms at 100k passages). A filter's
+    # best plan depends on its values (how many passages a tag holds), so filtered searches
+    # are planned each time. HQ_PREPARED_STATEMENTS=0 (a pooler in transaction mode) turns
+    # preparing off.
+    prepare = not filtered and conn.prepare_threshold is not None
     while True:
         # BM25 candidates before filtering: a few more for archived items, many more when
         # the caller filters (the index knows nothing of tags or folders).
-        params |= {"n": n, "kn": min(max(n * 20, 1000), 10000) if filtered else n * 2}
-        rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=False).fetchall()
+        kn = min(max(n * 20, 1000), 10000) if filtered else n * 2
+        text = _inline(conn, statement, {"model": model, "n": n, "kn": kn, "limit": q.limit,
+                                         "offset": q.offset, "bound": exact_below})
+        rows = conn.cursor(row_factory=tuple_row).execute(text, params, prepare=prepare).fetchall()
         # A short page whose legs returned their whole quota of passages: the passages of a
         # few items crowded out the rest. Ask again for more passages (rarely needed).
         if len(rows) >= q.limit or not rows or n >= MAX_PASSAGES or max(rows[0][9], rows[0][10]) < n:
@@ -414,6 +422,16 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         notes.append("selective filter: exact vector scan")
     return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
                         int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
+
+
+def _inline(conn: psycopg.Connection[Any], statement: str, values: dict[str, Any]) -> str:
+    """`statement` with these placeholders replaced by literals: the values a generic plan
+    must see to stay good (a model's partial HNSW index matches only a literal model name;
+    the LIMITs size the plan). The caller's text, vector and filters stay parameters;
+    `values` are the service's own (a registered model name, integers)."""
+    for name, value in values.items():
+        statement = statement.replace(f"%({name})s", sql.Literal(value).as_string(conn))
+    return statement
 
 
 def _active_model(conn: psycopg.Connection[Any]) -> str | None:

@@ -255,3 +255,62 @@ def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Con
         got = titles(client.get("/search", params={"q": "apple orchard harvest", "mode": "semantic", "limit": 12}))
     assert len(got) == 12 and got[0] == "Orchard"
     assert len(set(got[1:])) == 11 and all(t.startswith("Note ") for t in got[1:])
+
+
+def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, db_url: str) -> None:
+    """Unfiltered searches are prepared once per connection and, after five runs, run on a
+    generic plan; each answers exactly as a statement planned for its own values. Filtered
+    searches are never prepared."""
+    from knowledge.db import configure_for_search
+    from knowledge.query_models import search_active
+    from knowledge.search import MODES, SearchQuery
+
+    for title, text, tags in DOCS:
+        add(conn, title, text, tags)
+    topics = ["refund", "discount", "incident", "tomato", "invoice", "renewal", "approval", "watering"]
+    for i in range(40):
+        add(conn, f"Note {i}", f"{topics[i % 8]} notes {i}: {topics[(i * 3) % 8]} and {topics[(i * 5) % 8]} review",
+            ["notes"])
+    index_with_fake(conn, db_url)
+    queries = ["refund annual plan", "discount approval", "open incidents", "tomato sun", "invoice review",
+               "renewal notes", "approval by the CFO", "watering tomatoes", "incident handoff", "discount notes",
+               "refund review", "sales rep"]
+    with psycopg.connect(db_url, autocommit=True) as prepared, \
+            psycopg.connect(db_url, autocommit=True, prepare_threshold=None) as planned:
+        configure_for_search(prepared)
+        configure_for_search(planned)
+        for mode in MODES:
+            for text in queries:
+                a = search_active(prepared, SearchQuery(q=text, mode=mode))
+                b = search_active(planned, SearchQuery(q=text, mode=mode))
+                assert a.hits, (mode, text)
+                assert [(h.id, round(h.score, 9), h.snippet, h.explain) for h in a.hits] == \
+                       [(h.id, round(h.score, 9), h.snippet, h.explain) for h in b.hits], (mode, text)
+        plans = prepared.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
+        assert len(plans) == len(MODES), plans  # one statement per mode, reused for every query
+        assert all(generic + custom == len(queries) and generic > 0 for generic, custom in plans), plans
+        assert planned.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        filtered = search_active(prepared, SearchQuery(q="refund", tags_any=("billing",)))
+        assert [h.title for h in filtered.hits] == ["Refund policy"]
+        assert prepared.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (len(MODES),)
+
+
+def test_prepared_statements_can_be_turned_off(conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from knowledge.db import prepare_threshold
+    from knowledge.errors import InvalidInput
+
+    assert prepare_threshold({}) == 5 and prepare_threshold({"HQ_PREPARED_STATEMENTS": "on"}) == 5
+    for off in ("0", "false", "Off", " no "):
+        assert prepare_threshold({"HQ_PREPARED_STATEMENTS": off}) is None
+    with pytest.raises(InvalidInput, match="HQ_PREPARED_STATEMENTS must be 1 or 0"):
+        prepare_threshold({"HQ_PREPARED_STATEMENTS": "maybe"})
+    for title, text, tags in DOCS:
+        add(conn, title, text, tags)
+    index_with_fake(conn, db_url)
+    for setting, prepared in (("0", 0), ("1", 1)):
+        monkeypatch.setenv("HQ_PREPARED_STATEMENTS", setting)
+        with TestClient(create_app(db_url, pool_size=1)) as c:
+            for _ in range(3):
+                assert titles(c.get("/search", params={"q": "refund annual plans"}))[0] == "Refund policy"
+            with c.app.state.pool.connection() as pooled:  # type: ignore[attr-defined]
+                assert pooled.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (prepared,)
