@@ -402,9 +402,10 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     # preparing off.
     prepare = not filtered and conn.prepare_threshold is not None
     while True:
-        # BM25 candidates before filtering: a few more for archived items, many more when
-        # the caller filters (the index knows nothing of tags or folders).
-        kn = min(max(n * 20, 1000), 10000) if filtered else n * 2
+        # BM25 candidates before filtering: a few more for archived items (and passages
+        # without a query term, which a rebuilt index lists last), many more when the caller
+        # filters (the index knows nothing of tags or folders).
+        kn = min(max(n * 20, 1000), 10000) if filtered else n + max(10, n // 5)
         text = _inline(conn, statement, {"model": model, "n": n, "kn": kn, "limit": q.limit,
                                          "offset": q.offset, "bound": exact_below})
         rows = conn.cursor(row_factory=tuple_row).execute(text, params, prepare=prepare).fetchall()
