@@ -246,7 +246,7 @@ def _semantic_leg(dims: int, row_filter: sql.Composable, filtered: bool) -> sql.
     ).format(exact=exact_scan, index=index_scan))
 
 
-def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool) -> sql.Composable:
+def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered: bool) -> sql.Composable:
     if path == "bm25":
         # Driven by the BM25 index's own top-k (%(kn)s, over-fetched when filters may drop
         # rows), filtered afterwards: joined to the owners in one query, the planner scans
@@ -255,22 +255,22 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool) -> sql.Co
         # the LIMIT into its Block-Max WAND top-k only from a query level's own LIMIT, and
         # inside a CTE, ARRAY(...) or a statement prepared with the query as a parameter it
         # scores far more (12 ms against 1.3 ms for a top-100 at 100k passages); this way the
-        # search statement can be prepared. Scores are computed for the kept rows when
-        # explaining. A rebuilt index also returns
-        # passages without any query term (score 0) after the matches: the lexeme test
-        # drops them. The lateral subquery (OFFSET 0 keeps it one) looks each passage up by
-        # its key: joined plainly, the planner may hash-join a scan that tests every passage
-        # (37 ms at 13k passages); ts_match_vq is @@ that it cannot turn into a GIN scan.
-        shown = sql.SQL("-(c.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))") \
-            if explain else sql.SQL("NULL::float8")
+        # search statement can be prepared. It returns each passage's owners too: filtered,
+        # the kept items (fdocs/fassets) are probed by hash, where looking up 1,000
+        # candidates and their owners took ~20 ms. A rebuilt index also lists passages
+        # without any query term (score 0) after the matches: the lexeme test, on the kept
+        # passages only, drops them. Scores are computed for the kept rows when explaining.
+        shown = sql.SQL("(SELECT -(x.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))"
+                        " FROM knowledge_chunks x WHERE x.id = c.id)") if explain else sql.SQL("NULL::float8")
+        kept = sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
+            if filtered else row_filter
         return sql.SQL(
-            "SELECT u.chunk_id, row_number() OVER (ORDER BY u.ord) AS rnk, {shown} AS score"
-            " FROM hq_bm25_top(%(q)s, %(kn)s) WITH ORDINALITY AS u(chunk_id, ord)"
-            " CROSS JOIN LATERAL (SELECT c.id, c.document_id, c.asset_id, c.indexed_text, c.search_tsv"
-            "  FROM knowledge_chunks c WHERE c.id = u.chunk_id OFFSET 0) c"
-            " {owners} WHERE {where} AND ts_match_vq(c.search_tsv, (SELECT query FROM or_query))"
-            " ORDER BY u.ord LIMIT %(n)s"
-        ).format(shown=shown, owners=_OWNERS, where=row_filter)
+            "SELECT c.id AS chunk_id, row_number() OVER (ORDER BY c.ord) AS rnk, {shown} AS score"
+            " FROM hq_bm25_top(%(q)s, %(kn)s) WITH ORDINALITY AS c(id, document_id, asset_id, ord)"
+            " {owners} WHERE {kept} AND EXISTS (SELECT FROM knowledge_chunks x WHERE x.id = c.id"
+            "  AND ts_match_vq(x.search_tsv, (SELECT query FROM or_query)))"
+            " ORDER BY c.ord LIMIT %(n)s"
+        ).format(shown=shown, owners=sql.SQL("") if filtered else _OWNERS, kept=kept)
     return sql.SQL(
         "SELECT k.chunk_id, row_number() OVER (ORDER BY k.s DESC) AS rnk, k.s AS score FROM ("
         " SELECT c.id AS chunk_id, ts_rank_cd(c.search_tsv, oq.query) AS s"
@@ -284,7 +284,7 @@ def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asse
     empty = sql.SQL("SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score WHERE false")
     row_filter = _row_filter(doc, asset)
     sem = _semantic_leg(dims, row_filter, filtered) if mode != "keyword" and dims else empty
-    kw = _keyword_leg(path, row_filter, explain) if mode != "semantic" else empty
+    kw = _keyword_leg(path, row_filter, explain, filtered) if mode != "semantic" else empty
     ctes = sql.SQL("{folders}{passages}").format(
         folders=sql.SQL(_FOLDER_SUBTREES) if has_folder else sql.SQL(""),
         passages=_filtered_passages(doc, asset) if filtered else sql.SQL(""))

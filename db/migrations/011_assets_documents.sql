@@ -347,21 +347,23 @@ BEGIN
   END IF;
 END $$;
 
--- The BM25 top k passages for a query, best first (needs knowledge_chunks_bm25_idx). The
--- search statement reads its BM25 leg from here so that the statement itself can be
--- prepared once per connection: pg_textsearch's top-k is fast when its query is planned
--- with the query text as a literal, and this one-line statement is (planning it costs a
--- fraction of a millisecond; planning the whole search statement ~3 ms at 100k passages).
--- Created everywhere: the dynamic statement is only parsed when it runs.
-CREATE OR REPLACE FUNCTION hq_bm25_top(query text, k integer) RETURNS SETOF bigint
+-- The BM25 top k passages for a query, best first (needs knowledge_chunks_bm25_idx), with
+-- their owners. The search statement reads its BM25 leg from here so that the statement
+-- itself can be prepared once per connection: pg_textsearch's top-k is fast when its query
+-- is planned with the query text as a literal, and this one-line statement is (planning it
+-- costs a fraction of a millisecond; planning the whole search statement ~3 ms at 100k
+-- passages). Created everywhere: the dynamic statement is only parsed when it runs.
+CREATE OR REPLACE FUNCTION hq_bm25_top(query text, k integer)
+RETURNS TABLE (id bigint, document_id uuid, asset_id uuid)
 LANGUAGE plpgsql STABLE PARALLEL SAFE ROWS 100 AS $$
 BEGIN
   RETURN QUERY EXECUTE format(
-    'SELECT c.id FROM knowledge_chunks c ORDER BY c.indexed_text <@> to_bm25query(%L, %L) LIMIT %s',
+    'SELECT c.id, c.document_id, c.asset_id FROM knowledge_chunks c'
+    ' ORDER BY c.indexed_text <@> to_bm25query(%L, %L) LIMIT %s',
     query, 'knowledge_chunks_bm25_idx', k);
 END $$;
 COMMENT ON FUNCTION hq_bm25_top(text, integer) IS
-  'BM25 top k passage ids for a query, best first (pg_textsearch; the query planned as a literal).';
+  'BM25 top k passages for a query, best first, with their owners (pg_textsearch; the query planned as a literal).';
 
 CREATE TABLE IF NOT EXISTS chunk_embeddings (
   chunk_id      bigint NOT NULL REFERENCES knowledge_chunks (id) ON DELETE CASCADE,
