@@ -19,7 +19,8 @@ sent to body read. The semantic leg's recall@10 is measured against exact
 search (numpy over every stored vector, the same query vectors, items ranked by their best
 passage), unfiltered and filtered by tags that hold 1% and 5% of the passages. Each
 response's took_ms and embed_ms split the server's time into embedding the query and the
-rest, and each leg's index scan is timed alone (HNSW top 50, BM25 top 60): the floor that
+rest, and each leg's index scan is timed alone (HNSW and BM25 top-k, as many as a first page
+of 10 hits fetches: knowledge.search.passage_quota and bm25_quota): the floor that
 no statement around the legs goes under.
 
 Prints markdown tables; writes benchmarks/results/latency.json.
@@ -368,26 +369,30 @@ def warmup_queries(n: int, measured: str) -> list[str]:
 
 
 def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
-    """p50/p99 ms of each leg's index scan by itself, as a search runs it unfiltered (HNSW
-    top 50 at the ef_search the service uses for this size; BM25 top 60), from a client
+    """p50/p99 ms of each leg's index scan by itself, as a search runs it unfiltered for a
+    first page of 10 hits (HNSW at the ef_search the service uses for this size), from a client
     in this process over the socket, each query once: the part of a hybrid search that no
     statement around the legs can make faster."""
     from embeddings.onnx import load_query_embedder
     from knowledge.db import configure_for_search
     from knowledge.query_models import search_setup
+    from knowledge.search import bm25_quota, passage_quota
 
     embedder = load_query_embedder(MODEL)
     vectors = [embedder.embed_query(text) for text in queries]
-    timings: dict[str, list[float]] = {"hnsw_top50": [], "bm25_top60": []}
+    n = passage_quota(10, 0)  # a first page of 10 hits
+    kn = bm25_quota(n, False)
+    hnsw_name, bm25_name = f"hnsw_top{n}", f"bm25_top{kn}"
+    timings: dict[str, list[float]] = {hnsw_name: [], bm25_name: []}
     with psycopg.connect(url, autocommit=True) as conn:
         configure_for_search(conn)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(search_setup(conn).ef_search)))
         hnsw = sql.SQL("SELECT chunk_id FROM chunk_embeddings WHERE model = {} ORDER BY embedding::vector({})"
-                       " <=> %s LIMIT 50").format(sql.Literal(MODEL), sql.Literal(DIMS))
-        bm25 = ("SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
-                " 'knowledge_chunks_bm25_idx') LIMIT 60")
+                       " <=> %s LIMIT {}").format(sql.Literal(MODEL), sql.Literal(DIMS), sql.Literal(n))
+        bm25 = sql.SQL("SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
+                       " 'knowledge_chunks_bm25_idx') LIMIT {}").format(sql.Literal(kn))
         for text, vector in zip(queries, vectors, strict=True):
-            for name, statement, value in (("hnsw_top50", hnsw, vector), ("bm25_top60", bm25, text)):
+            for name, statement, value in ((hnsw_name, hnsw, vector), (bm25_name, bm25, text)):
                 started = time.perf_counter()
                 conn.execute(statement, [value], prepare=False).fetchall()
                 timings[name].append((time.perf_counter() - started) * 1000)
@@ -496,14 +501,16 @@ def main() -> None:
               f" {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
     print("\nWhere a search's time goes, one client, no filter (p50 ms): over HTTP; the server's took_ms;"
           " of it, embedding the query and the rest; each leg's index scan alone, as the search runs it")
-    print("| passages | mode | HTTP | server | embedding | statement + hits | HNSW top 50 alone | BM25 top 60 alone |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    leg_names = list(next(iter(legs.values())))  # hnsw_top<n>, bm25_top<k>
+    print("| passages | mode | HTTP | server | embedding | statement + hits |"
+          + "".join(f" {name} alone |" for name in leg_names))
+    print("|---:|---|---:|---:|---:|---:|" + "---:|" * len(leg_names))
     for r in rows:
         if r["clients"] == 1 and r["filter"] == "none":
             leg = legs[r["passages"]]
             print(f"| {r['passages']} | {r['mode']} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
-                  f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} | {leg['hnsw_top50']['p50_ms']:.1f} |"
-                  f" {leg['bm25_top60']['p50_ms']:.1f} |")
+                  f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} |"
+                  + "".join(f" {leg[name]['p50_ms']:.1f} |" for name in leg_names))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "latency.json"
     out.write_text(json.dumps({"machine": machine, "dataset": args.dataset, "query_embedding": embedding,

@@ -294,8 +294,7 @@ def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asse
     # planning, so only where vectors are searched).
     active = sql.SQL("(SELECT name FROM embedding_models WHERE is_active)" if mode != "keyword" else "NULL::text")
     # Every CTE below but or_query, fdocs/fassets and selective is referenced once, so the
-    # planner inlines it: the BM25 top-k must not sit in a materialized CTE or a sub-plan,
-    # where pg_textsearch does not see its LIMIT and scores 10x longer.
+    # planner inlines it.
     return sql.SQL("""
 WITH RECURSIVE {ctes}
 or_query AS (SELECT """ + _OR_QUERY + """ AS query),
@@ -381,7 +380,7 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     # Filters beyond the archive default: the kept passages may be few (the exact-scan
     # decision) and the BM25 leg over-fetches. Only `kind` needs no parameter.
     filtered = bool(params) or q.kind is not None
-    n = min(max(50, (q.offset + q.limit) * 3), 400)
+    n = passage_quota(q.limit, q.offset)
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
     params |= {"q": q.q.replace("<", " ").replace(">", " "), "k": q.rrf_k,
@@ -402,10 +401,7 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     # preparing off.
     prepare = not filtered and conn.prepare_threshold is not None
     while True:
-        # BM25 candidates before filtering: a few more for archived items (and passages
-        # without a query term, which a rebuilt index lists last), many more when the caller
-        # filters (the index knows nothing of tags or folders).
-        kn = min(max(n * 20, 1000), 10000) if filtered else n + max(10, n // 5)
+        kn = bm25_quota(n, filtered)
         text = _inline(conn, statement, {"model": model, "n": n, "kn": kn, "limit": q.limit,
                                          "offset": q.offset, "bound": exact_below})
         rows = conn.cursor(row_factory=tuple_row).execute(text, params, prepare=prepare).fetchall()
@@ -423,6 +419,18 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
         notes.append("selective filter: exact vector scan")
     return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
                         int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
+
+
+def passage_quota(limit: int, offset: int) -> int:
+    """Passages each leg returns for a page at first (a short page asks again for more)."""
+    return min(max(50, (offset + limit) * 3), 400)
+
+
+def bm25_quota(n: int, filtered: bool) -> int:
+    """BM25 candidates fetched for a keyword leg of `n` passages, before filtering: a few
+    more for archived items (and passages without a query term, which a rebuilt index lists
+    last), many more when the caller filters (the index knows nothing of tags or folders)."""
+    return min(max(n * 20, 1000), 10000) if filtered else n + max(10, n // 5)
 
 
 def _inline(conn: psycopg.Connection[Any], statement: str, values: dict[str, Any]) -> str:
