@@ -10,10 +10,15 @@ separate invocations if needed: rows merge into the JSON by configuration.
 
 Data: the 10k size is the first 10,000 real all-MiniLM-L6-v2 passage embeddings of SciFact
 (read from the latency benchmark's embedded database, else embedded here; cached as .npy in
-benchmarks/.data/vector_index/). Larger sizes add synthetic vectors clustered around the real
-ones (a real vector plus Gaussian noise, sigma 0.015..0.045, renormalised: cosine ~0.7-0.95 to
-it, the recipe of benchmarks/latency.py) to the 13,484 real ones. Queries: the 300 SciFact test
-queries embedded with the same model (ONNX query embedder). A random 1% of rows has tag = true.
+benchmarks/.data/vector_index/). Larger sizes take all 13,484 of them, then the 77,389 pieces
+(sentences) of the SciFact, NPL and Cranfield documents embedded with the model (90,873 real
+vectors), then passages composed of 2-4 real pieces (benchmarks/recombined.py, `--synthetic
+recombined`, the default; benchmarks/data_check.py compares them with real vectors). `--synthetic
+noise` instead adds Gaussian noise around the 13,484 passage vectors (sigma 0.015..0.045,
+renormalised; the recipe of benchmarks/latency.py), which is locally 384-dimensional and much
+harder than real data. Queries: the 300 SciFact test queries embedded with the same model (ONNX
+query embedder). A random 1% of rows has tag = true. Each size prints its queries'
+neighbourhoods (cosine of the 1st/10th/100th nearest vector, local intrinsic dimensionality).
 
 Per size a table (id bigint, tag boolean, embedding vector(384)) lives in a separate embedded
 PostgreSQL (benchmarks/.data/vector_index/pg, started with shared_buffers 6GB so that a 1M index
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -46,6 +52,7 @@ import common
 import numpy as np
 import psutil
 import psycopg
+import recombined
 from common import DATASETS, RESULTS, read_qrels, read_queries
 from psycopg import sql
 
@@ -129,19 +136,46 @@ def _unit(v: np.ndarray[Any, Any]) -> Vectors:
     return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
 
 
-def dataset(real: Vectors, n: int, seed: int = 7) -> tuple[Vectors, np.ndarray[Any, Any]]:
-    """`n` vectors (the real ones first, then clustered synthetic ones) and the 1% tag mask."""
+def dataset(real: Vectors, n: int, synthetic: str, seed: int = 7) -> tuple[Vectors, np.ndarray[Any, Any]]:
+    """`n` vectors (the real ones first, then synthetic ones: `recombined` real text, or `noise`
+    around real vectors) and the 1% tag mask."""
     out = np.empty((n, DIMS), dtype=np.float32)
     out[:min(n, len(real))] = real[:n]
+    if n > len(real):
+        make = noise if synthetic == "noise" else lambda _, count, s: recombined.compose(recombined.pieces(WORK), count, s)[0]
+        out[len(real):] = make(real, n - len(real), seed)
+    tag = np.zeros(n, dtype=bool)
+    tag[np.random.default_rng(11).choice(n, n // 100, replace=False)] = True
+    return out, tag
+
+
+def noise(real: Vectors, n: int, seed: int) -> Vectors:
+    """`n` vectors of Gaussian noise around random real ones (sigma 0.015..0.045 per
+    dimension, renormalised: cosine ~0.7-0.95 to the real vector)."""
     rng = np.random.default_rng(seed)
-    for start in range(len(real), n, 100_000):
+    out = np.empty((n, DIMS), dtype=np.float32)
+    for start in range(0, n, 100_000):
         size = min(100_000, n - start)
         near = real[rng.integers(0, len(real), size)]
         sigma = rng.uniform(0.015, 0.045, (size, 1)).astype(np.float32)
         out[start:start + size] = _unit(near + rng.normal(0, 1, near.shape).astype(np.float32) * sigma)
-    tag = np.zeros(n, dtype=bool)
-    tag[np.random.default_rng(11).choice(n, n // 100, replace=False)] = True
-    return out, tag
+    return out
+
+
+def neighbourhood(data: Vectors, queries: Vectors, k: int = 100) -> dict[str, float]:
+    """How the queries' neighbourhoods look: mean cosine of the 1st, 10th and 100th nearest
+    vector, and the median local intrinsic dimensionality (maximum-likelihood estimate over
+    the 20 nearest). Gaussian noise in 384 dimensions shows as a high LID and near-ties."""
+    top = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    for start in range(0, len(data), 200_000):
+        scores = queries @ data[start:start + 200_000].T
+        top = np.concatenate([top, -np.partition(-scores, k - 1, axis=1)[:, :k]], axis=1)
+        top = -np.partition(-top, k - 1, axis=1)[:, :k]
+    top = -np.sort(-top, axis=1)
+    dist = np.sqrt(np.maximum(2 - 2 * top[:, :20], 1e-12))
+    lid = -1 / np.mean(np.log(dist / dist[:, -1:]), axis=1)
+    return {"cos@1": round(float(top[:, 0].mean()), 3), "cos@10": round(float(top[:, 9].mean()), 3),
+            "cos@100": round(float(top[:, 99].mean()), 3), "lid@20": round(float(np.median(lid)), 1)}
 
 
 def exact_top(data: Vectors, queries: Vectors, mask: np.ndarray[Any, Any] | None = None) -> list[set[int]]:
@@ -183,9 +217,13 @@ def server_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "pg_prewarm": "pg_prewarm" in versions, "settings": show}
 
 
-def ensure_table(conn: psycopg.Connection[Any], n: int, data: Vectors, tag: np.ndarray[Any, Any], kind: str) -> str:
-    """The table of size `n`, kept while its comment says it holds the same data."""
-    table = f"vec_{n}"
+def ensure_table(conn: psycopg.Connection[Any], n: int, data: Vectors, tag: np.ndarray[Any, Any], kind: str,
+                 table: str | None = None) -> str:
+    """The table of size `n` (`vec_<n>` unless named), kept while its comment says it holds the same data."""
+    table = table or f"vec_{n}"
+    digest = hashlib.blake2b(np.ascontiguousarray(data[:n]).data, digest_size=8)
+    digest.update(np.packbits(tag[:n]).tobytes())
+    kind = f"{kind} #{digest.hexdigest()}"  # a change of the recipe reloads the table
     row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [table]).fetchone()
     if row and row[0] == kind:
         return table
@@ -317,10 +355,12 @@ def wait_quiet(limit_s: float) -> None:
 
 def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, queries: Vectors,
              builds: dict[str, float], args: argparse.Namespace) -> list[Row]:
-    data, tag = dataset(real, n)
-    kind = label if n <= len(real) else f"{label}+synthetic-clustered"
+    data, tag = dataset(real, n, args.synthetic)
+    kind = label if n <= len(real) else f"{label}+{'recombined' if args.synthetic == 'recombined' else 'synthetic-clustered'}"
     table = ensure_table(conn, n, data, tag, f"{kind}: {len(real)} {label} vectors + seed 7")
     truth = {False: exact_top(data, queries), True: exact_top(data, queries, tag)}
+    around = neighbourhood(data, queries)
+    print(f"  data {kind}; the queries' neighbourhoods: {json.dumps(around)}", flush=True)
     del data
     specs = index_specs(n, args)
     for name, method, params in specs:
@@ -341,7 +381,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         if disturbed(got | {"method": method}):
             redo.append((len(rows), margs))
         size = None if keep is None else conn.execute("SELECT pg_relation_size(%s)", [keep]).fetchone()[0]  # type: ignore[index]
-        row = {"vectors": n, "data": kind, "method": method, "params": params, "filter": "1%" if filtered else None,
+        row = {"vectors": n, "data": kind, "neighbourhood": around, "method": method, "params": params, "filter": "1%" if filtered else None,
                "iterative_scan": iterative, "build_s": None if keep is None else round(builds.get(keep, float("nan")), 1),
                "index_mb": None if size is None else round(size / 2**20, 1)} | got
         rows.append(row)
@@ -409,6 +449,12 @@ def label(row: Row) -> str:
     return str(row["method"]) + (f" lists={p['lists']}" if "lists" in p else "")
 
 
+def data_short(row: Row) -> str:
+    """"" for real vectors, else how the synthetic ones were made."""
+    return next((f" [{short}]" for part, short in (("recombined", "recombined"), ("synthetic-clustered", "noise"))
+                 if part in row["data"]), "")
+
+
 def knob(row: Row) -> str:
     p = row["params"]
     for key in ("ef_search", "probes", "query_search_list_size"):
@@ -426,22 +472,30 @@ def knob_value(row: Row) -> int:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = sorted(result["rows"], key=lambda r: (r["vectors"], r["method"], label(r)))
+    rows = sorted(result["rows"], key=lambda r: (r["vectors"], r["data"], r["method"], label(r)))
     lines = [(f"machine: {result['machine']}; PostgreSQL {result['postgres']}, pgvector {result['pgvector']},"
               f" vectorscale {result['vectorscale']}; settings {json.dumps(result['settings'])}"), "",
              "### Index builds", "", "| vectors | data | index | build s | index MB |", "|---:|---|---|---:|---:|"]
     seen = set()
     for r in rows:
-        if r["index_mb"] is not None and (r["vectors"], label(r)) not in seen:
-            seen.add((r["vectors"], label(r)))
+        if r["index_mb"] is not None and (r["vectors"], r["data"], label(r)) not in seen:
+            seen.add((r["vectors"], r["data"], label(r)))
             lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {r['build_s']} | {r['index_mb']} |")
+    lines += ["", "### The queries' neighbourhoods", "",
+              "| vectors | data | cos@1 | cos@10 | cos@100 | LID@20 (median) |", "|---:|---|---:|---:|---:|---:|"]
+    shown = set()
+    for r in rows:
+        if "neighbourhood" in r and (r["vectors"], r["data"]) not in shown:
+            shown.add((r["vectors"], r["data"]))
+            a = r["neighbourhood"]
+            lines.append(f"| {r['vectors']} | {r['data']} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} |")
     for title, filtered in (("Unfiltered top-10", False), ("Filtered top-10 (`WHERE tag`, 1% of rows)", True)):
-        lines += ["", f"### {title}", "", ("| vectors | index | query setting | iterative scan | p50 ms | p99 ms |"
+        lines += ["", f"### {title}", "", ("| vectors | data | index | query setting | iterative scan | p50 ms | p99 ms |"
                                            " recall@10 | rows returned | plan uses index | others' CPU | load 1m |"),
-                  "|---:|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+                  "|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
         for r in rows:
             if (r["filter"] is not None) == filtered:
-                lines.append(f"| {r['vectors']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}"
+                lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}"
                              f" | {r['p99_ms']} | {r['recall@10']} | {r['returned_mean']} | {r['plan_ok']}"
                              f" | {r['other_cpu_cores']} | {r['loadavg'][0]}→{r['loadavg'][1]} |")
     return "\n".join(lines) + "\n"
@@ -461,7 +515,7 @@ def plots(result: dict[str, Any]) -> None:
             curves: dict[str, list[Row]] = {}
             for r in rows:
                 if r["vectors"] == n and (r["filter"] is not None) == filtered:
-                    key = label(r) + (f" {r['iterative_scan']}" if filtered and r["iterative_scan"] else "")
+                    key = label(r) + data_short(r) + (f" {r['iterative_scan']}" if filtered and r["iterative_scan"] else "")
                     if r["params"].get("max_scan_tuples", 20000) != 20000:
                         key += f" max_scan_tuples={r['params']['max_scan_tuples']}"
                     if r["params"].get("scan_mem_multiplier", 1) != 1:
@@ -485,7 +539,7 @@ def plots(result: dict[str, Any]) -> None:
     builds: dict[str, dict[int, tuple[float, float]]] = {}
     for r in rows:
         if r["index_mb"] is not None:
-            key = "ivfflat lists=rows/1000" if r["method"] == "ivfflat" else label(r)
+            key = ("ivfflat lists=rows/1000" if r["method"] == "ivfflat" else label(r)) + data_short(r)
             builds.setdefault(key, {})[r["vectors"]] = (r["build_s"], r["index_mb"])
     for key, by_n in sorted(builds.items()):
         ns = sorted(by_n)
@@ -508,7 +562,7 @@ def save(new_rows: list[Row]) -> dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
         def key(r: Row) -> tuple[Any, ...]:
-            return r["vectors"], label(r), knob(r), r["filter"], r["iterative_scan"]
+            return r["vectors"], r["data"], label(r), knob(r), r["filter"], r["iterative_scan"]
 
         for r in new_rows + old["rows"]:
             r["disturbed"] = disturbed(r)
@@ -544,6 +598,11 @@ def main() -> None:
                         help="hnsw.scan_mem_multiplier (x work_mem) with those extra max_scan_tuples")
     parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine"
                         " before re-measuring disturbed configurations, per size")
+    parser.add_argument("--synthetic", choices=["recombined", "noise"], default="recombined",
+                        help="vectors beyond the real ones: real text recombined (default), or Gaussian noise"
+                             " around real vectors (the earlier recipe, locally 384-dimensional)")
+    parser.add_argument("--fidelity", type=int, default=500, metavar="N",
+                        help="embed N composed passages' texts to compare with their composed vectors (0: skip)")
     parser.add_argument("--skip-build", action="store_true", help="measure only indexes that exist")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md and plots from the JSON")
     args = parser.parse_args()
@@ -554,6 +613,15 @@ def main() -> None:
 
     real, real_label = real_vectors()
     queries = query_vectors(real_label, real)
+    if args.synthetic == "recombined":  # every piece of the collections is a real vector too
+        pieces = recombined.pieces(WORK)
+        real = np.concatenate([real, pieces.vectors])
+        if args.fidelity:
+            from embeddings.onnx import OnnxEmbedder
+
+            info["recombined_fidelity"] = recombined.fidelity(pieces, OnnxEmbedder(), args.fidelity)
+            print(f"composed vectors against the model's embedding of the same text: "
+                  f"{json.dumps(info['recombined_fidelity'])}", flush=True)
     print(f"{len(real)} {real_label} passage vectors, {len(queries)} queries", flush=True)
     builds = json.loads((WORK / "builds.json").read_text()) if (WORK / "builds.json").exists() else {}
     pg, url = start_server(args.shared_buffers)
