@@ -8,7 +8,8 @@ are built from real pieces of text instead:
   embedded with the real model (the ONNX export of all-MiniLM-L6-v2's weights, which gives
   torch's vectors). Cached under benchmarks/.data/vector_index/.
 - `compose()`: a synthetic passage is 2-4 pieces of one document, or of that document and
-  one of its 5 nearest documents (half of the passages), in document order. Its vector is
+  one of its 5 nearest documents (half of the draws), in document order; no two passages
+  have the same pieces. Its vector is
   the mean of the pieces' vectors weighted by their word-piece counts, renormalised: what
   a mean-pooling model gives for the concatenated text, up to the context between pieces.
 - `fidelity()`: embeds the concatenated texts of a sample of composed passages with the
@@ -21,6 +22,7 @@ into near-ties among noisy copies), the composed vectors lie where embeddings of
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -86,7 +88,7 @@ def pieces(work: Path, embedder: Any = None) -> Pieces:
     if cache.exists():
         saved = np.load(cache)
         if len(saved["vectors"]) == len(texts):
-            return Pieces(texts, saved["vectors"].astype(np.float32), tokens, np.array(doc))
+            return _first_of_each(texts, saved["vectors"].astype(np.float32), tokens, np.array(doc))
     if embedder is None:
         from embeddings.onnx import OnnxEmbedder
 
@@ -100,7 +102,16 @@ def pieces(work: Path, embedder: Any = None) -> Pieces:
         print(f"  embedded {done}/{len(texts)} pieces, {rate:.0f}/s, ETA {(len(texts) - done) / rate:.0f} s", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, vectors=vectors)
-    return Pieces(texts, vectors, tokens, np.array(doc))
+    return _first_of_each(texts, vectors, tokens, np.array(doc))
+
+
+def _first_of_each(texts: list[str], vectors: Vectors, tokens: np.ndarray[Any, Any], doc: np.ndarray[Any, Any]) -> Pieces:
+    """The pieces without repeats of a text (boilerplate sentences): one vector per text."""
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    keep = np.array(sorted(first.values()))
+    return Pieces([texts[i] for i in keep], vectors[keep], tokens[keep], doc[keep])
 
 
 def _tokenizer() -> Any:
@@ -137,27 +148,42 @@ def neighbours(p: Pieces, k: int = 5) -> np.ndarray[Any, Any]:
 
 
 def compose(p: Pieces, n: int, seed: int, *, with_texts: bool = False) -> tuple[Vectors, list[list[int]]]:
-    """`n` composed passages: their unit vectors and (when `with_texts`) their pieces' indexes."""
-    rng = np.random.default_rng(seed)
-    near = neighbours(p)
-    out = np.empty((n, p.vectors.shape[1]), dtype=np.float32)
-    chosen: list[list[int]] = []
-    weights = p.tokens.astype(np.float32)
+    """`n` composed passages, no two of the same pieces: their unit vectors and (when
+    `with_texts`) their pieces' indexes. A document is drawn in proportion to its pieces
+    (longer documents give more passages); one whose combinations are used up (one piece and
+    five neighbours give five) is passed over."""
+    rnd = random.Random(seed)
+    near = neighbours(p).tolist()
+    row_of = np.searchsorted(p.docs, p.doc).tolist()
+    spans = [(p.start[int(d)], p.count[int(d)]) for d in p.docs]
+    seen: set[tuple[int, ...]] = set()
+    chosen: list[tuple[int, ...]] = []
     for i in range(n):
-        while True:
-            row = int(rng.integers(len(p.docs)))
-            pool = list(p.of(int(p.docs[row])))
-            if rng.random() < 0.5:
-                pool += list(p.of(int(p.docs[near[row, rng.integers(near.shape[1])]])))
-            if len(pool) >= 2:
+        for _ in range(10_000):
+            row = row_of[rnd.randrange(len(row_of))]
+            start, count = spans[row]
+            pool = list(range(start, start + count))
+            if rnd.random() < 0.5:
+                start, count = spans[near[row][rnd.randrange(len(near[row]))]]
+                pool += range(start, start + count)
+            if len(pool) < 2:
+                continue
+            idx = tuple(sorted(rnd.sample(pool, rnd.randint(2, min(4, len(pool))))))
+            if idx not in seen:
                 break
-        size = int(rng.integers(2, min(4, len(pool)) + 1))
-        picked = sorted(rng.choice(len(pool), size, replace=False).tolist())
-        idx = [pool[j] for j in picked]
-        out[i] = _unit(weights[idx] @ p.vectors[idx])
-        if with_texts:
-            chosen.append(idx)
-    return out, chosen
+        else:
+            raise RuntimeError(f"no new combination of pieces after {i} passages")
+        seen.add(idx)
+        chosen.append(idx)
+    out = np.empty((n, p.vectors.shape[1]), dtype=np.float32)
+    weights = p.tokens.astype(np.float32)
+    for size in (2, 3, 4):  # the weighted means, by number of pieces, 100k passages at a time
+        rows = np.array([i for i, idx in enumerate(chosen) if len(idx) == size], dtype=np.int64)
+        for at in range(0, len(rows), 100_000):
+            part = rows[at:at + 100_000]
+            members = np.array([chosen[i] for i in part], dtype=np.int64)
+            out[part] = _unit(np.einsum("ns,nsd->nd", weights[members], p.vectors[members]))
+    return out, [list(idx) for idx in chosen] if with_texts else []
 
 
 def fidelity(p: Pieces, embedder: Any, n: int = 500, seed: int = 3) -> dict[str, float]:

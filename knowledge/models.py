@@ -24,14 +24,17 @@ __all__ = ["ModelInfo", "activate_model", "active_spec", "drop_model", "ef_searc
 
 # HNSW build settings for a model's index, and the search breadth by the model's number of
 # vectors (benchmarks/vector_index.py; benchmarks/results/README.md reads its results).
+# ef_construction 256 rather than pgvector's 64: at 1M, ef_search 200 then finds 0.985 of the
+# exact top-10 instead of 0.927, for a build 3.2x as long (1,364 s against 425 s on 2 cores).
 HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
-# (up to this many vectors, ef_search): recall@10 0.983 at 10k (real vectors), 0.991 at 100k,
-# 0.749 at 1M (synthetic, a pessimistic bound): p50 1.7 / 5.1 / 5.2 ms for the index alone.
-EF_SEARCH_BY_SIZE = ((20_000, 64), (300_000, 200), (None, 400))
+HNSW_EF_CONSTRUCTION = 256
+# (up to this many vectors, ef_search): recall@10 0.983 at 10k (real vectors, ef_construction
+# 64), 0.998 at 90k real vectors, 0.985 at 1M (real text recombined). At 100k ef_search 100
+# would do for a top-10 (0.99); 200 serves the hybrid search's semantic leg, a top-50.
+EF_SEARCH_BY_SIZE = ((20_000, 64), (300_000, 200), (None, 200))
 DEFAULT_EF_SEARCH = 100
 # A filter keeping under this share of the vectors is searched exactly (1% at 1M: recall 1.0 in
-# 27 ms, against 0.74 in 12-21 ms for an iterative HNSW scan), and always under 2,000 passages.
+# 29 ms, against 0.975-0.982 in 25-29 ms for an iterative HNSW scan), and always under 2,000 passages.
 EXACT_SCAN_SHARE = 0.02
 EXACT_SCAN_FLOOR = 2000
 MAX_HNSW_DIMS = 2000  # pgvector indexes vectors of up to 2,000 dimensions

@@ -393,7 +393,8 @@ CREATE OR REPLACE TRIGGER chunk_embeddings_check_dims BEFORE INSERT OR UPDATE OF
   ON chunk_embeddings FOR EACH ROW EXECUTE FUNCTION chunk_embeddings_check_dims();
 
 -- The HNSW index of one model's vectors: a partial index on an expression casting to the
--- model's dimension. Queries must use the same expression and predicate:
+-- model's dimension (m 16, ef_construction 256: benchmarks/results/README.md). Queries must
+-- use the same expression and predicate:
 --   WHERE model = $1 ORDER BY embedding::vector(<dims>) <=> $2
 CREATE OR REPLACE FUNCTION hq_embedding_index_name(p_model text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -403,7 +404,7 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION hq_ensure_embedding_index(p_model text, p_m integer DEFAULT 16,
-                                                     p_ef_construction integer DEFAULT 64)
+                                                     p_ef_construction integer DEFAULT 256)
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
