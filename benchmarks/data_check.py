@@ -2,12 +2,12 @@
 
     python benchmarks/data_check.py [--ef-search 10,20,40,64,100,200]
 
-Three collections of the same size (13,484 real SciFact passage vectors plus 77,389 more):
+Three collections of the same size (13,484 real SciFact passage vectors plus 76,956 more):
 
-- `real`: the 77,389 more are real too: every piece (sentence) of SciFact, NPL
+- `real`: the 76,956 more are real too: every piece (sentence) of SciFact, NPL
   and Cranfield documents embedded with the model (benchmarks/recombined.py);
-- `recombined`: 77,389 composed passages (2-4 of those pieces, vector = weighted mean);
-- `noise`: 77,389 vectors of Gaussian noise around the real passages (the earlier recipe).
+- `recombined`: 76,956 composed passages (2-4 of those pieces, vector = weighted mean);
+- `noise`: 76,956 vectors of Gaussian noise around the real passages (the earlier recipe).
 
 For each: the queries' neighbourhoods (cosine of the 1st/10th/100th nearest, local intrinsic
 dimensionality), and HNSW (m=16, ef_construction=64) recall@10 against exact search and p50 at

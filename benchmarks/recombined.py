@@ -15,6 +15,10 @@ are built from real pieces of text instead:
 - `fidelity()`: embeds the concatenated texts of a sample of composed passages with the
   real model and compares: how far the composed vectors are from real embeddings.
 
+A piece whose text repeats (boilerplate sentences) is kept once. Documents are drawn in
+proportion to their pieces, so the composed passages crowd around SciFact's long abstracts:
+benchmarks/data_check.py finds them a little harder for HNSW than real embeddings.
+
 Unlike Gaussian noise around real vectors (locally 384-dimensional: the exact top-10 turns
 into near-ties among noisy copies), the composed vectors lie where embeddings of real text lie.
 """

@@ -10,8 +10,8 @@ separate invocations if needed: rows merge into the JSON by configuration.
 
 Data: the 10k size is the first 10,000 real all-MiniLM-L6-v2 passage embeddings of SciFact
 (read from the latency benchmark's embedded database, else embedded here; cached as .npy in
-benchmarks/.data/vector_index/). Larger sizes take all 13,484 of them, then the 77,389 pieces
-(sentences) of the SciFact, NPL and Cranfield documents embedded with the model (90,873 real
+benchmarks/.data/vector_index/). Larger sizes take all 13,484 of them, then the 76,956 pieces
+(distinct sentences) of the SciFact, NPL and Cranfield documents embedded with the model (90,440 real
 vectors), then passages composed of 2-4 real pieces (benchmarks/recombined.py, `--synthetic
 recombined`, the default; benchmarks/data_check.py compares them with real vectors). `--synthetic
 noise` instead adds Gaussian noise around the 13,484 passage vectors (sigma 0.015..0.045,
