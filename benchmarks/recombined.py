@@ -70,9 +70,6 @@ class Pieces:
         self.count = dict(zip(doc[starts].tolist(), np.diff(np.r_[starts, len(doc)]).tolist(), strict=True))
         self.docs = np.array(sorted(self.start))
 
-    def of(self, d: int) -> range:
-        return range(self.start[d], self.start[d] + self.count[d])
-
 
 def pieces(work: Path, embedder: Any = None) -> Pieces:
     """The pieces of the collections and their vectors (embedded once, then read from `work`)."""
