@@ -137,6 +137,8 @@ def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
         for n, query in enumerate(queries):
             if n == 20:
                 thread.start()
+            if n == len(queries) - 20:  # the last 20 after the switch, however long it takes here
+                thread.join()
             started = time.monotonic()
             response = client.get("/search", params={"q": query, "limit": 5, "explain": "true"})
             assert response.status_code == 200, response.text
