@@ -64,8 +64,8 @@ def main() -> None:
             for kind, data in kinds.items():
                 tag = np.zeros(n, dtype=bool)
                 table = vi.ensure_table(conn, n, data, tag, f"data check {kind} {n}: seed 9", table=f"check_{kind}")
-                truth = vi.exact_top(data, queries)
-                around = vi.neighbourhood(data, queries)
+                scores, ids = vi.nearest(data, queries, 100)
+                truth, around = vi.id_sets(ids), vi.neighbourhood(scores)
                 name = f"{table}_hnsw_m16_ec64"
                 vi.build(conn, table, name, "hnsw", {"m": 16, "ef_construction": 64}, builds, build_args)
                 for ef in args.ef_search:

@@ -136,14 +136,14 @@ def _unit(v: np.ndarray[Any, Any]) -> Vectors:
     return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
 
 
-def dataset(real: Vectors, n: int, synthetic: str, seed: int = 7) -> tuple[Vectors, np.ndarray[Any, Any]]:
-    """`n` vectors (the real ones first, then synthetic ones: `recombined` real text, or `noise`
-    around real vectors) and the 1% tag mask."""
+def dataset(real: Vectors, n: int, pieces: recombined.Pieces | None, seed: int = 7) -> tuple[Vectors, np.ndarray[Any, Any]]:
+    """`n` vectors (the real ones first, then synthetic ones: passages composed of `pieces`,
+    or noise around real vectors without them) and the 1% tag mask."""
     out = np.empty((n, DIMS), dtype=np.float32)
     out[:min(n, len(real))] = real[:n]
     if n > len(real):
-        make = noise if synthetic == "noise" else lambda _, count, s: recombined.compose(recombined.pieces(WORK), count, s)[0]
-        out[len(real):] = make(real, n - len(real), seed)
+        extra = n - len(real)
+        out[len(real):] = noise(real, extra, seed) if pieces is None else recombined.compose(pieces, extra, seed)[0]
     tag = np.zeros(n, dtype=bool)
     tag[np.random.default_rng(11).choice(n, n // 100, replace=False)] = True
     return out, tag
@@ -162,36 +162,38 @@ def noise(real: Vectors, n: int, seed: int) -> Vectors:
     return out
 
 
-def neighbourhood(data: Vectors, queries: Vectors, k: int = 100) -> dict[str, float]:
-    """How the queries' neighbourhoods look: mean cosine of the 1st, 10th and 100th nearest
-    vector, and the median local intrinsic dimensionality (maximum-likelihood estimate over
-    the 20 nearest). Gaussian noise in 384 dimensions shows as a high LID and near-ties."""
-    top = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    for start in range(0, len(data), 200_000):
-        scores = queries @ data[start:start + 200_000].T
-        top = np.concatenate([top, -np.partition(-scores, k - 1, axis=1)[:, :k]], axis=1)
-        top = -np.partition(-top, k - 1, axis=1)[:, :k]
-    top = -np.sort(-top, axis=1)
-    dist = np.sqrt(np.maximum(2 - 2 * top[:, :20], 1e-12))
+def neighbourhood(scores: Vectors) -> dict[str, float]:
+    """How the queries' neighbourhoods look, from their 100 best cosines (best first): mean
+    cosine of the 1st, 10th and 100th nearest vector, and the median local intrinsic
+    dimensionality (maximum-likelihood estimate over the 20 nearest). Gaussian noise in 384
+    dimensions shows as a high LID and near-ties."""
+    dist = np.sqrt(np.maximum(2 - 2 * scores[:, :20], 1e-12))
     lid = -1 / np.mean(np.log(dist / dist[:, -1:]), axis=1)
-    return {"cos@1": round(float(top[:, 0].mean()), 3), "cos@10": round(float(top[:, 9].mean()), 3),
-            "cos@100": round(float(top[:, 99].mean()), 3), "lid@20": round(float(np.median(lid)), 1)}
+    return {"cos@1": round(float(scores[:, 0].mean()), 3), "cos@10": round(float(scores[:, 9].mean()), 3),
+            "cos@100": round(float(scores[:, 99].mean()), 3), "lid@20": round(float(np.median(lid)), 1)}
 
 
-def exact_top(data: Vectors, queries: Vectors, mask: np.ndarray[Any, Any] | None = None) -> list[set[int]]:
-    """Ids of the exact top-K by cosine (inner product of unit vectors), in 200k-row chunks."""
+def nearest(data: Vectors, queries: Vectors, k: int = K,
+            mask: np.ndarray[Any, Any] | None = None) -> tuple[Vectors, np.ndarray[Any, Any]]:
+    """Cosines and ids of the exact top-k by cosine (inner product of unit vectors), best
+    first, in 200k-row chunks."""
     ids = np.arange(len(data)) if mask is None else np.flatnonzero(mask)
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     for start in range(0, len(ids), 200_000):
         chunk = ids[start:start + 200_000]
         scores = queries @ data[chunk].T
-        top = np.argpartition(-scores, min(K, len(chunk)) - 1, axis=1)[:, :K]
+        top = np.argpartition(-scores, min(k, len(chunk)) - 1, axis=1)[:, :k]
         best_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
         best_i = np.concatenate([best_i, chunk[top]], axis=1)
-        keep = np.argsort(-best_s, axis=1)[:, :K]
+        keep = np.argsort(-best_s, axis=1)[:, :k]
         best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
-    return [set(map(int, row)) for row in best_i]
+    return best_s, best_i
+
+
+def id_sets(ids: np.ndarray[Any, Any]) -> list[set[int]]:
+    """Each query's first K ids, as a set (the ground truth of recall@K)."""
+    return [set(map(int, row[:K])) for row in ids]
 
 
 # -- the server and the tables ------------------------------------------------------------
@@ -354,12 +356,13 @@ def wait_quiet(limit_s: float) -> None:
 
 
 def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, queries: Vectors,
-             builds: dict[str, float], args: argparse.Namespace) -> list[Row]:
-    data, tag = dataset(real, n, args.synthetic)
-    kind = label if n <= len(real) else f"{label}+{'recombined' if args.synthetic == 'recombined' else 'synthetic-clustered'}"
+             pieces: recombined.Pieces | None, builds: dict[str, float], args: argparse.Namespace) -> list[Row]:
+    data, tag = dataset(real, n, pieces)
+    kind = label if n <= len(real) else f"{label}+{'synthetic-clustered' if pieces is None else 'recombined'}"
     table = ensure_table(conn, n, data, tag, f"{kind}: {len(real)} {label} vectors + seed 7")
-    truth = {False: exact_top(data, queries), True: exact_top(data, queries, tag)}
-    around = neighbourhood(data, queries)
+    scores, ids = nearest(data, queries, 100)
+    truth = {False: id_sets(ids), True: id_sets(nearest(data, queries, K, tag)[1])}
+    around = neighbourhood(scores)
     print(f"  data {kind}; the queries' neighbourhoods: {json.dumps(around)}", flush=True)
     del data
     specs = index_specs(n, args)
@@ -613,8 +616,8 @@ def main() -> None:
 
     real, real_label = real_vectors()
     queries = query_vectors(real_label, real)
-    if args.synthetic == "recombined":  # every piece of the collections is a real vector too
-        pieces = recombined.pieces(WORK)
+    pieces = recombined.pieces(WORK) if args.synthetic == "recombined" else None
+    if pieces is not None:  # every piece of the collections is a real vector too
         real = np.concatenate([real, pieces.vectors])
         if args.fidelity:
             from embeddings.onnx import OnnxEmbedder
@@ -639,7 +642,7 @@ def main() -> None:
                   f"maintenance_work_mem {args.maintenance_work_mem}, 2 parallel workers", flush=True)
             for n in args.sizes:
                 print(f"\n## {n} vectors", flush=True)
-                rows = run_size(conn, n, real, real_label, queries, builds, args)
+                rows = run_size(conn, n, real, real_label, queries, pieces, builds, args)
                 result = save(rows)
         print("\n" + markdown(result))
     finally:
