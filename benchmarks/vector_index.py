@@ -2,7 +2,8 @@
 
     python benchmarks/vector_index.py [--sizes 10000,100000,1000000] [--methods hnsw,ivfflat,diskann,exact]
         [--m 8,16,32] [--ef-construction 64] [--hnsw-1m 16:64,32:128] [--ef-search 40,64,100,200,400]
-        [--max-scan-tuples 100000 --scan-mem-multiplier 8] [--shared-buffers 6GB] [--skip-build]
+        [--types vector,halfvec] [--rounds 3] [--max-scan-tuples 100000 --scan-mem-multiplier 8]
+        [--shared-buffers 6GB] [--skip-build]
     python benchmarks/vector_index.py --report-only     # tables and plots again from the JSON
 
 A 1M HNSW build takes 6+ minutes on 2 cores (m=16, ef_construction 64); run the sizes in
@@ -24,10 +25,12 @@ Per size a table (id bigint, tag boolean, embedding vector(384)) lives in a sepa
 PostgreSQL (benchmarks/.data/vector_index/pg, started with shared_buffers 6GB so that a 1M index
 stays in it); tables and indexes are kept between runs. Indexes are built with
 maintenance_work_mem 4GB and 2 parallel maintenance workers. For
-HNSW (m x ef_construction; ef_search), IVFFlat (lists = rows/1000; probes), pgvectorscale's
+HNSW (m x ef_construction, on the vector column or, `--types halfvec`, on embedding::halfvec(384);
+ef_search), IVFFlat (lists = rows/1000; probes), pgvectorscale's
 StreamingDiskANN (query_search_list_size) and exact scan (no vector index) it measures build
 time, index size (pg_relation_size), latency p50/p99 of one query at a time from Python over
-the Unix socket (after a warm-up), recall@10 against exact top-10 (numpy), unfiltered and with
+the Unix socket (after a warm-up; unfiltered HNSW in `--rounds` rounds that each go through
+every ef_search, pooled), recall@10 against exact top-10 (numpy), unfiltered and with
 `WHERE tag` (1%) under hnsw.iterative_scan off / relaxed_order / strict_order, and how many of
 the 10 rows came back. Each measurement runs in a transaction that drops the table's other
 indexes (rolled back after), and EXPLAIN records the plan. CPU used by other processes and the
@@ -250,8 +253,10 @@ def index_specs(n: int, args: argparse.Namespace) -> list[tuple[str, str, dict[s
     specs: list[tuple[str, str, dict[str, Any]]] = []
     pairs = args.hnsw_1m if n >= 1_000_000 else [(m, ec) for ec in args.ef_construction for m in args.m]
     for method in args.methods:
-        if method == "hnsw":
-            specs += [(f"vec_{n}_hnsw_m{m}_ec{ec}", "hnsw", {"m": m, "ef_construction": ec}) for m, ec in pairs]
+        if method == "hnsw":  # a halfvec index is an expression index on embedding::halfvec(384)
+            specs += [(f"vec_{n}_hnsw_m{m}_ec{ec}" + ("_halfvec" if kind == "halfvec" else ""), "hnsw",
+                       {"m": m, "ef_construction": ec} | ({"type": kind} if kind == "halfvec" else {}))
+                      for kind in args.types for m, ec in pairs]
         elif method == "ivfflat":
             specs.append((f"vec_{n}_ivfflat", "ivfflat", {"lists": max(10, n // 1000)}))
         elif method == "diskann":
@@ -269,13 +274,14 @@ def build(conn: psycopg.Connection[Any], table: str, name: str, method: str, par
         return None
     if method == "diskann":
         conn.execute("CREATE EXTENSION IF NOT EXISTS vectorscale CASCADE")
-    ops = "vector_cosine_ops"
-    with_ = ", ".join(f"{k} = {v}" for k, v in params.items() if k != "storage_layout")
+    column, ops = ("embedding", "vector_cosine_ops") if params.get("type") != "halfvec" else \
+        (f"(embedding::halfvec({DIMS}))", "halfvec_cosine_ops")
+    with_ = ", ".join(f"{k} = {v}" for k, v in params.items() if k not in ("storage_layout", "type"))
     conn.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
     conn.execute("SET max_parallel_maintenance_workers = 2")
     print(f"building {name} ...", flush=True)
     started = time.perf_counter()
-    conn.execute(f"CREATE INDEX {name} ON {table} USING {method} (embedding {ops}) WITH ({with_})")
+    conn.execute(f"CREATE INDEX {name} ON {table} USING {method} ({column} {ops}) WITH ({with_})")
     builds[name] = time.perf_counter() - started
     print(f"  {name} built in {builds[name]:.0f} s", flush=True)
     save_builds(builds)
@@ -304,11 +310,19 @@ def own_seconds(pids: list[int]) -> float:
     return total
 
 
+def distance(params: dict[str, Any]) -> sql.Composable:
+    """The ORDER BY expression that the index of `params` serves."""
+    if params.get("type") == "halfvec":
+        return sql.SQL("embedding::halfvec({dims}) <=> %s::halfvec({dims})").format(dims=sql.Literal(DIMS))
+    return sql.SQL("embedding <=> %s")
+
+
 def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings: dict[str, str], queries: Vectors,
-            truth: list[set[int]], filtered: bool, expect: str) -> Row:
-    """Latency and recall of `queries` one at a time, with the indexes in `drop` hidden."""
-    query = sql.SQL("SELECT id FROM {} {} ORDER BY embedding <=> %s LIMIT 10").format(
-        sql.Identifier(table), sql.SQL("WHERE tag" if filtered else ""))
+            truth: list[set[int]], filtered: bool, expect: str, order: sql.Composable) -> Row:
+    """Latency and recall of `queries` one at a time, with the indexes in `drop` hidden;
+    "_latencies" holds each query's latency (for pooling rounds)."""
+    query = sql.SQL("SELECT id FROM {} {} ORDER BY {} LIMIT 10").format(
+        sql.Identifier(table), sql.SQL("WHERE tag" if filtered else ""), order)
     row: Row = {}
     pids = [os.getpid(), conn.info.backend_pid]
     with conn.transaction():
@@ -337,7 +351,21 @@ def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings
                   "p99_ms": round(float(np.percentile(latencies, 99)), 2),
                   "recall@10": round(float(np.mean(recalls)), 4), "returned_mean": round(float(np.mean(returned)), 2),
                   "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-                  "other_cpu_cores": round(max(0.0, others), 2)}
+                  "other_cpu_cores": round(max(0.0, others), 2), "_latencies": latencies}
+
+
+def pooled(rounds: list[Row]) -> Row:
+    """One row from several measurements of the same configuration: percentiles of all their
+    latencies together, each round's p50, the most any round was disturbed."""
+    latencies = [ms for r in rounds for ms in r["_latencies"]]
+    return rounds[0] | {
+        "queries": sum(r["queries"] for r in rounds), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "recall@10": round(float(np.mean([r["recall@10"] for r in rounds])), 4),
+        "returned_mean": round(float(np.mean([r["returned_mean"] for r in rounds])), 2),
+        "loadavg": [rounds[0]["loadavg"][0], rounds[-1]["loadavg"][1]],
+        "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds), "_latencies": latencies,
+    } | ({"round_p50_ms": [r["p50_ms"] for r in rounds]} if len(rounds) > 1 else {})
 
 
 def disturbed(row: Row) -> bool:
@@ -373,16 +401,21 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
     others = [r[0] for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass"
                                          " AND NOT indisprimary", [table])]
     rows: list[Row] = []
-    redo: list[tuple[int, tuple[Any, ...]]] = []
+    redo: list[tuple[int, tuple[Any, ...], int]] = []  # (row, measure() arguments, rounds)
 
-    def record(method: str, params: dict[str, Any], filtered: bool, iterative: str | None, keep: str | None,
-               settings: dict[str, str], nq: int | None = None) -> None:
+    def margs_of(params: dict[str, Any], filtered: bool, keep: str | None, settings: dict[str, str],
+                 nq: int | None = None) -> tuple[Any, ...]:
         drop = [i for i in others if i != keep and not (keep is None and i == f"{table}_tag")]
         expect = keep or (f"{table}_tag" if filtered else "Seq Scan")
-        margs = (conn, table, drop, settings, queries[:nq], truth[filtered][:nq], filtered, expect)
-        got = measure(*margs)
+        return conn, table, drop, settings, queries[:nq], truth[filtered][:nq], filtered, expect, distance(params)
+
+    def record(method: str, params: dict[str, Any], filtered: bool, iterative: str | None, keep: str | None,
+               settings: dict[str, str], nq: int | None = None, rounds: list[Row] | None = None) -> None:
+        margs = margs_of(params, filtered, keep, settings, nq)
+        got = pooled(rounds) if rounds else measure(*margs)
         if disturbed(got | {"method": method}):
-            redo.append((len(rows), margs))
+            redo.append((len(rows), margs, len(rounds or [None])))
+        del got["_latencies"]
         size = None if keep is None else conn.execute("SELECT pg_relation_size(%s)", [keep]).fetchone()[0]  # type: ignore[index]
         row = {"vectors": n, "data": kind, "neighbourhood": around, "method": method, "params": params, "filter": "1%" if filtered else None,
                "iterative_scan": iterative, "build_s": None if keep is None else round(builds.get(keep, float("nan")), 1),
@@ -398,9 +431,18 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         if info["pg_prewarm"]:
             conn.execute("SELECT pg_prewarm(%s)", [name])
         if method == "hnsw":
+            # Unfiltered latency drifts by a millisecond or more from one minute to the next on
+            # this kind of machine: each round measures every ef_search in turn, and a row
+            # pools its rounds, so that drift spreads over all settings alike.
+            rounds: dict[int, list[Row]] = {ef: [] for ef in args.ef_search}
+            for _ in range(args.rounds):
+                for ef in args.ef_search:
+                    rounds[ef].append(measure(*margs_of(params, False, name, {"hnsw.ef_search": str(ef),
+                                                                             "hnsw.iterative_scan": "off"})))
             for ef in args.ef_search:
                 p = params | {"ef_search": ef}
-                record(method, p, False, "off", name, {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "off"})
+                record(method, p, False, "off", name, {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "off"},
+                       rounds=rounds[ef])
                 for mode in ("off", "relaxed_order", "strict_order"):
                     record(method, p | {"max_scan_tuples": 20000}, True, mode, name,
                            {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": mode})
@@ -431,14 +473,15 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         if redo:
             print(f"  re-measuring {len(redo)} disturbed configurations", flush=True)
         again = []
-        for i, margs in redo:
+        for i, margs, n_rounds in redo:
             wait_quiet(min(60.0, waiting_until - time.monotonic()))
-            got = measure(*margs)
+            got = pooled([measure(*margs) for _ in range(n_rounds)])
+            del got["_latencies"]
             if got["other_cpu_cores"] < rows[i]["other_cpu_cores"]:
                 rows[i] |= got
             rows[i]["attempts"] = attempt + 2
             if disturbed(rows[i]):
-                again.append((i, margs))
+                again.append((i, margs, n_rounds))
         redo = again
     return rows
 
@@ -448,7 +491,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
 def label(row: Row) -> str:
     p = row["params"]
     if row["method"] == "hnsw":
-        return f"hnsw m={p['m']} ef_c={p['ef_construction']}"
+        return f"hnsw m={p['m']} ef_c={p['ef_construction']}" + (" halfvec" if p.get("type") == "halfvec" else "")
     return str(row["method"]) + (f" lists={p['lists']}" if "lists" in p else "")
 
 
@@ -493,12 +536,13 @@ def markdown(result: dict[str, Any]) -> str:
             a = r["neighbourhood"]
             lines.append(f"| {r['vectors']} | {r['data']} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} |")
     for title, filtered in (("Unfiltered top-10", False), ("Filtered top-10 (`WHERE tag`, 1% of rows)", True)):
-        lines += ["", f"### {title}", "", ("| vectors | data | index | query setting | iterative scan | p50 ms | p99 ms |"
+        lines += ["", f"### {title}", "", ("| vectors | data | index | query setting | iterative scan | p50 ms (rounds' p50) | p99 ms |"
                                            " recall@10 | rows returned | plan uses index | others' CPU | load 1m |"),
                   "|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
         for r in rows:
             if (r["filter"] is not None) == filtered:
-                lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}"
+                spread = (f" ({min(r['round_p50_ms'])}-{max(r['round_p50_ms'])})" if "round_p50_ms" in r else "")
+                lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}{spread}"
                              f" | {r['p99_ms']} | {r['recall@10']} | {r['returned_mean']} | {r['plan_ok']}"
                              f" | {r['other_cpu_cores']} | {r['loadavg'][0]}→{r['loadavg'][1]} |")
     return "\n".join(lines) + "\n"
@@ -592,6 +636,9 @@ def main() -> None:
     parser.add_argument("--hnsw-1m", default=[(16, 64)], help="HNSW m:ef_construction pairs at >= 1M",
                         type=lambda s: [tuple(map(int, pair.split(":"))) for pair in s.split(",")])
     parser.add_argument("--ef-search", type=ints, default=[40, 64, 100, 200, 400])
+    parser.add_argument("--types", type=lambda s: s.split(","), default=["vector"],
+                        help="what HNSW indexes: vector (the column), halfvec (an index on embedding::halfvec(384))")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the unfiltered HNSW measurements (pooled)")
     parser.add_argument("--exact-queries", type=int, default=20, help="queries for exact scan at >= 1M")
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--shared-buffers", default="6GB")
