@@ -299,6 +299,11 @@ def busy_seconds() -> float:
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0))
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests (0 on bare metal)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 def own_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -337,6 +342,7 @@ def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings
             for q in queries:  # warm-up: every query once
                 cur.execute(query, [q], prepare=False).fetchall()
             load_before, busy0, own0, wall0 = os.getloadavg(), busy_seconds(), own_seconds(pids), time.perf_counter()
+            steal0 = steal_seconds()
             latencies, recalls, returned = [], [], []
             for q, want in zip(queries, truth, strict=True):
                 started = time.perf_counter()
@@ -346,12 +352,14 @@ def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings
                 returned.append(len(got))
             wall = time.perf_counter() - wall0
             others = (busy_seconds() - busy0 - (own_seconds(pids) - own0)) / wall
+            steal = (steal_seconds() - steal0) / wall
         raise psycopg.Rollback()
     return row | {"queries": len(queries), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
                   "p99_ms": round(float(np.percentile(latencies, 99)), 2),
                   "recall@10": round(float(np.mean(recalls)), 4), "returned_mean": round(float(np.mean(returned)), 2),
                   "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-                  "other_cpu_cores": round(max(0.0, others), 2), "_latencies": latencies}
+                  "other_cpu_cores": round(max(0.0, others), 2), "steal_cores": round(steal, 3),
+                  "_latencies": latencies}
 
 
 def pooled(rounds: list[Row]) -> Row:
@@ -364,7 +372,8 @@ def pooled(rounds: list[Row]) -> Row:
         "recall@10": round(float(np.mean([r["recall@10"] for r in rounds])), 4),
         "returned_mean": round(float(np.mean([r["returned_mean"] for r in rounds])), 2),
         "loadavg": [rounds[0]["loadavg"][0], rounds[-1]["loadavg"][1]],
-        "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds), "_latencies": latencies,
+        "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds),
+        "steal_cores": max(r.get("steal_cores", 0.0) for r in rounds), "_latencies": latencies,
     } | ({"round_p50_ms": [r["p50_ms"] for r in rounds]} if len(rounds) > 1 else {})
 
 
@@ -423,7 +432,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         rows.append(row)
         print(f"  {n:>8} {method:8} {json.dumps(params):62} {row['filter'] or '-':3} {iterative or '-':13}"
               f" p50 {row['p50_ms']:8.2f}  p99 {row['p99_ms']:8.2f}  recall {row['recall@10']:.3f}"
-              f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}", flush=True)
+              f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}  steal {row['steal_cores']}", flush=True)
 
     for name, method, params in specs:
         if name not in present:

@@ -15,9 +15,11 @@ from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
 from knowledge import models
 from knowledge.api import create_app
+from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.migrations import migrate
-from knowledge.query_models import forget_setup
+from knowledge.query_models import forget_setup, search_active
+from knowledge.search import SearchQuery
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -138,6 +140,27 @@ def test_one_percent_filter_returns_the_full_limit(
             assert len(body["hits"]) == 10, (mode, body)
             assert all(h["tags"] == ["rare"] for h in body["hits"])
             assert ("selective filter: exact vector scan" in body["notes"]) == (exact_below > 0)
+
+
+def test_semantic_leg_is_read_from_the_models_hnsw_index(conn: Conn, db_url: str) -> None:
+    """The semantic leg orders by the expression of the model's HNSW index (011), so the index
+    can serve it: with every other plan disabled, a search scans that index."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO documents (title, content_text) VALUES (%s, %s)",
+                        [(f"Note {i}", f"Operations note {i}: carrier {i % 37} ships on weekday {i % 5}.")
+                         for i in range(300)])
+    index_with_fake(conn, db_url)
+    name = conn.execute("SELECT hq_embedding_index_name('fake-hash-384') AS n").fetchone()["n"]  # type: ignore[index]
+    with psycopg.connect(db_url, autocommit=True) as search_conn:
+        configure_for_search(search_conn)
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):  # the index whenever it can serve
+            search_conn.execute(f"SET {setting} = off")
+        with search_conn.transaction():
+            result = search_active(search_conn, SearchQuery("Operations note 123: carrier 12 ships on weekday 3.",
+                                                            mode="semantic", limit=3))
+            scans = search_conn.execute("SELECT pg_stat_get_xact_numscans(to_regclass(%s))", [name]).fetchone()
+    assert scans is not None and scans[0] >= 1
+    assert result.hits[0].title == "Note 123"
 
 
 BAD = [
