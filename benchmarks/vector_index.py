@@ -637,6 +637,17 @@ def main() -> None:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
 
+    def types(text: str) -> list[str]:
+        kinds = [x for x in text.split(",") if x]
+        if not kinds or set(kinds) - {"vector", "halfvec"}:
+            raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of vector, halfvec")
+        return kinds
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
+        return int(text)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=ints, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--methods", type=lambda s: s.split(","), default=["hnsw", "ivfflat", "diskann", "exact"])
@@ -645,9 +656,9 @@ def main() -> None:
     parser.add_argument("--hnsw-1m", default=[(16, 64)], help="HNSW m:ef_construction pairs at >= 1M",
                         type=lambda s: [tuple(map(int, pair.split(":"))) for pair in s.split(",")])
     parser.add_argument("--ef-search", type=ints, default=[40, 64, 100, 200, 400])
-    parser.add_argument("--types", type=lambda s: s.split(","), default=["vector"],
+    parser.add_argument("--types", type=types, default=["vector"],
                         help="what HNSW indexes: vector (the column), halfvec (an index on embedding::halfvec(384))")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the unfiltered HNSW measurements (pooled)")
+    parser.add_argument("--rounds", type=positive, default=3, help="rounds of the unfiltered HNSW measurements (pooled)")
     parser.add_argument("--exact-queries", type=int, default=20, help="queries for exact scan at >= 1M")
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--shared-buffers", default="6GB")
