@@ -69,9 +69,8 @@ def main() -> None:
                 name = f"{table}_hnsw_m16_ec64"
                 vi.build(conn, table, name, "hnsw", {"m": 16, "ef_construction": 64}, builds, build_args)
                 for ef in args.ef_search:
-                    got = vi.measure(conn, table, [f"{table}_tag"], {"hnsw.ef_search": str(ef)}, queries, truth,
-                                     False, name, vi.distance({}))
-                    del got["_latencies"]
+                    got, _ = vi.measure(conn, table, [f"{table}_tag"], {"hnsw.ef_search": str(ef)}, queries, truth,
+                                        False, name, vi.distance({}))
                     rows.append({"data": kind, "vectors": n, "neighbourhood": around, "ef_search": ef,
                                  "build_s": round(builds.get(name, float("nan")), 1)} | got)
                     print(f"  {kind:10} ef_search {ef:4}  recall@10 {got['recall@10']:.4f}  p50 {got['p50_ms']:6.2f} ms"

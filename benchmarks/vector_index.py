@@ -274,8 +274,7 @@ def build(conn: psycopg.Connection[Any], table: str, name: str, method: str, par
         return None
     if method == "diskann":
         conn.execute("CREATE EXTENSION IF NOT EXISTS vectorscale CASCADE")
-    column, ops = ("embedding", "vector_cosine_ops") if params.get("type") != "halfvec" else \
-        (f"(embedding::halfvec({DIMS}))", "halfvec_cosine_ops")
+    column, ops, _ = indexed(params)
     with_ = ", ".join(f"{k} = {v}" for k, v in params.items() if k not in ("storage_layout", "type"))
     conn.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
     conn.execute("SET max_parallel_maintenance_workers = 2")
@@ -315,17 +314,24 @@ def own_seconds(pids: list[int]) -> float:
     return total
 
 
-def distance(params: dict[str, Any]) -> sql.Composable:
-    """The ORDER BY expression that the index of `params` serves."""
+def indexed(params: dict[str, Any]) -> tuple[str, str, str]:
+    """The indexed expression, operator class and query placeholder of a vector index with
+    `params`: the column, or (`type` halfvec) the column cast to halfvec."""
     if params.get("type") == "halfvec":
-        return sql.SQL("embedding::halfvec({dims}) <=> %s::halfvec({dims})").format(dims=sql.Literal(DIMS))
-    return sql.SQL("embedding <=> %s")
+        return f"(embedding::halfvec({DIMS}))", "halfvec_cosine_ops", f"%s::halfvec({DIMS})"
+    return "embedding", "vector_cosine_ops", "%s"
+
+
+def distance(params: dict[str, Any]) -> sql.Composable:
+    """The ORDER BY expression that the index of `params` serves (its own expression)."""
+    column, _, placeholder = indexed(params)
+    return sql.SQL(f"{column} <=> {placeholder}")
 
 
 def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings: dict[str, str], queries: Vectors,
-            truth: list[set[int]], filtered: bool, expect: str, order: sql.Composable) -> Row:
-    """Latency and recall of `queries` one at a time, with the indexes in `drop` hidden;
-    "_latencies" holds each query's latency (for pooling rounds)."""
+            truth: list[set[int]], filtered: bool, expect: str, order: sql.Composable) -> tuple[Row, list[float]]:
+    """Latency and recall of `queries` one at a time, with the indexes in `drop` hidden; and
+    each query's latency (for pooling rounds)."""
     query = sql.SQL("SELECT id FROM {} {} ORDER BY {} LIMIT 10").format(
         sql.Identifier(table), sql.SQL("WHERE tag" if filtered else ""), order)
     row: Row = {}
@@ -358,14 +364,14 @@ def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings
                   "p99_ms": round(float(np.percentile(latencies, 99)), 2),
                   "recall@10": round(float(np.mean(recalls)), 4), "returned_mean": round(float(np.mean(returned)), 2),
                   "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-                  "other_cpu_cores": round(max(0.0, others), 2), "steal_cores": round(steal, 3),
-                  "_latencies": latencies}
+                  "other_cpu_cores": round(max(0.0, others), 2), "steal_cores": round(steal, 3)}, latencies
 
 
-def pooled(rounds: list[Row]) -> Row:
-    """One row from several measurements of the same configuration: percentiles of all their
-    latencies together, each round's p50, the most any round was disturbed."""
-    latencies = [ms for r in rounds for ms in r["_latencies"]]
+def pooled(measured: list[tuple[Row, list[float]]]) -> Row:
+    """One row from one or more measurements of the same configuration: percentiles of all
+    their latencies together, each round's p50 (when several), the most any was disturbed."""
+    rounds = [row for row, _ in measured]
+    latencies = [ms for _, times in measured for ms in times]
     return rounds[0] | {
         "queries": sum(r["queries"] for r in rounds), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
@@ -373,7 +379,7 @@ def pooled(rounds: list[Row]) -> Row:
         "returned_mean": round(float(np.mean([r["returned_mean"] for r in rounds])), 2),
         "loadavg": [rounds[0]["loadavg"][0], rounds[-1]["loadavg"][1]],
         "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds),
-        "steal_cores": max(r.get("steal_cores", 0.0) for r in rounds), "_latencies": latencies,
+        "steal_cores": max(r.get("steal_cores", 0.0) for r in rounds),
     } | ({"round_p50_ms": [r["p50_ms"] for r in rounds]} if len(rounds) > 1 else {})
 
 
@@ -419,12 +425,13 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         return conn, table, drop, settings, queries[:nq], truth[filtered][:nq], filtered, expect, distance(params)
 
     def record(method: str, params: dict[str, Any], filtered: bool, iterative: str | None, keep: str | None,
-               settings: dict[str, str], nq: int | None = None, rounds: list[Row] | None = None) -> None:
+               settings: dict[str, str], nq: int | None = None,
+               rounds: list[tuple[Row, list[float]]] | None = None) -> None:
         margs = margs_of(params, filtered, keep, settings, nq)
-        got = pooled(rounds) if rounds else measure(*margs)
+        rounds = rounds or [measure(*margs)]
+        got = pooled(rounds)
         if disturbed(got | {"method": method}):
-            redo.append((len(rows), margs, len(rounds or [None])))
-        del got["_latencies"]
+            redo.append((len(rows), margs, len(rounds)))
         size = None if keep is None else conn.execute("SELECT pg_relation_size(%s)", [keep]).fetchone()[0]  # type: ignore[index]
         row = {"vectors": n, "data": kind, "neighbourhood": around, "method": method, "params": params, "filter": "1%" if filtered else None,
                "iterative_scan": iterative, "build_s": None if keep is None else round(builds.get(keep, float("nan")), 1),
@@ -443,7 +450,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
             # Unfiltered latency drifts by a millisecond or more from one minute to the next on
             # this kind of machine: each round measures every ef_search in turn, and a row
             # pools its rounds, so that drift spreads over all settings alike.
-            rounds: dict[int, list[Row]] = {ef: [] for ef in args.ef_search}
+            rounds: dict[int, list[tuple[Row, list[float]]]] = {ef: [] for ef in args.ef_search}
             for _ in range(args.rounds):
                 for ef in args.ef_search:
                     rounds[ef].append(measure(*margs_of(params, False, name, {"hnsw.ef_search": str(ef),
@@ -485,7 +492,6 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         for i, margs, n_rounds in redo:
             wait_quiet(min(60.0, waiting_until - time.monotonic()))
             got = pooled([measure(*margs) for _ in range(n_rounds)])
-            del got["_latencies"]
             if got["other_cpu_cores"] < rows[i]["other_cpu_cores"]:
                 rows[i] |= got
             rows[i]["attempts"] = attempt + 2
