@@ -59,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--kind", choices=("document", "asset"))
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
+        dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    create = keys.add_parser("create", help="create a key and print it (once: only its hash is stored)")
+    create.add_argument("--scope", required=True, choices=("read", "write", "admin"),
+                        help="read: search and read; write: also create and update; "
+                             "admin: also archive, delete, re-embed, switch models and manage keys")
+    create.add_argument("--agent", metavar="SLUG", help="bind the key to this agent: its caller is that agent")
+    create.add_argument("--name", help="a name to recognise the key by")
+    create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
+    listing = keys.add_parser("list", help="list the keys (never the keys themselves)")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key", metavar="ID|NAME|PREFIX", help="the key's id, name or prefix (as `keys list` shows)")
+
     from .reembed_cli import add_parser as add_reembed
 
     add_reembed(commands)
@@ -108,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _search(args, settings)
         if args.command == "boot":
             return _boot(args, settings)
+        if args.command == "keys":
+            return _keys(args, settings)
         return _db(args, settings)
     except KnowledgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -177,6 +193,42 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{n:>3}. {bold}{hit.title}{plain}  [{hit.kind}] {hit.folder_path}  score {hit.score:.4f}")
         snippet = re.sub(r"\s+", " ", hit.snippet).replace("<mark>", bold).replace("</mark>", plain)
         print(f"     {html.unescape(snippet)[:300]}")
+    return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from .db import connect, database
+    from .keys import create_key, list_keys, revoke_key
+    from .migrations import migrate
+
+    with database(settings) as url, connect(url, autocommit=True) as conn:
+        migrate(conn)
+        if args.keys_command == "create":
+            created = create_key(conn, scope=args.scope, name=args.name, agent=args.agent)
+            key = created.key
+            if args.json:
+                print(json.dumps({"key": created.secret, "id": str(key.id), "name": key.name,
+                                  "scope": key.scope, "agent": key.agent_slug}))
+            else:
+                print(created.secret)
+                bound = f", agent {key.agent_slug}" if key.agent_slug else ""
+                print(f"created key {key.name!r} ({key.id}, scope {key.scope}{bound}); it is shown "
+                      "only now: keep it, then send it as `Authorization: Bearer <key>`", file=sys.stderr)
+            return 0
+        if args.keys_command == "revoke":
+            key = revoke_key(conn, args.key)
+            print(f"revoked key {key.name!r} ({key.id}, {key.prefix}...)")
+            return 0
+        keys = list_keys(conn, include_revoked=args.all)
+    if not keys:
+        print("no API keys: create one with `hq-knowledge keys create --scope read|write|admin`")
+        return 0
+    print(f"{'id':<36}  {'name':<24} {'prefix':<13} {'scope':<6} {'agent':<16} {'last used':<17} revoked")
+    for k in keys:
+        used = k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never"
+        revoked = k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else ""
+        print(f"{k.id}  {k.name[:24]:<24} {k.prefix:<13} {k.scope:<6} {(k.agent_slug or '-'):<16} "
+              f"{used:<17} {revoked}")
     return 0
 
 

@@ -24,11 +24,13 @@ import httpx
 from .errors import (
     Conflict,
     DatabaseUnavailable,
+    Forbidden,
     InvalidInput,
     KnowledgeError,
     NotFound,
     ServiceUnavailable,
     TooLarge,
+    Unauthorized,
 )
 
 __all__ = ["AsyncKnowledgeClient", "BootContext", "DocumentText", "KnowledgeClient", "Overview",
@@ -149,7 +151,8 @@ class _Call(Generic[T]):
 
 
 _ERRORS: dict[int, type[KnowledgeError]] = {
-    400: InvalidInput, 404: NotFound, 409: Conflict, 413: TooLarge, 422: InvalidInput, 503: DatabaseUnavailable}
+    400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: TooLarge,
+    422: InvalidInput, 503: DatabaseUnavailable}
 
 
 def _message(response: httpx.Response, rename: Mapping[str, str]) -> str:
@@ -193,8 +196,11 @@ def _finish(call: _Call[T], response: httpx.Response) -> T:
                              f"({type(e).__name__}: {e})") from e
 
 
-def _headers(call: _Call[Any], agent: str | None) -> dict[str, str]:
-    return {**call.headers, AGENT_HEADER: agent} if agent else call.headers
+def _headers(call: _Call[Any], agent: str | None, key: str | None) -> dict[str, str]:
+    headers = {**call.headers, AGENT_HEADER: agent} if agent else dict(call.headers)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 def _id(value: UUID) -> UUID:
@@ -239,18 +245,21 @@ def _parse_document(response: httpx.Response) -> DocumentText:
                         section=d["section"], sections=list(d["sections"]))
 
 
-def _boot_call(agent_slug: str | None, max_tokens: int | None, known_version: str | None) -> _Call[BootContext]:
-    if not agent_slug:
-        raise InvalidInput("agent_slug: give the agent's slug, or make the client with agent=<slug>")
+def _boot_call(agent_slug: str | None, max_tokens: int | None, known_version: str | None,
+               key: str | None = None) -> _Call[BootContext]:
+    if not agent_slug and not key:
+        raise InvalidInput("agent_slug: give the agent's slug, or make the client with agent=<slug> "
+                           "or with the key of an agent")
     headers = {"Accept": "text/markdown"}
     known = known_version.strip().strip('"') if known_version else None
     if known:
         headers["If-None-Match"] = f'"{known}"'
 
     def parse(response: httpx.Response) -> BootContext:
-        return _parse_boot(response, agent_slug, known)
+        return _parse_boot(response, agent_slug or response.headers.get(AGENT_HEADER, ""), known)
 
-    return _Call("GET", f"/boot/{quote(agent_slug, safe='')}", parse, params=_optional(max_tokens=max_tokens),
+    path = f"/boot/{quote(agent_slug, safe='')}" if agent_slug else "/boot"  # /boot: the key's agent
+    return _Call("GET", path, parse, params=_optional(max_tokens=max_tokens),
                  headers=headers, accept=frozenset({304}))
 
 
@@ -295,13 +304,17 @@ def _parse_saved(response: httpx.Response) -> SavedDocument:
 
 class KnowledgeClient:
     """The synchronous client. `agent` is sent as the X-HQ-Agent header on every request (what
-    the client saves is recorded as written by that agent) and is boot()'s default slug.
+    the client saves is recorded as written by that agent) and is boot()'s default slug; `key`
+    (an API key, `hq-knowledge keys create`) is sent as `Authorization: Bearer <key>`, and a
+    key bound to an agent makes that agent the writer and boot()'s default.
     `http`: send through this httpx.Client instead (its base URL and timeout apply, and the
     caller closes it); `transport` is handed to the httpx.Client made otherwise."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None, http: httpx.Client | None = None) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, key: str | None = None,
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+                 http: httpx.Client | None = None) -> None:
         self.agent = agent
+        self.key = key
         self._owned = http is None
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
 
@@ -320,7 +333,7 @@ class KnowledgeClient:
     def _run(self, call: _Call[T]) -> T:
         try:
             response = self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                          headers=_headers(call, self.agent))
+                                          headers=_headers(call, self.agent, self.key))
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
         return _finish(call, response)
@@ -340,7 +353,7 @@ class KnowledgeClient:
              known_version: str | None = None) -> BootContext:
         """The boot bundle of `agent_slug` (default: the client's agent) as markdown. With the
         `version` of an earlier answer as `known_version`, `unchanged` while it still holds."""
-        return self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version))
+        return self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version, self.key))
 
     def overview(self, *, folder: str | None = None, tag: str | None = None) -> Overview:
         """Document count, folders, tags and recent documents under the folder path `folder`."""
@@ -361,9 +374,11 @@ class AsyncKnowledgeClient:
     """KnowledgeClient's async twin: the same methods, awaited. `http`: an httpx.AsyncClient
     to send through (the caller closes it)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, key: str | None = None,
+                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.agent = agent
+        self.key = key
         self._owned = http is None
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
 
@@ -382,7 +397,7 @@ class AsyncKnowledgeClient:
     async def _run(self, call: _Call[T]) -> T:
         try:
             response = await self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                                headers=_headers(call, self.agent))
+                                                headers=_headers(call, self.agent, self.key))
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
         return _finish(call, response)
@@ -398,7 +413,7 @@ class AsyncKnowledgeClient:
 
     async def boot(self, agent_slug: str | None = None, *, max_tokens: int | None = None,
                    known_version: str | None = None) -> BootContext:
-        return await self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version))
+        return await self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version, self.key))
 
     async def overview(self, *, folder: str | None = None, tag: str | None = None) -> Overview:
         return await self._run(_overview_call(folder, tag))

@@ -37,6 +37,12 @@ class Settings:
     # None: the worker embeds with the active model and follows a model switch; a name
     # ('fake', 'all-MiniLM-L6-v2') pins it to that model (HQ_EMBEDDER, for tests and demos).
     embedder: str | None = None
+    # Who the API answers (knowledge.api.security.AccessPolicy): Host names besides the bound
+    # loopback address (a proxy's), origins besides its own that may change state, and
+    # whether a loopback service also wants a key on every request.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    require_keys: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -50,7 +56,26 @@ class Settings:
             host=env.get("HQ_HOST", "").strip() or "127.0.0.1",
             port=_port(port) if port else 8765,
             embedder=env.get("HQ_EMBEDDER", "").strip() or None,
+            allowed_hosts=_words(env.get("HQ_ALLOWED_HOSTS", "")),
+            allowed_origins=_words(env.get("HQ_ALLOWED_ORIGINS", "")),
+            require_keys=_flag("HQ_REQUIRE_KEYS", env.get("HQ_REQUIRE_KEYS", "")),
         )
+
+
+def _words(value: str) -> tuple[str, ...]:
+    """A list setting: values separated by commas and/or white space."""
+    return tuple(w for w in value.replace(",", " ").split() if w)
+
+
+def _flag(name: str, value: str) -> bool:
+    from .errors import InvalidInput
+
+    word = value.strip().lower()
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    if word in ("1", "true", "yes", "on"):
+        return True
+    raise InvalidInput(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
 def _port(value: str) -> int:

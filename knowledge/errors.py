@@ -5,12 +5,15 @@ from __future__ import annotations
 __all__ = [
     "Conflict",
     "DatabaseUnavailable",
+    "Forbidden",
     "InvalidInput",
     "KnowledgeError",
     "MigrationError",
     "NotFound",
+    "PreconditionFailed",
     "ServiceUnavailable",
     "TooLarge",
+    "Unauthorized",
 ]
 
 
@@ -34,6 +37,26 @@ class Conflict(KnowledgeError):
 
 class InvalidInput(KnowledgeError):
     status = 422
+
+
+class Unauthorized(KnowledgeError):
+    """No key where one is needed, or a key that is unknown or revoked."""
+
+    status = 401
+
+
+class Forbidden(KnowledgeError):
+    """The caller may not do this: a key without the scope it needs, or a request from a
+    host or origin the service does not answer (DNS rebinding, cross-site requests)."""
+
+    status = 403
+
+
+class PreconditionFailed(KnowledgeError):
+    """The item changed since the version the caller names (an If-Match that no longer holds):
+    nothing was written; the caller must read the item again and reapply its change."""
+
+    status = 412
 
 
 class TooLarge(KnowledgeError):

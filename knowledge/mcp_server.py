@@ -44,6 +44,7 @@ from .boot import (
 )
 from .db import pooled_connection
 from .errors import KnowledgeError
+from .keys import Caller, allows, caller_of
 from .query_models import search_active
 from .search import MAX_LIMIT, SearchQuery
 
@@ -107,6 +108,23 @@ def _shorten(text: str, limit: int) -> str:
     return cut + "…"
 
 
+def _caller(ctx: Context[Any, Any] | None) -> Caller | None:
+    """The caller the API's Gate found for this HTTP request; None over stdio (the local
+    user, who owns the data directory anyway)."""
+    try:
+        request = ctx.request_context.request if ctx is not None else None
+    except ValueError:  # no request context: called outside a session
+        return None
+    return caller_of(request) if request is not None else None
+
+
+def _need_write(tool: str, ctx: Context[Any, Any] | None) -> None:
+    caller = _caller(ctx)
+    if caller is not None and not allows(caller.scope, "write"):
+        raise ToolError(f"{tool} needs a key with the write scope; {caller.describe()} may search and "
+                        "read only")
+
+
 def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
@@ -128,7 +146,11 @@ class _Tools:
             raise ToolError(e.message) from e
 
     def agent(self, ctx: Context[Any, Any] | None) -> str | None:
-        """The agent this session is bound to: the X-HQ-Agent header, else the server's."""
+        """The agent this session is bound to: the agent of the request's API key, else the
+        X-HQ-Agent header, else the server's. A key's agent cannot be overridden."""
+        caller = _caller(ctx)
+        if caller is not None and caller.agent:
+            return caller.agent
         try:
             headers = ctx.headers if ctx is not None else None
         except ValueError:  # no request context: called outside a session
@@ -251,6 +273,7 @@ class _Tools:
 
     def save(self, title: str, markdown: str, folder: str | None, tags: list[str] | None,
              ctx: Context[Any, Any] | None) -> CallToolResult:
+        _need_write("save_document", ctx)
         with self.connection() as conn:
             doc = save_markdown_document(conn, title=title, markdown=markdown, folder=folder, tags=tags or (),
                                          agent=self.agent(ctx))
@@ -260,6 +283,7 @@ class _Tools:
 
     def update(self, id: str, markdown: str | None, title: str | None, tags: list[str] | None,
                ctx: Context[Any, Any] | None) -> CallToolResult:
+        _need_write("update_document", ctx)
         doc_id = _uuid("id", id)
         with self.connection() as conn:
             try:

@@ -30,7 +30,7 @@ TABLES = (
     "assets", "asset_folders", "documents", "document_folders", "draft_sets",
     "embedding_models", "knowledge_chunks", "chunk_embeddings", "reembed_jobs", "reembed_items",
     "audit_log", "notifications", "agent_inbox_items", "automation_rules",
-    "agent_commands", "agent_usage", "agent_budgets",
+    "agent_commands", "agent_usage", "agent_budgets", "api_keys",
 )
 FUNCTIONS = (
     "set_updated_at", "create_gateway_token", "consume_gateway_token", "agent_reports_chain",

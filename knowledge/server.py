@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import Settings
 from .db import connect, database, describe_url, open_search_pool
+from .errors import KnowledgeError
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
@@ -45,27 +46,49 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     import uvicorn
 
     from .api import create_app
+    from .api.security import MAX_HEADER_BYTES, AccessPolicy
 
     _logging()
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
     # handler found at start: make that handler an exit that unwinds through `database()`,
     # so the embedded server is released instead of orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    address, port = host or settings.host, port or settings.port
+    access = AccessPolicy.for_bind(address, port, require_keys=settings.require_keys,
+                                   allowed_hosts=settings.allowed_hosts,
+                                   allowed_origins=settings.allowed_origins)
     with database(settings) as url:
         _prepare(url, sample=sample)
+        _check_keys(url, address, access)
         _warm_query_embedder(url)
         stop = threading.Event()
         thread = _start_worker(url, settings, stop) if worker else None
         try:
-            address = host or settings.host
-            config = uvicorn.Config(create_app(url, mcp_read_only=mcp_read_only, host=address), host=address,
-                                    port=port or settings.port, log_level="info")
+            app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access)
+            config = uvicorn.Config(app, host=address, port=port, log_level="info",
+                                    h11_max_incomplete_event_size=MAX_HEADER_BYTES)
             uvicorn.Server(config).run()
         finally:
             stop.set()
             if thread is not None:
                 thread.join(timeout=120)
     return 0
+
+
+def _check_keys(url: str, address: str, access: Any) -> None:
+    """Refuse to serve where every request needs a key and no key exists."""
+    from .api.security import is_loopback
+    from .keys import active_key_count
+
+    if not access.require_keys:
+        return
+    with connect(url) as conn:
+        if active_key_count(conn):
+            return
+    why = ("HQ_REQUIRE_KEYS is set" if is_loopback(address)
+           else f"{address} is not a loopback address, so every request needs an API key,")
+    raise KnowledgeError(f"refusing to listen on {address}: {why} and no key exists; create one with "
+                         "`hq-knowledge keys create --scope admin` (or listen on 127.0.0.1)")
 
 
 def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = None) -> int:

@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from knowledge.api import create_app
+from knowledge.api import AccessPolicy, create_app
 
 
 def free_port() -> int:
@@ -29,11 +29,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_service(db_url: str, *, mcp_read_only: bool = False) -> Iterator[str]:
-    """The API (with /mcp) on a free local port, in this process; yields its base URL."""
+def http_service(db_url: str, *, mcp_read_only: bool = False, require_keys: bool = False,
+                 **config: Any) -> Iterator[str]:
+    """The API (with /mcp) on a free local port, in this process; yields its base URL.
+    `require_keys`: every request needs an API key; `config` goes to uvicorn."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(db_url, mcp_read_only=mcp_read_only), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    access = AccessPolicy.for_bind("127.0.0.1", port, require_keys=require_keys)
+    app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -55,9 +58,10 @@ def stdio_params(db_url: str, *args: str) -> StdioServerParameters:
 
 @asynccontextmanager
 async def mcp_client(transport: str, db_url: str, *, base_url: str | None = None, agent: str | None = None,
-                     read_only: bool = False) -> AsyncIterator[Client]:
+                     read_only: bool = False, key: str | None = None) -> AsyncIterator[Client]:
     """An entered SDK client: over stdio a new `hq-knowledge mcp` process (bound to `agent`);
-    over HTTP the service at `base_url` (the agent sent as the X-HQ-Agent header)."""
+    over HTTP the service at `base_url` (the agent sent as the X-HQ-Agent header, `key` as
+    `Authorization: Bearer`)."""
     if transport == "stdio":
         args = [*(["--agent", agent] if agent else []), *(["--read-only"] if read_only else [])]
         async with Client(stdio_params(db_url, *args), read_timeout_seconds=120) as client:
@@ -65,6 +69,8 @@ async def mcp_client(transport: str, db_url: str, *, base_url: str | None = None
         return
     assert base_url is not None
     headers = {"X-HQ-Agent": agent} if agent else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     async with (httpx2.AsyncClient(headers=headers, timeout=60) as http,
                 Client(streamable_http_client(f"{base_url}/mcp", http_client=http),
                        read_timeout_seconds=120) as client):

@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from knowledge.api import create_app
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 Ids = dict[str, str]
 
@@ -163,7 +165,7 @@ CASES = [
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 

@@ -14,13 +14,15 @@ from fastapi.testclient import TestClient
 
 from knowledge.api import create_app
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 TREES = [("document", "/document-folders", "/documents"), ("asset", "/asset-folders", "/assets")]
 
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 

@@ -33,6 +33,8 @@ from knowledge.errors import InvalidInput, NotFound
 from knowledge.folders import create_folder, update_folder
 from knowledge.tags import add_tag, remove_tag
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 TEN = "one two three four five six seven eight nine ten"
@@ -62,7 +64,7 @@ def titles(bundle_json: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 
@@ -375,7 +377,7 @@ def test_the_sample_workspace_has_a_boot_bundle_for_each_agent(conn: psycopg.Con
     assert import_sample_agents(conn) == 5
     assert import_sample_agents(conn) == 0  # again: nothing new
     import_folder(conn, sample_dir())
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         for slug in ("scout", "closer", "helpdesk", "builder", "ledger"):
             body = client.get(f"/boot/{slug}").json()
             tags = [set(item["tags"]) for item in body["items"]]

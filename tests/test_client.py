@@ -17,7 +17,6 @@ import httpx
 import psycopg
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from fastapi.testclient import TestClient
 
 from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
@@ -45,6 +44,7 @@ from knowledge.errors import (
 from knowledge.folders import create_folder
 from knowledge.mcp_server import AGENT_HEADER
 
+from .apiclient import LOCAL, local_client
 from .mcp_clients import http_service
 from .test_search import DOCS, add, index_with_fake
 
@@ -90,7 +90,7 @@ async def served(url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx.AsyncClient on the app in this process, inside the app's lifespan."""
     app = create_app(url)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            transport=httpx.ASGITransport(app=app), base_url=LOCAL) as http:
         yield http
 
 
@@ -330,7 +330,7 @@ def test_the_agent_header_is_the_mcp_servers() -> None:
 
 def test_markdown_routes_leave_the_document_routes_alone(kb: KB) -> None:
     doc_id = kb.ids["Refund policy"]
-    with TestClient(create_app(kb.url)) as http:
+    with local_client(create_app(kb.url)) as http:
         plain = http.get(f"/documents/{doc_id}")
         assert plain.status_code == 200 and plain.json()["content_text"].startswith("# Refunds")
         text = http.get(f"/documents/{doc_id}/markdown")

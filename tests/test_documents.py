@@ -24,6 +24,8 @@ from knowledge.errors import Conflict, InvalidInput
 from knowledge.folders import create_folder
 from knowledge.items import ItemFilters
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 TIPTAP = {
@@ -45,7 +47,7 @@ HTML = "<!doctype html>\n<h1 class='x'>Pricing</h1>\r\n<p>Starter &amp; Pro: <b>
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 

@@ -24,6 +24,7 @@ SEED_NAMES = [
     "012_audit_notifications.sql", "013_agent_inbox.sql", "014_agent_commands.sql",
     "015_usage_budgets.sql", "016_rls_realtime_storage.sql", "017_setup_wizard.sql",
 ]
+ALL_NAMES = [*SEED_NAMES, "018_api_keys.sql"]  # the seed's 17, then one file per later change
 
 
 def _migrate(url: str, **kwargs: Any) -> Any:
@@ -31,25 +32,25 @@ def _migrate(url: str, **kwargs: Any) -> Any:
         return migrate(conn, **kwargs)
 
 
-def test_files_are_the_seventeen_named_in_the_schema_document() -> None:
+def test_files_are_the_seventeen_named_in_the_schema_document_then_ours() -> None:
     migrations = load_migrations()
-    assert [m.name for m in migrations] == SEED_NAMES
+    assert [m.name for m in migrations] == ALL_NAMES
     for m in migrations:
         assert m.sql.startswith(f"-- {m.name.removesuffix('.sql')}: "), m.name
 
 
 def test_second_migrate_changes_nothing(empty_db_url: str) -> None:
     first = _migrate(empty_db_url)
-    assert first.applied == SEED_NAMES
+    assert first.applied == ALL_NAMES
     before = schema_dump(empty_db_url)
 
     second = _migrate(empty_db_url)
-    assert second.applied == [] and second.skipped == SEED_NAMES
+    assert second.applied == [] and second.skipped == ALL_NAMES
     assert schema_dump(empty_db_url) == before
 
     # Every file run again, as an operator pasting them twice would: still no change.
     again = _migrate(empty_db_url, reapply=True)
-    assert again.applied == SEED_NAMES
+    assert again.applied == ALL_NAMES
     assert schema_dump(empty_db_url) == before
     assert "CREATE TABLE public.documents" in before
 
@@ -95,7 +96,7 @@ def test_failed_file_is_rolled_back_and_earlier_files_stay(empty_db_url: str, tm
             migrate(conn, load_migrations(folder))
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
         names = [r[0] for r in conn.execute(f"SELECT name FROM {LEDGER} ORDER BY name")]
-        assert names == SEED_NAMES
+        assert names == ALL_NAMES
 
 
 def test_changed_file_is_reported_and_nothing_runs(empty_db_url: str, tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def supabase_like_url(pg_server: Server) -> Iterator[str]:
 
 def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url: str) -> None:
     result = _migrate(supabase_like_url)
-    assert result.applied == SEED_NAMES
+    assert result.applied == ALL_NAMES
     with psycopg.connect(supabase_like_url, autocommit=True) as conn:
         secured = dict(conn.execute(
             "SELECT c.relname, c.relrowsecurity FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
 from embeddings.model import FakeEmbedder, Vectors
 from embeddings.reembed import ReembedRunner
@@ -33,6 +32,8 @@ from knowledge.errors import Conflict
 from knowledge.models import activate_model, drop_model, list_models
 from knowledge.query_models import forget_setup
 from knowledge.reembed import Selection, get_job, start_job
+
+from .apiclient import local_client
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -132,7 +133,7 @@ def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
         finished.append(time.monotonic())
 
     results: list[tuple[float, str, dict[str, Any]]] = []
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         thread = threading.Thread(target=switch)
         for n, query in enumerate(queries):
             if n == 20:
@@ -411,7 +412,7 @@ def test_bad_input_each_a_clear_error_and_search_keeps_serving(conn: Conn, db_ur
         assert result.returncode in (1, 2), (args, result.stdout)
         assert message in result.stderr, (args, result.stderr)
     assert "cannot be loaded" in hq("reembed", "--model", str(no_weights), env=env).stderr
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         for body, status, message in [
             ({"model": "no-such-model"}, 422, "model: unknown model 'no-such-model'"),
             ({"model": str(not_a_model)}, 422, "is not a sentence-transformers model directory"),
@@ -434,7 +435,7 @@ def test_bad_input_each_a_clear_error_and_search_keeps_serving(conn: Conn, db_ur
 
 def test_api_starts_a_job_and_reports_progress(conn: Conn, db_url: str) -> None:
     total = build_base(conn, db_url, docs=10)
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         plan = client.post("/reembed", json={"model": NEW, "dry_run": True})
         assert plan.status_code == 200 and plan.json() == {"model": NEW, "passages": total}
         assert list_models(conn, NEW) == []  # a dry run registers nothing

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
 from embeddings.model import SentenceTransformerEmbedder
 from embeddings.worker import Worker
@@ -20,6 +19,8 @@ from knowledge.api import create_app
 from knowledge.importer import import_folder, sample_dir
 from knowledge.models import list_models
 from knowledge.query_models import forget_setup
+
+from .apiclient import local_client
 
 Conn = psycopg.Connection[dict[str, Any]]
 QUERY = "how do I get my money back on a yearly subscription?"
@@ -48,7 +49,7 @@ def test_switch_to_the_int8_export(conn: Conn, db_url: str) -> None:
     cosines = np.array([float(np.dot(float_vectors[i], int8_vectors[i])) for i in float_vectors])
     print(f"int8 vs float: cosine mean {cosines.mean():.4f}, min {cosines.min():.4f} over {len(cosines)} passages")
     assert cosines.min() > 0.97 and cosines.mean() > 0.985 and cosines.max() < 0.99999
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         body = client.get("/search", params={"q": QUERY, "mode": "semantic"}).json()
     assert body["model"] == "all-MiniLM-L6-v2-int8"
     assert body["hits"][0]["title"] == "Refund policy"

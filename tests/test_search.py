@@ -21,6 +21,8 @@ from knowledge.migrations import migrate
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 DOCS = [
@@ -54,7 +56,7 @@ def client(conn: Conn, db_url: str) -> Iterator[TestClient]:
     for title, text, tags in DOCS:
         add(conn, title, text, tags)
     index_with_fake(conn, db_url)
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 
@@ -133,7 +135,7 @@ def test_one_percent_filter_returns_the_full_limit(
     index_with_fake(conn, db_url)
     monkeypatch.setattr(models, "EXACT_SCAN_FLOOR", exact_below)
     monkeypatch.setattr(models, "EXACT_SCAN_SHARE", 0.0)
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         for mode in ("semantic", "hybrid"):
             body = c.get("/search", params={"q": "shipping carriers", "tags_any": "rare", "limit": 10,
                                             "mode": mode}).json()
@@ -209,7 +211,7 @@ def test_source_path_of_imported_documents(conn: Conn, db_url: str, tmp_path: Pa
     (tmp_path / "kb" / "vat.md").write_text("# VAT rules\n\nInvoices to EU companies carry reverse-charge VAT.\n")
     import_folder(conn, tmp_path / "kb")
     index_with_fake(conn, db_url)
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         hit = c.get("/search", params={"q": "reverse-charge VAT invoices"}).json()["hits"][0]
     assert hit["source_path"] == "kb/vat.md" and hit["folder_path"] == "/kb"
 
@@ -222,7 +224,7 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
             for title, text, tags in DOCS:
                 add(conn, title, text, tags)
             index_with_fake(conn, server.url)
-        with TestClient(create_app(server.url)) as c:
+        with local_client(create_app(server.url)) as c:
             assert c.get("/healthz").json()["keyword_search"] == "ts_rank_cd"
             for mode in ("hybrid", "semantic", "keyword"):
                 body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
@@ -246,13 +248,13 @@ def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:
             assert repair_bm25_index(conn) is False  # healthy: nothing to do
         server.stop()
         server.start()
-        with TestClient(create_app(server.url)) as c:
+        with local_client(create_app(server.url)) as c:
             broken = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
         assert broken["hits"] == []  # the upstream behaviour this repair exists for
         with psycopg.connect(server.url, autocommit=True) as conn:
             assert repair_bm25_index(conn) is True
             assert repair_bm25_index(conn) is False
-        with TestClient(create_app(server.url)) as c:
+        with local_client(create_app(server.url)) as c:
             body = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
         assert body["hits"][0]["title"] == "Discount approvals"
         # A rebuilt index also lists passages without any query term (score 0): cut off.
@@ -274,7 +276,7 @@ def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Con
     passages = conn.execute("SELECT count(*) AS n FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
                             " WHERE d.title = 'Orchard'").fetchone()
     assert passages is not None and passages["n"] == 60
-    with TestClient(create_app(db_url)) as client:
+    with local_client(create_app(db_url)) as client:
         got = titles(client.get("/search", params={"q": "apple orchard harvest", "mode": "semantic", "limit": 12}))
     assert len(got) == 12 and got[0] == "Orchard"
     assert len(set(got[1:])) == 11 and all(t.startswith("Note ") for t in got[1:])
@@ -332,7 +334,7 @@ def test_prepared_statements_can_be_turned_off(conn: Conn, db_url: str, monkeypa
     index_with_fake(conn, db_url)
     for setting, prepared in (("0", 0), ("1", 1)):
         monkeypatch.setenv("HQ_PREPARED_STATEMENTS", setting)
-        with TestClient(create_app(db_url, pool_size=1)) as c:
+        with local_client(create_app(db_url, pool_size=1)) as c:
             for _ in range(3):
                 assert titles(c.get("/search", params={"q": "refund annual plans"}))[0] == "Refund policy"
             with c.app.state.pool.connection() as pooled:  # type: ignore[attr-defined]

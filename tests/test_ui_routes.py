@@ -14,12 +14,14 @@ from knowledge.assets import create_asset
 from knowledge.documents import archive_document, create_document
 from knowledge.schema_check import keyword_path
 
+from .apiclient import local_client
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(db_url)) as c:
+    with local_client(create_app(db_url)) as c:
         yield c
 
 

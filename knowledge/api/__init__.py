@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from mcp.server.transport_security import TransportSecuritySettings
 
 from .. import __version__
 from ..db import open_search_pool
@@ -19,26 +21,41 @@ from .routes import (
     documents,
     folders,
     health,
+    keys,
     reembed,
     search,
     status,
     tags,
     ui,
 )
+from .security import AccessPolicy, Gate, authorize
 
-__all__ = ["create_app"]
+__all__ = ["AccessPolicy", "create_app"]
+
+_ERROR = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No API key where one is needed, or a key that is unknown or revoked", **_ERROR},
+    403: {"description": "The key lacks the scope this route needs, or the request came from "
+                         "another origin", **_ERROR},
+}
 
 
 def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
-               host: str = "127.0.0.1") -> FastAPI:
+               host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
-    shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool; `host` is
-    the address the app listens on (on a loopback address, /mcp accepts only local Host
-    and Origin headers)."""
+    shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
+    says who may call it (knowledge.api.security); by default, that of a service listening
+    on `host:port`: on a loopback address, requests with that address or `localhost` as
+    Host, without a key."""
     from ..mcp_server import build_mcp_server
 
+    policy = access or AccessPolicy.for_bind(host, port)
     mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only)
-    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host)
+    # The Gate checks Host and Origin for /mcp as for every route (the SDK's own check would
+    # accept any localhost origin and know nothing of HQ_ALLOWED_HOSTS).
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=(
+        TransportSecuritySettings(enable_dns_rebinding_protection=False)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,7 +73,9 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
                 thread.join(timeout=60)
             pool.close()
 
-    app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
+    app.add_middleware(Gate, policy=policy, pool=lambda: app.state.pool)
 
     @app.exception_handler(KnowledgeError)
     async def knowledge_error(request: Request, exc: KnowledgeError) -> JSONResponse:
@@ -73,6 +92,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     app.include_router(reembed.router)
     app.include_router(status.router)
     app.include_router(agents.router)
+    app.include_router(keys.router)
     app.include_router(ui.router)  # GET /: the operator's search page
     app.mount("/static", ui.static_files(), name="static")  # only paths under /static/
     app.router.routes.extend(mcp_app.routes)  # POST/GET/DELETE /mcp

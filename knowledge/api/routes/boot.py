@@ -1,4 +1,5 @@
-"""GET /boot/{agent_slug}: an agent's boot bundle, as JSON or markdown, with an ETag."""
+"""GET /boot/{agent_slug}: an agent's boot bundle, as JSON or markdown, with an ETag; GET /boot
+the same for the agent that the API key is bound to."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -19,6 +20,8 @@ from ...boot import (
     boot_version,
     bundle_markdown,
 )
+from ...errors import InvalidInput
+from ...keys import caller_of
 from ..deps import Conn
 
 router = APIRouter(tags=["boot"])
@@ -146,3 +149,29 @@ def get_boot_bundle(
     if media_type == MARKDOWN:
         return Response(bundle_markdown(bundle), media_type=f"{MARKDOWN}; charset=utf-8", headers=headers)
     return JSONResponse(bundle.as_json(), headers=headers)
+
+
+@router.get(
+    "/boot", response_model=BootBundlePublic, summary="The calling agent's boot bundle",
+    responses={200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
+               304: {"description": "Not modified: If-None-Match holds the current ETag."},
+               422: {"description": "The key is bound to no agent: use /boot/{agent_slug}."}},
+    description=("As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
+                 "the `X-HQ-Agent` response header names it."),
+)
+def get_own_boot_bundle(
+    request: Request,
+    conn: Conn,
+    max_tokens: Annotated[int | None, Query(
+        ge=1, le=MAX_TOKENS_LIMIT, description=f"Token budget, 1..{MAX_TOKENS_LIMIT}.")] = None,
+    accept: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    caller = caller_of(request)
+    if caller is None or not caller.agent:
+        raise InvalidInput("agent_slug: this request's key is bound to no agent; ask for /boot/{agent_slug}, "
+                           "or use a key created with `hq-knowledge keys create --agent SLUG`")
+    response = get_boot_bundle(caller.agent, conn, max_tokens, accept, if_none_match)
+    response.headers["X-HQ-Agent"] = caller.agent
+    return response
+

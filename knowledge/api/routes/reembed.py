@@ -23,9 +23,11 @@ log = logging.getLogger("hq_knowledge.reembed")
 
 class ReembedCreate(BaseModel):
     model: str | None = Field(None, max_length=4096, description=(
-        "all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, a sentence-transformers model directory on the "
-        "server, or fake-hash-<dims>; default: the active model."))
-    name: str | None = Field(None, max_length=128, description="The name to register a model directory under.")
+        "A model name: one registered (GET /models), all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, or "
+        "fake-hash-<dims>; default: the active model. Model directories are registered on the "
+        "command line only."))
+    name: str | None = Field(None, max_length=128, description=(
+        "Not accepted over HTTP (registering a model directory is done on the command line)."))
     stale: bool = Field(False, description="Only passages without a vector of their current text.")
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=100, description="Only items with any of these tags.")
@@ -72,13 +74,30 @@ class ModelPublic(BaseModel):
 
 
 def _spec(conn: Conn, body: ReembedCreate) -> Any:
-    from embeddings.registry import ModelError, resolve_model
+    """The model to embed with, by name only: a registered model, a packaged one or a fake.
+    Over HTTP nothing on the server's file system is looked at (a path given here would let a
+    caller probe which paths exist): a model directory is registered on the command line."""
+    from embeddings.registry import PACKAGED, ModelError, resolve_model, spec_from_row
 
+    if body.name is not None:
+        raise InvalidInput("name: only for registering a model directory, which is done on the "
+                           "command line (`hq-knowledge reembed --model PATH --name NAME`)")
     if body.model is not None:
-        try:
-            return resolve_model(body.model, name=body.name)
-        except ModelError as e:
-            raise InvalidInput(f"model: {e}") from None
+        row = conn.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models "
+                           "WHERE name = %s", (body.model,)).fetchone()
+        if row is not None:
+            return spec_from_row(dict(zip(("name", "dims", "provider", "source", "max_tokens"),
+                                          row, strict=True)))
+        if body.model in PACKAGED or body.model.startswith("fake-hash-"):
+            try:
+                return resolve_model(body.model)
+            except ModelError as e:
+                raise InvalidInput(f"model: {e}") from None
+        registered = [r[0] for r in conn.execute("SELECT name FROM embedding_models ORDER BY name")]
+        raise InvalidInput(f"model: {body.model[:200]!r} is not a model name this service knows; give "
+                           f"one of {', '.join(dict.fromkeys([*registered, *PACKAGED]))} or fake-hash-<dims> "
+                           "(a model directory is registered on the command line: "
+                           "`hq-knowledge reembed --model PATH`)")
     spec = active_spec(conn)
     if spec is None:
         raise InvalidInput("model: no model is active; name one")
