@@ -36,7 +36,7 @@ def http_service(db_url: str, *, mcp_read_only: bool = False, require_keys: bool
     port = free_port()
     access = AccessPolicy.for_bind("127.0.0.1", port, require_keys=require_keys)
     app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -355,3 +355,30 @@ def test_binding_beyond_loopback_with_a_key_serves_only_with_keys(keyed: Keyed) 
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_oversized_headers_and_a_client_gone_mid_body_on_a_real_server(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+    import time
+
+    with http_service(db_url) as base, caplog.at_level("INFO"):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"GET /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 1_000_000}\r\n\r\n"
+                      .encode())
+            assert s.recv(200).startswith(b"HTTP/1.1 431 ")
+        before = state(db_url)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"POST /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: 1000\r\n\r\n{{\"title\": \"Half".encode())
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while "went away" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].getMessage() == (
+        "POST /documents: the client went away before sending the whole request body")
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    assert "Exception in ASGI application" not in caplog.text
+    assert state(db_url) == before

@@ -16,6 +16,7 @@
     strip: $("status-strip"),
     bootAgent: $("boot-agent"), bootItems: $("boot-items"), bootTokens: $("boot-tokens"),
     bootState: $("boot-state"),
+    keyForm: $("key-form"), keyInput: $("api-key"), keyState: $("key-state"), keyForget: $("key-forget"),
   };
   const HINT = "Type to search. Press / to focus the box, ↑ ↓ to move, Enter to open, Esc to clear.";
   const DEBOUNCE_MS = 50;
@@ -49,8 +50,11 @@
    * A network failure becomes ApiError(0, "Cannot reach the service"). */
   async function api(path, init = {}) {
     let response;
+    const headers = { Accept: "application/json" };
+    const key = storedKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
     try {
-      response = await fetch(path, { headers: { Accept: "application/json" }, ...init });
+      response = await fetch(path, { ...init, headers });
     } catch (e) {
       if (e.name === "AbortError") throw e;
       throw new ApiError(0, "Cannot reach the service");
@@ -62,9 +66,39 @@
         message = response.status >= 500 ? "Cannot reach the service"
           : `The service answered ${response.status}`;
       }
+      if (response.status === 401) askForKey(message);
       throw new ApiError(response.status, message);
     }
     return response.json();
+  }
+
+  // ---- API key -----------------------------------------------------------------------------
+  // A service that requires keys answers 401: the page then asks for one and keeps it in this
+  // browser's localStorage (sent only to this origin, as `Authorization: Bearer`).
+
+  const KEY_STORE = "hq-knowledge-api-key";
+
+  function storedKey() {
+    try { return localStorage.getItem(KEY_STORE) || ""; } catch { return ""; }
+  }
+
+  function askForKey(message) {
+    el.keyForm.hidden = false;
+    el.keyState.textContent = storedKey() ? `The key was refused: ${message}` : message;
+    if (document.activeElement !== el.q) el.keyInput.focus();
+  }
+
+  function useKey(event) {
+    event.preventDefault();
+    const key = el.keyInput.value.trim();
+    if (!key) return;
+    try { localStorage.setItem(KEY_STORE, key); } catch { /* private mode: this page only */ }
+    location.reload();
+  }
+
+  function forgetKey() {
+    try { localStorage.removeItem(KEY_STORE); } catch { /* nothing stored */ }
+    location.reload();
   }
 
   // ---- URL state ---------------------------------------------------------------------------
@@ -555,6 +589,9 @@
     el.docClose.addEventListener("click", () => { closeDoc(); el.q.focus(); });
     el.bootAgent.addEventListener("change", showBoot);
     document.addEventListener("keydown", onKeydown);
+    el.keyForm.addEventListener("submit", useKey);
+    el.keyForget.addEventListener("click", forgetKey);
+    el.keyForget.hidden = !storedKey();
 
     loadTags();
     loadFolders();

@@ -36,7 +36,9 @@ except ImportError:  # the conftest's `browser` says the same for each test
 
 from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
+from knowledge.keys import create_key
 
+from ..mcp_clients import http_service
 from .conftest import FAILED_ERROR, Site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +172,28 @@ def test_a_query_too_long_and_a_service_down_are_said_plainly(site: Site, page: 
     page.fill("#q", "refund policy")
     expect(state).to_have_attribute("data-state", "error")
     expect(state).to_contain_text("Cannot reach the service")
+
+
+def test_a_service_that_needs_keys_asks_for_one(site: Site, page: Page) -> None:
+    with site.db() as conn:
+        secret = create_key(conn, scope="read", name="browser test").secret
+    with http_service(site.db_url, require_keys=True) as base:
+        keyed = Site(base=base, db_url=site.db_url, doc_ids=site.doc_ids)
+        open_page(page, keyed)
+        form = page.locator("#key-form")
+        expect(form).to_be_visible()
+        expect(page.locator("#key-state")).to_contain_text("needs an API key")
+        page.fill("#api-key", "hqk_not-a-key")
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#key-state")).to_contain_text("The key was refused")
+        page.fill("#api-key", secret)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#q", state="visible")
+        expect(form).to_be_hidden()
+        shown = search(page, DELETION_QUERY)
+        assert shown and shown[0] == site.doc_ids[DELETION_TITLE]
+        with httpx.Client(base_url=base) as http:
+            assert http.get("/search", params={"q": DELETION_QUERY}).status_code == 401  # the page's key only
 
 
 def test_filters_narrow_the_results(site: Site, page: Page) -> None:
