@@ -15,7 +15,9 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import signal
+import stat
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,9 @@ SUPERUSER = "postgres"
 _SYSTEM_USER = "pgserver"  # the unprivileged account the server runs as when we are root
 _SERVER_OPTIONS = (
     "-c listen_addresses=''",
+    # Every local connection is trusted as any role, so only the server's own user (and
+    # root) may connect, whatever the permissions of the directory holding the socket.
+    "-c unix_socket_permissions=0700",
     # HNSW index builds want a lot of maintenance memory; 1 GB of 24 is affordable.
     "-c maintenance_work_mem=1GB",
 )
@@ -104,6 +109,8 @@ class EmbeddedPostgres:
 
     @property
     def socket_dir(self) -> Path:
+        """The data directory, or when its socket path would be too long, a directory in /tmp
+        named after it that `start()` makes private to the server's user."""
         if len(str(self.pgdata / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
             return self.pgdata
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
@@ -117,10 +124,14 @@ class EmbeddedPostgres:
         """Start the server, or join the one already running on this data directory.
 
         Returns the connection URL. Raises DatabaseUnavailable with the server log's
-        last lines when the server cannot start.
+        last lines when the server cannot start, and without starting it when the socket
+        directory in /tmp is a symlink or another user's (see `socket_dir`).
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._locked():
+            if self.socket_dir != self.pgdata:
+                uid, gid = self._server_ids()
+                _private_dir(self.socket_dir, uid, gid)
             users = self._live_users()
             if postmaster_pid(self.pgdata) is None:
                 self._init_cluster()
@@ -166,6 +177,20 @@ class EmbeddedPostgres:
             self._user = _SYSTEM_USER
         return self._user
 
+    def _server_ids(self) -> tuple[int, int]:
+        """The uid and gid the server runs as."""
+        user = self._system_user()
+        if user is None:
+            return os.geteuid(), os.getegid()
+        entry = pwd.getpwnam(user)
+        return entry.pw_uid, entry.pw_gid
+
+    def _run_as(self) -> dict[str, Any]:
+        """subprocess arguments that run a server program as the server's user: under root,
+        the system user with its own group only (not root's, which `user=` alone keeps)."""
+        user = self._system_user()
+        return {} if user is None else {"user": user, "group": user, "extra_groups": []}
+
     def _init_cluster(self) -> None:
         pgserver = _pgserver()
         user = self._system_user()
@@ -185,7 +210,7 @@ class EmbeddedPostgres:
             pgserver.initdb(
                 ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "-U", SUPERUSER],
                 pgdata=self.pgdata,
-                user=user,
+                **self._run_as(),
             )
         except Exception as e:  # CalledProcessError carries nothing readable; say where to look
             raise DatabaseUnavailable(
@@ -194,9 +219,6 @@ class EmbeddedPostgres:
 
     def _start_postmaster(self) -> None:
         socket_dir = self.socket_dir
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        if self._system_user() is not None and socket_dir != self.pgdata:
-            os.chmod(socket_dir, 0o777)  # the server's user must create its socket there
         options = [*_SERVER_OPTIONS, _shared_buffers(), f"-c unix_socket_directories='{socket_dir}'"]
         preload = [name for name in self.preload if self._has_library(name)]
         if preload:
@@ -221,7 +243,7 @@ class EmbeddedPostgres:
         return any(lib_dir.rglob(f"{name}.so"))
 
     def _pg_ctl(self, args: list[str]) -> None:
-        _pgserver().pg_ctl(args, pgdata=self.pgdata, user=self._system_user())
+        _pgserver().pg_ctl(args, pgdata=self.pgdata, **self._run_as())
 
     def _ensure_database(self) -> None:
         import psycopg
@@ -237,12 +259,16 @@ class EmbeddedPostgres:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.data_dir / "lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # Private: anyone who can open the file can take the lock and hold every start.
+        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+                with contextlib.suppress(PermissionError):  # someone else's: leave it as it is
+                    os.fchmod(fd, 0o600)  # left readable by earlier versions
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _live_users(self) -> set[int]:
         try:
@@ -253,8 +279,48 @@ class EmbeddedPostgres:
 
     def _save_users(self, users: set[int]) -> None:
         tmp = self._register.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(users)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "w") as f:
+            f.write(json.dumps(sorted(users)))
         tmp.replace(self._register)
+
+
+def _private_dir(path: Path, uid: int, gid: int) -> None:
+    """Make `path` a directory only `uid` (and root) can enter: mode 0700, owner uid:gid.
+
+    Creates it, or repairs the owner and mode of one that we or `uid` own. Raises
+    DatabaseUnavailable, changing nothing, when `path` is a symlink, not a directory, or
+    another user's: in /tmp anyone may have created it first, to reach or impersonate the
+    server. Never follows a symlink.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    remedy = "remove it, or give HQ_DATA_DIR a shorter path"
+    try:
+        seen = os.lstat(path)
+        if not stat.S_ISDIR(seen.st_mode):
+            raise DatabaseUnavailable(
+                f"the socket directory {path} is not a directory (a symlink or a file): {remedy}"
+            )
+        if seen.st_uid not in (os.geteuid(), uid):
+            raise DatabaseUnavailable(
+                f"the socket directory {path} belongs to another user (uid {seen.st_uid}): {remedy}"
+            )
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise DatabaseUnavailable(f"cannot use the socket directory {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            raise DatabaseUnavailable(f"the socket directory {path} was replaced: {remedy}")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+    except OSError as e:
+        raise DatabaseUnavailable(f"cannot use the socket directory {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
 
 
 def _shut_down(pid: int, timeout: float = 60) -> None:
