@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from typing import Any
 
 from bs4 import BeautifulSoup
+from bs4.builder import HTMLTreeBuilder
 from bs4.element import NavigableString, Tag
 from markdownify import ATX, MarkdownConverter
 
@@ -21,9 +23,11 @@ from embeddings.errors import ExtractError
 from embeddings.tiptap import elide_data_url, fence_for, tiptap_to_markdown, validate_tiptap
 
 __all__ = [
+    "MAX_HTML_DEPTH",
     "ExtractError",
     "asset_markdown",
     "document_markdown",
+    "html_depth",
     "html_to_markdown",
     "tiptap_to_markdown",
     "validate_tiptap",
@@ -33,6 +37,75 @@ __all__ = [
 # ---- HTML -------------------------------------------------------------------------------------
 
 _DROPPED_TAGS = ["script", "style", "head", "noscript", "template"]
+
+MAX_HTML_DEPTH = 100
+"""Deepest element nesting that `html_to_markdown` renders as structure. markdownify spends
+about three Python frames per level, so 100 levels stay far below the recursion limit (1000);
+deeper elements lose their markup but keep their text. Write paths refuse deeper HTML."""
+
+# The elements that BeautifulSoup's html.parser builder closes as soon as they open.
+_VOID_TAGS = frozenset(HTMLTreeBuilder.DEFAULT_EMPTY_ELEMENT_TAGS or ())
+
+
+class _DepthCounter(HTMLParser):
+    """Replays the open-element stack that BeautifulSoup's html.parser builder keeps: void
+    elements and `<x/>` never hold children, and an end tag closes the innermost open element
+    of its name and everything opened inside it (one with no open match is ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.open: list[str] = []
+        self.open_count: dict[str, int] = {}
+        self.deepest = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_TAGS:
+            self.deepest = max(self.deepest, len(self.open) + 1)
+            return
+        self.open.append(tag)
+        self.open_count[tag] = self.open_count.get(tag, 0) + 1
+        self.deepest = max(self.deepest, len(self.open))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.deepest = max(self.deepest, len(self.open) + 1)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open_count.get(tag):
+            return
+        while True:
+            closed = self.open.pop()
+            self.open_count[closed] -= 1
+            if closed == tag:
+                return
+
+
+def html_depth(html: str) -> int:
+    """How deeply `html` nests elements once parsed as `html_to_markdown` parses it: 0 for
+    text alone, 1 for `<p>x</p>`, 3 for `<ul><li><b>x</b></li></ul>`. Not recursive: any
+    depth is measured in time linear in the length."""
+    if "<" not in html:
+        return 0
+    counter = _DepthCounter()
+    counter.feed(html)
+    counter.close()
+    return counter.deepest
+
+
+def _flatten_deeper_than(soup: BeautifulSoup, limit: int) -> None:
+    """Replace the content of every element at depth `limit` that holds elements with its
+    text (words separated by spaces), so that converting the tree never recurses deeper.
+    Linear in the size of the tree (BeautifulSoup's `unwrap` is quadratic along a chain)."""
+    depth: dict[int, int] = {id(soup): 0}
+    boundary: dict[int, Tag] = {}
+    for element in soup.find_all(True):  # document order: a parent comes before its children
+        level = depth[id(element.parent)] + 1
+        depth[id(element)] = level
+        if level == limit + 1 and element.parent is not None:
+            boundary.setdefault(id(element.parent), element.parent)
+    for element in boundary.values():
+        text = element.get_text(" ")
+        element.clear()
+        element.append(NavigableString(text))
 
 
 def _code_language(el: Tag) -> str | None:
@@ -45,10 +118,13 @@ def _code_language(el: Tag) -> str | None:
 
 def html_to_markdown(html: str) -> str:
     """Convert HTML to markdown (ATX headings, `-` bullets, GitHub tables with `|` escaped).
-    Script, style and head content is dropped; runs of blank lines become one."""
+    Script, style and head content is dropped; runs of blank lines become one. Elements
+    nested deeper than MAX_HTML_DEPTH lose their markup but not their text, so no nesting
+    raises RecursionError."""
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup.find_all(_DROPPED_TAGS):
         tag.decompose()
+    _flatten_deeper_than(soup, MAX_HTML_DEPTH)
     for name, attr in (("img", "src"), ("a", "href")):
         for element in soup.find_all(name, attrs={attr: True}):
             element[attr] = elide_data_url(str(element[attr]))

@@ -3,6 +3,9 @@ tags, pinned state and metadata. A link needs a url; media keep a storage_path a
 
 Changing the name, description, type, url, text or metadata re-queues the asset for
 embedding (a trigger in 011_assets_documents.sql); tags, folder and pinned state do not.
+
+A write given `if_match` happens only while the asset is at a version it accepts
+(`knowledge.versions`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from . import items
 from .errors import InvalidInput, NotFound
 from .items import UNSET, ItemFilters, ItemSpec, Page, Unset
 from .validation import MAX_CONTENT_BYTES, check_json, check_name, check_text, normalize_tags
+from .versions import if_matches, lock_version, version_of
 
 __all__ = [
     "ASSET_TYPES",
@@ -33,6 +37,7 @@ __all__ = [
     "delete_asset",
     "get_asset",
     "list_assets",
+    "lock_asset",
     "retry_asset_embedding",
     "unarchive_asset",
     "update_asset",
@@ -75,6 +80,11 @@ class Asset:
     passage_count: int
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def version(self) -> str:
+        """What `if_match` names (`knowledge.versions.version_of`); the API's ETag, unquoted."""
+        return version_of(self.updated_at)
 
 
 _SPEC = ItemSpec(
@@ -178,6 +188,14 @@ def get_asset(conn: psycopg.Connection[Any], asset_id: UUID) -> Asset:
     return items.fetch(conn, _SPEC, asset_id)
 
 
+def lock_asset(conn: psycopg.Connection[Any], asset_id: UUID, if_match: str = "*") -> str:
+    """Lock the asset's row for the caller's transaction and return its version, checked
+    against `if_match` (`knowledge.versions.lock_version`): for writes made elsewhere (tags)
+    that must honour an If-Match. The caller must hold a transaction around this call and
+    the write. Raises NotFound, PreconditionFailed, InvalidInput."""
+    return lock_version(conn, _SPEC, asset_id, if_match)
+
+
 def update_asset(
     conn: psycopg.Connection[Any],
     asset_id: UUID,
@@ -194,9 +212,12 @@ def update_asset(
     tags: Sequence[str] | Unset = UNSET,
     pinned: bool | Unset = UNSET,
     metadata: dict[str, Any] | Unset = UNSET,
+    if_match: str | None = None,
 ) -> Asset:
     """Change the given fields; UNSET leaves a field as it is, None clears an optional one
-    (folder_id=None moves the asset to the root). Raises NotFound, InvalidInput, TooLarge."""
+    (folder_id=None moves the asset to the root). With `if_match`, only if the asset is still
+    at a version it accepts; without, the last write wins. Raises NotFound, InvalidInput,
+    TooLarge, PreconditionFailed."""
     given = {
         k: v for k, v in {
             "name": name, "asset_type": asset_type, "description": description, "url": url,
@@ -206,28 +227,36 @@ def update_asset(
         }.items() if v is not UNSET
     }
     if not given:
-        return get_asset(conn, asset_id)
+        with if_matches(conn, _SPEC, asset_id, if_match):
+            return get_asset(conn, asset_id)
     params = _checked(given)
-    row = _write(conn, items.update_statement(_SPEC, params), {**params, "id": asset_id})
+    with if_matches(conn, _SPEC, asset_id, if_match):
+        row = _write(conn, items.update_statement(_SPEC, params), {**params, "id": asset_id})
     if row is None:
         raise NotFound(f"asset {asset_id} not found")
     return row
 
 
-def archive_asset(conn: psycopg.Connection[Any], asset_id: UUID) -> Asset:
-    """Archive the asset: lists leave it out unless asked. Raises NotFound."""
-    return items.set_archived(conn, _SPEC, asset_id, True)
+def archive_asset(conn: psycopg.Connection[Any], asset_id: UUID, *, if_match: str | None = None) -> Asset:
+    """Archive the asset: lists leave it out unless asked. With `if_match`, only if the asset
+    is still at a version it accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, asset_id, if_match):
+        return items.set_archived(conn, _SPEC, asset_id, True)
 
 
-def unarchive_asset(conn: psycopg.Connection[Any], asset_id: UUID) -> Asset:
-    """Bring an archived asset back. Raises NotFound."""
-    return items.set_archived(conn, _SPEC, asset_id, False)
+def unarchive_asset(conn: psycopg.Connection[Any], asset_id: UUID, *, if_match: str | None = None) -> Asset:
+    """Bring an archived asset back. With `if_match`, only if the asset is still at a version
+    it accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, asset_id, if_match):
+        return items.set_archived(conn, _SPEC, asset_id, False)
 
 
-def delete_asset(conn: psycopg.Connection[Any], asset_id: UUID) -> None:
+def delete_asset(conn: psycopg.Connection[Any], asset_id: UUID, *, if_match: str | None = None) -> None:
     """Delete the asset record with its passages, embeddings and comments (not the stored
-    file at storage_path). Raises NotFound."""
-    items.delete(conn, _SPEC, asset_id)
+    file at storage_path). With `if_match`, only if the asset is still at a version it
+    accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, asset_id, if_match):
+        items.delete(conn, _SPEC, asset_id)
 
 
 def retry_asset_embedding(conn: psycopg.Connection[Any], asset_id: UUID) -> Asset:

@@ -3,6 +3,9 @@
 Content is stored as given and read back unchanged. Changing the title or the content
 re-queues the document for embedding (a trigger in 011_assets_documents.sql does that);
 tags, folder, pinned state and metadata do not.
+
+A write given `if_match` happens only while the document is at a version it accepts
+(`knowledge.versions`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from .errors import InvalidInput, NotFound
 from .items import UNSET, ItemFilters, ItemSpec, Page, Unset
 from .validation import (
     MAX_CONTENT_BYTES,
+    check_html,
     check_json,
     check_name,
     check_text,
     check_tiptap,
     normalize_tags,
 )
+from .versions import if_matches, lock_version, version_of
 
 __all__ = [
     "CONTENT_FORMATS",
@@ -40,6 +45,7 @@ __all__ = [
     "delete_document",
     "get_document",
     "list_documents",
+    "lock_document",
     "retry_document_embedding",
     "unarchive_document",
     "update_document",
@@ -77,6 +83,11 @@ class Document:
     created_at: datetime
     updated_at: datetime
 
+    @property
+    def version(self) -> str:
+        """What `if_match` names (`knowledge.versions.version_of`); the API's ETag, unquoted."""
+        return version_of(self.updated_at)
+
 
 _SPEC = ItemSpec(
     kind="document",
@@ -94,6 +105,14 @@ _SPEC = ItemSpec(
         "documents_updated_by_agent_id_fkey": "updated_by_agent_id",
     },
 )
+
+
+def lock_document(conn: psycopg.Connection[Any], document_id: UUID, if_match: str = "*") -> str:
+    """Lock the document's row for the caller's transaction and return its version, checked
+    against `if_match` (`knowledge.versions.lock_version`): for writes made elsewhere (tags,
+    markdown) that must honour an If-Match. The caller must hold a transaction around this
+    call and the write. Raises NotFound, PreconditionFailed, InvalidInput."""
+    return lock_version(conn, _SPEC, document_id, if_match)
 
 
 def _content(fmt: str, content: Any, content_text: Any) -> tuple[Any, Any]:
@@ -115,6 +134,8 @@ def _content(fmt: str, content: Any, content_text: Any) -> tuple[Any, Any]:
     if not isinstance(content_text, str):
         raise InvalidInput(f"content_text is required with content_format {fmt!r}: a string of {fmt}")
     check_text("content_text", content_text, max_bytes=MAX_CONTENT_BYTES)
+    if fmt == "html":
+        check_html("content_text", content_text)
     return None, content_text
 
 
@@ -184,11 +205,14 @@ def update_document(
     pinned: bool | Unset = UNSET,
     metadata: dict[str, Any] | Unset = UNSET,
     updated_by_agent_id: UUID | None | Unset = UNSET,
+    if_match: str | None = None,
 ) -> Document:
     """Change the given fields; UNSET leaves a field as it is, folder_id=None moves the
     document to the root. A new content_format needs its content (content for tiptap,
     content_text for markdown and html) unless the stored one fits: markdown <-> html keeps
-    the text. Raises NotFound, InvalidInput, TooLarge."""
+    the text. With `if_match`, only if the document is still at a version it accepts (see
+    `lock_version`); without, the last write wins. Raises NotFound, InvalidInput, TooLarge,
+    PreconditionFailed."""
     given: dict[str, Any] = {
         k: v for k, v in {
             "title": title, "content_format": content_format, "content": content,
@@ -200,7 +224,8 @@ def update_document(
         if name in given and given[name] is None:
             raise InvalidInput(f"{name} cannot be null")
     if not given:
-        return get_document(conn, document_id)
+        with if_matches(conn, _SPEC, document_id, if_match):
+            return get_document(conn, document_id)
     params = dict(given)
     if "title" in given:
         check_name("title", given["title"], max_chars=MAX_TITLE_CHARS)
@@ -210,7 +235,7 @@ def update_document(
         params["pinned"] = bool(given["pinned"])
     if "metadata" in given:
         params["metadata"] = _metadata(given["metadata"])
-    with conn.transaction():
+    with if_matches(conn, _SPEC, document_id, if_match), conn.transaction():
         if given.keys() & {"content_format", "content", "content_text"}:
             with conn.cursor(row_factory=tuple_row) as cur:
                 row = cur.execute(
@@ -236,19 +261,27 @@ def update_document(
     return updated
 
 
-def archive_document(conn: psycopg.Connection[Any], document_id: UUID) -> Document:
-    """Archive the document: lists leave it out unless asked. Raises NotFound."""
-    return items.set_archived(conn, _SPEC, document_id, True)
+def archive_document(conn: psycopg.Connection[Any], document_id: UUID, *,
+                     if_match: str | None = None) -> Document:
+    """Archive the document: lists leave it out unless asked. With `if_match`, only if the
+    document is still at a version it accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, document_id, if_match):
+        return items.set_archived(conn, _SPEC, document_id, True)
 
 
-def unarchive_document(conn: psycopg.Connection[Any], document_id: UUID) -> Document:
-    """Bring an archived document back. Raises NotFound."""
-    return items.set_archived(conn, _SPEC, document_id, False)
+def unarchive_document(conn: psycopg.Connection[Any], document_id: UUID, *,
+                       if_match: str | None = None) -> Document:
+    """Bring an archived document back. With `if_match`, only if the document is still at a
+    version it accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, document_id, if_match):
+        return items.set_archived(conn, _SPEC, document_id, False)
 
 
-def delete_document(conn: psycopg.Connection[Any], document_id: UUID) -> None:
-    """Delete the document, its passages, embeddings and comments. Raises NotFound."""
-    items.delete(conn, _SPEC, document_id)
+def delete_document(conn: psycopg.Connection[Any], document_id: UUID, *, if_match: str | None = None) -> None:
+    """Delete the document, its passages, embeddings and comments. With `if_match`, only if
+    the document is still at a version it accepts. Raises NotFound, PreconditionFailed."""
+    with if_matches(conn, _SPEC, document_id, if_match):
+        items.delete(conn, _SPEC, document_id)
 
 
 def retry_document_embedding(conn: psycopg.Connection[Any], document_id: UUID) -> Document:

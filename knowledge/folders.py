@@ -1,8 +1,9 @@
 """Folder trees, one for documents and one for assets: `tree` is "document" or "asset".
 
 Sibling names are unique ignoring case; a folder cannot move into its own subtree (a
-trigger refuses it). Deleting a folder deletes its subfolders, and the documents or
-assets inside them move to the root: nothing in them is lost.
+trigger refuses it); folders nest at most MAX_FOLDER_DEPTH levels (a top-level folder is
+level 1). Deleting a folder deletes its subfolders, and the documents or assets inside them
+move to the root: nothing in them is lost.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .items import KINDS, UNSET, Kind, Unset
 from .validation import DATA_ERRORS, check_name, data_error
 
 __all__ = [
+    "MAX_FOLDER_DEPTH",
     "MAX_FOLDER_NAME_CHARS",
     "Folder",
     "FolderDeletion",
@@ -35,6 +37,11 @@ __all__ = [
 ]
 
 MAX_FOLDER_NAME_CHARS = 200
+MAX_FOLDER_DEPTH = 64
+"""Deepest folder level that create_folder and update_folder make (a top-level folder is
+level 1). Trees deeper than this, stored before the limit, are still read and rendered."""
+# Ancestor and subtree walks stop here: a guard against a loop, not a limit on depth.
+_WALK_LIMIT = 10000
 
 
 @dataclass(frozen=True)
@@ -120,16 +127,46 @@ def _where(conn: psycopg.Connection[Any], tree: Kind, parent_id: UUID | None) ->
     return f"in {parent.path!r}" if parent else f"in folder {parent_id}"
 
 
+def _lock_tree(cur: psycopg.Cursor[Any], regclass: str) -> None:
+    """Serialise changes to the tree's shape until the transaction ends: the key is the one the
+    cycle trigger (011_assets_documents.sql) takes, so a depth computed after this call stays
+    true until the write that relies on it commits (the connection reads committed data)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"hq.folders.{regclass}"])
+
+
+def _level_sql(folders: sql.Identifier, key: str) -> sql.Composable:
+    """SQL for the level of folder %(key)s: 1 at the top, 0 for NULL or a missing folder."""
+    return sql.SQL(
+        "(WITH RECURSIVE up AS (SELECT id, parent_id, 1 AS depth FROM {f} WHERE id = {k} "
+        "UNION ALL SELECT f.id, f.parent_id, up.depth + 1 FROM {f} f JOIN up ON f.id = up.parent_id "
+        "WHERE up.depth < {w}) SELECT count(*) FROM up)").format(
+            f=folders, k=sql.Placeholder(key), w=sql.Literal(_WALK_LIMIT))
+
+
 def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
                   parent_id: UUID | None = None) -> Folder:
     """A new folder under `parent_id` (None: at the root). Raises InvalidInput for a bad
-    name, NotFound for an unknown parent, Conflict when a sibling has the name (any case)."""
-    _, folders, _ = _tables(tree)
+    name or a parent already at level MAX_FOLDER_DEPTH, NotFound for an unknown parent,
+    Conflict when a sibling has the name (any case)."""
+    _, folders, regclass = _tables(tree)
     _check_name(name)
+    params = {"name": name, "parent": parent_id, "max": MAX_FOLDER_DEPTH}
     try:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-            row = cur.execute(sql.SQL("INSERT INTO {} (name, parent_id) VALUES (%s, %s) RETURNING id")
-                              .format(folders), [name, parent_id]).fetchone()
+            _lock_tree(cur, regclass)
+            # One statement: the parent's level is read where the row is written.
+            row = cur.execute(sql.SQL(
+                "INSERT INTO {f} (name, parent_id) SELECT %(name)s, %(parent)s "
+                "WHERE {level} < %(max)s RETURNING id").format(
+                    f=folders, level=_level_sql(folders, "parent")), params).fetchone()
+            if row is None:
+                level = cur.execute(sql.SQL("SELECT {}").format(_level_sql(folders, "parent")),
+                                    params).fetchone()
+                assert level is not None
+                raise InvalidInput(
+                    f"parent_id: {tree} folder {parent_id} is at level {level[0]}; "
+                    f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1), "
+                    "so it cannot hold a subfolder: choose a parent higher up")
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
@@ -145,7 +182,9 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
                   name: str | Unset = UNSET, parent_id: UUID | None | Unset = UNSET) -> Folder:
     """Rename and/or move the folder (parent_id=None: to the root). Raises NotFound for an
     unknown folder or parent, Conflict for a sibling with the name or a move into the
-    folder's own subtree, InvalidInput for a bad name."""
+    folder's own subtree, InvalidInput for a bad name or a move that puts a folder of the
+    subtree deeper than MAX_FOLDER_DEPTH. A move that leaves the subtree no deeper than it
+    was is allowed even in a tree deeper than the limit, so that such a tree can be repaired."""
     _, folders, _ = _tables(tree)
     changes: dict[str, Any] = {}
     if name is not UNSET:
@@ -160,6 +199,8 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
             sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes))
     try:
         with conn.transaction():
+            if "parent_id" in changes and changes["parent_id"] is not None:
+                _check_move_depth(conn, tree, folder_id, changes["parent_id"])
             if conn.execute(statement, {**changes, "id": folder_id}).rowcount == 0:
                 raise NotFound(f"{tree} folder {folder_id} not found")
     except pg.ForeignKeyViolation as e:
@@ -178,6 +219,35 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
     return get_folder(conn, tree, folder_id)
+
+
+def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID,
+                      parent_id: UUID) -> None:
+    """Raise InvalidInput when moving `folder_id` under `parent_id` would put a folder of its
+    subtree below level MAX_FOLDER_DEPTH and lower than it is now. Takes the tree lock, which
+    the caller's transaction holds until the move is written. A target inside the subtree, or
+    an unknown one, is left to the UPDATE (the cycle trigger and the foreign key)."""
+    _, folders, regclass = _tables(tree)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        _lock_tree(cur, regclass)
+        row = cur.execute(sql.SQL(
+            "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
+            "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
+            "WHERE down.height < {w}) "
+            "SELECT {target}, {level}, (SELECT max(height) FROM down), "
+            "EXISTS (SELECT 1 FROM down WHERE id = %(parent)s)").format(
+                f=folders, w=sql.Literal(_WALK_LIMIT), target=_level_sql(folders, "parent"),
+                level=_level_sql(folders, "id")), {"id": folder_id, "parent": parent_id}).fetchone()
+    assert row is not None
+    target_level, level, height, into_itself = row
+    if into_itself or target_level == 0 or height is None:
+        return
+    deepest = target_level + height
+    if deepest > MAX_FOLDER_DEPTH and target_level >= level:
+        raise InvalidInput(
+            f"parent_id: moving {tree} folder {folder_id} (with {height - 1} levels of subfolders) "
+            f"into {parent_id} (at level {target_level}) would put folders at level {deepest}; "
+            f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1)")
 
 
 def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> FolderDeletion:

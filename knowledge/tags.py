@@ -1,8 +1,10 @@
 """Tags on documents and assets: add, remove, replace, and count them.
 
-A tag is a token such as `boot:all`, `boot:scout` or `pricing`: 1..100 characters after NFC
-normalisation, no whitespace, no control characters; case is kept, and an item holds each
-tag once and at most 100 of them (see `validation.normalize_tags`).
+A tag is a token such as `boot:all`, `boot:scout` or `pricing`: 1..100 characters after NFKC
+normalisation (a full-width colon becomes ':', so a look-alike is the same tag), with no
+whitespace, control characters or invisible characters (zero-width spaces and joiners,
+bidirectional controls...); case is kept, and an item holds each tag once and at most 100 of
+them (see `validation.normalize_tags`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _update(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, assignment
 
 
 def add_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: str) -> ItemTags:
-    """Add the tag (NFC) at the end unless the item has it. Returns the item's tags.
+    """Add the tag (NFKC) at the end unless the item has it. Returns the item's tags.
     Raises InvalidInput for a bad tag or a 101st tag, NotFound for an unknown item."""
     clean = normalize_tag(tag)
     return _update(conn, kind, item_id, "array_append(tags, %(tag)s::text)",
@@ -82,11 +84,20 @@ def add_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: str) 
 
 
 def remove_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: str) -> ItemTags:
-    """Remove the tag (NFC) if the item has it. Returns the item's tags.
-    Raises InvalidInput for a bad tag, NotFound for an unknown item."""
-    clean = normalize_tag(tag)
-    return _update(conn, kind, item_id, "array_remove(tags, %(tag)s::text)",
-                   "%(tag)s::text = ANY(tags)", {"tag": clean})
+    """Remove the tag (NFKC) if the item has it, and the tag as sent (NFC) too: a tag stored
+    before the NFKC rule ('boot\uff1aall', or one holding a zero-width space) can still be
+    removed by its old spelling. Returns the item's tags. Raises InvalidInput for a tag that
+    breaks the rule and is not on the item, NotFound for an unknown item."""
+    try:
+        spellings = [normalize_tag(tag)]
+    except InvalidInput:
+        legacy = unicodedata.normalize("NFC", tag) if isinstance(tag, str) else None
+        if legacy is None or legacy not in _tags_of(conn, kind, item_id).tags:
+            raise
+        spellings = [legacy]
+    spellings.append(unicodedata.normalize("NFC", tag))
+    return _update(conn, kind, item_id, "array_remove(array_remove(tags, %(a)s::text), %(b)s::text)",
+                   "tags && ARRAY[%(a)s::text, %(b)s::text]", {"a": spellings[0], "b": spellings[-1]})
 
 
 def set_tags(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tags: Sequence[str]) -> ItemTags:
@@ -99,9 +110,9 @@ def set_tags(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tags: Seq
 
 def list_tags(conn: psycopg.Connection[Any], *, prefix: str | None = None) -> list[TagCount]:
     """Every tag on an unarchived document or asset, with its counts, in tag order;
-    only those starting with `prefix` (NFC, case-sensitive) when given."""
+    only those starting with `prefix` (NFKC, as tags are; case-sensitive) when given."""
     if prefix is not None:
-        prefix = unicodedata.normalize("NFC", prefix)
+        prefix = unicodedata.normalize("NFKC", prefix)
         check_text("prefix", prefix)
         if len(prefix) > MAX_TAG_CHARS:
             raise InvalidInput(f"prefix is {len(prefix)} characters; tags have at most {MAX_TAG_CHARS}")

@@ -16,17 +16,22 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg
 
-from embeddings.extract import ExtractError, validate_tiptap
+from embeddings.extract import MAX_HTML_DEPTH, ExtractError, html_depth, validate_tiptap
+from embeddings.tiptap import MAX_DEPTH as MAX_TIPTAP_DEPTH
+from embeddings.tiptap import tiptap_depth
 
 from .errors import InvalidInput, KnowledgeError, TooLarge
 
 __all__ = [
     "DATA_ERRORS",
     "MAX_CONTENT_BYTES",
+    "MAX_HTML_DEPTH",
     "MAX_JSON_DEPTH",
     "MAX_TAGS",
     "MAX_TAG_CHARS",
+    "MAX_TIPTAP_DEPTH",
     "TAG_RULE",
+    "check_html",
     "check_json",
     "check_name",
     "check_text",
@@ -41,12 +46,27 @@ MAX_CONTENT_BYTES = 8 * 1024 * 1024
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_JSON_DEPTH = 200
-"""Nesting of metadata and TipTap content; deeper JSON is refused before it is walked."""
+"""Nesting of metadata; deeper JSON is refused before it is walked."""
+# TipTap content: a node at level MAX_TIPTAP_DEPTH sits at JSON depth 200 (each level is a
+# `content` list and a node object); its text, marks and their attrs need a few more.
+_TIPTAP_JSON_DEPTH = 2 * MAX_TIPTAP_DEPTH + 8
 
 TAG_RULE = (
-    f"a tag is 1..{MAX_TAG_CHARS} characters after NFC normalisation, with no whitespace "
-    "and no control characters (e.g. 'boot:all', 'pricing')"
+    f"a tag is 1..{MAX_TAG_CHARS} characters after NFKC normalisation (which turns "
+    "compatibility forms such as the full-width colon '\uff1a' into their plain equivalents), "
+    "with no whitespace, no control characters and no invisible characters such as zero-width "
+    "spaces, joiners or bidirectional controls (e.g. 'boot:all', 'pricing')"
 )
+
+# Invisible code points that are not in category Cf (which is refused whole): the rest of
+# Unicode's Default_Ignorable_Code_Point set (combining grapheme joiner, Hangul fillers,
+# Mongolian and variation selectors) and the blank Braille pattern.
+_INVISIBLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x2800, 0x3164,
+     0xFFA0, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+# Explicit bidirectional embeddings, overrides and isolates: they reorder how the text
+# around them is displayed ("Trojan Source"). The marks LRM, RLM and ALM stay allowed.
+_BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 
 
 def _unstorable(value: str) -> str | None:
@@ -73,25 +93,54 @@ def check_text(field: str, value: str, *, max_bytes: int | None = None) -> None:
             raise TooLarge(f"{field} is {size} bytes; the limit is {max_bytes} bytes ({_mib(max_bytes)})")
 
 
+def _code_point(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X} {name}" if name else f"U+{ord(ch):04X}"
+
+
 def check_name(field: str, value: str, *, max_chars: int) -> str:
-    """A title or name: not blank, at most `max_chars` characters, storable. Returns it unchanged."""
+    """A title or name: one line of text, not blank, at most `max_chars` characters, storable,
+    with no control characters (category Cc: ANSI escapes, BEL, tab, CR, LF...), line or
+    paragraph separators, or bidirectional embedding/override/isolate controls, which would
+    move the cursor, ring a terminal or reorder what is displayed. Raises InvalidInput naming
+    the first such character and its offset.
+
+    Returns the value unchanged: titles are stored as sent, not normalised (NFKC would rewrite
+    legitimate text such as '²' or full-width punctuation; tags, which must match exactly,
+    are normalised by `normalize_tag`)."""
     if not value.strip():
         raise InvalidInput(f"{field} must not be empty or blank; give 1..{max_chars} characters")
     if len(value) > max_chars:
         raise InvalidInput(f"{field} is {len(value)} characters; the limit is {max_chars}")
     check_text(field, value)
+    for i, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            what = "a control character"
+        elif category in ("Zl", "Zp"):
+            what = "a line separator"
+        elif ord(ch) in _BIDI_CONTROLS:
+            what = "a bidirectional control"
+        else:
+            continue
+        raise InvalidInput(
+            f"{field} contains {what} ({_code_point(ch)}) at offset {i}; {field} must be one "
+            "line of printable text, without control characters (ANSI escapes, BEL, tab, CR, "
+            "LF), line separators or bidirectional overrides")
     return value
 
 
-def check_json(field: str, value: Any, *, max_bytes: int | None = None) -> None:
+def check_json(field: str, value: Any, *, max_bytes: int | None = None,
+               max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise InvalidInput when `value` holds what jsonb refuses (NUL, lone surrogates, NaN or
-    infinities) or nests deeper than MAX_JSON_DEPTH; TooLarge when its compact JSON text is
+    infinities) or nests deeper than `max_depth`; TooLarge when its compact JSON text is
     longer than `max_bytes` in UTF-8. The message gives the path, e.g. `content.content[2].text`."""
     stack: list[tuple[str, Any, int]] = [(field, value, 0)]
     while stack:
         path, item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise InvalidInput(f"{path}: JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        if depth > max_depth:
+            raise InvalidInput(f"{field}: JSON nests deeper than {max_depth} levels "
+                               f"(at {_abbreviated(path)})")
         if isinstance(item, str):
             problem = _unstorable(item)
             if problem:
@@ -116,32 +165,68 @@ def check_json(field: str, value: Any, *, max_bytes: int | None = None) -> None:
             raise TooLarge(f"{field} is {size} bytes as JSON; the limit is {max_bytes} bytes ({_mib(max_bytes)})")
 
 
+def check_html(field: str, value: str) -> None:
+    """Raise InvalidInput when the HTML `value` nests elements more than MAX_HTML_DEPTH deep,
+    which the conversion to markdown for search would flatten. Call it on every HTML text a
+    write stores, after `check_text`; it takes time linear in the length (about 3 s for 8 MiB
+    of dense markup) and skips text with too few tags to be that deep."""
+    if value.count("<") <= MAX_HTML_DEPTH:
+        return
+    depth = html_depth(value)
+    if depth > MAX_HTML_DEPTH:
+        raise InvalidInput(f"{field}: HTML nests elements {depth} deep; the limit is "
+                           f"{MAX_HTML_DEPTH} (<html><body><p> is 3 deep)")
+
+
 def check_tiptap(field: str, doc: Any) -> None:
-    """A TipTap/ProseMirror document: a JSON object of at most MAX_CONTENT_BYTES whose
-    structure `embeddings.extract.validate_tiptap` accepts. Raises InvalidInput with the path."""
+    """A TipTap/ProseMirror document: a JSON object of at most MAX_CONTENT_BYTES, its nodes
+    nested at most MAX_TIPTAP_DEPTH levels, whose structure `embeddings.extract.validate_tiptap`
+    accepts. Raises InvalidInput with the path."""
     if not isinstance(doc, dict):
         raise InvalidInput(f"{field} must be a TipTap JSON object like {{\"type\": \"doc\", \"content\": [...]}}")
-    check_json(field, doc, max_bytes=MAX_CONTENT_BYTES)
+    depth = tiptap_depth(doc)  # before check_json, whose JSON depth limit it would hit first
+    if depth > MAX_TIPTAP_DEPTH:
+        raise InvalidInput(f"{field}: TipTap nodes nest {depth} levels deep; the limit is "
+                           f"{MAX_TIPTAP_DEPTH} (the document is level 0, a paragraph in it level 1, "
+                           "that paragraph's text level 2)")
+    check_json(field, doc, max_bytes=MAX_CONTENT_BYTES, max_depth=_TIPTAP_JSON_DEPTH)
     try:
         validate_tiptap(doc)
     except ExtractError as e:
         raise InvalidInput(f"{field} is not a valid TipTap document: {e}") from e
 
 
+def _check_tag_characters(field: str, value: str, where: str) -> None:
+    for i, ch in enumerate(value):
+        if ch.isspace():
+            what = "whitespace"
+        elif unicodedata.category(ch) in ("Cc", "Cs"):
+            what = "a control character"
+        elif unicodedata.category(ch) == "Cf" or ord(ch) in _INVISIBLE:
+            what = "an invisible character"
+        else:
+            continue
+        raise InvalidInput(f"{field} {value!r} contains {what} ({_code_point(ch)}) at offset {i}"
+                           f"{where}; {TAG_RULE}")
+
+
 def normalize_tag(tag: str, field: str = "tag") -> str:
-    """The tag in NFC. Raises InvalidInput naming the tag when it breaks the tag rule."""
+    """The tag in NFKC, so that look-alike compatibility forms ('boot\uff1aall' with a
+    full-width colon, ligatures, full-width letters) become the one plain tag. Raises
+    InvalidInput naming the tag (`field`) when it breaks the tag rule: empty or too long, or
+    holding whitespace, control characters, or invisible characters (category Cf, such as
+    zero-width spaces and joiners, the BOM and bidirectional controls, and the other
+    default-ignorable code points), as sent or after normalisation."""
     if not isinstance(tag, str):
         raise InvalidInput(f"{field} must be a string; {TAG_RULE}")
-    value = unicodedata.normalize("NFC", tag)
+    value = unicodedata.normalize("NFKC", tag)
     if not value:
         raise InvalidInput(f"{field} is empty; {TAG_RULE}")
     if len(value) > MAX_TAG_CHARS:
         raise InvalidInput(f"{field} {value[:20]!r}... is {len(value)} characters; {TAG_RULE}")
-    for i, ch in enumerate(value):
-        if ch.isspace():
-            raise InvalidInput(f"{field} {value!r} contains whitespace at offset {i}; {TAG_RULE}")
-        if unicodedata.category(ch) in ("Cc", "Cs"):
-            raise InvalidInput(f"{field} {value!r} contains a control character at offset {i}; {TAG_RULE}")
+    _check_tag_characters(field, tag, "")  # first as sent, so that the offset is the sender's
+    if value != tag:
+        _check_tag_characters(field, value, f" after NFKC normalisation (sent as {tag!r})")
     return value
 
 
@@ -177,3 +262,8 @@ def data_error(e: psycopg.Error, what: str) -> KnowledgeError:
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB"
+
+
+def _abbreviated(path: str, keep: int = 40) -> str:
+    """A JSON path short enough for a message: its start and end around an ellipsis."""
+    return path if len(path) <= 2 * keep else f"{path[:keep]}…{path[-keep:]}"

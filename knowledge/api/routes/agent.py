@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...agent_ops import (
@@ -18,10 +18,13 @@ from ...agent_ops import (
     update_markdown_document,
 )
 from ...boot import MAX_TOKENS_LIMIT, SLUG_RULE, check_slug
+from ...documents import lock_document
 from ...errors import InvalidInput
+from ...keys import caller_of
+from ...versions import version_of
 from ..body import CheckedBodyRoute
 from ..deps import Conn
-from .documents import DocumentPublic
+from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
 
 router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
 
@@ -31,10 +34,16 @@ _FOLDER = "A folder path such as /Research/Competitors (any case); / is the root
 
 
 def agent_header(
+    request: Request,
     slug: Annotated[str | None, Header(alias=AGENT_HEADER, description=(
-        f"The writing agent's slug ({SLUG_RULE}): the document is recorded as written by it."))] = None,
+        f"The writing agent's slug ({SLUG_RULE}): the document is recorded as written by it. "
+        "Ignored for a key bound to an agent: that agent is the writer."))] = None,
 ) -> str | None:
-    """The X-HQ-Agent header's slug, checked; None without the header."""
+    """The writing agent: the API key's agent when the key is bound to one, else the
+    X-HQ-Agent header's slug, checked; None without either."""
+    caller = caller_of(request)
+    if caller is not None and caller.agent:
+        return caller.agent
     if slug is None:
         return None
     try:
@@ -118,13 +127,15 @@ class MarkdownDocumentUpdate(BaseModel):
 
 
 @router.get("/documents/{document_id}/markdown", response_model=DocumentTextPublic,
-            summary="Read a document as markdown",
+            responses=READ_RESPONSES, summary="Read a document as markdown",
             description="The whole document, or one `section` (a heading or a heading path such as "
                         "`Refunds > Annual plans`, any case), cut after the last whole block that fits "
-                        f"`max_tokens` (1..{MAX_TOKENS_LIMIT}).")
-def read_markdown(document_id: UUID, conn: Conn, max_tokens: int | None = None,
+                        f"`max_tokens` (1..{MAX_TOKENS_LIMIT}). The ETag is the document's version, "
+                        "as GET /documents/{id} gives it: send it in If-Match when you update it.")
+def read_markdown(document_id: UUID, conn: Conn, response: Response, max_tokens: int | None = None,
                   section: str | None = None) -> DocumentTextPublic:
     doc = read_document(conn, document_id, max_tokens=max_tokens, section=section)
+    etag(response, version_of(doc.updated_at))
     return DocumentTextPublic.model_validate(doc)
 
 
@@ -137,16 +148,24 @@ def overview(conn: Conn, folder: Annotated[str | None, Query(description=_FOLDER
 
 
 @router.post("/documents/markdown", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
+             responses={201: {"headers": ETAG_HEADER}},
              summary="Save a markdown document in a folder named by path")
-def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent) -> DocumentPublic:
+def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent, response: Response) -> DocumentPublic:
     doc = save_markdown_document(conn, title=body.title, markdown=body.markdown, folder=body.folder,
                                  tags=body.tags, agent=agent)
+    etag(response, doc.version)
     return DocumentPublic.model_validate(doc)
 
 
 @router.patch("/documents/{document_id}/markdown", response_model=DocumentPublic,
-              summary="Replace a document's markdown, title or tags")
-def update_markdown(document_id: UUID, body: MarkdownDocumentUpdate, conn: Conn, agent: Agent) -> DocumentPublic:
-    doc = update_markdown_document(conn, document_id, markdown=body.markdown, title=body.title,
-                                   tags=body.tags, agent=agent)
+              responses=WRITE_RESPONSES, summary="Replace a document's markdown, title or tags",
+              description="With If-Match, only if the document is still at that version (412 otherwise).")
+def update_markdown(document_id: UUID, body: MarkdownDocumentUpdate, conn: Conn, agent: Agent,
+                    response: Response, if_match: IfMatch = None) -> DocumentPublic:
+    with conn.transaction():  # the lock, when If-Match is given, lasts until the update commits
+        if if_match is not None:
+            lock_document(conn, document_id, if_match)
+        doc = update_markdown_document(conn, document_id, markdown=body.markdown, title=body.title,
+                                       tags=body.tags, agent=agent)
+    etag(response, doc.version)
     return DocumentPublic.model_validate(doc)

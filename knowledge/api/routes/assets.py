@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...assets import (
     MAX_NAME_CHARS,
+    Asset,
     AssetType,
     archive_asset,
     create_asset,
@@ -24,6 +25,7 @@ from ...assets import (
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
 from ..deps import Conn, Filters
+from .documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(prefix="/assets", tags=["assets"], route_class=CheckedBodyRoute)
 
@@ -115,10 +117,15 @@ class AssetsPublic(BaseModel):
     count: int = Field(description="All assets matching the filters, not only this page.")
 
 
+def _public(response: Response, asset: Asset) -> AssetPublic:
+    etag(response, asset.version)
+    return AssetPublic.model_validate(asset)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AssetPublic,
-             summary="Create an asset", description=LIMITS)
-def create(body: AssetCreate, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(create_asset(conn, **body.model_dump()))
+             responses={201: {"headers": ETAG_HEADER}}, summary="Create an asset", description=LIMITS)
+def create(body: AssetCreate, conn: Conn, response: Response) -> AssetPublic:
+    return _public(response, create_asset(conn, **body.model_dump()))
 
 
 @router.get("", response_model=AssetsPublic, summary="List assets",
@@ -130,37 +137,47 @@ def list_(conn: Conn, filters: Filters,
     return AssetsPublic(data=[AssetPublic.model_validate(a) for a in page.items], count=page.count)
 
 
-@router.get("/{asset_id}", response_model=AssetPublic, summary="Get an asset")
-def get(asset_id: UUID, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(get_asset(conn, asset_id))
+@router.get("/{asset_id}", response_model=AssetPublic, responses=READ_RESPONSES, summary="Get an asset",
+            description="With an ETag: send it back in If-Match when you change the asset.")
+def get(asset_id: UUID, conn: Conn, response: Response) -> AssetPublic:
+    return _public(response, get_asset(conn, asset_id))
 
 
-@router.patch("/{asset_id}", response_model=AssetPublic, summary="Update an asset",
-              description="Partial update; also how an asset is pinned or unpinned. " + LIMITS)
-def update(asset_id: UUID, body: AssetUpdate, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(update_asset(conn, asset_id, **body.model_dump(exclude_unset=True)))
+@router.patch("/{asset_id}", response_model=AssetPublic, responses=WRITE_RESPONSES, summary="Update an asset",
+              description="Partial update; also how an asset is pinned or unpinned. With If-Match, only "
+                          "if the asset is still at that version (412 otherwise). " + LIMITS)
+def update(asset_id: UUID, body: AssetUpdate, conn: Conn, response: Response,
+           if_match: IfMatch = None) -> AssetPublic:
+    changes = body.model_dump(exclude_unset=True)
+    return _public(response, update_asset(conn, asset_id, **changes, if_match=if_match))
 
 
-@router.delete("/{asset_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an asset",
-               description="Deletes the record with its passages, embeddings and comments; "
-                           "not the file at storage_path.")
-def delete(asset_id: UUID, conn: Conn) -> Response:
-    delete_asset(conn, asset_id)
+@router.delete("/{asset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=DELETE_RESPONSES,
+               summary="Delete an asset",
+               description="Deletes the record with its passages, embeddings and comments; not the file "
+                           "at storage_path. With If-Match, only if the asset is still at that version "
+                           "(412 otherwise).")
+def delete(asset_id: UUID, conn: Conn, if_match: IfMatch = None) -> Response:
+    delete_asset(conn, asset_id, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{asset_id}/archive", response_model=AssetPublic, summary="Archive an asset",
-             description="Lists leave archived assets out unless `archived=true` or `any`.")
-def archive(asset_id: UUID, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(archive_asset(conn, asset_id))
+@router.post("/{asset_id}/archive", response_model=AssetPublic, responses=WRITE_RESPONSES,
+             summary="Archive an asset",
+             description="Lists leave archived assets out unless `archived=true` or `any`. With "
+                         "If-Match, only if the asset is still at that version (412 otherwise).")
+def archive(asset_id: UUID, conn: Conn, response: Response, if_match: IfMatch = None) -> AssetPublic:
+    return _public(response, archive_asset(conn, asset_id, if_match=if_match))
 
 
-@router.post("/{asset_id}/unarchive", response_model=AssetPublic, summary="Unarchive an asset")
-def unarchive(asset_id: UUID, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(unarchive_asset(conn, asset_id))
+@router.post("/{asset_id}/unarchive", response_model=AssetPublic, responses=WRITE_RESPONSES,
+             summary="Unarchive an asset",
+             description="With If-Match, only if the asset is still at that version (412 otherwise).")
+def unarchive(asset_id: UUID, conn: Conn, response: Response, if_match: IfMatch = None) -> AssetPublic:
+    return _public(response, unarchive_asset(conn, asset_id, if_match=if_match))
 
 
 @router.post("/{asset_id}/retry", response_model=AssetPublic, summary="Retry a failed embedding",
              description="Puts a `failed` asset back to `pending` with its attempts reset; 409 otherwise.")
-def retry(asset_id: UUID, conn: Conn) -> AssetPublic:
-    return AssetPublic.model_validate(retry_asset_embedding(conn, asset_id))
+def retry(asset_id: UUID, conn: Conn, response: Response) -> AssetPublic:
+    return _public(response, retry_asset_embedding(conn, asset_id))

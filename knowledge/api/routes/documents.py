@@ -1,17 +1,19 @@
-"""/documents: create, read, update, archive, delete and list documents."""
+"""/documents: create, read, update, archive, delete and list documents; with the ETag and
+If-Match handling that the asset, tag and markdown routes share."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...documents import (
     MAX_TITLE_CHARS,
     ContentFormat,
+    Document,
     archive_document,
     create_document,
     delete_document,
@@ -26,6 +28,30 @@ from ..body import MAX_BODY_BYTES, CheckedBodyRoute
 from ..deps import Conn, Filters
 
 router = APIRouter(prefix="/documents", tags=["documents"], route_class=CheckedBodyRoute)
+
+IfMatch = Annotated[str | None, Header(alias="If-Match", description=(
+    "The ETag of the version you read (from a GET or from a write's response), as sent, quoted; "
+    "or `*` for whatever version exists. When the item changed since, nothing is written and the "
+    "answer is 412: GET it again and reapply your change. Without If-Match the last write wins."))]
+
+ETAG_HEADER = {"ETag": {"description": (
+    "The item's version, quoted: it changes with every edit (content, title, tags, folder, pinned, "
+    "metadata, archiving), not with embedding progress. Send it back in If-Match."),
+    "schema": {"type": "string", "example": '"1767225600000000"'}}}
+_CHANGED = {"description": "If-Match does not hold the item's current version: nothing was written.",
+            "content": {"application/json": {"example": {"detail": (
+                'document 5f0c2b9e-7d41-4c1e-9a57-3d2f9b7c1a10 changed since version "1767225600000000" '
+                '(now "1767225612345678"): GET it again and reapply your change')}}}}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
+"""OpenAPI of a read that answers with an ETag."""
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}, 412: _CHANGED}
+"""OpenAPI of a write that takes If-Match and answers with the new ETag."""
+DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {412: _CHANGED}
+
+
+def etag(response: Response, version: str) -> None:
+    """Give `response` the ETag of `version` (an item's `version`)."""
+    response.headers["ETag"] = f'"{version}"'
 
 _MIB = 1024 * 1024
 LIMITS = (
@@ -111,10 +137,15 @@ class DocumentsPublic(BaseModel):
     count: int = Field(description="All documents matching the filters, not only this page.")
 
 
+def _public(response: Response, doc: Document) -> DocumentPublic:
+    etag(response, doc.version)
+    return DocumentPublic.model_validate(doc)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
-             summary="Create a document", description=LIMITS)
-def create(body: DocumentCreate, conn: Conn) -> DocumentPublic:
-    return DocumentPublic.model_validate(create_document(conn, **body.model_dump()))
+             responses={201: {"headers": ETAG_HEADER}}, summary="Create a document", description=LIMITS)
+def create(body: DocumentCreate, conn: Conn, response: Response) -> DocumentPublic:
+    return _public(response, create_document(conn, **body.model_dump()))
 
 
 @router.get("", response_model=DocumentsPublic, summary="List documents",
@@ -124,39 +155,50 @@ def list_(conn: Conn, filters: Filters) -> DocumentsPublic:
     return DocumentsPublic(data=[DocumentPublic.model_validate(d) for d in page.items], count=page.count)
 
 
-@router.get("/{document_id}", response_model=DocumentPublic, summary="Get a document")
-def get(document_id: UUID, conn: Conn) -> DocumentPublic:
-    return DocumentPublic.model_validate(get_document(conn, document_id))
+@router.get("/{document_id}", response_model=DocumentPublic, responses=READ_RESPONSES,
+            summary="Get a document",
+            description="With an ETag: send it back in If-Match when you change the document.")
+def get(document_id: UUID, conn: Conn, response: Response) -> DocumentPublic:
+    return _public(response, get_document(conn, document_id))
 
 
-@router.patch("/{document_id}", response_model=DocumentPublic, summary="Update a document",
+@router.patch("/{document_id}", response_model=DocumentPublic, responses=WRITE_RESPONSES,
+              summary="Update a document",
               description="Partial update; also how a document is pinned or unpinned. A new title "
                           "or content re-queues the embedding; tags, folder, pinned and metadata do "
-                          "not. " + LIMITS)
-def update(document_id: UUID, body: DocumentUpdate, conn: Conn) -> DocumentPublic:
+                          "not. With If-Match, only if the document is still at that version (412 "
+                          "otherwise). " + LIMITS)
+def update(document_id: UUID, body: DocumentUpdate, conn: Conn, response: Response,
+           if_match: IfMatch = None) -> DocumentPublic:
     changes = body.model_dump(exclude_unset=True)
-    return DocumentPublic.model_validate(update_document(conn, document_id, **changes))
+    return _public(response, update_document(conn, document_id, **changes, if_match=if_match))
 
 
-@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a document",
-               description="Deletes it with its passages, embeddings and comments.")
-def delete(document_id: UUID, conn: Conn) -> Response:
-    delete_document(conn, document_id)
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=DELETE_RESPONSES,
+               summary="Delete a document",
+               description="Deletes it with its passages, embeddings and comments. With If-Match, "
+                           "only if the document is still at that version (412 otherwise).")
+def delete(document_id: UUID, conn: Conn, if_match: IfMatch = None) -> Response:
+    delete_document(conn, document_id, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{document_id}/archive", response_model=DocumentPublic, summary="Archive a document",
-             description="Lists leave archived documents out unless `archived=true` or `any`.")
-def archive(document_id: UUID, conn: Conn) -> DocumentPublic:
-    return DocumentPublic.model_validate(archive_document(conn, document_id))
+@router.post("/{document_id}/archive", response_model=DocumentPublic, responses=WRITE_RESPONSES,
+             summary="Archive a document",
+             description="Lists leave archived documents out unless `archived=true` or `any`. With "
+                         "If-Match, only if the document is still at that version (412 otherwise).")
+def archive(document_id: UUID, conn: Conn, response: Response, if_match: IfMatch = None) -> DocumentPublic:
+    return _public(response, archive_document(conn, document_id, if_match=if_match))
 
 
-@router.post("/{document_id}/unarchive", response_model=DocumentPublic, summary="Unarchive a document")
-def unarchive(document_id: UUID, conn: Conn) -> DocumentPublic:
-    return DocumentPublic.model_validate(unarchive_document(conn, document_id))
+@router.post("/{document_id}/unarchive", response_model=DocumentPublic, responses=WRITE_RESPONSES,
+             summary="Unarchive a document",
+             description="With If-Match, only if the document is still at that version (412 otherwise).")
+def unarchive(document_id: UUID, conn: Conn, response: Response, if_match: IfMatch = None) -> DocumentPublic:
+    return _public(response, unarchive_document(conn, document_id, if_match=if_match))
 
 
 @router.post("/{document_id}/retry", response_model=DocumentPublic, summary="Retry a failed embedding",
              description="Puts a `failed` document back to `pending` with its attempts reset; 409 otherwise.")
-def retry(document_id: UUID, conn: Conn) -> DocumentPublic:
-    return DocumentPublic.model_validate(retry_document_embedding(conn, document_id))
+def retry(document_id: UUID, conn: Conn, response: Response) -> DocumentPublic:
+    return _public(response, retry_document_embedding(conn, document_id))

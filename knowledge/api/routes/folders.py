@@ -1,4 +1,9 @@
-"""/document-folders and /asset-folders: the two folder trees, with the same operations."""
+"""/document-folders and /asset-folders: the two folder trees, with the same operations.
+
+The tree is written as JSON by `_tree_json`, level by level without recursion: a tree stored
+deeper than the folder depth limit (before it existed) must still be readable, and pydantic,
+json and orjson all recurse once per level and fail a few hundred levels down.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...folders import (
+    MAX_FOLDER_DEPTH,
     MAX_FOLDER_NAME_CHARS,
     FolderNode,
+    FolderTree,
     create_folder,
     delete_folder,
     folder_tree,
@@ -25,8 +32,10 @@ from ..deps import Conn
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
-NAME_RULE = (f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/'; unique among its "
-             "siblings ignoring case (409 otherwise).")
+NAME_RULE = (f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/' and no control "
+             "characters; unique among its siblings ignoring case (409 otherwise).")
+DEPTH_RULE = (f"Folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1); "
+              "a create or move that would go deeper is a 422 naming parent_id.")
 
 
 class FolderCreate(BaseModel):
@@ -65,7 +74,9 @@ class FolderPublic(BaseModel):
     updated_at: datetime
 
 
-class FolderNodePublic(BaseModel):
+class FolderNodeFields(BaseModel):
+    """A tree node without its children: what `_tree_json` serialises for each node."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: UUID
@@ -75,6 +86,9 @@ class FolderNodePublic(BaseModel):
     position: int
     item_count: int = Field(description="Unarchived documents (or assets) directly in this folder.")
     total_item_count: int = Field(description="The same, in this folder and all its subfolders.")
+
+
+class FolderNodePublic(FolderNodeFields):
     children: list[FolderNodePublic]
 
 
@@ -89,8 +103,27 @@ class FolderDeletionPublic(BaseModel):
     items_moved_to_root: int = Field(description="Items that were in them, now in no folder.")
 
 
-def _node(node: FolderNode) -> FolderNodePublic:
-    return FolderNodePublic.model_validate(node)
+def _tree_json(found: FolderTree) -> bytes:
+    """`found` as the JSON of FolderTreePublic, built with an explicit stack so that no depth
+    of nesting recurses: each node is its FolderNodeFields JSON with `"children":[` appended
+    in place of the closing brace, and `]}` pushed to close it after its children."""
+    out = ['{"data":[']
+    stack: list[tuple[FolderNode, bool] | str] = [
+        (node, i == 0) for i, node in reversed(list(enumerate(found.roots)))]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        node, first = item
+        if not first:
+            out.append(",")
+        out.append(FolderNodeFields.model_validate(node).model_dump_json()[:-1])
+        out.append(',"children":[')
+        stack.append("]}")
+        stack.extend((child, i == 0) for i, child in reversed(list(enumerate(node.children))))
+    out.append(f'],"count":{found.count},"unfiled_count":{found.unfiled_count}}}')
+    return "".join(out).encode()
 
 
 def _routes(tree: Kind, prefix: str, items: str) -> None:
@@ -98,17 +131,16 @@ def _routes(tree: Kind, prefix: str, items: str) -> None:
 
     @router.post(prefix, status_code=status.HTTP_201_CREATED, response_model=FolderPublic, tags=tag,
                  summary=f"Create a {tree} folder", name=f"create_{tree}_folder",
-                 description=f"Name: {NAME_RULE} An unknown parent_id is a 404.")
+                 description=f"Name: {NAME_RULE} {DEPTH_RULE} An unknown parent_id is a 404.")
     def create(body: FolderCreate, conn: Conn) -> FolderPublic:
         return FolderPublic.model_validate(create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
 
     @router.get(prefix, response_model=FolderTreePublic, tags=tag, summary=f"The {tree} folder tree",
                 name=f"{tree}_folder_tree",
-                description=f"Nested folders with counts of the unarchived {items} in each.")
-    def tree_(conn: Conn) -> FolderTreePublic:
-        found = folder_tree(conn, tree)
-        return FolderTreePublic(data=[_node(n) for n in found.roots], count=found.count,
-                                unfiled_count=found.unfiled_count)
+                description=f"Nested folders with counts of the unarchived {items} in each, "
+                            "however deep the tree is.")
+    def tree_(conn: Conn) -> Response:
+        return Response(_tree_json(folder_tree(conn, tree)), media_type="application/json")
 
     @router.get(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
                 summary=f"Get a {tree} folder", name=f"get_{tree}_folder")
@@ -118,7 +150,8 @@ def _routes(tree: Kind, prefix: str, items: str) -> None:
     @router.patch(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
                   summary=f"Rename or move a {tree} folder", name=f"update_{tree}_folder",
                   description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
-                              "both folders; an unknown parent_id is a 404.")
+                              f"both folders; an unknown parent_id is a 404. {DEPTH_RULE} A move "
+                              "that leaves the moved folders no deeper than they were is allowed.")
     def update(folder_id: UUID, body: FolderUpdate, conn: Conn) -> FolderPublic:
         return FolderPublic.model_validate(
             update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True)))

@@ -3,18 +3,22 @@
 # No `from __future__ import annotations`: the route functions below are defined in a
 # factory, and FastAPI must see their parameter types (local aliases) as objects.
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...assets import lock_asset
+from ...documents import lock_document
 from ...items import Kind
 from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
 from ...validation import MAX_TAGS, TAG_RULE
 from ..body import CheckedBodyRoute
 from ..deps import Conn
+from .documents import WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
@@ -58,7 +62,16 @@ def all_tags(conn: Conn, prefix: Annotated[str | None, Query(
                       count=len(found))
 
 
-def _public(tags: ItemTags) -> ItemTagsPublic:
+def _written(conn: Conn, kind: Kind, item_id: UUID, if_match: str | None, response: Response,
+             write: Callable[[], ItemTags]) -> ItemTagsPublic:
+    """Run `write` in one transaction: after checking If-Match under the item's lock when it is
+    given, and before reading the item's new version for the response's ETag."""
+    lock = lock_document if kind == "document" else lock_asset
+    with conn.transaction():
+        if if_match is not None:
+            lock(conn, item_id, if_match)
+        tags = write()
+        etag(response, lock(conn, item_id))
     return ItemTagsPublic.model_validate(tags)
 
 
@@ -68,22 +81,27 @@ def _routes(kind: Kind, prefix: str) -> None:
     Tag = Annotated[str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).")]
     base = f"{prefix}/{{{id_name}}}/tags"
     group: list[str | Enum] = [prefix.strip("/")]
+    conditional = (f" With If-Match, only if the {kind} is still at that version (412 otherwise); the "
+                   f"ETag answered is the {kind}'s new version. ")
 
-    @router.post(base + "/{tag:path}", response_model=ItemTagsPublic, tags=group, name=f"add_{kind}_tag",
-                 summary=f"Add a tag to a {kind}", description="Adding a tag it has changes nothing. " + RULES)
-    def add(item_id: ItemId, tag: Tag, conn: Conn) -> ItemTagsPublic:
-        return _public(add_tag(conn, kind, item_id, tag))
+    @router.post(base + "/{tag:path}", response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
+                 name=f"add_{kind}_tag", summary=f"Add a tag to a {kind}",
+                 description="Adding a tag it has changes nothing." + conditional + RULES)
+    def add(item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None) -> ItemTagsPublic:
+        return _written(conn, kind, item_id, if_match, response, lambda: add_tag(conn, kind, item_id, tag))
 
-    @router.delete(base + "/{tag:path}", response_model=ItemTagsPublic, tags=group, name=f"remove_{kind}_tag",
-                   summary=f"Remove a tag from a {kind}",
-                   description="Removing a tag it does not have changes nothing. " + RULES)
-    def remove(item_id: ItemId, tag: Tag, conn: Conn) -> ItemTagsPublic:
-        return _public(remove_tag(conn, kind, item_id, tag))
+    @router.delete(base + "/{tag:path}", response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
+                   name=f"remove_{kind}_tag", summary=f"Remove a tag from a {kind}",
+                   description="Removing a tag it does not have changes nothing." + conditional + RULES)
+    def remove(item_id: ItemId, tag: Tag, conn: Conn, response: Response,
+               if_match: IfMatch = None) -> ItemTagsPublic:
+        return _written(conn, kind, item_id, if_match, response, lambda: remove_tag(conn, kind, item_id, tag))
 
-    @router.put(base, response_model=ItemTagsPublic, tags=group, name=f"set_{kind}_tags",
-                summary=f"Replace a {kind}'s tags", description=RULES)
-    def replace(item_id: ItemId, body: TagsUpdate, conn: Conn) -> ItemTagsPublic:
-        return _public(set_tags(conn, kind, item_id, body.tags))
+    @router.put(base, response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
+                name=f"set_{kind}_tags", summary=f"Replace a {kind}'s tags", description=conditional[1:] + RULES)
+    def replace(item_id: ItemId, body: TagsUpdate, conn: Conn, response: Response,
+                if_match: IfMatch = None) -> ItemTagsPublic:
+        return _written(conn, kind, item_id, if_match, response, lambda: set_tags(conn, kind, item_id, body.tags))
 
 
 _routes("document", "/documents")
