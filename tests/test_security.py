@@ -176,6 +176,38 @@ def test_an_agent_key_fixes_the_writer_whatever_the_header_says(keyed: Keyed) ->
         assert unbound.status_code == 422 and "bound to no agent" in unbound.json()["detail"]
 
 
+def _agent_ids(url: str) -> dict[str, uuid.UUID]:
+    with psycopg.connect(url) as conn:
+        return {slug: id_ for slug, id_ in conn.execute("SELECT slug, id FROM agents").fetchall()}
+
+
+def test_an_agent_key_writes_only_as_its_own_agent_by_id(keyed: Keyed) -> None:
+    ids = _agent_ids(keyed.url)
+    closer, scout = _bearer(keyed.keys["closer"]), str(ids["scout"])
+    before = state(keyed.url)
+    with keyed_client(keyed.url) as client:
+        for path, body in (("/documents", {"title": "Forged", "content_text": "x"}),
+                           ("/assets", {"name": "Forged", "asset_type": "link", "url": "https://example.com"})):
+            forged = client.post(path, json={**body, "created_by_agent_id": scout}, headers=closer)
+            assert forged.status_code == 403, forged.text
+            assert "created_by_agent_id" in forged.json()["detail"] and "closer" in forged.json()["detail"]
+        forged = client.patch(f"/documents/{keyed.doc}", json={"title": "Forged", "updated_by_agent_id": scout},
+                              headers=closer)
+        assert forged.status_code == 403, forged.text
+        assert state(keyed.url) == before  # nothing written
+        # left out: recorded as the key's agent; an unbound key may still name any agent
+        made = client.post("/documents", json={"title": "Mine", "content_text": "x"}, headers=closer).json()
+        assert made["created_by_agent_id"] == made["updated_by_agent_id"] == str(ids["closer"])
+        asset = client.post("/assets", json={"name": "Mine", "asset_type": "link", "url": "https://example.com"},
+                            headers=closer).json()
+        assert asset["created_by_agent_id"] == str(ids["closer"])
+        edited = client.patch(f"/documents/{keyed.doc}", json={"title": "Refunds"}, headers=closer).json()
+        assert edited["updated_by_agent_id"] == str(ids["closer"])
+        named = client.post("/documents", json={"title": "Theirs", "content_text": "x", "created_by_agent_id": scout},
+                            headers=_bearer(keyed.keys["write"])).json()
+        assert named["created_by_agent_id"] == scout
+
+
 def test_the_python_client_sends_its_key(keyed: Keyed) -> None:
     with http_service(keyed.url, require_keys=True) as base:
         with KnowledgeClient(base) as anonymous, pytest.raises(Unauthorized, match="needs an API key"):

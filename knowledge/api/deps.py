@@ -10,10 +10,11 @@ import psycopg
 from fastapi import Depends, Query, Request
 
 from ..db import pooled_connection
-from ..errors import InvalidInput
+from ..errors import Forbidden, InvalidInput
 from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
+from ..keys import caller_of
 
-__all__ = ["Conn", "Filters", "get_conn", "item_filters"]
+__all__ = ["BY_AGENT_RULE", "AgentStamp", "Conn", "Filters", "Writer", "get_conn", "item_filters", "writer"]
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:
@@ -55,3 +56,44 @@ def item_filters(
 
 
 Filters = Annotated[ItemFilters, Depends(item_filters)]
+
+
+BY_AGENT_RULE = ("The writing agent's id. With an API key bound to an agent it is that agent, "
+                 "whether given or not; another agent's id is refused with 403.")
+
+
+def bound_agent_id(request: Request, conn: Conn) -> UUID | None:
+    """The id of the agent the caller's API key is bound to; None for an unbound key, the
+    keyless local operator, or a key whose agent has since been deleted (the key's scope
+    still applies)."""
+    caller = caller_of(request)
+    if caller is None or not caller.agent:
+        return None
+    row = conn.execute("SELECT id FROM agents WHERE slug = %s", (caller.agent,)).fetchone()
+    return row[0] if row else None
+
+
+class AgentStamp:
+    """Who a write is recorded as: an agent-bound key writes as its agent and nobody else."""
+
+    def __init__(self, agent_id: UUID | None, key: str | None) -> None:
+        self.agent_id = agent_id
+        self.key = key
+
+    def stamp(self, field: str, given: UUID | None) -> UUID | None:
+        """The value for an `*_by_agent_id` field: the bound agent when there is one (given
+        must then be empty or the same), else what the caller gave."""
+        if self.agent_id is None:
+            return given
+        if given is not None and given != self.agent_id:
+            raise Forbidden(f"{field} is {given}, but the key {self.key!r} writes only as its own "
+                            f"agent ({self.agent_id}); leave {field} out or give that id")
+        return self.agent_id
+
+
+def writer(request: Request, agent_id: Annotated[UUID | None, Depends(bound_agent_id)]) -> AgentStamp:
+    caller = caller_of(request)
+    return AgentStamp(agent_id, caller.key if caller else None)
+
+
+Writer = Annotated[AgentStamp, Depends(writer)]

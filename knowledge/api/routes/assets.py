@@ -24,7 +24,7 @@ from ...assets import (
 )
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import Conn, Filters
+from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
 from .documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(prefix="/assets", tags=["assets"], route_class=CheckedBodyRoute)
@@ -53,7 +53,7 @@ class AssetCreate(BaseModel):
     tags: list[str] = Field(default_factory=list, description=TAG_RULE)
     pinned: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
-    created_by_agent_id: UUID | None = None
+    created_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
 
 class AssetUpdate(BaseModel):
@@ -124,8 +124,10 @@ def _public(response: Response, asset: Asset) -> AssetPublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AssetPublic,
              responses={201: {"headers": ETAG_HEADER}}, summary="Create an asset", description=LIMITS)
-def create(body: AssetCreate, conn: Conn, response: Response) -> AssetPublic:
-    return _public(response, create_asset(conn, **body.model_dump()))
+def create(body: AssetCreate, conn: Conn, response: Response, writer: Writer) -> AssetPublic:
+    values = body.model_dump()
+    values["created_by_agent_id"] = writer.stamp("created_by_agent_id", body.created_by_agent_id)
+    return _public(response, create_asset(conn, **values))
 
 
 @router.get("", response_model=AssetsPublic, summary="List assets",

@@ -25,7 +25,7 @@ from ...documents import (
 )
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import Conn, Filters
+from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
 
 router = APIRouter(prefix="/documents", tags=["documents"], route_class=CheckedBodyRoute)
 
@@ -77,7 +77,7 @@ class DocumentCreate(BaseModel):
     tags: list[str] = Field(default_factory=list, description=TAG_RULE)
     pinned: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
-    created_by_agent_id: UUID | None = None
+    created_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
 
 class DocumentUpdate(BaseModel):
@@ -95,7 +95,7 @@ class DocumentUpdate(BaseModel):
     tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}")
     pinned: bool | None = None
     metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.")
-    updated_by_agent_id: UUID | None = None
+    updated_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
     @field_validator("title", "content_format", "tags", "pinned", "metadata", mode="before")
     @classmethod
@@ -144,8 +144,10 @@ def _public(response: Response, doc: Document) -> DocumentPublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentPublic,
              responses={201: {"headers": ETAG_HEADER}}, summary="Create a document", description=LIMITS)
-def create(body: DocumentCreate, conn: Conn, response: Response) -> DocumentPublic:
-    return _public(response, create_document(conn, **body.model_dump()))
+def create(body: DocumentCreate, conn: Conn, response: Response, writer: Writer) -> DocumentPublic:
+    values = body.model_dump()
+    values["created_by_agent_id"] = writer.stamp("created_by_agent_id", body.created_by_agent_id)
+    return _public(response, create_document(conn, **values))
 
 
 @router.get("", response_model=DocumentsPublic, summary="List documents",
@@ -168,9 +170,11 @@ def get(document_id: UUID, conn: Conn, response: Response) -> DocumentPublic:
                           "or content re-queues the embedding; tags, folder, pinned and metadata do "
                           "not. With If-Match, only if the document is still at that version (412 "
                           "otherwise). " + LIMITS)
-def update(document_id: UUID, body: DocumentUpdate, conn: Conn, response: Response,
+def update(document_id: UUID, body: DocumentUpdate, conn: Conn, response: Response, writer: Writer,
            if_match: IfMatch = None) -> DocumentPublic:
     changes = body.model_dump(exclude_unset=True)
+    if writer.agent_id is not None:
+        changes["updated_by_agent_id"] = writer.stamp("updated_by_agent_id", body.updated_by_agent_id)
     return _public(response, update_document(conn, document_id, **changes, if_match=if_match))
 
 
