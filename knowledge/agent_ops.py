@@ -28,6 +28,7 @@ from .documents import Document, create_document, get_document, update_document
 from .errors import InvalidInput, NotFound
 from .folders import create_folder, get_folder
 from .items import UNSET
+from .validation import normalize_tag
 
 __all__ = [
     "DocumentText",
@@ -117,7 +118,7 @@ def _section_text(body: str, wanted: str) -> tuple[str, str]:
             assert section.heading is not None
             return " > ".join(section.path), body[section.heading[0]:end].strip()
     names = "; ".join(" > ".join(s.path) for s in sections) or "none: the document has no headings"
-    raise InvalidInput(f"section: no heading {wanted!r} in this document; its headings: {names}")
+    raise NotFound(f"section: no heading {wanted!r} in this document; its headings: {names}")
 
 
 def read_document(conn: psycopg.Connection[Any], document_id: UUID, *, max_tokens: int | None = None,
@@ -205,8 +206,8 @@ def knowledge_overview(conn: psycopg.Connection[Any], *, folder: str | None = No
     (and on assets there) with counts, and the `recent` most recently updated. Raises
     NotFound for an unknown folder, InvalidInput for a bad path or tag."""
     root = resolve_folder(conn, folder) if folder else None
-    if tag is not None and (not tag.strip() or len(tag) > 100 or "\x00" in tag):
-        raise InvalidInput(f"tag: 1 to 100 characters, got {tag[:40]!r}")
+    if tag is not None:
+        tag = normalize_tag(tag)
     params = {"root": root, "tag": tag, "recent": recent}
     scope = """
       WITH RECURSIVE tree AS (

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import items
-from .errors import InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound
 from .items import UNSET, ItemFilters, ItemSpec, Page, Unset
 from .validation import MAX_CONTENT_BYTES, check_json, check_name, check_text, normalize_tags
 from .versions import if_matches, lock_version, version_of
@@ -48,8 +48,10 @@ AssetType = Literal["sop", "research", "image", "video", "audio", "template", "s
 ASSET_TYPES: tuple[str, ...] = ("sop", "research", "image", "video", "audio", "template", "script",
                                 "spreadsheet", "link", "other")
 MAX_NAME_CHARS = 500
-MAX_SIZE_BYTES = 2**63 - 1
-_SHORT_TEXT_CHARS = 4096
+MAX_SIZE_BYTES = 2**53 - 1
+"""8 PiB: the largest whole number a JSON number carries exactly to every client (JavaScript's
+Number.MAX_SAFE_INTEGER); a bigint would hold more, but nobody could read it back exactly."""
+MAX_SHORT_TEXT_CHARS = 4096
 """url, storage_path and mime_type."""
 
 
@@ -116,7 +118,7 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"asset_type is {values['asset_type']!r}; accepted: {', '.join(ASSET_TYPES)}")
     for name in ("url", "storage_path", "mime_type"):
         if values.get(name) is not None:
-            check_name(name, values[name], max_chars=_SHORT_TEXT_CHARS)
+            check_name(name, values[name], max_chars=MAX_SHORT_TEXT_CHARS)
     for name in ("description", "content_text"):
         if values.get(name) is not None:
             if not isinstance(values[name], str):
@@ -144,7 +146,9 @@ def _write(conn: psycopg.Connection[Any], statement: sql.Composable, params: dic
     except InvalidInput as e:
         cause = e.__cause__
         if isinstance(cause, pg.CheckViolation) and cause.diag.constraint_name == "assets_link_has_url":
-            raise InvalidInput("url is required when asset_type is 'link'") from cause
+            # create_asset checks the values it is given first: here an update left a link without url
+            raise Conflict("url: the asset would be a link without a url; a link keeps its url (change "
+                           "asset_type in the same update to drop it)") from cause
         raise
 
 

@@ -22,7 +22,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from . import items
-from .errors import InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound
 from .items import UNSET, ItemFilters, ItemSpec, Page, Unset
 from .validation import (
     MAX_CONTENT_BYTES,
@@ -246,6 +246,8 @@ def update_document(
             old_fmt: str = row[0]
             old_content, old_text = row[1], row[2]
             fmt: str = given.get("content_format", old_fmt)
+            if "content_format" not in given:
+                _fits_stored_format(document_id, old_fmt, given)
             # What the new format does not use is cleared; what it uses and was not sent is kept.
             if fmt == "tiptap":
                 new_content = given.get("content", old_content if old_fmt == "tiptap" else None)
@@ -259,6 +261,17 @@ def update_document(
     if updated is None:
         raise NotFound(f"document {document_id} not found")
     return updated
+
+
+def _fits_stored_format(document_id: UUID, fmt: str, given: dict[str, Any]) -> None:
+    """An update that keeps the stored format `fmt` may send that format's content (not null)
+    and not the other's. Which one that is depends on what is stored: a mismatch is a
+    Conflict (409), where the same request with content_format would be a 422."""
+    uses, other = ("content", "content_text") if fmt == "tiptap" else ("content_text", "content")
+    if given.get(other) is not None or (uses in given and given[uses] is None):
+        raise Conflict(f"{uses}: document {document_id} is {fmt}, so an update without content_format "
+                       f"sends its text in {uses} (not null) and no {other}; to change the format, "
+                       "send content_format with the content for it")
 
 
 def archive_document(conn: psycopg.Connection[Any], document_id: UUID, *,

@@ -60,6 +60,8 @@ TRIGGERS = (  # (table, trigger): the ones with behaviour; updated_at triggers a
     ("asset_folders", "asset_folders_reject_cycle"),
 )
 REALTIME_TABLES = ("agent_commands", "agent_inbox_items")
+PRIVATE_TABLES = ("api_keys",)
+"""Row-level security on and no policy: only the service's own role reads them (key hashes)."""
 STORAGE_BUCKETS = ("assets", "attachments")
 
 
@@ -205,7 +207,11 @@ def _supabase(conn: psycopg.Connection[Any], tables: set[Any]) -> list[CheckItem
             "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
         ).fetchall()
         secured = {name for name, rls, policy in rows if rls and policy}
-        missing = [f"row-level security policy on {t}" for t in TABLES if t in tables and t not in secured]
+        private = {name for name, rls, policy in rows if rls and not policy}
+        missing = [f"row-level security policy on {t}" for t in TABLES
+                   if t in tables and t not in PRIVATE_TABLES and t not in secured]
+        missing += [f"row-level security without a policy on {t} (the service's alone)" for t in PRIVATE_TABLES
+                    if t in tables and t not in private]
         items.append(CheckItem("row-level security", not missing,
                                f"{len(TABLES) - len(missing)} of {len(TABLES)} tables", missing))
     else:

@@ -7,10 +7,12 @@ rejected value stores nothing; `data_error` converts what PostgreSQL still refus
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -67,6 +69,59 @@ _INVISIBLE = frozenset(
 # Explicit bidirectional embeddings, overrides and isolates: they reorder how the text
 # around them is displayed ("Trojan Source"). The marks LRM, RLM and ALM stay allowed.
 _BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
+def char_class(refused: Callable[[str], bool]) -> str:
+    """A regular-expression character class body (the part between `[^` and `]`) holding
+    every code point `refused` accepts, as ranges: ASCII as `\\uXXXX` escapes, the rest as
+    literal characters, which Python's re, ECMAScript and Rust's regex all read alike.
+    Surrogates are left out (no engine but Python's can name them; JSON text in UTF-8 cannot
+    carry them, and `check_text` refuses them)."""
+    ranges: list[tuple[int, int]] = []
+    # Planes 0-2 and 14: the others hold no control, format, separator or space characters.
+    for cp in itertools.chain(range(0xD800), range(0xE000, 0x30000), range(0xE0000, 0xF0000)):
+        if refused(chr(cp)):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    def literal(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp < 0xA0 else chr(cp)
+
+    return "".join(literal(a) if a == b else f"{literal(a)}-{literal(b)}" for a, b in ranges)
+
+
+def _refused_in_name(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ord(ch) in _BIDI_CONTROLS
+
+
+def _refused_in_tag(ch: str) -> bool:
+    return (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs", "Cf")
+            or ord(ch) in _INVISIBLE)
+
+
+def _refused_in_tag_as_sent(ch: str) -> bool:
+    """Refused itself, or turned into a refused character by NFKC ('\u00a8' becomes a space
+    and a combining diaeresis)."""
+    return _refused_in_tag(ch) or any(map(_refused_in_tag, unicodedata.normalize("NFKC", ch)))
+
+
+@functools.cache
+def name_pattern() -> str:
+    """The regular expression (for the OpenAPI document) of what `check_name` accepts as
+    characters: one line, not blank, no control, separator or bidirectional override
+    characters. The length limit is separate."""
+    refused = char_class(_refused_in_name)
+    blank = char_class(lambda ch: _refused_in_name(ch) or ch.isspace())
+    return f"^[^{refused}]*[^{blank}][^{refused}]*$"
+
+
+@functools.cache
+def tag_pattern() -> str:
+    """The regular expression of the characters a tag may hold as sent (`normalize_tag` also
+    checks them after NFKC normalisation, which this pattern also foresees character by
+    character)."""
+    return f"^[^{char_class(_refused_in_tag_as_sent)}]+$"
 
 
 def _unstorable(value: str) -> str | None:

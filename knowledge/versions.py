@@ -19,7 +19,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.rows import tuple_row
 
-from .errors import InvalidInput, NotFound, PreconditionFailed
+from .errors import NotFound, PreconditionFailed
 from .items import ItemSpec
 
 __all__ = ["if_matches", "lock_version", "version_of"]
@@ -40,16 +40,18 @@ def version_of(updated_at: datetime) -> str:
 
 def _accepted(if_match: str) -> frozenset[str] | None:
     """The versions an If-Match value accepts; None for `*` (any). Weak tags (W/"...") are
-    left out: If-Match compares strongly. Raises InvalidInput for anything but `*` or
-    comma-separated quoted tags."""
-    if if_match.strip() == "*":
+    left out: If-Match compares strongly. Raises PreconditionFailed for anything but `*` or
+    comma-separated quoted tags: a value that names no version cannot hold (RFC 9110 13.1.1
+    evaluates the condition; nothing is written)."""
+    if if_match.strip(" \t") == "*":
         return None
     versions: set[str] = set()
     for part in if_match.split(","):
-        tag = _ENTITY_TAG.fullmatch(part.strip())
+        tag = _ENTITY_TAG.fullmatch(part.strip(" \t"))
         if tag is None:
-            raise InvalidInput(f"If-Match is {if_match[:100]!r}; give the ETag a GET or a write "
-                               'answered, quoted as sent (e.g. "1767225600000000"), or *')
+            raise PreconditionFailed(f"If-Match is {if_match[:100]!r}, which is not an ETag: nothing was "
+                                     "written; send the ETag a GET or a write answered, quoted as "
+                                     'sent (e.g. "1767225600000000"), or *')
         if tag[1] is None:
             versions.add(tag[2])
     return frozenset(versions)
@@ -60,7 +62,7 @@ def lock_version(conn: psycopg.Connection[Any], spec: ItemSpec[Any], item_id: UU
     checking that `if_match` (an If-Match value: `*`, or quoted versions) accepts it. The
     caller must hold a transaction (`conn.transaction()`) around this call and the write it
     guards: the lock keeps every other writer out between the check and the write. Raises
-    NotFound, PreconditionFailed, InvalidInput for a malformed `if_match`."""
+    NotFound, PreconditionFailed (also for a malformed `if_match`)."""
     accepted = _accepted(if_match)
     query = sql.SQL("SELECT updated_at FROM {} WHERE id = %s FOR UPDATE").format(sql.Identifier(spec.table))
     with conn.cursor(row_factory=tuple_row) as cur:

@@ -158,7 +158,7 @@ def test_get_document(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
     expected = read_document(conn, doc_id, max_tokens=60)
     assert cut.truncated and cut.tokens <= 60 < cut.total_tokens == doc.total_tokens
     assert (cut.markdown, cut.tokens) == (expected.markdown, expected.tokens)
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(NotFound) as e:
         client.get_document(doc_id, section="Pricing")
     assert e.value.message.startswith("section: no heading 'Pricing' in this document; its headings: Summary;")
 
@@ -337,7 +337,8 @@ def test_markdown_routes_leave_the_document_routes_alone(kb: KB) -> None:
         assert text.status_code == 200 and text.json()["markdown"].startswith("# Refund policy\n\n# Refunds")
         made = http.post("/documents/markdown", json={"title": "Route note", "markdown": "Hello."})
         assert made.status_code == 201 and made.json()["content_format"] == "markdown"
-        assert http.get("/documents/markdown").status_code == 422  # an id that is not a UUID
+        wrong = http.get("/documents/markdown")  # the literal path, not a document id
+        assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
 
 
 def test_a_callers_http_client_is_used_and_left_open(kb: KB, conn: Conn) -> None:

@@ -89,10 +89,10 @@ def test_bundle_that_fails_applies_nothing(empty_db_url: str, tmp_path: Path) ->
 def test_failed_file_is_rolled_back_and_earlier_files_stay(empty_db_url: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
-    (folder / "018_broken.sql").write_text(
-        "-- 018_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n")
+    (folder / "019_broken.sql").write_text(
+        "-- 019_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n")
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match=r"018_broken\.sql failed and was rolled back: function missing_function\(\) does not exist"):
+        with pytest.raises(MigrationError, match=r"019_broken\.sql failed and was rolled back: function missing_function\(\) does not exist"):
             migrate(conn, load_migrations(folder))
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
         names = [r[0] for r in conn.execute(f"SELECT name FROM {LEDGER} ORDER BY name")]
@@ -105,7 +105,7 @@ def test_changed_file_is_reported_and_nothing_runs(empty_db_url: str, tmp_path: 
     _migrate(empty_db_url, migrations=load_migrations(folder))
     edited = folder / "005_crm.sql"
     edited.write_text(edited.read_text() + "\nCREATE TABLE sneaky (id int);\n")
-    (folder / "018_next.sql").write_text("-- 018_next: a later file\nCREATE TABLE later (id int);\n")
+    (folder / "019_next.sql").write_text("-- 019_next: a later file\nCREATE TABLE later (id int);\n")
     with pytest.raises(MigrationError) as caught:
         _migrate(empty_db_url, migrations=load_migrations(folder))
     message = caught.value.message
@@ -182,7 +182,8 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
             "AND 'authenticated' = ANY (roles)")}
         for table in TABLES:
             assert secured[table], table
-            assert table in policies, table
+            # api_keys: RLS with no policy, so Supabase's REST roles never read the key hashes
+            assert (table in policies) == (table != "api_keys"), table
         members = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'")}
         assert {"agent_commands", "agent_inbox_items"} <= members
@@ -199,6 +200,14 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
             conn.execute("SET LOCAL ROLE authenticated")
             assert conn.execute("SELECT slug FROM agents").fetchall() == [("scout",)]
             conn.execute("INSERT INTO tags (name) VALUES ('vip')")
+        conn.execute("INSERT INTO api_keys (name, prefix, key_hash, scope) "
+                     "VALUES ('ops', 'hqk_abcd', sha256('x'), 'admin')")
+        for role in ("authenticated",):
+            with conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role}")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("SELECT count(*) FROM api_keys")
+                raise psycopg.Rollback()
 
     before = schema_dump(supabase_like_url)
     _migrate(supabase_like_url, reapply=True)
@@ -212,5 +221,6 @@ def test_plain_postgres_skips_supabase_parts_with_notices(empty_db_url: str) -> 
     assert "supabase_realtime not found" in notes and "storage schema not found" in notes
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'public'").fetchone() == (0,)
-        assert conn.execute("SELECT bool_or(relrowsecurity) FROM pg_class "
-                            "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'").fetchone() == (False,)
+        secured = [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relrowsecurity "
+                                              "AND relnamespace = 'public'::regnamespace AND relkind = 'r'")]
+        assert secured == ["api_keys"]  # on everywhere: only the service's own role reads keys

@@ -414,9 +414,10 @@ def test_bad_input_each_a_clear_error_and_search_keeps_serving(conn: Conn, db_ur
     assert "cannot be loaded" in hq("reembed", "--model", str(no_weights), env=env).stderr
     with local_client(create_app(db_url)) as client:
         for body, status, message in [
-            ({"model": "no-such-model"}, 422, "model: unknown model 'no-such-model'"),
-            ({"model": str(not_a_model)}, 422, "is not a sentence-transformers model directory"),
-            ({"model": str(no_weights)}, 422, "cannot be loaded"),
+            ({"model": "no-such-model"}, 404, "model: 'no-such-model' is not a model name this service knows"),
+            # a path is only a name over HTTP: nothing on the server's disk is looked at
+            ({"model": str(not_a_model)}, 404, "is not a model name this service knows"),
+            ({"model": str(no_weights)}, 404, "is not a model name this service knows"),
             ({"folder": str(uuid.uuid4())}, 404, "folder: no document or asset folder"),
         ]:
             response = client.post("/reembed", json=body)

@@ -144,7 +144,7 @@ def test_keys_are_shown_once_and_stored_as_hashes(keyed: Keyed) -> None:
         bad = client.post("/keys", json={"scope": "owner"}, headers=_bearer(keyed.keys["admin"]))
         assert bad.status_code == 422 and "scope" in bad.text
         ghost = client.post("/keys", json={"scope": "read", "agent": "ghost"}, headers=_bearer(keyed.keys["admin"]))
-        assert ghost.status_code == 422 and "agent: no agent has the slug 'ghost'" in ghost.json()["detail"]
+        assert ghost.status_code == 404 and "agent: no agent has the slug 'ghost'" in ghost.json()["detail"]
     with psycopg.connect(keyed.url) as conn:
         stored = conn.execute("SELECT string_agg(encode(key_hash, 'escape') || prefix || name, '') "
                               "FROM api_keys").fetchone()
@@ -173,7 +173,7 @@ def test_an_agent_key_fixes_the_writer_whatever_the_header_says(keyed: Keyed) ->
         boot = client.get("/boot", headers={**_bearer(keyed.keys["closer"]), "Accept": "text/markdown"})
         assert boot.status_code == 200 and boot.headers["X-HQ-Agent"] == "closer"
         unbound = client.get("/boot", headers=_bearer(keyed.keys["read"]))
-        assert unbound.status_code == 422 and "bound to no agent" in unbound.json()["detail"]
+        assert unbound.status_code == 403 and "bound to no agent" in unbound.json()["detail"]
 
 
 def _agent_ids(url: str) -> dict[str, uuid.UUID]:

@@ -13,6 +13,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from .. import __version__
 from ..db import open_search_pool
 from ..errors import KnowledgeError
+from .openapi import MethodTable, document_errors
 from .routes import (
     agent,
     agents,
@@ -28,17 +29,9 @@ from .routes import (
     tags,
     ui,
 )
-from .security import AccessPolicy, Gate, authorize
+from .security import AccessPolicy, Gate, authorize, is_public
 
 __all__ = ["AccessPolicy", "create_app"]
-
-_ERROR = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No API key where one is needed, or a key that is unknown or revoked", **_ERROR},
-    403: {"description": "The key lacks the scope this route needs, or the request came from "
-                         "another origin", **_ERROR},
-}
 
 
 def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
@@ -59,6 +52,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.openapi()  # built now (with its Unicode patterns), not at the first request
         pool = open_search_pool(database_url, max_size=pool_size, application_name="hq-knowledge-api")
         app.state.pool = pool
         app.state.database_url = database_url
@@ -74,8 +68,9 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
             pool.close()
 
     app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan,
-                  dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
-    app.add_middleware(Gate, policy=policy, pool=lambda: app.state.pool)
+                  dependencies=[Depends(authorize)])
+    app.add_middleware(MethodTable, paths=lambda: app.openapi()["paths"])
+    app.add_middleware(Gate, policy=policy, pool=lambda: app.state.pool)  # outermost
 
     @app.exception_handler(KnowledgeError)
     async def knowledge_error(request: Request, exc: KnowledgeError) -> JSONResponse:
@@ -96,4 +91,13 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     app.include_router(ui.router)  # GET /: the operator's search page
     app.mount("/static", ui.static_files(), name="static")  # only paths under /static/
     app.router.routes.extend(mcp_app.routes)  # POST/GET/DELETE /mcp
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate(), public=is_public)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -13,6 +14,7 @@ from ..db import pooled_connection
 from ..errors import Forbidden, InvalidInput
 from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
 from ..keys import caller_of
+from .fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
 
 __all__ = ["BY_AGENT_RULE", "AgentStamp", "Conn", "Filters", "Writer", "get_conn", "item_filters", "writer"]
 
@@ -28,11 +30,13 @@ Conn = Annotated[psycopg.Connection[Any], Depends(get_conn)]
 
 def item_filters(
     folder_id: Annotated[str | None, Query(description=(
-        "A folder's id: items in it and in all its subfolders. `root`: items in no folder."))] = None,
+        "A folder's id: items in it and in all its subfolders. `root`: items in no folder."),
+        json_schema_extra=FOLDER_ID)] = None,
     tags_any: Annotated[list[str], Query(description=(
-        "Items with at least one of these tags (repeat the parameter)."))] = [],  # noqa: B006
+        "Items with at least one of these tags (repeat the parameter)."),
+        json_schema_extra=TAG)] = [],  # noqa: B006
     tags_all: Annotated[list[str], Query(description=(
-        "Items with all of these tags (repeat the parameter)."))] = [],  # noqa: B006
+        "Items with all of these tags (repeat the parameter)."), json_schema_extra=TAG)] = [],  # noqa: B006
     pinned: Annotated[bool | None, Query(description=(
         "Only pinned (true) or unpinned (false) items."))] = None,
     archived: Annotated[Archived, Query(description=(
@@ -47,10 +51,9 @@ def item_filters(
     if folder_id == "root":
         folder = "root"
     elif folder_id is not None:
-        try:
-            folder = UUID(folder_id)
-        except ValueError as e:
-            raise InvalidInput(f"folder_id is {folder_id!r}; give a folder's UUID or 'root'") from e
+        if not re.fullmatch(FOLDER_ID_PATTERN, folder_id):
+            raise InvalidInput(f"folder_id is {folder_id[:100]!r}; give a folder's UUID or 'root'")
+        folder = UUID(folder_id)
     return ItemFilters(folder_id=folder, tags_any=tags_any, tags_all=tags_all, pinned=pinned,
                        archived=archived, embedding_status=embedding_status, limit=limit, offset=offset)
 

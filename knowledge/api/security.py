@@ -210,7 +210,7 @@ class Gate:
         if authorization is None:
             if not self.policy.require_keys:
                 return OPERATOR
-            if method in ("GET", "HEAD") and _public(path):
+            if method in ("GET", "HEAD") and is_public(path):
                 return VISITOR
             raise Unauthorized("this service needs an API key: send `Authorization: Bearer <key>` "
                                "(the operator creates one with `hq-knowledge keys create`)")
@@ -228,7 +228,8 @@ class Gate:
             return identify(conn, secret)
 
 
-def _public(path: str) -> bool:
+def is_public(path: str) -> bool:
+    """Whether `path` answers without a key where keys are required."""
     return path in PUBLIC_PATHS or path.startswith("/static/")
 
 

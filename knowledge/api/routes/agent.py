@@ -18,12 +18,13 @@ from ...agent_ops import (
     update_markdown_document,
 )
 from ...boot import MAX_TOKENS_LIMIT, SLUG_RULE, check_slug
-from ...documents import lock_document
+from ...documents import MAX_TITLE_CHARS, lock_document
 from ...errors import InvalidInput
 from ...keys import caller_of
 from ...versions import version_of
 from ..body import CheckedBodyRoute
 from ..deps import Conn
+from ..fields import NOT_BLANK, SLUG, TAG, name, rule
 from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
 
 router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
@@ -37,7 +38,8 @@ def agent_header(
     request: Request,
     slug: Annotated[str | None, Header(alias=AGENT_HEADER, description=(
         f"The writing agent's slug ({SLUG_RULE}): the document is recorded as written by it. "
-        "Ignored for a key bound to an agent: that agent is the writer."))] = None,
+        "Ignored for a key bound to an agent: that agent is the writer."),
+        json_schema_extra=SLUG)] = None,
 ) -> str | None:
     """The writing agent: the API key's agent when the key is bound to one, else the
     X-HQ-Agent header's slug, checked; None without either."""
@@ -47,7 +49,7 @@ def agent_header(
     if slug is None:
         return None
     try:
-        return check_slug(slug.strip())
+        return check_slug(slug)
     except InvalidInput as e:
         raise InvalidInput(f"{AGENT_HEADER} header: {e.message}") from e
 
@@ -110,20 +112,24 @@ class OverviewPublic(BaseModel):
 class MarkdownDocumentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str
-    markdown: str = Field(description="The document's text; at least one non-space character.")
+    title: str = Field(json_schema_extra=name(MAX_TITLE_CHARS))
+    markdown: str = Field(description="The document's text; at least one non-space character.",
+                          json_schema_extra=NOT_BLANK)
     folder: str | None = Field(None, description=_FOLDER + " Created if missing; null: the root.")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, json_schema_extra=TAG)
 
 
 class MarkdownDocumentUpdate(BaseModel):
     """What is given (not null) replaces what is stored; at least one field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: schema.update(anyOf=[
+        {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+        for field in ("markdown", "title", "tags")]))
 
-    markdown: str | None = Field(None, description="The new text; the document becomes markdown.")
-    title: str | None = None
-    tags: list[str] | None = Field(None, description="Replaces the whole list.")
+    markdown: str | None = Field(None, description="The new text; the document becomes markdown.",
+                                 json_schema_extra=NOT_BLANK)
+    title: str | None = Field(None, json_schema_extra=name(MAX_TITLE_CHARS))
+    tags: list[str] | None = Field(None, description="Replaces the whole list.", json_schema_extra=TAG)
 
 
 @router.get("/documents/{document_id}/markdown", response_model=DocumentTextPublic,
@@ -132,7 +138,9 @@ class MarkdownDocumentUpdate(BaseModel):
                         "`Refunds > Annual plans`, any case), cut after the last whole block that fits "
                         f"`max_tokens` (1..{MAX_TOKENS_LIMIT}). The ETag is the document's version, "
                         "as GET /documents/{id} gives it: send it in If-Match when you update it.")
-def read_markdown(document_id: UUID, conn: Conn, response: Response, max_tokens: int | None = None,
+def read_markdown(document_id: UUID, conn: Conn, response: Response,
+                  max_tokens: Annotated[int | None, Query(json_schema_extra=rule(
+                      "integer", minimum=1, maximum=MAX_TOKENS_LIMIT))] = None,
                   section: str | None = None) -> DocumentTextPublic:
     doc = read_document(conn, document_id, max_tokens=max_tokens, section=section)
     etag(response, version_of(doc.updated_at))
@@ -143,7 +151,7 @@ def read_markdown(document_id: UUID, conn: Conn, response: Response, max_tokens:
             description="Unarchived documents under `folder` (a path) and tagged `tag`: their count, the "
                         "folders with counts, the tags with counts, the most recently updated.")
 def overview(conn: Conn, folder: Annotated[str | None, Query(description=_FOLDER)] = None,
-             tag: str | None = None) -> OverviewPublic:
+             tag: Annotated[str | None, Query(json_schema_extra=TAG)] = None) -> OverviewPublic:
     return OverviewPublic.model_validate(knowledge_overview(conn, folder=folder, tag=tag))
 
 

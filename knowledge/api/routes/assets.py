@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...assets import (
     MAX_NAME_CHARS,
+    MAX_SHORT_TEXT_CHARS,
+    MAX_SIZE_BYTES,
     Asset,
     AssetType,
     archive_asset,
@@ -25,6 +27,7 @@ from ...assets import (
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
 from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
+from ..fields import JSON_OBJECT, TAG, TEXT, name, no_null
 from .documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(prefix="/assets", tags=["assets"], route_class=CheckedBodyRoute)
@@ -38,21 +41,33 @@ LIMITS = (
 )
 
 
-class AssetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_SHORT = name(MAX_SHORT_TEXT_CHARS)  # url, storage_path, mime_type: checked as names are
 
-    name: str = Field(description=f"1..{MAX_NAME_CHARS} characters, not blank.")
+
+def _link_has_url(schema: dict[str, Any]) -> None:
+    schema["allOf"] = [{"if": {"properties": {"asset_type": {"const": "link"}}, "required": ["asset_type"]},
+                        "then": {"required": ["url"], "properties": {"url": {"type": "string"}}}}]
+
+
+class AssetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_link_has_url)
+
+    name: str = Field(description=f"1..{MAX_NAME_CHARS} characters, not blank.",
+                      json_schema_extra=name(MAX_NAME_CHARS))
     asset_type: AssetType = "other"
-    description: str | None = None
-    url: str | None = Field(None, description="Required for asset_type `link`.")
-    storage_path: str | None = Field(None, description="Where the file is stored (media, uploads).")
-    mime_type: str | None = None
-    size_bytes: int | None = Field(None, ge=0)
-    content_text: str | None = Field(None, description="Text of the asset (an SOP, a script, CSV); media have none.")
+    description: str | None = Field(None, json_schema_extra=TEXT)
+    url: str | None = Field(None, description="Required for asset_type `link`.", json_schema_extra=_SHORT)
+    storage_path: str | None = Field(None, description="Where the file is stored (media, uploads).",
+                                     json_schema_extra=_SHORT)
+    mime_type: str | None = Field(None, json_schema_extra=_SHORT)
+    size_bytes: int | None = Field(None, ge=0, le=MAX_SIZE_BYTES)
+    content_text: str | None = Field(None, description="Text of the asset (an SOP, a script, CSV); media have none.",
+                                     json_schema_extra=TEXT)
     folder_id: UUID | None = Field(None, description="An asset folder; null: at the root.")
-    tags: list[str] = Field(default_factory=list, description=TAG_RULE)
+    tags: list[str] = Field(default_factory=list, description=TAG_RULE, json_schema_extra=TAG)
     pinned: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.",
+                                     json_schema_extra=JSON_OBJECT)
     created_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
 
@@ -60,20 +75,23 @@ class AssetUpdate(BaseModel):
     """Only the fields sent change; null clears an optional field. `folder_id: null` moves
     the asset to the root."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null(
+        "name", "asset_type", "tags", "pinned", "metadata"))
 
-    name: str | None = Field(None, description=f"1..{MAX_NAME_CHARS} characters, not blank.")
+    name: str | None = Field(None, description=f"1..{MAX_NAME_CHARS} characters, not blank.",
+                             json_schema_extra=name(MAX_NAME_CHARS))
     asset_type: AssetType | None = None
-    description: str | None = None
-    url: str | None = None
-    storage_path: str | None = None
-    mime_type: str | None = None
-    size_bytes: int | None = Field(None, ge=0)
-    content_text: str | None = None
+    description: str | None = Field(None, json_schema_extra=TEXT)
+    url: str | None = Field(None, json_schema_extra=_SHORT)
+    storage_path: str | None = Field(None, json_schema_extra=_SHORT)
+    mime_type: str | None = Field(None, json_schema_extra=_SHORT)
+    size_bytes: int | None = Field(None, ge=0, le=MAX_SIZE_BYTES)
+    content_text: str | None = Field(None, json_schema_extra=TEXT)
     folder_id: UUID | None = None
-    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}")
+    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}", json_schema_extra=TAG)
     pinned: bool | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.")
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.",
+                                            json_schema_extra=JSON_OBJECT)
 
     @field_validator("name", "asset_type", "tags", "pinned", "metadata", mode="before")
     @classmethod

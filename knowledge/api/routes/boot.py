@@ -20,9 +20,10 @@ from ...boot import (
     boot_version,
     bundle_markdown,
 )
-from ...errors import InvalidInput
+from ...errors import Forbidden
 from ...keys import caller_of
 from ..deps import Conn
+from ..fields import SLUG
 
 router = APIRouter(tags=["boot"])
 
@@ -126,7 +127,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         "or unpinned, moved, archived or deleted and no item gained a boot tag."),
 )
 def get_boot_bundle(
-    agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.")],
+    agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.", json_schema_extra=SLUG)],
     conn: Conn,
     max_tokens: Annotated[int | None, Query(
         ge=1, le=MAX_TOKENS_LIMIT,
@@ -155,7 +156,7 @@ def get_boot_bundle(
     "/boot", response_model=BootBundlePublic, summary="The calling agent's boot bundle",
     responses={200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
                304: {"description": "Not modified: If-None-Match holds the current ETag."},
-               422: {"description": "The key is bound to no agent: use /boot/{agent_slug}."}},
+               403: {"description": "The key is bound to no agent: use /boot/{agent_slug}."}},
     description=("As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
                  "the `X-HQ-Agent` response header names it."),
 )
@@ -169,7 +170,7 @@ def get_own_boot_bundle(
 ) -> Response:
     caller = caller_of(request)
     if caller is None or not caller.agent:
-        raise InvalidInput("agent_slug: this request's key is bound to no agent; ask for /boot/{agent_slug}, "
+        raise Forbidden("this request's key is bound to no agent, so /boot has no agent to answer for: ask for /boot/{agent_slug}, "
                            "or use a key created with `hq-knowledge keys create --agent SLUG`")
     response = get_boot_bundle(caller.agent, conn, max_tokens, accept, if_none_match)
     response.headers["X-HQ-Agent"] = caller.agent

@@ -26,13 +26,25 @@ from ...documents import (
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
 from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
+from ..fields import (
+    IF_MATCH,
+    JSON_OBJECT,
+    TAG,
+    TEXT,
+    TIPTAP,
+    combined,
+    content_formats,
+    name,
+    no_null,
+)
 
 router = APIRouter(prefix="/documents", tags=["documents"], route_class=CheckedBodyRoute)
 
 IfMatch = Annotated[str | None, Header(alias="If-Match", description=(
     "The ETag of the version you read (from a GET or from a write's response), as sent, quoted; "
     "or `*` for whatever version exists. When the item changed since, nothing is written and the "
-    "answer is 412: GET it again and reapply your change. Without If-Match the last write wins."))]
+    "answer is 412: GET it again and reapply your change. Without If-Match the last write wins."),
+    json_schema_extra=IF_MATCH)]
 
 ETAG_HEADER = {"ETag": {"description": (
     "The item's version, quoted: it changes with every edit (content, title, tags, folder, pinned, "
@@ -67,34 +79,39 @@ _CONTENT_TEXT = "With content_format `markdown` or `html`: the source text, stor
 
 
 class DocumentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=content_formats(partial=False))
 
-    title: str = Field(description=f"1..{MAX_TITLE_CHARS} characters, not blank.")
+    title: str = Field(description=f"1..{MAX_TITLE_CHARS} characters, not blank.",
+                       json_schema_extra=name(MAX_TITLE_CHARS))
     content_format: ContentFormat = "markdown"
-    content: dict[str, Any] | None = Field(None, description=_CONTENT)
-    content_text: str | None = Field(None, description=_CONTENT_TEXT)
+    content: dict[str, Any] | None = Field(None, description=_CONTENT, json_schema_extra=TIPTAP)
+    content_text: str | None = Field(None, description=_CONTENT_TEXT, json_schema_extra=TEXT)
     folder_id: UUID | None = Field(None, description="A document folder; null: at the root.")
-    tags: list[str] = Field(default_factory=list, description=TAG_RULE)
+    tags: list[str] = Field(default_factory=list, description=TAG_RULE, json_schema_extra=TAG)
     pinned: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object.",
+                                     json_schema_extra=JSON_OBJECT)
     created_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
 
 class DocumentUpdate(BaseModel):
     """Only the fields sent change. `folder_id: null` moves the document to the root."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=combined(
+        no_null("title", "content_format", "tags", "pinned", "metadata"), content_formats(partial=True)))
 
-    title: str | None = Field(None, description=f"1..{MAX_TITLE_CHARS} characters, not blank.")
+    title: str | None = Field(None, description=f"1..{MAX_TITLE_CHARS} characters, not blank.",
+                              json_schema_extra=name(MAX_TITLE_CHARS))
     content_format: ContentFormat | None = Field(
         None, description="A new format needs its content unless the stored one fits "
                           "(markdown <-> html keeps the text).")
-    content: dict[str, Any] | None = Field(None, description=_CONTENT)
-    content_text: str | None = Field(None, description=_CONTENT_TEXT)
+    content: dict[str, Any] | None = Field(None, description=_CONTENT, json_schema_extra=TIPTAP)
+    content_text: str | None = Field(None, description=_CONTENT_TEXT, json_schema_extra=TEXT)
     folder_id: UUID | None = None
-    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}")
+    tags: list[str] | None = Field(None, description=f"Replaces the tags. {TAG_RULE}", json_schema_extra=TAG)
     pinned: bool | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.")
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata: any JSON object.",
+                                            json_schema_extra=JSON_OBJECT)
     updated_by_agent_id: UUID | None = Field(None, description=BY_AGENT_RULE)
 
     @field_validator("title", "content_format", "tags", "pinned", "metadata", mode="before")

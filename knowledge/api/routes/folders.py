@@ -29,6 +29,7 @@ from ...folders import (
 from ...items import Kind
 from ..body import CheckedBodyRoute
 from ..deps import Conn
+from ..fields import name, no_null
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
@@ -41,16 +42,16 @@ DEPTH_RULE = (f"Folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level fold
 class FolderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE)
+    name: str = Field(description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS))
     parent_id: UUID | None = Field(None, description="The parent folder; null: at the root.")
 
 
 class FolderUpdate(BaseModel):
     """Rename (name), move (parent_id; null moves to the root), or both."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null("name"))
 
-    name: str | None = Field(None, description=NAME_RULE)
+    name: str | None = Field(None, description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS))
     parent_id: UUID | None = Field(
         None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409.")
 

@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...boot import SLUG_RULE
 from ...keys import create_key, list_keys, revoke_key
+from ...validation import name_pattern
 from ..body import CheckedBodyRoute
 from ..deps import Conn
+from ..fields import SLUG, string_rule
 
 router = APIRouter(prefix="/keys", tags=["keys"], route_class=CheckedBodyRoute)
 
@@ -24,8 +26,9 @@ class KeyCreate(BaseModel):
         "read: search and read; write: also create and update; admin: also archive, delete, "
         "re-embed, switch models and manage keys."))
     agent: str | None = Field(None, max_length=63, description=(
-        f"Bind the key to this agent ({SLUG_RULE}): its caller is that agent."))
-    name: str | None = Field(None, max_length=100, description="A name to recognise the key by.")
+        f"Bind the key to this agent ({SLUG_RULE}): its caller is that agent."), json_schema_extra=SLUG)
+    name: str | None = Field(None, max_length=100, description="A name to recognise the key by.",
+                             json_schema_extra=string_rule(pattern=lambda: f"(^$)|({name_pattern()})"))
 
 
 class KeyPublic(BaseModel):

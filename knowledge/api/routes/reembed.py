@@ -10,24 +10,25 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...errors import InvalidInput
+from ...errors import InvalidInput, NotFound
 from ...models import active_spec, list_models
 from ...reembed import Selection, count_selection, get_job, start_job
+from ..body import CheckedBodyRoute
 from ..deps import Conn
 
-router = APIRouter(tags=["reembed"])
+router = APIRouter(tags=["reembed"], route_class=CheckedBodyRoute)
 log = logging.getLogger("hq_knowledge.reembed")
 
 
 class ReembedCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str | None = Field(None, max_length=4096, description=(
         "A model name: one registered (GET /models), all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, or "
         "fake-hash-<dims>; default: the active model. Model directories are registered on the "
         "command line only."))
-    name: str | None = Field(None, max_length=128, description=(
-        "Not accepted over HTTP (registering a model directory is done on the command line)."))
     stale: bool = Field(False, description="Only passages without a vector of their current text.")
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=100, description="Only items with any of these tags.")
@@ -35,6 +36,14 @@ class ReembedCreate(BaseModel):
     since: datetime | None = Field(None, description="Only items updated since.")
     activate: bool = Field(True, description="For another model: switch search to it once it covers every passage.")
     dry_run: bool = Field(False, description="Count the passages; start nothing.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" in data:
+            raise InvalidInput("name: only for registering a model directory, which is done on the "
+                               "command line (`hq-knowledge reembed --model PATH --name NAME`)")
+        return data
 
 
 class ReembedPublic(BaseModel):
@@ -79,9 +88,6 @@ def _spec(conn: Conn, body: ReembedCreate) -> Any:
     caller probe which paths exist): a model directory is registered on the command line."""
     from embeddings.registry import PACKAGED, ModelError, resolve_model, spec_from_row
 
-    if body.name is not None:
-        raise InvalidInput("name: only for registering a model directory, which is done on the "
-                           "command line (`hq-knowledge reembed --model PATH --name NAME`)")
     if body.model is not None:
         row = conn.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models "
                            "WHERE name = %s", (body.model,)).fetchone()
@@ -94,7 +100,7 @@ def _spec(conn: Conn, body: ReembedCreate) -> Any:
             except ModelError as e:
                 raise InvalidInput(f"model: {e}") from None
         registered = [r[0] for r in conn.execute("SELECT name FROM embedding_models ORDER BY name")]
-        raise InvalidInput(f"model: {body.model[:200]!r} is not a model name this service knows; give "
+        raise NotFound(f"model: {body.model[:200]!r} is not a model name this service knows; give "
                            f"one of {', '.join(dict.fromkeys([*registered, *PACKAGED]))} or fake-hash-<dims> "
                            "(a model directory is registered on the command line: "
                            "`hq-knowledge reembed --model PATH`)")

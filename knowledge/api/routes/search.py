@@ -14,7 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ...db import pooled_connection
 from ...query_models import search_active
-from ...search import MAX_QUERY_CHARS, SearchQuery, SearchResult
+from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery, SearchResult
+from ..fields import not_blank_pattern, rule, string_rule
+
+# What SearchQuery.validated() accepts, for the OpenAPI document (its messages stay).
+_QUERY = string_rule(pattern=not_blank_pattern, minLength=1, maxLength=MAX_QUERY_CHARS)
+_LIMIT = rule("integer", minimum=1, maximum=MAX_LIMIT)
+_OFFSET = rule("integer", minimum=0, maximum=MAX_OFFSET)
+_TAG = string_rule(minLength=1, maxLength=100, pattern="^[^\\u0000]*$")
+_ASSET_TYPE = string_rule(enum=list(ASSET_TYPES))
 
 router = APIRouter(tags=["search"])
 
@@ -27,22 +35,22 @@ router = APIRouter(tags=["search"])
                         "matched terms in <mark>. Archived items are left out unless `archived=true|any`.")
 async def search_route(
     request: Request,
-    q: str,
-    limit: int = 10,
-    offset: int = 0,
+    q: Annotated[str, Query(json_schema_extra=_QUERY)],
+    limit: Annotated[int, Query(json_schema_extra=_LIMIT)] = 10,
+    offset: Annotated[int, Query(json_schema_extra=_OFFSET)] = 0,
     mode: Literal["hybrid", "semantic", "keyword"] = "hybrid",
-    tags_any: Annotated[list[str] | None, Query()] = None,
-    tags_all: Annotated[list[str] | None, Query()] = None,
+    tags_any: Annotated[list[str] | None, Query(json_schema_extra=_TAG)] = None,
+    tags_all: Annotated[list[str] | None, Query(json_schema_extra=_TAG)] = None,
     folder: uuid.UUID | None = None,
     kind: Literal["document", "asset"] | None = None,
-    asset_type: str | None = None,
+    asset_type: Annotated[str | None, Query(json_schema_extra=_ASSET_TYPE)] = None,
     pinned: bool | None = None,
     archived: Literal["false", "true", "any"] = "false",
     updated_since: datetime | None = None,
     explain: bool = False,
-    k: float = 60.0,
-    semantic_weight: float = 1.0,
-    keyword_weight: float = 1.0,
+    k: Annotated[float, Query(json_schema_extra=rule("number", exclusiveMinimum=0))] = 60.0,
+    semantic_weight: Annotated[float, Query(json_schema_extra=rule("number", minimum=0))] = 1.0,
+    keyword_weight: Annotated[float, Query(json_schema_extra=rule("number", minimum=0))] = 1.0,
 ) -> Response:
     query = SearchQuery(q=q, limit=limit, offset=offset, mode=mode, tags_any=tuple(tags_any or ()),
                         tags_all=tuple(tags_all or ()), folder=folder, kind=kind, asset_type=asset_type,

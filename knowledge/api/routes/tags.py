@@ -18,6 +18,7 @@ from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
 from ...validation import MAX_TAGS, TAG_RULE
 from ..body import CheckedBodyRoute
 from ..deps import Conn
+from ..fields import TAG
 from .documents import WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(route_class=CheckedBodyRoute)
@@ -30,7 +31,8 @@ RULES = (f"Tag rule: {TAG_RULE}. Tags are compared and stored after NFC normalis
 class TagsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tags: list[str] = Field(description=f"The item's new tags; duplicates dropped, order kept. {TAG_RULE}")
+    tags: list[str] = Field(description=f"The item's new tags; duplicates dropped, order kept. {TAG_RULE}",
+                            json_schema_extra=TAG)
 
 
 class ItemTagsPublic(BaseModel):
@@ -78,7 +80,8 @@ def _written(conn: Conn, kind: Kind, item_id: UUID, if_match: str | None, respon
 def _routes(kind: Kind, prefix: str) -> None:
     id_name = f"{kind}_id"
     ItemId = Annotated[UUID, Path(alias=id_name, description=f"The {kind}'s id.")]
-    Tag = Annotated[str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).")]
+    Tag = Annotated[str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).",
+                              json_schema_extra=TAG)]
     base = f"{prefix}/{{{id_name}}}/tags"
     group: list[str | Enum] = [prefix.strip("/")]
     conditional = (f" With If-Match, only if the {kind} is still at that version (412 otherwise); the "
