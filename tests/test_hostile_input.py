@@ -31,7 +31,7 @@ from .apiclient import local_client
 Conn = psycopg.Connection[dict[str, Any]]
 Ids = dict[str, str]
 
-TABLES = ("documents", "assets", "document_folders", "asset_folders")
+TABLES = ("documents", "assets", "document_folders", "asset_folders", "reembed_jobs")
 FOLDER_TABLES = {"/document-folders": "document_folders", "/asset-folders": "asset_folders"}
 DEEP_HTML = "<div>" * 300 + "<p>deep</p>" + "</div>" * 300
 
@@ -64,6 +64,7 @@ class Case:
     names: tuple[str, ...]
     """Each must appear in the error message."""
     status: int = 422
+    headers: dict[str, str] | None = None
 
 
 CASES = [
@@ -119,6 +120,19 @@ CASES = [
     Case("folder-name-newline", "POST", "/document-folders", {"name": "a\nb"}, ("name", "U+000A")),
     Case("folder-rename-escape", "PATCH", "/asset-folders/{alevel64}", {"name": "\x1b]0;pwned\x07"},
          ("name", "U+001B", "offset 0")),
+    # a server path as a model tells nothing about the server's disk: it is only an unknown name
+    Case("reembed-server-path", "POST", "/reembed", {"model": "/etc", "dry_run": True},
+         ("model", "'/etc' is not a model name this service knows"), status=404),
+    Case("reembed-register-directory", "POST", "/reembed", {"model": "/tmp", "name": "mine"},
+         ("name", "command line")),
+    # concurrent edits: a stale or malformed If-Match writes nothing
+    Case("stale-if-match", "PATCH", "/documents/{doc}", {"title": "Mine"}, ("changed since", '"1"'),
+         status=412, headers={"If-Match": '"1"'}),
+    Case("malformed-if-match", "DELETE", "/assets/{asset}", None, ("If-Match", "not an ETag"),
+         status=412, headers={"If-Match": "0"}),
+    # headers beyond 16 KiB
+    Case("headers-over-16-kib", "POST", "/documents", {"title": "T", "content_text": "x"},
+         ("request headers are", "the limit is 16384"), status=431, headers={"X-Padding": "p" * 17_000}),
 ]
 
 
@@ -182,8 +196,8 @@ def test_hostile_input_is_refused_and_stores_nothing(client: TestClient, conn: C
     before = snapshot(conn)
     body = fill(case.body, ids)
     path = case.path.format(**ids)
-    response = client.request(case.method, path, json=body) if body is not None else \
-        client.request(case.method, path)
+    response = client.request(case.method, path, json=body, headers=case.headers) if body is not None else \
+        client.request(case.method, path, headers=case.headers)
     assert response.status_code == case.status, response.text[:2000]
     text = message(response)
     for name in case.names:

@@ -43,5 +43,7 @@ def test_every_answer_is_what_the_openapi_document_says(db_url: str, tmp_path: P
         key = create_key(conn, scope="admin", name="fuzz").secret
     with http_service(db_url, require_keys=True) as base:
         run = fuzz(base, key, tmp_path)
+    summary = [line.strip() for line in run.stdout.splitlines() if "generated" in line]
+    print("schemathesis:", summary[-1:] or run.stdout[-500:])
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " passed" in run.stdout and "generated" in run.stdout
