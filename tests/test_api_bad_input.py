@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from knowledge.api import create_app
 
-from .apiclient import local_client
+from .apiclient import error_message as message
+from .apiclient import local_client, rows_snapshot
 
 Conn = psycopg.Connection[dict[str, Any]]
 Ids = dict[str, str]
@@ -187,18 +188,7 @@ def ids(client: TestClient) -> Ids:
 
 
 def snapshot(conn: Conn) -> dict[str, Any]:
-    """Row count and a hash of every row of the knowledge tables."""
-    return {t: conn.execute(
-        f"SELECT count(*) AS n, md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) AS h FROM {t} x"
-    ).fetchone() for t in TABLES}
-
-
-def message(response: Any) -> str:
-    """The error message, FastAPI's validation list flattened to 'loc: msg' lines."""
-    detail = response.json()["detail"]
-    if isinstance(detail, str):
-        return detail
-    return "\n".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail)
+    return rows_snapshot(conn, TABLES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -16,7 +16,7 @@ from typing import Any
 from ..validation import MAX_TAG_CHARS, char_class, name_pattern, tag_pattern
 
 __all__ = ["COMPONENTS", "FOLDER_ID", "FOLDER_ID_PATTERN", "IF_MATCH", "JSON_OBJECT", "NOT_BLANK", "SLUG", "TAG",
-           "TEXT", "TIPTAP", "combined", "content_formats", "name", "no_null", "not_blank_pattern", "rule", "string_rule"]
+           "TEXT", "TIPTAP", "combined", "content_formats", "drop_null", "name", "no_null", "not_blank_pattern", "rule", "string_rule"]
 
 Schema = dict[str, Any]
 
@@ -76,18 +76,26 @@ def no_null(*fields: str) -> Callable[[Schema], None]:
     def apply(schema: Schema) -> None:
         for field in fields:
             prop = schema.get("properties", {}).get(field)
-            if prop is None or "anyOf" not in prop:
-                continue
-            members = [m for m in prop["anyOf"] if m.get("type") != "null"]
-            del prop["anyOf"]
-            if len(members) == 1:
-                prop.update(members[0])
-            else:
-                prop["anyOf"] = members
-            if prop.get("default", "") is None:
-                del prop["default"]
+            if prop is not None:
+                drop_null(prop)
 
     return apply
+
+
+def drop_null(schema: Schema) -> None:
+    """Take null out of `schema`'s anyOf (in place), and a null default with it."""
+    if "anyOf" not in schema:
+        return
+    members = [m for m in schema["anyOf"] if m.get("type") != "null"]
+    if len(members) == len(schema["anyOf"]):
+        return
+    del schema["anyOf"]
+    if len(members) == 1:
+        schema.update(members[0])
+    else:
+        schema["anyOf"] = members
+    if schema.get("default", "") is None:
+        del schema["default"]
 
 
 def combined(*rules: Callable[[Schema], None]) -> Callable[[Schema], None]:

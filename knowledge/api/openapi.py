@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .fields import COMPONENTS
+from .fields import COMPONENTS, drop_null
 
 __all__ = ["ERROR_SCHEMA", "MethodTable", "document_errors"]
 
@@ -82,8 +82,10 @@ def document_errors(schema: dict[str, Any], public: Callable[[str], bool]) -> di
                 continue
             if public(path):
                 operation["security"] = []
+            # A parameter left out is None to the route; it cannot be sent as null (a client
+            # would send the text 'null'), so its schema does not offer null.
             for parameter in operation.get("parameters", []):
-                _absent_not_null(parameter)
+                drop_null(parameter.get("schema", {}))
             takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
             needed = ["401", "403", "503"]
             if takes_input or "{" in path:
@@ -101,21 +103,6 @@ def document_errors(schema: dict[str, Any], public: Callable[[str], bool]) -> di
                     body["schema"] = _ERROR_REF
             operation["responses"] = dict(sorted(responses.items()))
     return schema
-
-
-def _absent_not_null(parameter: dict[str, Any]) -> None:
-    """A parameter left out is None to the route; it cannot be sent as null, so its schema
-    does not offer null (a client would send the text 'null')."""
-    schema = parameter.get("schema", {})
-    members = [m for m in schema.get("anyOf", []) if m.get("type") != "null"]
-    if "anyOf" in schema and len(members) < len(schema["anyOf"]):
-        del schema["anyOf"]
-        if len(members) == 1:
-            schema.update(members[0])
-        else:
-            schema["anyOf"] = members
-        if schema.get("default", "") is None:
-            del schema["default"]
 
 
 def _pattern(template: str) -> re.Pattern[str]:
