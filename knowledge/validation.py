@@ -107,12 +107,13 @@ def _refused_in_tag_as_sent(ch: str) -> bool:
 
 
 @functools.cache
-def name_pattern() -> str:
+def name_pattern(also: str = "") -> str:
     """The regular expression (for the OpenAPI document) of what `check_name` accepts as
     characters: one line, not blank, no control, separator or bidirectional override
-    characters. The length limit is separate."""
-    refused = char_class(_refused_in_name)
-    blank = char_class(lambda ch: _refused_in_name(ch) or ch.isspace())
+    characters, nor any character of `also` ('/' for folder names). The length limit is
+    separate."""
+    refused = char_class(lambda ch: _refused_in_name(ch) or ch in also)
+    blank = char_class(lambda ch: _refused_in_name(ch) or ch in also or ch.isspace())
     return f"^[^{refused}]*[^{blank}][^{refused}]*$"
 
 

@@ -64,9 +64,10 @@ IF_MATCH = string_rule(pattern='^[ \\t]*(\\*|(W/)?"[^"]*"([ \\t]*,[ \\t]*(W/)?"[
 """`*` or comma-separated entity tags, spaces and tabs around them (knowledge.versions)."""
 
 
-def name(max_chars: int) -> Callable[[Schema], None]:
-    """A title or name as `knowledge.validation.check_name` takes it."""
-    return string_rule(pattern=name_pattern, minLength=1, maxLength=max_chars)
+def name(max_chars: int, *, also: str = "") -> Callable[[Schema], None]:
+    """A title or name as `knowledge.validation.check_name` takes it, without the characters
+    of `also`."""
+    return string_rule(pattern=lambda: name_pattern(also), minLength=1, maxLength=max_chars)
 
 
 def no_null(*fields: str) -> Callable[[Schema], None]:

@@ -42,7 +42,7 @@ DEPTH_RULE = (f"Folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level fold
 class FolderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS))
+    name: str = Field(description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS, also="/"))
     parent_id: UUID | None = Field(None, description="The parent folder; null: at the root.")
 
 
@@ -51,7 +51,7 @@ class FolderUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=no_null("name"))
 
-    name: str | None = Field(None, description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS))
+    name: str | None = Field(None, description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS, also="/"))
     parent_id: UUID | None = Field(
         None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409.")
 
