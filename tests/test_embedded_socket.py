@@ -46,8 +46,8 @@ def _psql_as_nobody(socket_dir: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def data_root() -> Iterator[Path]:
-    """A directory of the test's own, outside pytest's /tmp/pytest-of-<user>: every pytest
-    session that starts meanwhile makes that 0700 again, locking the server's user out."""
+    """A directory of the test's own, outside pytest's per-user temporary directory: every
+    pytest session that starts meanwhile makes that 0700 again, locking the server's user out."""
     root = Path(tempfile.mkdtemp(prefix="hq-embedded-test-"))
     try:
         yield root
