@@ -6,6 +6,7 @@ __all__ = [
     "Conflict",
     "DatabaseUnavailable",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidInput",
     "KnowledgeError",
     "MigrationError",
@@ -21,6 +22,8 @@ class KnowledgeError(Exception):
     """Base of every error this package raises on purpose; the message is shown to the user."""
 
     status: int = 500
+    retry_after: int | None = None
+    """Seconds after which the same request may succeed (a Retry-After header), if known."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -66,9 +69,19 @@ class TooLarge(KnowledgeError):
 
 
 class DatabaseUnavailable(KnowledgeError):
-    """The database cannot be reached or used: wrong URL, password, missing extension."""
+    """The database cannot be reached or used: wrong URL, password, missing extension, or a
+    server that is down or restarting (then a retry after `retry_after` seconds may succeed)."""
 
     status = 503
+    retry_after = 2
+
+
+class InsufficientStorage(KnowledgeError):
+    """The database's disk is full: nothing was written; reads still work. A write may succeed
+    once space is freed."""
+
+    status = 507
+    retry_after = 30
 
 
 class ServiceUnavailable(KnowledgeError):

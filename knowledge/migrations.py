@@ -1,13 +1,19 @@
-"""The migration runner: applies db/migrations/*.sql in filename order, once each.
+"""The migration runner: applies db/migrations/*.sql in filename order.
 
-Each file runs in its own transaction, and a ledger table records its name and checksum.
-A file that changed after it was applied is reported, never silently re-run: released
-migrations are immutable, and a change belongs in a new file.
+Each file runs in its own transaction, and a ledger table records its name, checksum and
+the schema release that applied it. Every file is idempotent: tables are created once
+(`IF NOT EXISTS`; a change to a table is a new numbered file), while functions, triggers,
+views and policies are replaced each time the file runs. So a database of an earlier release
+is upgraded by running every file again, then the new ones: `migrate` does that by itself
+when the ledger holds checksums of an earlier release (db/migrations/releases.json lists the
+checksums of every release). A file whose applied checksum belongs to no release was edited
+by hand after it was applied: that is reported, never silently re-run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,9 +30,14 @@ __all__ = [
     "LEDGER",
     "MigrateResult",
     "Migration",
+    "Release",
+    "ReleaseState",
     "applied_migrations",
     "bundle",
+    "current_release",
+    "database_release",
     "load_migrations",
+    "load_releases",
     "migrate",
     "preflight",
 ]
@@ -49,7 +60,8 @@ _LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
   checksum   text NOT NULL,
   applied_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE {LEDGER} IS 'Migrations applied to this database: file name and sha256 of its text.';
+ALTER TABLE {LEDGER} ADD COLUMN IF NOT EXISTS release integer;
+COMMENT ON TABLE {LEDGER} IS 'Migrations applied to this database: file name, sha256 of its text, schema release.';
 """
 
 
@@ -68,6 +80,47 @@ class MigrateResult:
     applied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notices: dict[str, list[str]] = field(default_factory=dict)
+    upgraded_from: str | None = None
+    """The release the database was at when an upgrade re-applied every file, else None."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One schema release: the checksum of each of its migration files."""
+
+    number: int
+    date: str
+    commit: str | None
+    files: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"release {self.number} of {self.date}" + (f" ({self.commit})" if self.commit else "")
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """Where a database stands against the files of this version of HQ."""
+
+    release: Release | None
+    """The release whose files the ledger holds exactly; None for a new database, or a mix."""
+    current: bool
+    """Every file applied with its current text."""
+    pending: list[str]
+    """Files not applied yet."""
+    upgradable: list[str]
+    """Applied files whose applied and present texts are both a release's: `migrate` upgrades them."""
+    edited: list[str]
+    """Applied files whose applied or present text is no release's: edited after it was applied."""
+
+    @property
+    def label(self) -> str:
+        if self.release is not None:
+            return self.release.label
+        if not self.pending and not self.upgradable and not self.edited:
+            return "new database"
+        return "no known release (some files edited after they were applied)" if self.edited \
+            else "between releases"
 
 
 def migrations_dir() -> Path:
@@ -77,6 +130,45 @@ def migrations_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise MigrationError(f"no migrations directory found next to {here}")
+
+
+def load_releases(directory: Path | None = None) -> list[Release]:
+    """Every schema release, oldest first, from releases.json beside the migration files."""
+    path = (directory or migrations_dir()) / "releases.json"
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except ValueError as e:
+        raise MigrationError(f"{path.name} is not valid JSON: {e}") from e
+    return [Release(e["release"], e["date"], e.get("commit"), dict(e["files"])) for e in entries]
+
+
+def current_release(migrations: list[Migration], releases: list[Release]) -> int | None:
+    """The number of the release these files are, None when they are no release's (edited)."""
+    files = {m.name: m.checksum for m in migrations}
+    return next((r.number for r in reversed(releases) if r.files == files), None)
+
+
+def database_release(
+    applied: dict[str, tuple[str, datetime]],
+    migrations: list[Migration],
+    releases: list[Release],
+) -> ReleaseState:
+    """Compare the ledger (`applied_migrations`) with the files and the known releases."""
+    known: dict[str, set[str]] = {}
+    for r in releases:
+        for name, checksum in r.files.items():
+            known.setdefault(name, set()).add(checksum)
+    ledger = {name: checksum for name, (checksum, _) in applied.items()}
+    exact = next((r for r in reversed(releases) if r.files == ledger), None)
+    pending = [m.name for m in migrations if m.name not in applied]
+    changed = [m for m in migrations if m.name in applied and applied[m.name][0] != m.checksum]
+    # An upgrade replaces one release's text of a file by another's; any other change is an edit.
+    upgradable = [m.name for m in changed
+                  if {applied[m.name][0], m.checksum} <= known.get(m.name, set())]
+    edited = [m.name for m in changed if m.name not in upgradable]
+    return ReleaseState(exact, not pending and not changed, pending, upgradable, edited)
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
@@ -133,22 +225,24 @@ def applied_migrations(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, da
     return {name: (checksum, at) for name, checksum, at in rows}
 
 
-def check_unchanged(migrations: list[Migration], applied: dict[str, tuple[str, datetime]]) -> None:
-    """Raise MigrationError naming every applied file whose text has changed since."""
-    changed = [
-        (m, applied[m.name])
-        for m in migrations
-        if m.name in applied and applied[m.name][0] != m.checksum
-    ]
-    if changed:
+def check_unchanged(
+    migrations: list[Migration], applied: dict[str, tuple[str, datetime]], releases: list[Release]
+) -> None:
+    """Raise MigrationError naming every applied file whose text has changed since, other than
+    by a release of HQ (those `migrate` upgrades by itself)."""
+    state = database_release(applied, migrations, releases)
+    by_name = {m.name: m for m in migrations}
+    if state.edited:
         names = ", ".join(
-            f"{m.name} (applied {at:%Y-%m-%d %H:%M}, checksum {old[:12]} now {m.checksum[:12]})"
-            for m, (old, at) in changed
+            f"{name} (applied {applied[name][1]:%Y-%m-%d %H:%M}, checksum {applied[name][0][:12]} "
+            f"now {by_name[name].checksum[:12]})"
+            for name in state.edited
         )
         raise MigrationError(
-            f"migration file changed after it was applied: {names}. "
-            "Applied migrations are immutable: restore the file and put the change in a new migration "
-            "(or, after upgrading HQ, whose files are idempotent, run `hq-knowledge db migrate --reapply`)"
+            f"migration file changed after it was applied: {names}, and neither text is one of a "
+            "release of HQ. Applied migrations are immutable: restore the file and put the change in "
+            "a new migration (or, if the database was migrated by a newer HQ, run that version; to "
+            "apply these files anyway, all of which are idempotent: `hq-knowledge db migrate --reapply`)"
         )
 
 
@@ -161,16 +255,19 @@ def migrate(
 ) -> MigrateResult:
     """Apply every pending migration, each file in its own transaction.
 
-    With `reapply`, files already applied run again (they are idempotent): a repair for a
-    schema changed by hand. `conn` must be in autocommit mode. `on_file(name, state)` is
-    called with state "applied" or "skipped" as the run goes. Raises MigrationError when a
-    file fails (that file is rolled back; earlier ones stay applied) or when an applied
-    file has changed (then nothing is applied), except with `reapply`: that is how a
-    database takes the newer text of HQ's own (idempotent) files after an upgrade.
+    A database of an earlier release (its ledger holds an earlier release's checksums) is
+    upgraded: every file runs again, in order, then the new ones. With `reapply`, files
+    already applied run again in any case: a repair for a schema changed by hand. `conn` must
+    be in autocommit mode. `on_file(name, state)` is called with state "applied" or
+    "skipped" as the run goes. Raises MigrationError when a file fails (that file is rolled
+    back; earlier ones stay applied) or when an applied file was edited after it was applied
+    and its text is no release's (then nothing is applied), except with `reapply`.
     """
     if not conn.autocommit:
         raise ValueError("migrate() needs a connection in autocommit mode")
     migrations = load_migrations() if migrations is None else migrations
+    releases = load_releases()
+    current = current_release(migrations, releases)
     result = MigrateResult()
     notices: list[str] = []
 
@@ -189,7 +286,11 @@ def migrate(
             _tuples(conn).execute(_LEDGER_DDL)
         applied = applied_migrations(conn)
         if not reapply:  # reapplying runs every file again and records its checksum now
-            check_unchanged(migrations, applied)
+            check_unchanged(migrations, applied, releases)
+            state = database_release(applied, migrations, releases)
+            if state.upgradable:
+                reapply = True
+                result.upgraded_from = state.label
         for m in migrations:
             if m.name in applied and not reapply:
                 result.skipped.append(m.name)
@@ -201,9 +302,10 @@ def migrate(
                 with conn.transaction():
                     _tuples(conn).execute(m.sql.encode())  # trusted file text, run as is
                     _tuples(conn).execute(
-                        f"INSERT INTO {LEDGER} (name, checksum) VALUES (%s, %s) "
-                        "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum",
-                        [m.name, m.checksum],
+                        f"INSERT INTO {LEDGER} (name, checksum, release) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, "
+                        "release = EXCLUDED.release, applied_at = now()",
+                        [m.name, m.checksum, current],
                     )
             except psycopg.Error as e:
                 raise MigrationError(
@@ -228,6 +330,8 @@ def bundle(migrations: list[Migration] | None = None) -> str:
     later see a database set up from the bundle as fully migrated.
     """
     migrations = load_migrations() if migrations is None else migrations
+    current = current_release(migrations, load_releases())
+    release = "NULL" if current is None else str(current)
     parts = [
         "-- HQ Knowledge schema: every migration in filename order, in one transaction.",
         "-- Safe to run again: each file is idempotent.",
@@ -238,8 +342,9 @@ def bundle(migrations: list[Migration] | None = None) -> str:
     for m in migrations:
         parts += [f"-- ==== {m.name} ====", m.sql.rstrip(), ""]
         parts.append(
-            f"INSERT INTO {LEDGER} (name, checksum) VALUES ('{m.name}', '{m.checksum}') "
-            "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum;"
+            f"INSERT INTO {LEDGER} (name, checksum, release) VALUES ('{m.name}', '{m.checksum}', {release}) "
+            "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, release = EXCLUDED.release, "
+            "applied_at = now();"
         )
         parts.append("")
     parts.append("COMMIT;")

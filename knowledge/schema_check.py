@@ -13,7 +13,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from .migrations import Migration, applied_migrations, load_migrations
+from .migrations import (
+    Migration,
+    applied_migrations,
+    current_release,
+    database_release,
+    load_migrations,
+    load_releases,
+)
 
 __all__ = ["CheckItem", "CheckReport", "check_database", "keyword_path"]
 
@@ -119,13 +126,23 @@ def check_database(
                                ["extension vector"]))
 
     applied = applied_migrations(conn)
-    pending = [m.name for m in migrations if m.name not in applied]
-    changed = [m.name for m in migrations if m.name in applied and applied[m.name][0] != m.checksum]
-    ok = not pending and not changed
-    detail = f"{len(migrations) - len(pending)} of {len(migrations)} applied"
-    detail += f", changed since applied: {', '.join(changed)}" if changed else ", none changed"
+    state = database_release(applied, migrations, load_releases())
+    ok = state.current
+    detail = f"{len(migrations) - len(state.pending)} of {len(migrations)} applied"
+    if state.edited:
+        detail += f", changed since applied: {', '.join(state.edited)}"
+    elif state.upgradable:
+        detail += f", {len(state.upgradable)} of an earlier release (db migrate or serve upgrades them)"
+    else:
+        detail += ", none changed"
     items.append(CheckItem("migrations", ok, detail,
-                           [f"migration {n}" for n in pending] + [f"migration {n} (changed since applied)" for n in changed]))
+                           [f"migration {n}" for n in state.pending]
+                           + [f"migration {n} (changed since applied)" for n in state.edited]
+                           + [f"migration {n} (upgrade from {state.label})" for n in state.upgradable]))
+    current = current_release(migrations, load_releases())
+    at = "no migration applied" if not applied else state.label
+    items.append(CheckItem("release", None, f"database at {at}; these files are "
+                           + (f"release {current}" if current else "no release (edited)")))
 
     schema_sql = "current_schema()"
     tables = _names(conn, f"SELECT tablename FROM pg_tables WHERE schemaname = {schema_sql}")

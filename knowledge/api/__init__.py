@@ -13,6 +13,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from .. import __version__
 from ..db import open_search_pool
 from ..errors import KnowledgeError
+from ..health import Health
 from .openapi import MethodTable, document_errors
 from .routes import (
     agent,
@@ -21,7 +22,6 @@ from .routes import (
     boot,
     documents,
     folders,
-    health,
     keys,
     reembed,
     search,
@@ -29,18 +29,21 @@ from .routes import (
     tags,
     ui,
 )
+from .routes import health as health_routes
 from .security import AccessPolicy, Gate, authorize, is_public
 
 __all__ = ["AccessPolicy", "create_app"]
 
 
 def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
-               host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None) -> FastAPI:
+               host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None,
+               health: Health | None = None) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
     shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
     says who may call it (knowledge.api.security); by default, that of a service listening
     on `host:port`: on a loopback address, requests with that address or `localhost` as
-    Host, without a key."""
+    Host, without a key. `health` holds the state of the process's other components (the
+    ingestion worker, the embedded server's watchdog) that readiness reports."""
     from ..mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
@@ -56,6 +59,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
         pool = open_search_pool(database_url, max_size=pool_size, application_name="hq-knowledge-api")
         app.state.pool = pool
         app.state.database_url = database_url
+        app.state.health = health if health is not None else Health()
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
         try:
             async with mcp.session_manager.run():
@@ -74,9 +78,10 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
 
     @app.exception_handler(KnowledgeError)
     async def knowledge_error(request: Request, exc: KnowledgeError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message}, headers=headers)
 
-    app.include_router(health.router)
+    app.include_router(health_routes.router)
     app.include_router(documents.router)
     app.include_router(agent.router)  # /documents/{id}/markdown: one segment more than /documents/{id}
     app.include_router(assets.router)
