@@ -5,7 +5,9 @@ SKIP LOCKED, lock their passages FOR KEY SHARE (an edit deleting one waits for t
 embed them, write the vectors, mark the items done, add to the job's counters, commit.
 So runners in several processes share a job without embedding a passage twice, and a
 runner killed mid-round (kill -9, a lost connection, a database restart) loses only that
-round: its locks go with its connection and the items are open again at once.
+round: its locks go with its connection and the items are open again at once. A runner
+waits out such faults itself (reconnecting with back-off), and stops only when asked to or
+on an error that is not the database's passing state.
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
+from knowledge.dberrors import is_transient
 from knowledge.errors import Conflict
 from knowledge.models import activate_model
 from knowledge.reembed import ReembedJob, get_job, sweep
 
 from .chunking import passage_hash
 from .model import Embedder
+from .outage import Outage
 
 __all__ = ["ReembedRunner", "RunStats"]
 
 log = logging.getLogger("hq_knowledge.reembed")
 MAX_ATTEMPTS = 3
-RECONNECT_SECONDS = 120.0  # how long a runner keeps trying to reach a restarting database
 
 
 @dataclass
@@ -68,9 +71,13 @@ class ReembedRunner:
         self.on_batch = on_batch
         self.stats = RunStats()
         self._conn: psycopg.Connection[Any] | None = None
+        self._stop = threading.Event()
+        self._outage = Outage(f"re-embed job {job_id}", log)
 
     def run(self, stop: threading.Event | None = None) -> RunStats:
-        stop = stop or threading.Event()
+        """Work the job off (see the class). Raises a transient database error only when
+        `stop` is set while the database is away; any other error at once."""
+        stop = self._stop = stop or threading.Event()
         start = time.perf_counter()
         try:
             while not stop.is_set():
@@ -191,17 +198,21 @@ class ReembedRunner:
     # -- connection -------------------------------------------------------------------------
 
     def _with_retry(self, step: Callable[[], Any]) -> Any:
-        """Run `step`, reconnecting while the database restarts (up to RECONNECT_SECONDS)."""
-        deadline = time.monotonic() + RECONNECT_SECONDS
+        """Run `step` (one transaction, or reads: safe to run again); after a transient error
+        (a lost connection, a restart, a full disk, a lost race) drop the connection, wait
+        the back-off and run it again, until it works or `stop` is set."""
         while True:
             try:
-                return step()
-            except (psycopg.OperationalError, psycopg.errors.DeadlockDetected) as e:
-                self.close()
-                if time.monotonic() > deadline:
+                result = step()
+            except psycopg.Error as e:
+                if not is_transient(e):
                     raise
-                log.warning("re-embed: %s; trying again", str(e).strip().splitlines()[0] if str(e) else e)
-                time.sleep(1.0)
+                self.close()
+                if self._stop.is_set() or self._stop.wait(self._outage.failed(e)):
+                    raise
+                continue
+            self._outage.recovered()
+            return result
 
     @property
     def conn(self) -> psycopg.Connection[Any]:

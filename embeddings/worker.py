@@ -7,13 +7,18 @@ are written in one transaction, after checking that the record is still at the v
 that was read and still leased by this worker: an edit made while embedding wins, and
 the stale vectors are dropped. Passages whose text is unchanged keep their embeddings
 (matched by hash, within a document and across documents).
+
+The worker outlives the database: a lost connection, a server restart, a full disk or a
+lost race pauses it (its leases given back, the connections dropped, then reconnecting
+with back-off) instead of stopping it; only a programming error stops `run()`. The leases
+of workers of this host that died (kill -9, a crash) are given back as soon as a worker
+sees it, and a worker renews its own leases while it embeds, so a lease need not outlast
+the slowest batch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -27,9 +32,14 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
+from knowledge.dberrors import is_transient
+from knowledge.health import Health
+
 from .chunking import Chunk, chunk_markdown, passage_hash
 from .extract import asset_markdown, document_markdown
+from .leases import dead_owners, new_owner, node_name
 from .model import Embedder
+from .outage import Outage, describe
 
 __all__ = ["Worker", "WorkerStats", "register_model"]
 
@@ -38,6 +48,9 @@ CHANNEL = "hq_embedding"
 _KINDS = {"document": "documents", "asset": "assets"}
 _OWNER = {"document": "document_id", "asset": "asset_id"}
 _CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
+_EMBED_STEP = 128  # passages per embedder call: the worker beats and renews its leases between calls
+HEALTH = "worker"
+STALE_AFTER = 120.0  # seconds without a beat before readiness calls the worker stuck
 
 
 @dataclass
@@ -49,6 +62,7 @@ class WorkerStats:
     passages_embedded: int = 0
     passages_reused: int = 0
     seconds_embedding: float = 0.0
+    reclaimed: int = 0  # leases of dead workers given back
 
 
 @dataclass
@@ -83,30 +97,40 @@ def register_model(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
 class Worker:
     """Embeds pending documents and assets with `embedder` into the database at `url`.
 
-    `run()` loops until `stop` is set (or, with once=True, until nothing is pending);
-    `process_batch()` does one lease-embed-write round and returns how many records it
-    finished. A worker is used from one thread.
+    `run()` loops until `stop` is set (or, with once=True, until nothing is pending),
+    riding out database outages; it raises only on a non-transient error, which the
+    caller must treat as fatal. `process_batch()` does one lease-embed-write round and
+    returns how many records it finished. `health`, when given, gets the worker's state
+    ('starting', 'ok', 'recovering', 'failed', 'stopped') and a beat at least every few
+    seconds while it runs. A worker is used from one thread.
     """
 
     def __init__(self, url: str, embedder: Embedder | None, *, worker_id: str | None = None,
-                 batch_records: int = 64, lease_seconds: int = 300, max_attempts: int = 5,
+                 batch_records: int = 64, lease_seconds: int = 120, max_attempts: int = 5,
                  retry_base_seconds: float = 10.0, poll_seconds: float = 5.0,
+                 reclaim_seconds: float = 30.0, health: Health | None = None,
                  on_record: Callable[[str, str, str], None] | None = None) -> None:
         self.url = url
         # None: embed with the active model, following a model switch (the embedder of a
         # registered model is loaded by embeddings.registry); else always this model.
         self.follow_active = embedder is None
         self._embedder = embedder
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_owner()
         self.batch_records = batch_records
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.poll_seconds = poll_seconds
+        self.reclaim_seconds = reclaim_seconds
+        self.health = health
         self.on_record = on_record  # (kind, id, outcome) after each record
         self.stats = WorkerStats()
         self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
         self._registered = False
+        self._next_reclaim = 0.0
+        self._next_renewal = 0.0
+        self._outage = Outage("ingestion worker", log)
 
     @property
     def embedder(self) -> Embedder:
@@ -135,19 +159,68 @@ class Worker:
     # -- loop ---------------------------------------------------------------------------
 
     def run(self, *, once: bool = False, stop: threading.Event | None = None) -> WorkerStats:
+        """Work until `stop` (or with `once`, until nothing is pending). Transient database
+        errors are waited out; any other exception is raised, with the state 'failed'."""
         stop = stop or threading.Event()
-        with self._connect() as listen:
-            listen.execute(f"LISTEN {CHANNEL}")
+        self._state("starting")
+        try:
             while not stop.is_set():
-                while not stop.is_set() and self.process_batch(stop) > 0:
-                    pass
-                if once:
-                    if not self._pending_now():
-                        break
-                    continue
-                self._wait(listen, stop)
-        self.close()
+                try:
+                    self._work(once, stop)
+                    break
+                except psycopg.Error as e:
+                    if not is_transient(e):
+                        raise
+                    self._interrupted(e, stop)
+        except BaseException as e:
+            self._state("failed", describe(e))
+            raise
+        finally:
+            self.close()
+        self._state("stopped")
         return self.stats
+
+    def _work(self, once: bool, stop: threading.Event) -> None:
+        self._listen = listen = self._connect()
+        listen.execute(f"LISTEN {CHANNEL}")
+        # NOTIFYs sent while disconnected are lost: the first round looks at the queue itself.
+        self._release_mine()
+        self._reclaim_dead()
+        self._outage.recovered()
+        self._state("ok")
+        while not stop.is_set():
+            while not stop.is_set() and self.process_batch(stop) > 0:
+                self._beat()
+            if once:
+                if not self._pending_now():
+                    break
+                continue
+            self._wait(listen, stop)
+
+    def _interrupted(self, e: psycopg.Error, stop: threading.Event) -> None:
+        """After a transient error: give back what can be given back, drop both connections,
+        and wait the back-off (or until `stop`)."""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._release_mine()
+            except psycopg.Error:
+                pass  # given back after reconnecting, or by their lease expiring
+        self.close()
+        delay = self._outage.failed(e)
+        self._state("recovering", describe(e))
+        deadline = time.monotonic() + delay
+        while not stop.is_set() and time.monotonic() < deadline:
+            self._beat()
+            stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _state(self, state: str, detail: str = "") -> None:
+        if self.health is not None:
+            self.health.set(HEALTH, state, detail, stale_after=STALE_AFTER)
+            self.health.beat(HEALTH)
+
+    def _beat(self) -> None:
+        if self.health is not None:
+            self.health.beat(HEALTH)
 
     def _wait(self, listen: psycopg.Connection[Any], stop: threading.Event) -> None:
         """Sleep until a NOTIFY, a retry falls due, `stop`, or the poll interval passes."""
@@ -156,6 +229,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            self._beat()
             for _ in listen.notifies(timeout=min(remaining, 0.25), stop_after=1):
                 return
 
@@ -183,9 +257,12 @@ class Worker:
     def process_batch(self, stop: threading.Event | None = None) -> int:
         if self.follow_active:
             self._follow()
+        if time.monotonic() >= self._next_reclaim:
+            self._reclaim_dead()
         records = self._lease()
         if not records:
             return 0
+        self._next_renewal = time.monotonic() + self.lease_seconds / 3
         if stop is not None and stop.is_set():
             self._release(records)
             return 0
@@ -194,7 +271,19 @@ class Worker:
         vectors = self._embed([r for r in records if r.error is None])
         for record in records:
             self._finish(record, vectors)
+            self._batch_beat()
         return len(records)
+
+    def _batch_beat(self) -> None:
+        """A beat mid-batch; renews this worker's leases when a third of a lease has passed."""
+        self._beat()
+        if time.monotonic() >= self._next_renewal:
+            self._next_renewal = time.monotonic() + self.lease_seconds / 3
+            for table in _KINDS.values():
+                self.conn.execute(
+                    f"UPDATE {table} SET embedding_lease_expires_at = now() + make_interval(secs => %s)"
+                    " WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
+                    [self.lease_seconds, self.worker_id])
 
     def _lease(self) -> list[_Record]:
         records: list[_Record] = []
@@ -223,6 +312,45 @@ class Worker:
                 records.append(_Record(kind, row["id"], row["content_version"], row["embedding_attempts"],
                                        title, row))
         return records
+
+    def _release_mine(self) -> int:
+        """Give back every record this worker holds (a batch cut short by a lost connection
+        may have leased rows it never saw); attempts not counted. Returns how many."""
+        released = 0
+        for table in _KINDS.values():
+            released += self.conn_raw.execute(
+                f"UPDATE {table} SET embedding_status = 'pending', embedding_lease_owner = NULL,"
+                " embedding_lease_expires_at = NULL, embedding_attempts = greatest(embedding_attempts - 1, 0)"
+                " WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
+                [self.worker_id]).rowcount
+        if released:
+            log.info("gave back %d record(s) leased before the interruption", released)
+        return released
+
+    def _reclaim_dead(self) -> int:
+        """Give back at once the leases of workers of this host whose process is gone; a live
+        worker's lease is never touched. Returns how many. The try counts as an attempt: a
+        record that kills every worker embedding it (a crash in the model) must end `failed`
+        after max_attempts instead of taking the queue down again and again."""
+        self._next_reclaim = time.monotonic() + self.reclaim_seconds
+        node = node_name()
+        reclaimed = 0
+        for table in _KINDS.values():
+            owners = [r["embedding_lease_owner"] for r in self.conn_raw.execute(
+                f"SELECT DISTINCT embedding_lease_owner FROM {table} WHERE embedding_status = 'processing'"
+                " AND left(embedding_lease_owner, %s) = %s", [len(node) + 1, node + ":"])]
+            dead = dead_owners(owners, node)
+            if dead:
+                reclaimed += self.conn_raw.execute(
+                    f"UPDATE {table} SET embedding_status = 'pending', embedding_lease_owner = NULL,"
+                    " embedding_lease_expires_at = NULL, embedding_next_attempt_at = NULL,"
+                    " embedding_error = 'its worker stopped while embedding it (process gone)'"
+                    " WHERE embedding_status = 'processing' AND embedding_lease_owner = ANY(%s)",
+                    [dead]).rowcount
+        if reclaimed:
+            self.stats.reclaimed += reclaimed
+            log.info("reclaimed %d lease(s) of dead worker(s) on this host", reclaimed)
+        return reclaimed
 
     def _release(self, records: list[_Record]) -> None:
         """Give leased records back untouched (shutting down before any work was done)."""
@@ -256,7 +384,11 @@ class Worker:
         self.stats.passages_reused += sum(1 for r in records for h in r.hashes if h in vectors)
         missing = [h for h in wanted if h not in vectors]
         try:
-            vectors.update(self._encode(missing, wanted))
+            for start in range(0, len(missing), _EMBED_STEP):
+                vectors.update(self._encode(missing[start:start + _EMBED_STEP], wanted))
+                self._batch_beat()
+        except psycopg.Error:
+            raise  # the database, not the model: run() decides
         except Exception:  # noqa: BLE001 - retried record by record below
             for record in records:
                 todo = [h for h in dict.fromkeys(record.hashes) if h not in vectors]
@@ -264,6 +396,7 @@ class Worker:
                     vectors.update(self._encode(todo, wanted))
                 except Exception as e:  # noqa: BLE001 - the model failed on this record
                     record.error = f"embedding failed: {type(e).__name__}: {e}"
+                self._batch_beat()
         return vectors
 
     def _existing(self, hashes: list[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
@@ -290,6 +423,8 @@ class Worker:
         try:
             outcome = self._write(record, vectors) if record.error is None else self._fail(record)
         except psycopg.Error as e:
+            if is_transient(e):
+                raise  # not the record's fault: run() waits it out and the record is given back
             record.error = f"writing passages failed: {str(e).strip().splitlines()[0]}"
             outcome = self._fail(record)
         if self.on_record:
@@ -420,6 +555,8 @@ class Worker:
         return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close both connections (the next use of `conn` opens a new one)."""
+        for conn in (self._conn, self._listen):
+            if conn is not None:
+                conn.close()
+        self._conn = self._listen = None

@@ -80,6 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="import a folder of .md, .markdown, .html and .txt files as documents")
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
+    status = commands.add_parser(
+        "status", help="is the service ready: its components (database, schema, disk, worker, embedded "
+        "server) with their states, and the counts (queue, failed, passages, model); exit 0 only when ready")
+    status.add_argument("--url", metavar="URL",
+                        help="ask the service running at URL (GET /readyz and /status); without it, check "
+                             "the database directly (the worker's state is then unknown)")
+    status.add_argument("--key", metavar="KEY",
+                        help="an API key for GET /status, when the service at --url requires keys")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+
     db = commands.add_parser("db", help="schema commands").add_subparsers(
         dest="db_command", required=True, metavar="DB_COMMAND")
     migrate = db.add_parser("migrate", help="apply pending migrations in filename order")
@@ -124,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _boot(args, settings)
         if args.command == "keys":
             return _keys(args, settings)
+        if args.command == "status":
+            return _status(args, settings)
         return _db(args, settings)
     except KnowledgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -232,6 +244,88 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    if args.url:
+        readiness, counts = _status_of_service(args.url.rstrip("/"), args.key)
+    else:
+        readiness, counts = _status_of_database(settings)
+    if args.json:
+        print(json.dumps({**readiness, "counts": counts}, indent=2))
+        return 0 if readiness["ready"] else 1
+    print("ready" if readiness["ready"] else readiness["detail"].replace("not ready", "NOT READY", 1))
+    for c in readiness["components"]:
+        since = (c["since"] or "")[:19].replace("T", " ")
+        mark = c["state"] if c["required"] else f"({c['state']})"
+        print(f"  {c['name']:<16} {mark:<12} {since:<20} {c['detail']}")
+    if isinstance(counts, dict):
+        print(f"queue {counts['queue']}, failed {counts['failed']}, passages {counts['passages']} "
+              f"(documents {counts['documents']}, assets {counts['assets']}); "
+              f"model {counts['active_model'] or 'none active'}; keyword search {counts['keyword_path']}")
+    else:
+        print(f"counts: {counts}")
+    return 0 if readiness["ready"] else 1
+
+
+def _status_of_service(url: str, key: str | None) -> tuple[dict[str, Any], dict[str, Any] | str]:
+    """GET /readyz and /status of the service at `url`."""
+    import httpx
+
+    from .errors import ServiceUnavailable
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=15) as client:
+            ready = client.get("/readyz")
+            status = client.get("/status")
+    except httpx.HTTPError as e:
+        raise ServiceUnavailable(f"cannot reach the service at {url}: {e}") from e
+    if ready.status_code not in (200, 503) or "components" not in ready.text:
+        raise ServiceUnavailable(f"{url}/readyz answered {ready.status_code}: {ready.text[:200]}")
+    counts: dict[str, Any] | str = status.json() if status.status_code == 200 else (
+        f"GET /status answered {status.status_code}: {_detail(status)}"
+        + (" (give an API key with --key)" if status.status_code == 401 else ""))
+    report: dict[str, Any] = ready.json()
+    return report, counts
+
+
+def _detail(response: Any) -> str:
+    try:
+        return str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        return str(response.text[:200])
+
+
+def _status_of_database(settings: Settings) -> tuple[dict[str, Any], dict[str, Any] | str]:
+    """Readiness and counts computed against the database; the embedded server is started for
+    the check if no process runs it (and said so)."""
+    import dataclasses
+
+    import psycopg
+
+    from .db import connect, database
+    from .embedded import postmaster_pid
+    from .health import Health
+    from .readiness import check_readiness
+    from .status import service_status
+
+    health = Health()
+    if settings.database_url is None and postmaster_pid(settings.data_dir.expanduser().resolve() / "pg") is None:
+        health.set("database_server", "stopped",
+                   f"no process was running the embedded server in {settings.data_dir}: "
+                   "started for this check (is the service running?)")
+    with database(settings) as url:
+        readiness = check_readiness(lambda: connect(url, autocommit=True, connect_timeout=5),
+                                    health, worker_here=False)
+        counts: dict[str, Any] | str
+        try:
+            with connect(url, autocommit=True, connect_timeout=5) as conn:
+                counts = dataclasses.asdict(service_status(conn))
+        except (KnowledgeError, psycopg.Error) as e:  # an incomplete schema: the readiness says why
+            text = e.message if isinstance(e, KnowledgeError) else str(e)
+            counts = f"not available: {text.strip().splitlines()[0] if text.strip() else type(e).__name__}"
+    return readiness.as_json(), counts
+
+
 def _bundle(args: argparse.Namespace) -> int:
     from .migrations import bundle
 
@@ -268,7 +362,9 @@ def _migrate(conn: Any, where: str, *, reapply: bool) -> int:
     for name, notices in result.notices.items():
         for notice in notices:
             print(f"  note ({name}): {notice}")
-    if result.applied:
+    if result.upgraded_from:
+        print(f"upgraded from {result.upgraded_from}: every migration re-applied (they are idempotent)")
+    elif result.applied:
         print(f"applied {len(result.applied)} migration(s); {len(result.skipped)} already applied")
     else:
         print(f"schema up to date ({len(result.skipped)} migrations applied)")

@@ -1,20 +1,32 @@
-"""Connections: the database URL (embedded or external), and driver errors turned into ours."""
+"""Connections: the database URL (embedded or external, the embedded server watched and
+restarted when it dies), pooled connections that fail fast while the database is down, and
+driver errors turned into ours."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import Settings
+from .dberrors import translate
 from .errors import DatabaseUnavailable, InvalidInput
 
+if TYPE_CHECKING:
+    from .embedded import EmbeddedPostgres
+    from .health import Health
+
 __all__ = [
+    "Watchdog",
     "configure_for_search",
     "connect",
     "database",
@@ -22,8 +34,13 @@ __all__ = [
     "open_search_pool",
     "pooled_connection",
     "prepare_threshold",
+    "report_down",
     "translate_connect_error",
 ]
+
+log = logging.getLogger("hq_knowledge.db")
+PROBE_INTERVAL = 0.5
+"""Seconds between two tries of a database known to be down."""
 
 
 def describe_url(url: str) -> str:
@@ -106,11 +123,16 @@ def prepare_threshold(env: Mapping[str, str] | None = None) -> int | None:
 
 def open_search_pool(url: str, *, max_size: int, application_name: str) -> ConnectionPool[Any]:
     """An opened pool of autocommit connections set up by `configure_for_search`, as the API
-    and the MCP server use. Raises DatabaseUnavailable when no connection can be made."""
+    and the MCP server use; take its connections with `pooled_connection`. Raises
+    DatabaseUnavailable when no connection can be made."""
     pool: ConnectionPool[Any] = ConnectionPool(
         url, min_size=1, max_size=max_size, open=False, configure=configure_for_search,
         kwargs={"autocommit": True, "application_name": application_name,
-                "prepare_threshold": prepare_threshold()})
+                "prepare_threshold": prepare_threshold()},
+        # A connection lost with the server is replaced by the first request after the server
+        # is back (`pooled_connection` drains the pool then): no need for the pool's own
+        # retries, whose back-off (1, 2, 4... s) would hold the replacements back for seconds.
+        reconnect_timeout=2)
     try:
         pool.open(wait=True, timeout=30)
     except Exception as e:  # psycopg_pool's PoolTimeout: the reason is in its log
@@ -119,21 +141,224 @@ def open_search_pool(url: str, *, max_size: int, application_name: str) -> Conne
     return pool
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _conninfo(pool: ConnectionPool[Any]) -> str:
+    return pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+
+
+def _unreachable(pool: ConnectionPool[Any]) -> str | None:
+    """Why a new connection to `pool`'s database fails, or None when one can be made."""
+    try:
+        with psycopg.connect(_conninfo(pool), connect_timeout=2, autocommit=True,
+                             application_name="hq-knowledge-probe"):
+            return None
+    except psycopg.Error as e:
+        return _first_line(e)
+
+
+class _Breaker:
+    """Whether a pool's database is known to be down. While it is, requests fail at once,
+    but for one every PROBE_INTERVAL seconds that tries a new connection; when that works,
+    the pool's connections (which may predate a server restart) are replaced."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down: str | None = None
+        self._next_probe = 0.0
+
+    def trip(self, reason: str) -> None:
+        with self._lock:
+            if self.down is None:
+                log.warning("the database is unavailable (%s): answering 503 until it is back", reason)
+                self._next_probe = time.monotonic() + PROBE_INTERVAL
+            self.down = reason
+
+    def admit(self, pool: ConnectionPool[Any]) -> None:
+        """Return when the caller may use the pool; raise DatabaseUnavailable at once while
+        the database is down and it is not this caller's turn to probe it."""
+        with self._lock:
+            if self.down is None:
+                return
+            now = time.monotonic()
+            if now < self._next_probe:
+                raise DatabaseUnavailable(f"the database is unavailable: {self.down}")
+            self._next_probe = now + PROBE_INTERVAL
+        failure = _unreachable(pool)
+        with self._lock:
+            if failure is not None:
+                self.down = failure
+                raise DatabaseUnavailable(f"the database is unavailable: {failure}")
+            self.down = None
+        log.info("the database is back: serving requests again")
+        pool.drain()
+
+
+_breakers: weakref.WeakKeyDictionary[ConnectionPool[Any], _Breaker] = weakref.WeakKeyDictionary()
+_breakers_lock = threading.Lock()
+
+
+def _breaker(pool: ConnectionPool[Any]) -> _Breaker:
+    with _breakers_lock:
+        breaker = _breakers.get(pool)
+        if breaker is None:
+            breaker = _breakers[pool] = _Breaker()
+        return breaker
+
+
+def report_down(url: str, reason: str) -> None:
+    """Make the pools of `url` fail fast now, not at their next failed request."""
+    with _breakers_lock:
+        pools = [(pool, breaker) for pool, breaker in _breakers.items() if _conninfo(pool) == url]
+    for _pool, breaker in pools:
+        breaker.trip(reason)
+
+
+def _working_connection(pool: ConnectionPool[Any], breaker: _Breaker) -> psycopg.Connection[Any]:
+    """A connection from `pool` that answers, the caller to `putconn()` it."""
+    for attempt in (1, 2):
+        try:
+            conn: psycopg.Connection[Any] = pool.getconn(timeout=5)
+        except PoolTimeout as e:
+            reason = _unreachable(pool)
+            if reason is None:
+                raise DatabaseUnavailable(
+                    "no database connection was free within 5 s: the service is busy") from e
+            breaker.trip(reason)
+            raise DatabaseUnavailable(f"the database is unavailable: {reason}") from e
+        except psycopg.OperationalError as e:  # the pool is closed: the service is stopping
+            raise DatabaseUnavailable(f"the database is unavailable: {_first_line(e)}") from e
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error as e:
+            pool.putconn(conn)  # broken: the pool replaces it
+            reason = _unreachable(pool)
+            if reason is not None:
+                breaker.trip(reason)
+                raise DatabaseUnavailable(f"the database is unavailable: {reason}") from e
+            if attempt == 2:
+                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(e)}") from e
+            # The server is up: this connection predates a restart, and so may the others.
+            pool.drain()
+            continue
+        return conn
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def pooled_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
-    """A connection from `pool`; DatabaseUnavailable (503) when none can be had."""
+    """A working connection from `pool` for the block (one request).
+
+    Raises DatabaseUnavailable (503, with retry_after) when none can be had: at once while
+    the database is known to be down (from a lost connection, or `report_down`) until a
+    probe, at most one per PROBE_INTERVAL, finds it back; else after 5 s without a free
+    connection. A driver error raised in the block comes out as knowledge.dberrors.translate
+    makes it (409, 503 or 507), or unchanged when it has no translation.
+    """
+    breaker = _breaker(pool)
+    breaker.admit(pool)
+    conn = _working_connection(pool, breaker)
     try:
-        with pool.connection(timeout=5) as conn:
-            yield conn
-    except psycopg.OperationalError as e:
-        raise DatabaseUnavailable(f"the database is unavailable: {str(e).strip().splitlines()[0]}") from e
+        yield conn  # not `with conn`, which would close it: the pool keeps it for the next request
+    except psycopg.Error as e:
+        translated = translate(e)
+        if translated is None:
+            raise
+        if isinstance(translated, DatabaseUnavailable) and conn.broken:
+            breaker.trip(_first_line(e))
+        raise translated from e
+    finally:
+        pool.putconn(conn)
+
+
+class Watchdog:
+    """Restarts the embedded server when its postmaster dies, while this process uses it.
+
+    Checks every `interval` seconds; on a death, calls `on_down` with the reason, restarts
+    the server (or joins the one another process restarted first), retrying with back-off
+    until it is up or `stop()` is called. Its state is `health`'s "database_server": ok,
+    recovering (restarting), or failed (restarts keep failing; still retrying).
+    """
+
+    NAME = "database_server"
+
+    def __init__(self, server: EmbeddedPostgres, *, health: Health | None = None,
+                 on_down: Callable[[str], None] | None = None, interval: float = 0.5) -> None:
+        self.server = server
+        self.health = health
+        self.on_down = on_down
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hq-knowledge-db-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._set("ok", self._running())
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; returns once the thread is done (an ongoing restart finishes first)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=120)
+
+    def _set(self, state: str, detail: str) -> None:
+        if self.health is not None:
+            self.health.set(self.NAME, state, detail, stale_after=max(10.0, 10 * self.interval))
+
+    def _running(self) -> str:
+        from .embedded import postmaster_pid
+
+        return f"embedded PostgreSQL in {self.server.pgdata}, pid {postmaster_pid(self.server.pgdata)}"
+
+    def _run(self) -> None:
+        from .embedded import postmaster_pid
+
+        try:
+            while not self._stop.wait(self.interval):
+                if self.health is not None:
+                    self.health.beat(self.NAME)
+                if postmaster_pid(self.server.pgdata) is None:
+                    self._recover()
+        except Exception as e:  # say so where readiness looks, not only in the log
+            log.exception("the embedded PostgreSQL's watchdog stopped")
+            self._set("failed", f"the watchdog stopped: {type(e).__name__}: {e}")
+
+    def _recover(self) -> None:
+        began = time.monotonic()
+        log.warning("the embedded PostgreSQL in %s is not running: starting it again", self.server.pgdata)
+        self._set("recovering", "the server stopped; starting it again")
+        if self.on_down is not None:
+            self.on_down("the embedded PostgreSQL stopped and is being started again")
+        delay, attempt = 1.0, 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                started = self.server.restart()
+            except (DatabaseUnavailable, OSError) as e:
+                reason = e.message if isinstance(e, DatabaseUnavailable) else f"{type(e).__name__}: {e}"
+                log.warning("restart %d of the embedded PostgreSQL failed (retrying in %.0f s): %s",
+                            attempt, delay, reason)
+                self._set("failed" if attempt >= 3 else "recovering",
+                          f"restart {attempt} failed, retrying in {delay:.0f} s: {reason}")
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            log.info("the embedded PostgreSQL in %s is back after %.1f s (%s)", self.server.pgdata,
+                     time.monotonic() - began, "restarted" if started else "restarted by another process")
+            self._set("ok", self._running())
+            return
 
 
 @contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
+def database(settings: Settings, health: Health | None = None) -> Iterator[str]:
     """Yield the URL of the database to use: HQ_DATABASE_URL, or the embedded server.
 
-    The embedded server is started (or joined) on entry and released on exit.
+    The embedded server is started (or joined) on entry, watched while the block runs (a
+    `Watchdog` restarts it if it dies, and reports its state in `health`), and released on
+    exit. With HQ_DATABASE_URL nothing is watched and `health` is left as it is.
     """
     if settings.database_url:
         yield settings.database_url
@@ -141,4 +366,10 @@ def database(settings: Settings) -> Iterator[str]:
     from .embedded import EmbeddedPostgres
 
     with EmbeddedPostgres(settings.data_dir) as server:
-        yield server.url
+        url = server.url
+        watchdog = Watchdog(server, health=health, on_down=lambda reason: report_down(url, reason))
+        watchdog.start()
+        try:
+            yield url
+        finally:
+            watchdog.stop()

@@ -5,7 +5,9 @@ come from the `pgserver` wheel. This module owns the server's life cycle: one po
 per data directory, shared by every process of this package that opens it, stopped by
 the last one to close it. A process that was killed never closes; its entry in the
 register is pruned the next time anyone looks, so an orphaned postmaster is reused by
-the next process and stopped when that one is done.
+the next process and stopped when that one is done. A postmaster that dies while in use
+is started again by `restart()` (knowledge.db's watchdog calls it) on the same data
+directory, where PostgreSQL's crash recovery runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pwd
 import signal
@@ -30,6 +33,8 @@ import psutil
 from .errors import DatabaseUnavailable
 
 __all__ = ["EmbeddedPostgres", "postmaster_pid"]
+
+log = logging.getLogger("hq_knowledge.db")
 
 DATABASE = "hq"
 SUPERUSER = "postgres"
@@ -125,9 +130,11 @@ class EmbeddedPostgres:
 
         Returns the connection URL. Raises DatabaseUnavailable with the server log's
         last lines when the server cannot start, and without starting it when the socket
-        directory in /tmp is a symlink or another user's (see `socket_dir`).
+        directory in /tmp is a symlink or another user's (see `socket_dir`), or when the
+        data directory cannot be created or written (read-only, a file in the way).
         """
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self._data_dir_access():
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._locked():
             if self.socket_dir != self.pgdata:
                 uid, gid = self._server_ids()
@@ -135,6 +142,8 @@ class EmbeddedPostgres:
             users = self._live_users()
             if postmaster_pid(self.pgdata) is None:
                 self._init_cluster()
+                self._stop_orphans()  # of a postmaster that died (killed, or the machine's OOM killer)
+                self._clear_stale_locks()
                 self._start_postmaster()
             self._save_users(users | {os.getpid()})
             self._started = True
@@ -152,6 +161,28 @@ class EmbeddedPostgres:
             pid = postmaster_pid(self.pgdata)
             if not users and pid is not None:
                 _shut_down(pid)
+
+    def restart(self) -> bool:
+        """Start the server again after its postmaster died, for a process that `start()`ed it;
+        or join the one another process started first. True when this call started it.
+
+        First waits for the dead postmaster's processes to exit (killing those that do not
+        within a few seconds: they keep PostgreSQL from starting while they hold its shared
+        memory) and clears the lock files the dead postmaster left. Raises DatabaseUnavailable
+        when the server does not start; the caller may try again.
+        """
+        with self._locked():
+            if self.socket_dir != self.pgdata:
+                uid, gid = self._server_ids()
+                _private_dir(self.socket_dir, uid, gid)
+            started = postmaster_pid(self.pgdata) is None
+            if started:
+                self._stop_orphans()
+                self._clear_stale_locks()
+                self._start_postmaster()
+            self._save_users(self._live_users() | {os.getpid()})
+            self._started = True
+        return started
 
     def __enter__(self) -> Self:
         self.start()
@@ -194,16 +225,17 @@ class EmbeddedPostgres:
     def _init_cluster(self) -> None:
         pgserver = _pgserver()
         user = self._system_user()
-        self.pgdata.mkdir(exist_ok=True)
-        if user is not None:
-            import shutil
+        with self._data_dir_access():
+            self.pgdata.mkdir(exist_ok=True)
+            if user is not None:
+                import shutil
 
-            from pgserver.utils import ensure_prefix_permissions
+                from pgserver.utils import ensure_prefix_permissions
 
-            ensure_prefix_permissions(self.pgdata)
-            ensure_prefix_permissions(_bin_path())
-            shutil.chown(self.pgdata, user, user)
-            os.chmod(self.pgdata, 0o700)
+                ensure_prefix_permissions(self.pgdata)
+                ensure_prefix_permissions(_bin_path())
+                shutil.chown(self.pgdata, user, user)
+                os.chmod(self.pgdata, 0o700)
         if (self.pgdata / "PG_VERSION").exists():
             return
         try:
@@ -238,6 +270,53 @@ class EmbeddedPostgres:
                 raise DatabaseUnavailable(f"the embedded PostgreSQL in {self.pgdata} did not start")
             time.sleep(0.05)
 
+    def _orphans(self) -> list[psutil.Process]:
+        """The processes still running in this data directory: after the postmaster died, its
+        backends and auxiliary processes (each chdir'd into the data directory) exit as soon
+        as they notice, a busy or stopped one maybe never."""
+        found = []
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] in ("postgres", "postmaster") and Path(proc.cwd()) == self.pgdata:
+                    found.append(proc)
+            except psutil.Error:  # gone, a zombie, or not ours to inspect
+                continue
+        return found
+
+    def _stop_orphans(self, grace: float = 3) -> None:
+        """Wait up to `grace` seconds for a dead postmaster's processes to exit, then kill them."""
+        deadline = time.monotonic() + grace
+        while (orphans := self._orphans()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not orphans:
+            return
+        log.warning("killing %d process(es) left running in %s by the dead postmaster: %s",
+                    len(orphans), self.pgdata, ", ".join(str(p.pid) for p in orphans))
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        deadline = time.monotonic() + 10
+        while [p for p in orphans if _alive(p.pid)]:
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    f"processes of the dead PostgreSQL in {self.pgdata} do not exit: "
+                    + ", ".join(str(p.pid) for p in orphans if _alive(p.pid)))
+            time.sleep(0.05)
+
+    def _clear_stale_locks(self) -> None:
+        """Remove the lock files of a dead postmaster whose pid still exists: a zombie not yet
+        reaped, or a reused pid. PostgreSQL refuses to start while the pid in its lock file
+        exists, and removes the file itself only once the pid is gone. Safe only when no
+        process runs in the data directory any more (`_stop_orphans`)."""
+        for lock in (self.pgdata / "postmaster.pid", self.socket_dir / ".s.PGSQL.5432.lock"):
+            try:
+                pid = int(lock.read_text().split("\n", 1)[0])
+            except (OSError, ValueError):
+                continue
+            if pid > 0 and psutil.pid_exists(pid) and postmaster_pid(self.pgdata) is None:
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+
     def _has_library(self, name: str) -> bool:
         lib_dir = _bin_path().parent / "lib"
         return any(lib_dir.rglob(f"{name}.so"))
@@ -258,9 +337,26 @@ class EmbeddedPostgres:
     # -- the register of processes using the server -----------------------------------------
 
     @contextlib.contextmanager
+    def _data_dir_access(self) -> Iterator[None]:
+        """OSError from creating or writing the data directory's files as DatabaseUnavailable,
+        in one line that names the directory and the fix."""
+        try:
+            yield
+        except OSError as e:
+            path = Path(e.filename) if isinstance(e.filename, str) else self.data_dir
+            what = f"{e.strerror or type(e).__name__}" + (f" ({path})" if path != self.data_dir else "")
+            if isinstance(e, FileExistsError | NotADirectoryError):
+                blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+                what = f"{blocker} is a file, not a directory"
+            raise DatabaseUnavailable(
+                f"cannot use the data directory {self.data_dir}: {what}; set HQ_DATA_DIR to a "
+                "directory this user can create and write, or fix that one's permissions") from e
+
+    @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # Private: anyone who can open the file can take the lock and hold every start.
-        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with self._data_dir_access():
+            fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
                 with contextlib.suppress(PermissionError):  # someone else's: leave it as it is
@@ -279,10 +375,11 @@ class EmbeddedPostgres:
 
     def _save_users(self, users: set[int]) -> None:
         tmp = self._register.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with open(fd, "w") as f:
-            f.write(json.dumps(sorted(users)))
-        tmp.replace(self._register)
+        with self._data_dir_access():
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with open(fd, "w") as f:
+                f.write(json.dumps(sorted(users)))
+            tmp.replace(self._register)
 
 
 def _private_dir(path: Path, uid: int, gid: int) -> None:

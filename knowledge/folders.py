@@ -4,6 +4,11 @@ Sibling names are unique ignoring case; a folder cannot move into its own subtre
 trigger refuses it); folders nest at most MAX_FOLDER_DEPTH levels (a top-level folder is
 level 1). Deleting a folder deletes its subfolders, and the documents or assets inside them
 move to the root: nothing in them is lost.
+
+Every change to a tree's folders takes the tree's lock first (`_lock_tree`), then rows: two
+changes of one tree never hold rows the other waits for. A change that still loses a race
+(a deadlock with a document write, a serialization failure) is run again, and after a few
+tries is a Conflict: concurrent changes answer 2xx or 409, never 5xx.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from psycopg import errors as pg
 from psycopg import sql
 from psycopg.rows import class_row, tuple_row
 
+from .dberrors import retry_conflicts
 from .errors import Conflict, InvalidInput, NotFound
 from .items import KINDS, UNSET, Kind, Unset
 from .validation import DATA_ERRORS, check_name, data_error
@@ -151,7 +157,8 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
     _, folders, regclass = _tables(tree)
     _check_name(name)
     params = {"name": name, "parent": parent_id, "max": MAX_FOLDER_DEPTH}
-    try:
+
+    def insert() -> UUID:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             _lock_tree(cur, regclass)
             # One statement: the parent's level is read where the row is written.
@@ -167,6 +174,11 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
                     f"parent_id: {tree} folder {parent_id} is at level {level[0]}; "
                     f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1), "
                     "so it cannot hold a subfolder: choose a parent higher up")
+            new_id: UUID = row[0]
+            return new_id
+
+    try:
+        created = retry_conflicts(insert, what=f"creating {tree} folder {name!r}")
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
@@ -174,8 +186,7 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
                        f"{_where(conn, tree, parent_id)} (names are compared ignoring case)") from e
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
-    assert row is not None
-    return get_folder(conn, tree, row[0])
+    return get_folder(conn, tree, created)
 
 
 def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
@@ -185,7 +196,7 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
     folder's own subtree, InvalidInput for a bad name or a move that puts a folder of the
     subtree deeper than MAX_FOLDER_DEPTH. A move that leaves the subtree no deeper than it
     was is allowed even in a tree deeper than the limit, so that such a tree can be repaired."""
-    _, folders, _ = _tables(tree)
+    _, folders, regclass = _tables(tree)
     changes: dict[str, Any] = {}
     if name is not UNSET:
         changes["name"] = _check_name(name)
@@ -197,12 +208,18 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
     statement = sql.SQL("UPDATE {} SET {} WHERE id = %(id)s").format(
         folders, sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes))
-    try:
+
+    def write() -> None:
         with conn.transaction():
+            with conn.cursor() as cur:
+                _lock_tree(cur, regclass)
             if "parent_id" in changes and changes["parent_id"] is not None:
                 _check_move_depth(conn, tree, folder_id, changes["parent_id"])
             if conn.execute(statement, {**changes, "id": folder_id}).rowcount == 0:
                 raise NotFound(f"{tree} folder {folder_id} not found")
+
+    try:
+        retry_conflicts(write, what=f"changing {tree} folder {folder_id}")
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
@@ -224,12 +241,11 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
 def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID,
                       parent_id: UUID) -> None:
     """Raise InvalidInput when moving `folder_id` under `parent_id` would put a folder of its
-    subtree below level MAX_FOLDER_DEPTH and lower than it is now. Takes the tree lock, which
-    the caller's transaction holds until the move is written. A target inside the subtree, or
-    an unknown one, is left to the UPDATE (the cycle trigger and the foreign key)."""
-    _, folders, regclass = _tables(tree)
+    subtree below level MAX_FOLDER_DEPTH and lower than it is now. The caller's transaction
+    must hold the tree lock until the move is written. A target inside the subtree, or an
+    unknown one, is left to the UPDATE (the cycle trigger and the foreign key)."""
+    _, folders, _ = _tables(tree)
     with conn.cursor(row_factory=tuple_row) as cur:
-        _lock_tree(cur, regclass)
         row = cur.execute(sql.SQL(
             "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
             "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
@@ -253,20 +269,25 @@ def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID
 def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> FolderDeletion:
     """Delete the folder and its subfolders; their documents (or assets) move to the root.
     Returns how many folders went and how many items moved. Raises NotFound."""
-    items, folders, _ = _tables(tree)
-    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-        # Locking the subtree makes a concurrent insert into it wait, then fail on the
-        # foreign key, instead of landing in a folder that is being deleted uncounted.
-        subtree = [r[0] for r in cur.execute(sql.SQL(
-            "SELECT id FROM {f} WHERE id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %s "
-            "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub) "
-            "FOR UPDATE").format(f=folders), [folder_id]).fetchall()]
-        if not subtree:
-            raise NotFound(f"{tree} folder {folder_id} not found")
-        moved = cur.execute(sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)")
-                            .format(items), [subtree]).rowcount
-        cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(folders), [folder_id])
-    return FolderDeletion(folders_deleted=len(subtree), items_moved_to_root=moved)
+    items, folders, regclass = _tables(tree)
+
+    def delete() -> FolderDeletion:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            _lock_tree(cur, regclass)
+            # Locking the subtree makes a concurrent insert of an item into it wait, then fail
+            # on the foreign key, instead of landing in a folder that is being deleted uncounted.
+            subtree = [r[0] for r in cur.execute(sql.SQL(
+                "SELECT id FROM {f} WHERE id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %s "
+                "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub) "
+                "FOR UPDATE").format(f=folders), [folder_id]).fetchall()]
+            if not subtree:
+                raise NotFound(f"{tree} folder {folder_id} not found")
+            moved = cur.execute(sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)")
+                                .format(items), [subtree]).rowcount
+            cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(folders), [folder_id])
+        return FolderDeletion(folders_deleted=len(subtree), items_moved_to_root=moved)
+
+    return retry_conflicts(delete, what=f"deleting {tree} folder {folder_id}")
 
 
 def folder_tree(conn: psycopg.Connection[Any], tree: Kind) -> FolderTree:

@@ -6,12 +6,15 @@ import logging
 import signal
 import sys
 import threading
+import traceback
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from .config import Settings
 from .db import connect, database, describe_url, open_search_pool
 from .errors import KnowledgeError
+from .health import Health
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 
@@ -28,8 +31,12 @@ def _logging() -> None:
 def _prepare(url: str, *, sample: bool = False) -> None:
     with connect(url, autocommit=True) as conn:
         result = migrate(conn)
-        log.info("database %s: %d migration(s) applied, %d already there",
-                 describe_url(url), len(result.applied), len(result.skipped))
+        if result.upgraded_from:
+            log.info("database %s upgraded from %s: every migration re-applied (they are idempotent)",
+                     describe_url(url), result.upgraded_from)
+        else:
+            log.info("database %s: %d migration(s) applied, %d already there",
+                     describe_url(url), len(result.applied), len(result.skipped))
         repair_bm25_index(conn)
         if sample:
             from .importer import import_folder, import_sample_agents, sample_dir
@@ -42,7 +49,11 @@ def _prepare(url: str, *, sample: bool = False) -> None:
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
           worker: bool = True, sample: bool = False, mcp_read_only: bool = False) -> int:
-    """Run until SIGINT/SIGTERM; the embedded server (if used) is released on the way out."""
+    """Run until SIGINT/SIGTERM; the embedded server (if used) is released on the way out.
+
+    Returns 1 when the ingestion worker stopped on an error it cannot ride out: the service
+    shuts down rather than serve search over an index nobody keeps up to date, so that its
+    supervisor restarts it."""
     import uvicorn
 
     from .api import create_app
@@ -57,21 +68,37 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     access = AccessPolicy.for_bind(address, port, require_keys=settings.require_keys,
                                    allowed_hosts=settings.allowed_hosts,
                                    allowed_origins=settings.allowed_origins)
-    with database(settings) as url:
+    health = Health()
+    with database(settings, health) as url:
         _prepare(url, sample=sample)
         _check_keys(url, address, access)
-        _warm_query_embedder(url)
+        warming = _warm_query_embedder(url)
+        app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access,
+                         health=health)
+        server = uvicorn.Server(uvicorn.Config(app, host=address, port=port, log_level="info",
+                                               h11_max_incomplete_event_size=MAX_HEADER_BYTES))
         stop = threading.Event()
-        thread = _start_worker(url, settings, stop) if worker else None
+        failed: list[BaseException] = []
+
+        def worker_failed(e: BaseException) -> None:
+            failed.append(e)
+            server.should_exit = True  # uvicorn checks it every tick, from any thread
+
+        thread = _start_worker(url, settings, stop, health, worker_failed) if worker else None
         try:
-            app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access)
-            config = uvicorn.Config(app, host=address, port=port, log_level="info",
-                                    h11_max_incomplete_event_size=MAX_HEADER_BYTES)
-            uvicorn.Server(config).run()
+            server.run()
         finally:
             stop.set()
             if thread is not None:
                 thread.join(timeout=120)
+            if warming is not None:
+                # Exiting while the model runtime starts its threads aborts the process
+                # (std::terminate), which would hide the exit status.
+                warming.join(timeout=60)
+    if failed:
+        print(f"error: the ingestion worker stopped ({type(failed[0]).__name__}: {failed[0]}); "
+              "the service shut down so that it can be restarted", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -111,16 +138,16 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
     return 0
 
 
-def _warm_query_embedder(url: str) -> None:
+def _warm_query_embedder(url: str) -> threading.Thread | None:
     """Load (on a first start: export) the query model in the background, so that the
-    first search does not wait for it."""
+    first search does not wait for it. Returns the loading thread (None: no model)."""
     from .query_models import query_embedder, search_setup
 
     with connect(url) as conn:
         setup = search_setup(conn)
     spec = setup.spec
     if spec is None:
-        return
+        return None
 
     def warm() -> None:
         try:
@@ -128,20 +155,26 @@ def _warm_query_embedder(url: str) -> None:
         except Exception:
             log.warning("could not load the query model %s", spec.name, exc_info=True)
 
-    threading.Thread(target=warm, name="hq-knowledge-warm-up", daemon=True).start()
+    thread = threading.Thread(target=warm, name="hq-knowledge-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
-def _start_worker(url: str, settings: Settings, stop: threading.Event) -> threading.Thread:
+def _start_worker(url: str, settings: Settings, stop: threading.Event, health: Health,
+                  on_failure: Callable[[BaseException], None]) -> threading.Thread:
+    """The worker's thread, started. It rides out database outages by itself; on any other
+    error it logs the traceback and calls `on_failure`, which must stop the process."""
     from embeddings.model import load_embedder
     from embeddings.worker import Worker
 
-    worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None)
+    worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None, health=health)
 
     def run() -> None:
         try:
             worker.run(stop=stop)
-        except Exception:  # keep serving search; say loudly that ingestion stopped
+        except Exception as e:
             log.exception("the ingestion worker stopped")
+            on_failure(e)
 
     thread = threading.Thread(target=run, name="hq-knowledge-worker", daemon=True)
     thread.start()
@@ -150,7 +183,8 @@ def _start_worker(url: str, settings: Settings, stop: threading.Event) -> thread
 
 def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> int:
     """`worker`: embed until SIGTERM/SIGINT (the current batch is finished or released),
-    or with `once` until nothing is pending. Exit 1 when a record failed for good."""
+    or with `once` until nothing is pending, waiting out database outages. Exit 1 when a
+    record failed for good, or when the worker stopped on an error it cannot ride out."""
     from embeddings.model import load_embedder
     from embeddings.worker import Worker
 
@@ -176,7 +210,15 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
             worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None,
                             batch_records=batch,
                             on_record=lambda kind, id_, outcome: advance(f"{kind} {outcome}"))
-            stats = worker.run(once=once, stop=stop)
+            error: Exception | None = None
+            try:
+                stats = worker.run(once=once, stop=stop)
+            except Exception as e:  # noqa: BLE001 - outages are ridden out inside: this is a bug
+                error = e
+    if error is not None:
+        print(f"error: the ingestion worker stopped: {type(error).__name__}: {error} ({_where(error)})",
+              file=sys.stderr)
+        return 1
     print(f"indexed {stats.indexed}, failed {stats.failed}, retrying {stats.retried}, "
           f"superseded by edits {stats.stale}; passages embedded {stats.passages_embedded}, "
           f"reused {stats.passages_reused}")
@@ -185,6 +227,15 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
               file=sys.stderr)
         return 1
     return 0
+
+
+def _where(e: BaseException) -> str:
+    """`file:line in function` of the frame that raised `e`."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return "no traceback"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -118,6 +118,14 @@ def name_pattern(also: str = "") -> str:
 
 
 @functools.cache
+def folder_path_pattern() -> str:
+    """The regular expression of a folder path ('/Research/Competitors') whose missing folders
+    `check_name` accepts as names: white space (tab and line breaks too) is collapsed first,
+    so only the other characters refused in a name are refused here."""
+    return f"^[^{char_class(lambda ch: _refused_in_name(ch) and not ch.isspace())}]*$"
+
+
+@functools.cache
 def tag_pattern() -> str:
     """The regular expression of the characters a tag may hold as sent (`normalize_tag` also
     checks them after NFKC normalisation, which this pattern also foresees character by

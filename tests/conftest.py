@@ -56,8 +56,10 @@ class Server:
 
 def _reap_orphans(root: Path) -> None:
     """Stop test servers left running by killed test sessions under `root`: joining and
-    releasing one stops it when no live process uses it (a running session keeps its own)."""
-    for pid_file in root.glob("*/*/pg/postmaster.pid"):
+    releasing one stops it when no live process uses it (a running session keeps its own).
+    Only pytest's own numbered session directories are looked at: a directory given with
+    --basetemp may be another run's, started a moment ago."""
+    for pid_file in root.glob("pytest-*/embedded*/pg/postmaster.pid"):
         if postmaster_pid(pid_file.parent) is not None:
             server = EmbeddedPostgres(pid_file.parent.parent)
             server.start()

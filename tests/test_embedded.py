@@ -99,3 +99,35 @@ def test_server_without_bm25_still_migrates_and_says_so(tmp_path: Path) -> None:
         report = check_database(conn)
         assert report.complete, report.missing
         assert {i.name: i.detail for i in report.items}["keyword search"].startswith("ts_rank_cd")
+
+
+def test_restart_after_the_postmaster_was_killed(tmp_path: Path) -> None:
+    """kill -9 of the postmaster leaves its backends running until they notice; one that
+    cannot (stopped here) keeps the shared memory attached, and PostgreSQL refuses to start
+    while it does. `restart()` kills it, starts the server again, and the data is there."""
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    try:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (note text)")
+            conn.execute("INSERT INTO kept VALUES ('committed before the kill')")
+        stuck = psycopg.connect(server.url)
+        row = stuck.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        backend = psutil.Process(row[0])
+        backend.suspend()
+        old = postmaster_pid(tmp_path / "pg")
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(old)], timeout=10)
+
+        assert server.restart() is True
+        assert not backend.is_running() or backend.status() == psutil.STATUS_ZOMBIE
+        assert postmaster_pid(tmp_path / "pg") not in (None, old)
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT note FROM kept").fetchall() == [("committed before the kill",)]
+        assert server.restart() is False  # running: nothing to do
+        stuck.close()
+    finally:
+        server.stop()
+    assert postmaster_pid(tmp_path / "pg") is None

@@ -10,7 +10,8 @@ each route needs.
   or one of `allowed_origins`, and `Sec-Fetch-Site` must not say cross-site or same-site;
 - finds the caller: `Authorization: Bearer <key>` names a live key (401 otherwise), and a
   request without a key is the local operator, with every scope, unless keys are required
-  (then 401, except for the page, its static files, /healthz and the API's documentation);
+  (then 401, except for the page, its static files, /healthz, /readyz and the API's
+  documentation);
 - logs a client that went away in the middle of its body as one line.
 
 The scope a route needs is `required_scope(method, path)`; `authorize` (a dependency of
@@ -59,8 +60,9 @@ VISITOR = Caller(scope="read", key="(none)")
 """A caller without a key where keys are required: it reaches only the PUBLIC_PATHS."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-"""What a browser needs before it has a key (the page asks for one), and liveness."""
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+"""What a browser needs before it has a key (the page asks for one), liveness and readiness."""
 ADMIN_SUFFIXES = ("/archive", "/unarchive")
 
 

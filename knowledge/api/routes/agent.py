@@ -21,10 +21,11 @@ from ...boot import MAX_TOKENS_LIMIT, SLUG_RULE, check_slug
 from ...documents import MAX_TITLE_CHARS, lock_document
 from ...errors import InvalidInput
 from ...keys import caller_of
+from ...validation import folder_path_pattern
 from ...versions import version_of
 from ..body import CheckedBodyRoute
 from ..deps import Conn
-from ..fields import NOT_BLANK, SLUG, TAG, name, rule
+from ..fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
 from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
 
 router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
@@ -115,7 +116,8 @@ class MarkdownDocumentCreate(BaseModel):
     title: str = Field(json_schema_extra=name(MAX_TITLE_CHARS))
     markdown: str = Field(description="The document's text; at least one non-space character.",
                           json_schema_extra=NOT_BLANK)
-    folder: str | None = Field(None, description=_FOLDER + " Created if missing; null: the root.")
+    folder: str | None = Field(None, description=_FOLDER + " Created if missing; null: the root.",
+                               json_schema_extra=string_rule(pattern=folder_path_pattern, maxLength=2000))
     tags: list[str] = Field(default_factory=list, json_schema_extra=TAG)
 
 

@@ -3,6 +3,11 @@
 The tree is written as JSON by `_tree_json`, level by level without recursion: a tree stored
 deeper than the folder depth limit (before it existed) must still be readable, and pydantic,
 json and orjson all recurse once per level and fail a few hundred levels down.
+
+The writes take their connection in the route's own thread (`_connection`), not from the
+`Conn` dependency: changes to one tree wait for each other's lock, and a burst of them larger
+than the thread pool would otherwise hold every thread waiting for a connection while the
+requests that hold connections wait for a thread to finish in (503 after 5 s).
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...db import pooled_connection
 from ...folders import (
     MAX_FOLDER_DEPTH,
     MAX_FOLDER_NAME_CHARS,
@@ -133,8 +139,10 @@ def _routes(tree: Kind, prefix: str, items: str) -> None:
     @router.post(prefix, status_code=status.HTTP_201_CREATED, response_model=FolderPublic, tags=tag,
                  summary=f"Create a {tree} folder", name=f"create_{tree}_folder",
                  description=f"Name: {NAME_RULE} {DEPTH_RULE} An unknown parent_id is a 404.")
-    def create(body: FolderCreate, conn: Conn) -> FolderPublic:
-        return FolderPublic.model_validate(create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
+    def create(body: FolderCreate, request: Request) -> FolderPublic:
+        with pooled_connection(request.app.state.pool) as conn:
+            return FolderPublic.model_validate(
+                create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
 
     @router.get(prefix, response_model=FolderTreePublic, tags=tag, summary=f"The {tree} folder tree",
                 name=f"{tree}_folder_tree",
@@ -153,16 +161,18 @@ def _routes(tree: Kind, prefix: str, items: str) -> None:
                   description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
                               f"both folders; an unknown parent_id is a 404. {DEPTH_RULE} A move "
                               "that leaves the moved folders no deeper than they were is allowed.")
-    def update(folder_id: UUID, body: FolderUpdate, conn: Conn) -> FolderPublic:
-        return FolderPublic.model_validate(
-            update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True)))
+    def update(folder_id: UUID, body: FolderUpdate, request: Request) -> FolderPublic:
+        with pooled_connection(request.app.state.pool) as conn:
+            return FolderPublic.model_validate(
+                update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True)))
 
     @router.delete(prefix + "/{folder_id}", response_model=FolderDeletionPublic, tags=tag,
                    summary=f"Delete a {tree} folder", name=f"delete_{tree}_folder",
                    description=f"Deletes the folder and its subfolders; the {items} in them move to "
                                "the root (nothing is lost). Says how many of each.")
-    def delete(folder_id: UUID, conn: Conn) -> FolderDeletionPublic:
-        done = delete_folder(conn, tree, folder_id)
+    def delete(folder_id: UUID, request: Request) -> FolderDeletionPublic:
+        with pooled_connection(request.app.state.pool) as conn:
+            done = delete_folder(conn, tree, folder_id)
         return FolderDeletionPublic(folders_deleted=done.folders_deleted,
                                     items_moved_to_root=done.items_moved_to_root)
 
