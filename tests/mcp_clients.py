@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from knowledge.api import AccessPolicy, create_app
+from knowledge.health import Health
 
 
 def free_port() -> int:
@@ -30,12 +31,14 @@ def free_port() -> int:
 
 @contextmanager
 def http_service(db_url: str, *, mcp_read_only: bool = False, require_keys: bool = False,
-                 **config: Any) -> Iterator[str]:
+                 health: Health | None = None, **config: Any) -> Iterator[str]:
     """The API (with /mcp) on a free local port, in this process; yields its base URL.
-    `require_keys`: every request needs an API key; `config` goes to uvicorn."""
+    `require_keys`: every request needs an API key; `health`: the components readiness
+    reports; `config` goes to uvicorn."""
     port = free_port()
     access = AccessPolicy.for_bind("127.0.0.1", port, require_keys=require_keys)
-    app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access)
+    app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access,
+                     health=health)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

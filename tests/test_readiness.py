@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,7 +16,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from knowledge.api import AccessPolicy, create_app
@@ -27,7 +25,7 @@ from knowledge.health import Health
 from knowledge.readiness import check_readiness
 
 from .apiclient import local_client
-from .mcp_clients import free_port
+from .mcp_clients import free_port, http_service
 
 
 @pytest.fixture
@@ -167,28 +165,10 @@ def test_status_against_the_database(db_url: str, monkeypatch: pytest.MonkeyPatc
     assert _by_name(report)["worker"]["state"] == "unknown"
 
 
-@contextlib.contextmanager
-def _service(db_url: str, health: Health) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(db_url, host="127.0.0.1", port=port, health=health), host="127.0.0.1", port=port,
-        log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_status_of_a_running_service(db_url: str, health: Health, capsys: pytest.CaptureFixture[str]) -> None:
     health.set("worker", "ok", "waiting for work", stale_after=60)
     health.beat("worker")
-    with _service(db_url, health) as base:
+    with http_service(db_url, health=health) as base:
         httpx.post(f"{base}/documents", json={"title": "Refunds", "content_text": "30 days."}).raise_for_status()
         assert main(["status", "--url", base]) == 0
         out = capsys.readouterr().out
