@@ -262,7 +262,7 @@ def pooled_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[
     breaker.admit(pool)
     conn = _working_connection(pool, breaker)
     try:
-        yield conn  # not `with conn`, which would close it: the pool keeps it for the next request
+        yield conn  # autocommit: nothing to commit or roll back before the pool takes it back
     except psycopg.Error as e:
         translated = translate(e)
         if translated is None:

@@ -129,6 +129,19 @@ def test_errors_inside_a_request_are_translated(db_url: str) -> None:
         pool.close()
 
 
+def test_requests_reuse_the_pools_connections(db_url: str) -> None:
+    """The checks that make a request fail fast must not cost a connection per request."""
+    pool = open_search_pool(db_url, max_size=2, application_name="hq-knowledge-test")
+    try:
+        backends = set()
+        for _ in range(20):
+            with pooled_connection(pool) as conn:
+                backends.add(conn.info.backend_pid)
+        assert len(backends) == 1
+    finally:
+        pool.close()
+
+
 def _db_url(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "knowledge", "db", "url"], env=_env(HQ_DATA_DIR=str(data_dir)),
                           capture_output=True, text=True, timeout=60, check=False)
