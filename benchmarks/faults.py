@@ -252,6 +252,10 @@ def _under_serve(name: str, work: Path, inject: Callable[[Path, str], None]) -> 
         took = wait_until(lambda: indexed(url, list(acked)), 120, 0.2)
         outcome.indexed_s = None if took is None else round(time.monotonic() - start, 2)
         audit(url, acked, name, outcome)
+        # Keyword search after the fault (pg_textsearch forgets its statistics on a restart).
+        keyword = httpx.get(f"{base}/search", params={"q": f"fault drill {name}", "mode": "keyword",
+                                                     "limit": 10}, timeout=30).json()
+        outcome.notes.append(f"keyword hits after: {len(keyword['hits'])}")
     if outcome.recovered_s is not None:
         outcome.recovered_s = round(outcome.recovered_s, 2)
     return outcome

@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 
 from knowledge.dberrors import is_transient
 from knowledge.health import Health
+from knowledge.keyword_index import repair_bm25_index
 
 from .chunking import Chunk, chunk_markdown, passage_hash
 from .extract import asset_markdown, document_markdown
@@ -184,6 +185,8 @@ class Worker:
         self._listen = listen = self._connect()
         listen.execute(f"LISTEN {CHANNEL}")
         # NOTIFYs sent while disconnected are lost: the first round looks at the queue itself.
+        # And a server that restarted meanwhile has forgotten pg_textsearch's statistics.
+        repair_bm25_index(self.conn_raw)
         self._release_mine()
         self._reclaim_dead()
         self._outage.recovered()

@@ -279,17 +279,19 @@ class Watchdog:
 
     Checks every `interval` seconds; on a death, calls `on_down` with the reason, restarts
     the server (or joins the one another process restarted first), retrying with back-off
-    until it is up or `stop()` is called. Its state is `health`'s "database_server": ok,
+    until it is up or `stop()` is called, then calls `on_up`. Its state is `health`'s "database_server": ok,
     recovering (restarting), or failed (restarts keep failing; still retrying).
     """
 
     NAME = "database_server"
 
     def __init__(self, server: EmbeddedPostgres, *, health: Health | None = None,
-                 on_down: Callable[[str], None] | None = None, interval: float = 0.5) -> None:
+                 on_down: Callable[[str], None] | None = None, on_up: Callable[[], None] | None = None,
+                 interval: float = 0.5) -> None:
         self.server = server
         self.health = health
         self.on_down = on_down
+        self.on_up = on_up
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hq-knowledge-db-watchdog", daemon=True)
@@ -349,7 +351,20 @@ class Watchdog:
             log.info("the embedded PostgreSQL in %s is back after %.1f s (%s)", self.server.pgdata,
                      time.monotonic() - began, "restarted" if started else "restarted by another process")
             self._set("ok", self._running())
+            if self.on_up is not None:
+                try:
+                    self.on_up()
+                except Exception:  # the server is back; what follows a restart may fail alone
+                    log.warning("after restarting the embedded PostgreSQL", exc_info=True)
             return
+
+
+def _repair_keyword_index(url: str) -> None:
+    """pg_textsearch forgets its corpus statistics when the server restarts: rebuild them."""
+    from .keyword_index import repair_bm25_index
+
+    with connect(url, autocommit=True) as conn:
+        repair_bm25_index(conn)
 
 
 @contextlib.contextmanager
@@ -367,7 +382,8 @@ def database(settings: Settings, health: Health | None = None) -> Iterator[str]:
 
     with EmbeddedPostgres(settings.data_dir) as server:
         url = server.url
-        watchdog = Watchdog(server, health=health, on_down=lambda reason: report_down(url, reason))
+        watchdog = Watchdog(server, health=health, on_down=lambda reason: report_down(url, reason),
+                            on_up=lambda: _repair_keyword_index(url))
         watchdog.start()
         try:
             yield url

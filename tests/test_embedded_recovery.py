@@ -114,6 +114,47 @@ def test_watchdog_restarts_a_killed_server_while_requests_fail_fast(tmp_path: Pa
     assert postmaster_pid(tmp_path / "pg") is None  # the watchdog stopped before the release
 
 
+def test_keyword_search_works_after_the_watchdog_restarted_the_server(tmp_path: Path) -> None:
+    """pg_textsearch forgets its corpus statistics on a restart (BM25 then finds nothing): the
+    watchdog rebuilds them once the server is back, before anyone runs a command."""
+    from embeddings.model import FakeEmbedder
+    from embeddings.worker import Worker
+    from knowledge.db import configure_for_search
+    from knowledge.keyword_index import BM25_INDEX
+    from knowledge.migrations import migrate
+    from knowledge.query_models import search_active
+    from knowledge.search import SearchQuery
+
+    health = Health()
+    with database(Settings(data_dir=tmp_path), health) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
+            if conn.execute("SELECT to_regclass(%s)", [BM25_INDEX]).fetchone() == (None,):
+                pytest.skip("this server has no pg_textsearch")
+            for i in range(3):
+                conn.execute("INSERT INTO documents (title, content_text) VALUES (%s, %s)",
+                             [f"Refunds {i}", "Customers get their refunds within thirty days."])
+        Worker(url, FakeEmbedder()).run(once=True)
+
+        def keyword_hits() -> int:
+            with psycopg.connect(url, autocommit=True) as conn:
+                configure_for_search(conn)
+                return len(search_active(conn, SearchQuery(q="refunds thirty days", mode="keyword")).hits)
+
+        assert keyword_hits() == 3
+        _kill_postmaster(tmp_path / "pg")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                hits = keyword_hits()
+                if hits == 3:
+                    break
+            except psycopg.OperationalError:
+                pass  # not back yet
+            assert time.monotonic() < deadline, "keyword search did not come back"
+            time.sleep(0.1)
+
+
 def test_errors_inside_a_request_are_translated(db_url: str) -> None:
     pool = open_search_pool(db_url, max_size=2, application_name="hq-knowledge-test")
     try:

@@ -23,9 +23,12 @@ from psycopg.rows import dict_row
 from embeddings.leases import node_name
 from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
+from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.health import Health
 from knowledge.migrations import migrate
+from knowledge.query_models import search_active
+from knowledge.search import SearchQuery
 
 from .test_worker import add_document, statuses
 
@@ -90,6 +93,14 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
 
             server.start()
             restarted = time.monotonic()
+            # The restart emptied pg_textsearch's statistics (keyword search finds nothing until
+            # they are rebuilt, and writes after the restart only hide it): the worker rebuilds
+            # them as it reconnects, before anything else is written.
+            _until(lambda: "the database is back after" in log_file.read_text(), 60, "the worker back")
+            with psycopg.connect(url, autocommit=True) as c:
+                configure_for_search(c)
+                hits = search_active(c, SearchQuery(q="text number before", mode="keyword", limit=20)).hits
+            assert {h.title for h in hits} == {f"Before {i}" for i in range(5)}
             _add(url, 5, "After")
             _until(_indexed(url, 10), 60, "every document indexed after the restart")
             seconds = time.monotonic() - restarted
