@@ -49,6 +49,9 @@ CHANNEL = "hq_embedding"
 _KINDS = {"document": "documents", "asset": "assets"}
 _OWNER = {"document": "document_id", "asset": "asset_id"}
 _CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
+# A leased record given back untouched by its own worker: its try is not counted.
+_GIVE_BACK = ("SET embedding_status = 'pending', embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
+              " embedding_attempts = greatest(embedding_attempts - 1, 0)")
 _EMBED_STEP = 128  # passages per embedder call: the worker beats and renews its leases between calls
 HEALTH = "worker"
 STALE_AFTER = 120.0  # seconds without a beat before readiness calls the worker stuck
@@ -322,9 +325,7 @@ class Worker:
         released = 0
         for table in _KINDS.values():
             released += self.conn_raw.execute(
-                f"UPDATE {table} SET embedding_status = 'pending', embedding_lease_owner = NULL,"
-                " embedding_lease_expires_at = NULL, embedding_attempts = greatest(embedding_attempts - 1, 0)"
-                " WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
+                f"UPDATE {table} {_GIVE_BACK} WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
                 [self.worker_id]).rowcount
         if released:
             log.info("gave back %d record(s) leased before the interruption", released)
@@ -359,9 +360,8 @@ class Worker:
         """Give leased records back untouched (shutting down before any work was done)."""
         for r in records:
             self.conn.execute(
-                f"UPDATE {_KINDS[r.kind]} SET embedding_status = 'pending', embedding_lease_owner = NULL, "
-                "embedding_lease_expires_at = NULL, embedding_attempts = greatest(embedding_attempts - 1, 0) "
-                "WHERE id = %s AND embedding_lease_owner = %s AND embedding_status = 'processing'",
+                f"UPDATE {_KINDS[r.kind]} {_GIVE_BACK}"
+                " WHERE id = %s AND embedding_lease_owner = %s AND embedding_status = 'processing'",
                 [r.id, self.worker_id])
 
     def _prepare(self, record: _Record) -> None:

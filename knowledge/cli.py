@@ -303,13 +303,14 @@ def _status_of_database(settings: Settings) -> tuple[dict[str, Any], dict[str, A
     import psycopg
 
     from .db import connect, database
-    from .embedded import postmaster_pid
+    from .embedded import EmbeddedPostgres, postmaster_pid
+    from .errors import first_line
     from .health import Health
     from .readiness import check_readiness
     from .status import service_status
 
     health = Health()
-    if settings.database_url is None and postmaster_pid(settings.data_dir.expanduser().resolve() / "pg") is None:
+    if settings.database_url is None and postmaster_pid(EmbeddedPostgres(settings.data_dir).pgdata) is None:
         health.set("database_server", "stopped",
                    f"no process was running the embedded server in {settings.data_dir}: "
                    "started for this check (is the service running?)")
@@ -321,8 +322,7 @@ def _status_of_database(settings: Settings) -> tuple[dict[str, Any], dict[str, A
             with connect(url, autocommit=True, connect_timeout=5) as conn:
                 counts = dataclasses.asdict(service_status(conn))
         except (KnowledgeError, psycopg.Error) as e:  # an incomplete schema: the readiness says why
-            text = e.message if isinstance(e, KnowledgeError) else str(e)
-            counts = f"not available: {text.strip().splitlines()[0] if text.strip() else type(e).__name__}"
+            counts = f"not available: {first_line(e)}"
     return readiness.as_json(), counts
 
 

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import Settings
 from .dberrors import translate
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, InvalidInput, first_line
 
 if TYPE_CHECKING:
     from .embedded import EmbeddedPostgres
@@ -141,11 +141,6 @@ def open_search_pool(url: str, *, max_size: int, application_name: str) -> Conne
     return pool
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _conninfo(pool: ConnectionPool[Any]) -> str:
     return pool.conninfo() if callable(pool.conninfo) else pool.conninfo
 
@@ -157,7 +152,7 @@ def _unreachable(pool: ConnectionPool[Any]) -> str | None:
                              application_name="hq-knowledge-probe"):
             return None
     except psycopg.Error as e:
-        return _first_line(e)
+        return first_line(e)
 
 
 class _Breaker:
@@ -230,7 +225,7 @@ def _working_connection(pool: ConnectionPool[Any], breaker: _Breaker) -> psycopg
             breaker.trip(reason)
             raise DatabaseUnavailable(f"the database is unavailable: {reason}") from e
         except psycopg.OperationalError as e:  # the pool is closed: the service is stopping
-            raise DatabaseUnavailable(f"the database is unavailable: {_first_line(e)}") from e
+            raise DatabaseUnavailable(f"the database is unavailable: {first_line(e)}") from e
         try:
             ConnectionPool.check_connection(conn)
         except psycopg.Error as e:
@@ -240,7 +235,7 @@ def _working_connection(pool: ConnectionPool[Any], breaker: _Breaker) -> psycopg
                 breaker.trip(reason)
                 raise DatabaseUnavailable(f"the database is unavailable: {reason}") from e
             if attempt == 2:
-                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(e)}") from e
+                raise DatabaseUnavailable(f"the database is unavailable: {first_line(e)}") from e
             # The server is up: this connection predates a restart, and so may the others.
             pool.drain()
             continue
@@ -268,7 +263,7 @@ def pooled_connection(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[
         if translated is None:
             raise
         if isinstance(translated, DatabaseUnavailable) and conn.broken:
-            breaker.trip(_first_line(e))
+            breaker.trip(first_line(e))
         raise translated from e
     finally:
         pool.putconn(conn)

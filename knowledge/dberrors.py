@@ -19,7 +19,7 @@ from typing import TypeVar
 import psycopg
 from psycopg import errors as pg
 
-from .errors import Conflict, DatabaseUnavailable, InsufficientStorage, KnowledgeError
+from .errors import Conflict, DatabaseUnavailable, InsufficientStorage, KnowledgeError, first_line
 
 __all__ = ["is_conflict", "is_transient", "retry_conflicts", "translate"]
 
@@ -60,7 +60,7 @@ def is_transient(e: BaseException) -> bool:
 
 def translate(e: psycopg.Error) -> KnowledgeError | None:
     """Ours for a driver error the user should see as 409, 503 or 507; None for the rest."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e)
     if is_conflict(e):
         return Conflict(f"the change conflicted with a concurrent change ({first}): "
                         "nothing was written; read the items again and retry")

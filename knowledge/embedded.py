@@ -135,18 +135,7 @@ class EmbeddedPostgres:
         """
         with self._data_dir_access():
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._locked():
-            if self.socket_dir != self.pgdata:
-                uid, gid = self._server_ids()
-                _private_dir(self.socket_dir, uid, gid)
-            users = self._live_users()
-            if postmaster_pid(self.pgdata) is None:
-                self._init_cluster()
-                self._stop_orphans()  # of a postmaster that died (killed, or the machine's OOM killer)
-                self._clear_stale_locks()
-                self._start_postmaster()
-            self._save_users(users | {os.getpid()})
-            self._started = True
+        self._start_or_join()
         self._ensure_database()
         return self.url
 
@@ -171,16 +160,23 @@ class EmbeddedPostgres:
         memory) and clears the lock files the dead postmaster left. Raises DatabaseUnavailable
         when the server does not start; the caller may try again.
         """
+        return self._start_or_join()
+
+    def _start_or_join(self) -> bool:
+        """Start the postmaster unless one runs, and register this process as a user of it.
+        True when this call started it."""
         with self._locked():
             if self.socket_dir != self.pgdata:
                 uid, gid = self._server_ids()
                 _private_dir(self.socket_dir, uid, gid)
+            users = self._live_users()
             started = postmaster_pid(self.pgdata) is None
             if started:
-                self._stop_orphans()
+                self._init_cluster()  # a no-op but for ownership where the cluster exists
+                self._stop_orphans()  # of a postmaster that died (killed, or the machine's OOM killer)
                 self._clear_stale_locks()
                 self._start_postmaster()
-            self._save_users(self._live_users() | {os.getpid()})
+            self._save_users(users | {os.getpid()})
             self._started = True
         return started
 

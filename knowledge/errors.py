@@ -15,6 +15,7 @@ __all__ = [
     "ServiceUnavailable",
     "TooLarge",
     "Unauthorized",
+    "first_line",
 ]
 
 
@@ -95,3 +96,10 @@ class MigrationError(KnowledgeError):
     """A migration failed, or a migration file changed after it was applied."""
 
     status = 500
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of `e`'s message (a KnowledgeError's message too), or its type's name
+    when it has none: for one-line logs, health details and error messages."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

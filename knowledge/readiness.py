@@ -32,7 +32,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from .dberrors import is_disk_full
-from .errors import KnowledgeError
+from .errors import KnowledgeError, first_line
 from .health import Health
 from .schema_check import check_database
 
@@ -137,11 +137,6 @@ def _from_health(health: Health, name: str, *, required: bool) -> ComponentRepor
     return ComponentReport(name, component.state, component.since, component.detail, required)
 
 
-def _first_line(e: BaseException) -> str:
-    text = e.message if isinstance(e, KnowledgeError) else str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
-
-
 def _probe(connect: Connect) -> list[tuple[str, str, str]]:
     """(name, state, detail) of the database, the schema and the disk, measured now."""
     unknown = "unknown: the database did not answer"
@@ -163,7 +158,7 @@ def _probe(connect: Connect) -> list[tuple[str, str, str]]:
         return [("database", "failed", f"no answer within {TIMEOUT_SECONDS} s"),
                 ("schema", "unknown", unknown), ("disk", "unknown", unknown)]
     except (psycopg.Error, KnowledgeError) as e:
-        return [("database", "failed", _first_line(e)),
+        return [("database", "failed", first_line(e)),
                 ("schema", "unknown", unknown), ("disk", "unknown", unknown)]
 
 
@@ -176,8 +171,8 @@ def _disk(conn: psycopg.Connection[Any]) -> tuple[str, str, str]:
         raise
     except psycopg.Error as e:
         if is_disk_full(e):
-            detail = (f"disk full: the database cannot write ({_first_line(e)}); writes fail until "
+            detail = (f"disk full: the database cannot write ({first_line(e)}); writes fail until "
                       "space is freed on the database's disk; searches still work")
             return ("disk", "failed", detail)
-        return ("disk", "failed", f"a write to the database's disk failed: {_first_line(e)}")
+        return ("disk", "failed", f"a write to the database's disk failed: {first_line(e)}")
     return ("disk", "ok", "writable (a temporary file written in the data directory)")

@@ -126,7 +126,8 @@ def check_database(
                                ["extension vector"]))
 
     applied = applied_migrations(conn)
-    state = database_release(applied, migrations, load_releases())
+    releases = load_releases()
+    state = database_release(applied, migrations, releases)
     ok = state.current
     detail = f"{len(migrations) - len(state.pending)} of {len(migrations)} applied"
     if state.edited:
@@ -139,7 +140,7 @@ def check_database(
                            [f"migration {n}" for n in state.pending]
                            + [f"migration {n} (changed since applied)" for n in state.edited]
                            + [f"migration {n} (upgrade from {state.label})" for n in state.upgradable]))
-    current = current_release(migrations, load_releases())
+    current = current_release(migrations, releases)
     at = "no migration applied" if not applied else state.label
     items.append(CheckItem("release", None, f"database at {at}; these files are "
                            + (f"release {current}" if current else "no release (edited)")))
