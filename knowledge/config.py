@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "default_data_dir"]
+__all__ = ["Settings", "default_data_dir", "keyword_index_setting"]
 
 
 def default_data_dir() -> Path:
@@ -43,6 +43,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     require_keys: bool = False
+    # The keyword leg's index (knowledge.keyword_index): auto, pg_textsearch or sql.
+    keyword_index: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,7 +61,23 @@ class Settings:
             allowed_hosts=_words(env.get("HQ_ALLOWED_HOSTS", "")),
             allowed_origins=_words(env.get("HQ_ALLOWED_ORIGINS", "")),
             require_keys=_flag("HQ_REQUIRE_KEYS", env.get("HQ_REQUIRE_KEYS", "")),
+            keyword_index=_keyword_index(env.get("HQ_KEYWORD_INDEX", "")),
         )
+
+
+def keyword_index_setting(env: Mapping[str, str] | None = None) -> str:
+    """HQ_KEYWORD_INDEX alone (read at each search set-up, so it needs no Settings passed)."""
+    env = os.environ if env is None else env
+    return _keyword_index(env.get("HQ_KEYWORD_INDEX", ""))
+
+
+def _keyword_index(value: str) -> str:
+    from .errors import InvalidInput
+
+    word = value.strip().lower() or "auto"
+    if word not in ("auto", "pg_textsearch", "sql"):
+        raise InvalidInput(f"HQ_KEYWORD_INDEX must be auto, pg_textsearch or sql, got {value!r}")
+    return word
 
 
 def _words(value: str) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
 
 from .errors import DatabaseUnavailable, ServiceUnavailable
 from .models import DEFAULT_EF_SEARCH, ef_search_for, exact_scan_below
-from .schema_check import keyword_path
+from .keyword_index import keyword_path
 from .search import EXACT_SCAN_BELOW, ModelSwitched, SearchQuery, SearchResult, search
 
 __all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]

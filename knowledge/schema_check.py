@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from .keyword_index import keyword_path
 from .migrations import (
     Migration,
     applied_migrations,
@@ -22,7 +23,7 @@ from .migrations import (
     load_releases,
 )
 
-__all__ = ["CheckItem", "CheckReport", "check_database", "keyword_path"]
+__all__ = ["CheckItem", "CheckReport", "check_database"]
 
 def _tuples(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     """A cursor with tuple rows, whatever row factory the caller's connection has."""
@@ -37,11 +38,12 @@ TABLES = (
     "assets", "asset_folders", "documents", "document_folders", "draft_sets",
     "embedding_models", "knowledge_chunks", "chunk_embeddings", "reembed_jobs", "reembed_items",
     "audit_log", "notifications", "agent_inbox_items", "automation_rules",
-    "agent_commands", "agent_usage", "agent_budgets", "api_keys",
+    "agent_commands", "agent_usage", "agent_budgets", "api_keys", "bm25_postings", "bm25_corpus",
 )
 FUNCTIONS = (
     "set_updated_at", "create_gateway_token", "consume_gateway_token", "agent_reports_chain",
-    "spawn_due_task_series", "document_folder_path", "asset_folder_path", "hq_bm25_top",
+    "spawn_due_task_series", "document_folder_path", "asset_folder_path", "hq_bm25_top", "hq_sql_bm25_top",
+    "hq_sql_bm25_rebuild",
     "hq_ensure_embedding_index", "notify_operator", "enqueue_inbox_item", "lease_inbox_item",
     "complete_inbox_item", "fail_inbox_item", "run_automation_rules", "lease_command",
     "start_command", "complete_command", "fail_command", "check_agent_budget",
@@ -65,10 +67,15 @@ TRIGGERS = (  # (table, trigger): the ones with behaviour; updated_at triggers a
     ("chunk_embeddings", "chunk_embeddings_check_dims"),
     ("document_folders", "document_folders_reject_cycle"),
     ("asset_folders", "asset_folders_reject_cycle"),
+    ("knowledge_chunks", "knowledge_chunks_bm25_insert"),
+    ("knowledge_chunks", "knowledge_chunks_bm25_update"),
+    ("knowledge_chunks", "knowledge_chunks_bm25_delete"),
+    ("knowledge_chunks", "knowledge_chunks_bm25_truncate"),
 )
 REALTIME_TABLES = ("agent_commands", "agent_inbox_items")
-PRIVATE_TABLES = ("api_keys",)
-"""Row-level security on and no policy: only the service's own role reads them (key hashes)."""
+PRIVATE_TABLES = ("api_keys", "bm25_postings", "bm25_corpus")
+"""Row-level security on and no policy: only the service's own role reads them (key hashes,
+the keyword index's statistics)."""
 STORAGE_BUCKETS = ("assets", "attachments")
 
 
@@ -94,16 +101,6 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"complete": self.complete, "items": [asdict(i) for i in self.items]}
-
-
-def keyword_path(conn: psycopg.Connection[Any]) -> str:
-    """'bm25' when the passages have a pg_textsearch BM25 index, else 'ts_rank_cd'."""
-    row = _tuples(conn).execute(
-        "SELECT 1 FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname "
-        "JOIN pg_am am ON am.oid = c.relam "
-        "WHERE i.schemaname = current_schema() AND i.tablename = 'knowledge_chunks' AND am.amname = 'bm25'"
-    ).fetchone()
-    return "bm25" if row else "ts_rank_cd"
 
 
 def _names(conn: psycopg.Connection[Any], sql: str) -> set[Any]:
@@ -169,7 +166,8 @@ def check_database(
         items.append(CheckItem(
             "keyword search", None,
             f"bm25 (pg_textsearch {extensions['pg_textsearch']})" if path == "bm25"
-            else "ts_rank_cd over tsvector (pg_textsearch not installed)"))
+            else "sql-bm25 (BM25 from the bm25_postings and bm25_corpus tables)" if path == "sql-bm25"
+            else "ts_rank_cd over tsvector (no BM25 index: the SQL BM25 tables are missing)"))
     items.append(CheckItem(
         "pg_cron", None,
         f"installed ({extensions['pg_cron']})" if "pg_cron" in extensions

@@ -1,6 +1,7 @@
 """Hybrid search over documents and assets: a semantic leg (HNSW over passage embeddings of
-the active model), a keyword leg (BM25 through pg_textsearch where installed, else an OR of
-the query's lexemes ranked by ts_rank_cd), fused per item by weighted reciprocal rank.
+the active model), a keyword leg (BM25 through pg_textsearch where installed, else BM25 from
+the SQL keyword index's tables: knowledge.keyword_index), fused per item by weighted
+reciprocal rank.
 
 One SQL statement per search: both legs, the fusion, the page of items with their best
 passages and highlighted snippets.
@@ -271,6 +272,16 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered:
             "  AND ts_match_vq(x.search_tsv, (SELECT query FROM or_query)))"
             " ORDER BY c.ord LIMIT %(n)s"
         ).format(shown=shown, owners=sql.SQL("") if filtered else _OWNERS, kept=kept)
+    if path == "sql-bm25":
+        # The same shape from the SQL keyword index (020): its top-k is scored from the
+        # postings of the query's lexemes, so every passage it returns holds one of them.
+        kept = sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
+            if filtered else row_filter
+        return sql.SQL(
+            "SELECT c.id AS chunk_id, row_number() OVER (ORDER BY c.score DESC, c.id) AS rnk, c.score"
+            " FROM hq_sql_bm25_top(%(q)s, %(kn)s) AS c {owners} WHERE {kept}"
+            " ORDER BY c.score DESC, c.id LIMIT %(n)s"
+        ).format(owners=sql.SQL("") if filtered else _OWNERS, kept=kept)
     return sql.SQL(
         "SELECT k.chunk_id, row_number() OVER (ORDER BY k.s DESC) AS rnk, k.s AS score FROM ("
         " SELECT c.id AS chunk_id, ts_rank_cd(c.search_tsv, oq.query) AS s"

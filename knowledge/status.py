@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row, tuple_row
 
-from .schema_check import keyword_path
+from .keyword_index import keyword_path
 
 __all__ = ["ServiceStatus", "service_status"]
 
@@ -32,7 +32,7 @@ class ServiceStatus:
     active_model: str | None
     """The embedding model searched; None if no model is active."""
     keyword_path: str
-    """'bm25' (pg_textsearch) or 'ts_rank_cd'."""
+    """'bm25' (pg_textsearch), 'sql-bm25' (the SQL keyword index) or 'ts_rank_cd'."""
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def test_migrate_then_check_passes(empty_db_url: str) -> None:
 
     migrate = hq("db", "migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
-    assert "applied 19 migration(s)" in migrate.stdout
-    assert hq("db", "migrate", env=env).stdout.strip().endswith("schema up to date (19 migrations applied)")
+    assert "applied 20 migration(s)" in migrate.stdout
+    assert hq("db", "migrate", env=env).stdout.strip().endswith("schema up to date (20 migrations applied)")
 
     check = hq("db", "check", env=env)
     assert check.returncode == 0, check.stdout
@@ -63,7 +63,7 @@ def test_bundle_writes_a_file(tmp_path: Path) -> None:
     result = hq("db", "bundle", "-o", str(out))
     assert result.returncode == 0
     text = out.read_text()
-    assert text.count("-- ==== ") == 19 and text.rstrip().endswith("COMMIT;")
+    assert text.count("-- ==== ") == 20 and text.rstrip().endswith("COMMIT;")
 
 
 def test_unreachable_server() -> None:

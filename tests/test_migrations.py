@@ -12,7 +12,7 @@ import pytest
 
 from knowledge.errors import MigrationError
 from knowledge.migrations import LEDGER, bundle, load_migrations, migrate, migrations_dir
-from knowledge.schema_check import TABLES, check_database
+from knowledge.schema_check import PRIVATE_TABLES, TABLES, check_database
 
 from .conftest import Server
 from .pgtools import psql_file, schema_dump
@@ -24,7 +24,7 @@ SEED_NAMES = [
     "012_audit_notifications.sql", "013_agent_inbox.sql", "014_agent_commands.sql",
     "015_usage_budgets.sql", "016_rls_realtime_storage.sql", "017_setup_wizard.sql",
 ]
-ALL_NAMES = [*SEED_NAMES, "018_api_keys.sql", "019_release_catch_up.sql"]  # the seed's 17, then one file per later change
+ALL_NAMES = [*SEED_NAMES, "018_api_keys.sql", "019_release_catch_up.sql", "020_sql_bm25.sql"]  # the seed's 17, then one file per later change
 
 
 def _migrate(url: str, **kwargs: Any) -> Any:
@@ -89,10 +89,10 @@ def test_bundle_that_fails_applies_nothing(empty_db_url: str, tmp_path: Path) ->
 def test_failed_file_is_rolled_back_and_earlier_files_stay(empty_db_url: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
-    (folder / "020_broken.sql").write_text(
-        "-- 020_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n")
+    (folder / "021_broken.sql").write_text(
+        "-- 021_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n")
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match=r"020_broken\.sql failed and was rolled back: function missing_function\(\) does not exist"):
+        with pytest.raises(MigrationError, match=r"021_broken\.sql failed and was rolled back: function missing_function\(\) does not exist"):
             migrate(conn, load_migrations(folder))
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
         names = [r[0] for r in conn.execute(f"SELECT name FROM {LEDGER} ORDER BY name")]
@@ -105,7 +105,7 @@ def test_changed_file_is_reported_and_nothing_runs(empty_db_url: str, tmp_path: 
     _migrate(empty_db_url, migrations=load_migrations(folder))
     edited = folder / "005_crm.sql"
     edited.write_text(edited.read_text() + "\nCREATE TABLE sneaky (id int);\n")
-    (folder / "020_next.sql").write_text("-- 020_next: a later file\nCREATE TABLE later (id int);\n")
+    (folder / "021_next.sql").write_text("-- 021_next: a later file\nCREATE TABLE later (id int);\n")
     with pytest.raises(MigrationError) as caught:
         _migrate(empty_db_url, migrations=load_migrations(folder))
     message = caught.value.message
@@ -182,8 +182,9 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
             "AND 'authenticated' = ANY (roles)")}
         for table in TABLES:
             assert secured[table], table
-            # api_keys: RLS with no policy, so Supabase's REST roles never read the key hashes
-            assert (table in policies) == (table != "api_keys"), table
+            # api_keys and the BM25 tables: RLS with no policy, so Supabase's REST roles never
+            # read the key hashes or the keyword index's statistics
+            assert (table in policies) == (table not in PRIVATE_TABLES), table
         members = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'")}
         assert {"agent_commands", "agent_inbox_items"} <= members
@@ -223,4 +224,4 @@ def test_plain_postgres_skips_supabase_parts_with_notices(empty_db_url: str) -> 
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'public'").fetchone() == (0,)
         secured = [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relrowsecurity "
                                               "AND relnamespace = 'public'::regnamespace AND relkind = 'r'")]
-        assert secured == ["api_keys"]  # on everywhere: only the service's own role reads keys
+        assert sorted(secured) == sorted(PRIVATE_TABLES)  # on everywhere: only the service reads them

@@ -15,8 +15,10 @@ from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
 from knowledge import models
 from knowledge.api import create_app
+from knowledge.config import Settings
 from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
+from knowledge.errors import InvalidInput
 from knowledge.migrations import migrate
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
@@ -225,11 +227,76 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
                 add(conn, title, text, tags)
             index_with_fake(conn, server.url)
         with local_client(create_app(server.url)) as c:
+            assert c.get("/healthz").json()["keyword_search"] == "sql-bm25"
+            for mode in ("hybrid", "semantic", "keyword"):
+                body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
+                assert body["keyword_path"] == "sql-bm25"
+                assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+        # Without the SQL keyword index either (its function dropped), ts_rank_cd still answers.
+        with psycopg.connect(server.url, autocommit=True) as raw:
+            raw.execute("DROP FUNCTION hq_sql_bm25_top(text, integer)")
+        forget_setup()
+        with local_client(create_app(server.url)) as c:
             assert c.get("/healthz").json()["keyword_search"] == "ts_rank_cd"
             for mode in ("hybrid", "semantic", "keyword"):
                 body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
                 assert body["keyword_path"] == "ts_rank_cd"
                 assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+        forget_setup()
+
+
+def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
+        conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HQ_KEYWORD_INDEX=sql on a server with pg_textsearch: the same ranking from the tables."""
+    for title, text, tags in DOCS:
+        add(conn, title, text, tags)
+    index_with_fake(conn, db_url)
+    queries = ["discount approval for a sales rep", "refund renewal", "incidents handoff channel", "tomatoes sun"]
+    runs: dict[str, list[list[str]]] = {}
+    for choice in ("pg_textsearch", "sql"):
+        monkeypatch.setenv("HQ_KEYWORD_INDEX", choice)
+        forget_setup()
+        with local_client(create_app(db_url)) as c:
+            assert c.get("/healthz").json()["keyword_search"] == {"sql": "sql-bm25"}.get(choice, "bm25")
+            bodies = [c.get("/search", params={"q": q, "mode": "keyword", "explain": "true"}).json() for q in queries]
+        assert {b["keyword_path"] for b in bodies} == {{"sql": "sql-bm25"}.get(choice, "bm25")}
+        runs[choice] = [[h["title"] for h in b["hits"]] for b in bodies]
+        if choice == "sql":  # scores are BM25 scores, best first
+            for b in bodies:
+                scores = [h["explain"]["keyword"]["score"] for h in b["hits"]]
+                assert scores == sorted(scores, reverse=True) and all(x > 0 for x in scores), b
+    forget_setup()
+    assert runs["sql"] == runs["pg_textsearch"]
+    monkeypatch.setenv("HQ_KEYWORD_INDEX", "bm26")
+    with pytest.raises(InvalidInput, match="HQ_KEYWORD_INDEX must be auto, pg_textsearch or sql, got 'bm26'"):
+        Settings.from_env()
+
+
+def test_sql_keyword_index_survives_a_server_restart(tmp_path: Path) -> None:
+    """The SQL keyword index is ordinary tables: a restart leaves its statistics as they were."""
+    server = EmbeddedPostgres(tmp_path, preload=())
+    server.start()
+    try:
+        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            migrate(conn)
+            for title, text, tags in DOCS:
+                add(conn, title, text, tags)
+            index_with_fake(conn, server.url)
+            before = conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone()
+        assert before["n"] > 0
+        server.stop()
+        server.start()
+        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            after = conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone()
+        assert after == before
+        forget_setup()
+        with local_client(create_app(server.url)) as c:
+            body = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
+        assert body["keyword_path"] == "sql-bm25"
+        assert body["hits"][0]["title"] == "Discount approvals"
+    finally:
+        server.stop()
+        forget_setup()
 
 
 def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:

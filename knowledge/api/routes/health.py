@@ -15,7 +15,8 @@ from ...db import pooled_connection
 from ...errors import KnowledgeError
 from ...health import Component, Health
 from ...readiness import PROBES, check_readiness
-from ...schema_check import check_database, keyword_path
+from ...keyword_index import keyword_path
+from ...schema_check import check_database
 
 router = APIRouter(tags=["health"])
 

@@ -28,8 +28,8 @@ router = APIRouter(tags=["search"])
 
 
 @router.get("/search", summary="Search documents and assets",
-            description=f"Hybrid retrieval: HNSW over passage embeddings and BM25 (pg_textsearch; "
-                        f"ts_rank_cd where it is not installed), fused per item by weighted reciprocal "
+            description=f"Hybrid retrieval: HNSW over passage embeddings and BM25 (pg_textsearch, or "
+                        f"the SQL keyword index where it is not installed or not replicated), fused per item by weighted reciprocal "
                         f"rank (score = w_s/(k + rank_s) + w_k/(k + rank_k)). `q` is 1 to {MAX_QUERY_CHARS} "
                         "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
                         "matched terms in <mark>. Archived items are left out unless `archived=true|any`.")

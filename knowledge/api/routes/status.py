@@ -20,7 +20,7 @@ class StatusPublic(BaseModel):
     queue: int = Field(description="Documents and assets pending or processing.")
     failed: int = Field(description="Documents and assets whose embedding failed.")
     active_model: str | None = Field(description="The embedding model searched.")
-    keyword_path: str = Field(description="`bm25` (pg_textsearch) or `ts_rank_cd`.")
+    keyword_path: str = Field(description="`bm25` (pg_textsearch), `sql-bm25` (the SQL keyword index) or `ts_rank_cd`.")
 
 
 @router.get("/status", response_model=StatusPublic, summary="The service at a glance")
