@@ -170,27 +170,29 @@ BEGIN
 END $$;
 
 -- The BM25 top k passages for a query, best first, with their owners and scores. A lexeme
--- the query repeats counts as often as it appears (as in pg_textsearch). The postings come
--- through the primary key in lexeme order, so each lexeme's document frequency is a window
--- count over its own rows, without a second scan; the corpus totals are read once.
+-- the query repeats counts as often as it appears (as in pg_textsearch). Each query lexeme's
+-- document frequency is counted from its postings (an index-only count through the primary
+-- key), which gives its weight qtf * 2.2 * idf; its postings are then read again through the
+-- same btree, scored and summed per passage in a hash. Reading each lexeme's postings beside
+-- a window count instead, or joining the totals per row, took twice as long at 100k passages.
 -- 1.2 * (1 - b + b * dl / avgdl) with b 0.75 is 0.3 + (0.9 / avgdl) * dl.
 CREATE OR REPLACE FUNCTION hq_sql_bm25_top(query text, k integer)
 RETURNS TABLE (id bigint, document_id uuid, asset_id uuid, score float8)
 LANGUAGE sql STABLE PARALLEL SAFE ROWS 100 AS $$
-  WITH q AS MATERIALIZED (
-    SELECT u.lexeme AS term, coalesce(array_length(u.positions, 1), 1)::float8 AS qtf
-      FROM unnest(to_tsvector('english', query)) u
-  ), corpus AS MATERIALIZED (
+  WITH corpus AS MATERIALIZED (
     SELECT sum(passages)::float8 AS n, 0.9 * sum(passages)::float8 / nullif(sum(total_length), 0)::float8 AS per_len
       FROM bm25_corpus
-  ), postings AS (
-    SELECT p.term, p.chunk_id, p.tf::float8 AS tf, p.dl::float8 AS dl, count(*) OVER (PARTITION BY p.term) AS df
-      FROM bm25_postings p
-     WHERE p.term = ANY (ARRAY(SELECT term FROM q))
+  ), terms AS MATERIALIZED (
+    SELECT u.lexeme AS term,
+           coalesce(array_length(u.positions, 1), 1) * 2.2::float8
+             * ln(1 + (c.n - df.n + 0.5) / (df.n + 0.5)) AS w,
+           c.per_len
+      FROM unnest(to_tsvector('english', query)) u CROSS JOIN corpus c
+      CROSS JOIN LATERAL (SELECT count(*)::float8 AS n FROM bm25_postings p WHERE p.term = u.lexeme) df
+     WHERE df.n > 0
   ), scored AS (
-    SELECT p.chunk_id,
-           sum(q.qtf * ln(1 + (c.n - p.df + 0.5) / (p.df + 0.5)) * p.tf * 2.2 / (p.tf + 0.3 + c.per_len * p.dl)) AS score
-      FROM postings p JOIN q USING (term) CROSS JOIN corpus c
+    SELECT p.chunk_id, sum(t.w * p.tf / (p.tf + 0.3 + t.per_len * p.dl)) AS score
+      FROM terms t CROSS JOIN LATERAL (SELECT x.chunk_id, x.tf::float8 AS tf, x.dl::float8 AS dl FROM bm25_postings x WHERE x.term = t.term) p
      GROUP BY p.chunk_id
      ORDER BY score DESC, p.chunk_id
      LIMIT k
