@@ -3,6 +3,10 @@ MCP: the MCP tools' operations (search, read, boot, overview, save, update) as m
 return frozen dataclasses. `KnowledgeClient` is synchronous, `AsyncKnowledgeClient` async;
 they build requests and read answers with the same functions, only the I/O differs.
 
+After a write, a service with read replicas answers with the primary's WAL position
+(`HQ-Write-LSN`); a client sends back the latest it received with every request, so that its
+reads see its own writes (a replica serves them only once it has replayed that position).
+
 Errors are the package's own: the server's status picks the class (404 NotFound, 409
 Conflict, 400/422 InvalidInput, 413 TooLarge, 503 DatabaseUnavailable, anything else
 KnowledgeError) and its message is the server's. A service that cannot be reached raises
@@ -32,12 +36,14 @@ from .errors import (
     TooLarge,
     Unauthorized,
 )
+from .lsn import parse_lsn
 
 __all__ = ["AsyncKnowledgeClient", "BootContext", "DocumentText", "KnowledgeClient", "Overview",
            "SavedDocument", "SearchResults"]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 AGENT_HEADER = "X-HQ-Agent"
+WRITE_LSN_HEADER = "HQ-Write-LSN"
 Mode = Literal["hybrid", "semantic", "keyword"]
 Kind = Literal["document", "asset"]
 T = TypeVar("T")
@@ -196,11 +202,22 @@ def _finish(call: _Call[T], response: httpx.Response) -> T:
                              f"({type(e).__name__}: {e})") from e
 
 
-def _headers(call: _Call[Any], agent: str | None, key: str | None) -> dict[str, str]:
+def _headers(call: _Call[Any], agent: str | None, key: str | None, write_lsn: str | None) -> dict[str, str]:
     headers = {**call.headers, AGENT_HEADER: agent} if agent else dict(call.headers)
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    if write_lsn:
+        headers[WRITE_LSN_HEADER] = write_lsn
     return headers
+
+
+def _latest_lsn(known: str | None, response: httpx.Response) -> str | None:
+    """The later of `known` and the response's HQ-Write-LSN."""
+    given: str | None = response.headers.get(WRITE_LSN_HEADER)
+    position = parse_lsn(given)
+    if position is None or (known is not None and (parse_lsn(known) or 0) >= position):
+        return known
+    return given
 
 
 def _id(value: UUID) -> UUID:
@@ -315,6 +332,7 @@ class KnowledgeClient:
                  http: httpx.Client | None = None) -> None:
         self.agent = agent
         self.key = key
+        self.write_lsn: str | None = None  # the last HQ-Write-LSN received, sent with every request
         self._owned = http is None
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
 
@@ -333,9 +351,10 @@ class KnowledgeClient:
     def _run(self, call: _Call[T]) -> T:
         try:
             response = self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                          headers=_headers(call, self.agent, self.key))
+                                          headers=_headers(call, self.agent, self.key, self.write_lsn))
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
+        self.write_lsn = _latest_lsn(self.write_lsn, response)
         return _finish(call, response)
 
     def search(self, query: str, *, limit: int = 10, mode: Mode = "hybrid", tags_any: Sequence[str] = (),
@@ -379,6 +398,7 @@ class AsyncKnowledgeClient:
                  http: httpx.AsyncClient | None = None) -> None:
         self.agent = agent
         self.key = key
+        self.write_lsn: str | None = None  # as KnowledgeClient.write_lsn
         self._owned = http is None
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
 
@@ -397,9 +417,10 @@ class AsyncKnowledgeClient:
     async def _run(self, call: _Call[T]) -> T:
         try:
             response = await self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                                headers=_headers(call, self.agent, self.key))
+                                                headers=_headers(call, self.agent, self.key, self.write_lsn))
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
+        self.write_lsn = _latest_lsn(self.write_lsn, response)
         return _finish(call, response)
 
     async def search(self, query: str, *, limit: int = 10, mode: Mode = "hybrid", tags_any: Sequence[str] = (),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class Settings:
     require_keys: bool = False
     # The keyword leg's index (knowledge.keyword_index): auto, pg_textsearch or sql.
     keyword_index: str = "auto"
+    # Streaming replicas of database_url that the API reads from (knowledge.replicas), and how
+    # far behind the primary, in seconds, a replica may be and still be read.
+    read_database_urls: tuple[str, ...] = ()
+    read_max_lag: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +67,8 @@ class Settings:
             allowed_origins=_words(env.get("HQ_ALLOWED_ORIGINS", "")),
             require_keys=_flag("HQ_REQUIRE_KEYS", env.get("HQ_REQUIRE_KEYS", "")),
             keyword_index=_keyword_index(env.get("HQ_KEYWORD_INDEX", "")),
+            read_database_urls=_read_urls(env.get("HQ_READ_DATABASE_URL", "")),
+            read_max_lag=_seconds("HQ_READ_MAX_LAG", env.get("HQ_READ_MAX_LAG", ""), 5.0),
         )
 
 
@@ -83,6 +90,44 @@ def _keyword_index(value: str) -> str:
 def _words(value: str) -> tuple[str, ...]:
     """A list setting: values separated by commas and/or white space."""
     return tuple(w for w in value.replace(",", " ").split() if w)
+
+
+def _read_urls(value: str) -> tuple[str, ...]:
+    """HQ_READ_DATABASE_URL: PostgreSQL URLs separated by white space or commas (a comma inside
+    one URL, between the hosts of a multi-host URL, does not separate)."""
+    import psycopg
+
+    from .db import describe_url
+    from .errors import InvalidInput
+
+    pieces = re.split(r"\s+|,(?=\s*postgres(?:ql)?://)", value)
+    urls = tuple(u.strip(",") for u in pieces if u.strip(","))
+    for url in urls:
+        problem = None if re.match(r"postgres(?:ql)?://", url) else "is not a PostgreSQL URL"
+        if problem is None:
+            try:
+                psycopg.conninfo.conninfo_to_dict(url)
+            except psycopg.ProgrammingError as e:
+                problem = f"is not a valid PostgreSQL URL ({e})"
+        if problem is not None:
+            raise InvalidInput(f"HQ_READ_DATABASE_URL: {describe_url(url)[:200]!r} {problem}; give one or "
+                               "more postgresql://user:password@host:5432/dbname URLs separated by commas "
+                               "or spaces")
+    return urls
+
+
+def _seconds(name: str, value: str, default: float) -> float:
+    from .errors import InvalidInput
+
+    if not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise InvalidInput(f"{name} must be a number of seconds greater than 0, got {value!r}")
+    return seconds
 
 
 def _flag(name: str, value: str) -> bool:

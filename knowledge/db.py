@@ -35,6 +35,7 @@ __all__ = [
     "pooled_connection",
     "prepare_threshold",
     "report_down",
+    "report_up",
     "translate_connect_error",
 ]
 
@@ -121,10 +122,13 @@ def prepare_threshold(env: Mapping[str, str] | None = None) -> int | None:
     return 5
 
 
-def open_search_pool(url: str, *, max_size: int, application_name: str) -> ConnectionPool[Any]:
+def open_search_pool(url: str, *, max_size: int, application_name: str,
+                     replica: bool = False) -> ConnectionPool[Any]:
     """An opened pool of autocommit connections set up by `configure_for_search`, as the API
     and the MCP server use; take its connections with `pooled_connection`. Raises
-    DatabaseUnavailable when no connection can be made."""
+    DatabaseUnavailable when no connection can be made. A `replica`'s pool (a read replica,
+    knowledge.replicas) is returned at once and connects in the background: a replica that is
+    down must not stop the service; its outages are logged by knowledge.replicas, not here."""
     pool: ConnectionPool[Any] = ConnectionPool(
         url, min_size=1, max_size=max_size, open=False, configure=configure_for_search,
         kwargs={"autocommit": True, "application_name": application_name,
@@ -133,6 +137,11 @@ def open_search_pool(url: str, *, max_size: int, application_name: str) -> Conne
         # is back (`pooled_connection` drains the pool then): no need for the pool's own
         # retries, whose back-off (1, 2, 4... s) would hold the replacements back for seconds.
         reconnect_timeout=2)
+    if replica:
+        with _breakers_lock:
+            _breakers[pool] = _Breaker(quiet=True)
+        pool.open(wait=False)
+        return pool
     try:
         pool.open(wait=True, timeout=30)
     except Exception as e:  # psycopg_pool's PoolTimeout: the reason is in its log
@@ -160,17 +169,27 @@ class _Breaker:
     but for one every PROBE_INTERVAL seconds that tries a new connection; when that works,
     the pool's connections (which may predate a server restart) are replaced."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
         self._lock = threading.Lock()
         self.down: str | None = None
         self._next_probe = 0.0
+        self._quiet = quiet  # a read replica's: knowledge.replicas says when it goes and comes back
 
     def trip(self, reason: str) -> None:
         with self._lock:
             if self.down is None:
-                log.warning("the database is unavailable (%s): answering 503 until it is back", reason)
+                if not self._quiet:
+                    log.warning("the database is unavailable (%s): answering 503 until it is back", reason)
                 self._next_probe = time.monotonic() + PROBE_INTERVAL
             self.down = reason
+
+    def reset(self, pool: ConnectionPool[Any]) -> None:
+        """The database answered a connection made elsewhere: let requests through at once."""
+        with self._lock:
+            if self.down is None:
+                return
+            self.down = None
+        pool.drain()
 
     def admit(self, pool: ConnectionPool[Any]) -> None:
         """Return when the caller may use the pool; raise DatabaseUnavailable at once while
@@ -188,7 +207,8 @@ class _Breaker:
                 self.down = failure
                 raise DatabaseUnavailable(f"the database is unavailable: {failure}")
             self.down = None
-        log.info("the database is back: serving requests again")
+        if not self._quiet:
+            log.info("the database is back: serving requests again")
         pool.drain()
 
 
@@ -210,6 +230,13 @@ def report_down(url: str, reason: str) -> None:
         pools = [(pool, breaker) for pool, breaker in _breakers.items() if _conninfo(pool) == url]
     for _pool, breaker in pools:
         breaker.trip(reason)
+
+
+def report_up(pool: ConnectionPool[Any]) -> None:
+    """`pool`'s database just answered elsewhere (knowledge.replicas' monitor, on a connection
+    of its own): requests may use the pool again now rather than at its next probe; the pool's
+    connections from before an outage are replaced."""
+    _breaker(pool).reset(pool)
 
 
 def _working_connection(pool: ConnectionPool[Any], breaker: _Breaker) -> psycopg.Connection[Any]:

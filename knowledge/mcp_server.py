@@ -46,7 +46,8 @@ from .db import pooled_connection
 from .errors import KnowledgeError
 from .keys import Caller, allows, caller_of
 from .query_models import search_active
-from .search import MAX_LIMIT, SearchQuery
+from .replicas import ReadRouter
+from .search import MAX_LIMIT, SearchQuery, SearchResult
 
 __all__ = ["AGENT_HEADER", "SEARCH_ANSWER_TOKENS", "build_mcp_server"]
 
@@ -58,6 +59,7 @@ SNIPPET_CHARS = 240  # of a hit's snippet in a search_knowledge answer
 WRITE_TOOLS = ("save_document", "update_document")
 
 PoolSource = Callable[[], ConnectionPool[Any]]
+ReadsSource = Callable[[], ReadRouter]
 
 INSTRUCTIONS = """\
 HQ Knowledge: the team's documents (SOPs, research, policies, notes) and assets.
@@ -132,8 +134,9 @@ def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
 class _Tools:
     """The tool implementations, on connections from the pool that `pool` returns."""
 
-    def __init__(self, pool: PoolSource, *, agent: str | None) -> None:
+    def __init__(self, pool: PoolSource, *, agent: str | None, reads: ReadsSource | None = None) -> None:
         self._pool = pool
+        self._reads = reads
         self._agent = check_slug(agent) if agent else None
 
     @contextmanager
@@ -169,14 +172,24 @@ class _Tools:
             raise ToolError(f"limit: from 1 to {SEARCH_MAX_LIMIT} (up to {MAX_LIMIT} is accepted and clamped "
                             f"to {SEARCH_MAX_LIMIT}), got {limit}")
         shown = min(limit, SEARCH_MAX_LIMIT)
-        with self.connection() as conn:
+
+        def run(conn: psycopg.Connection[Any]) -> SearchResult:
             folder_id = resolve_folder(conn, folder) if folder else None
             try:
                 q = SearchQuery(q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()),
                                 folder=folder_id, kind=kind).validated()
             except KnowledgeError as e:  # the REST parameter q is this tool's query
                 raise ToolError(re.sub(r"^q:", "query:", e.message)) from e
-            result = search_active(conn, q)
+            return search_active(conn, q)
+
+        if self._reads is None:
+            with self.connection() as conn:
+                result = run(conn)
+        else:  # on a read replica when one is up to date, else (or when it fails) on the primary
+            try:
+                result = self._reads().run(run)
+            except KnowledgeError as e:
+                raise ToolError(e.message) from e
         where = f" in {folder}" if folder else ""
         if not result.hits:
             text = (f'No results for "{query}"{where} ({result.mode} search). Try other words, '
@@ -296,11 +309,13 @@ class _Tools:
                         "content_version": doc.content_version})
 
 
-def build_mcp_server(pool: PoolSource, *, read_only: bool = False, agent: str | None = None) -> MCPServer:
+def build_mcp_server(pool: PoolSource, *, read_only: bool = False, agent: str | None = None,
+                     read_router: ReadsSource | None = None) -> MCPServer:
     """The MCP server, its tools using connections from `pool()` (configured by
-    `configure_for_search`). `agent` binds every session to that agent's slug (the
-    X-HQ-Agent header overrides it per HTTP request). Raises InvalidInput for a bad slug."""
-    tools = _Tools(pool, agent=agent)
+    `configure_for_search`); search_knowledge runs on `read_router()` (read replicas) when
+    given. `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides
+    it per HTTP request). Raises InvalidInput for a bad slug."""
+    tools = _Tools(pool, agent=agent, reads=read_router)
     server = _Server("hq-knowledge", title="HQ Knowledge", version=__version__, instructions=INSTRUCTIONS,
                      read_only=read_only)
     reads = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)

@@ -18,8 +18,8 @@ from embeddings.model import DEFAULT_MODEL
 from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
 
 from .errors import DatabaseUnavailable, ServiceUnavailable
-from .models import DEFAULT_EF_SEARCH, ef_search_for, exact_scan_below
 from .keyword_index import keyword_path
+from .models import DEFAULT_EF_SEARCH, ef_search_for, exact_scan_below
 from .search import EXACT_SCAN_BELOW, ModelSwitched, SearchQuery, SearchResult, search
 
 __all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]
@@ -43,8 +43,11 @@ _lock = threading.Lock()
 
 def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchSetup:
     """The active model and keyword path of this database, re-read at most every `ttl` s."""
-    # host, port and database name: conn.info.dsn would rebuild the whole conninfo (~0.4 ms).
-    key = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    # host, port and database name: conn.info.dsn would rebuild the whole conninfo (~0.4 ms);
+    # and whether it is a standby (reported by the server, no round trip), whose keyword path
+    # may differ from its primary's behind one address.
+    key = (f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+           f"/{conn.info.parameter_status('in_hot_standby')}")
     now = time.monotonic()
     with _lock:
         hit = _cache.get(key)

@@ -9,7 +9,9 @@ Required, each with its state and since when it has been in it:
   (`health`'s "worker"); a process that runs no worker (`serve --no-worker`, or `status`
   without --url) lists it as not required;
 - database_server: the embedded server's watchdog is ok, when the process has one.
-Any other component of `health` is listed, not required.
+Any other component of `health` is listed, not required. A read replica (`replica <url>`, from
+knowledge.replicas) that is down or lagging leaves the service ready, reads going to the primary,
+but `degraded`.
 
 The disk probe sorts more rows than `work_mem` holds, so the sort spills to a temporary file
 in the data directory: a write of fresh blocks, as inserting a document needs when a table or
@@ -43,6 +45,8 @@ PROBES = ("database", "schema", "disk")
 """The components the check itself measures (and records in `health`, for their `since`)."""
 REQUIRED = ("worker", "database_server")
 """Components of `health` that readiness requires when they are registered."""
+DEGRADED = ("down", "lagging")
+"""States of a component that is not required (a read replica) that make a ready service degraded."""
 DISK_PROBE = ("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY g) "
               "FROM generate_series(1, 5000) AS g")
 """With work_mem at its minimum (64 kB): the rows and their sort spill ~150 kB to temporary files, in ~2 ms."""
@@ -83,11 +87,19 @@ class Readiness:
         return all(c.ok for c in self.components)
 
     @property
+    def degraded(self) -> bool:
+        """Ready, but a component that is not required (a read replica) is down or lagging."""
+        return self.ready and any(not c.required and c.state in DEGRADED for c in self.components)
+
+    @property
     def summary(self) -> str:
-        """'ready', or 'not ready: ' and each required component that is not ok."""
+        """'ready', 'ready, degraded: ' and each component that is down or lagging, or 'not
+        ready: ' and each required component that is not ok."""
         failing = [c for c in self.components if not c.ok]
         if not failing:
-            return "ready"
+            weak = [c for c in self.components if not c.required and c.state in DEGRADED]
+            return "ready, degraded: " + "; ".join(f"{c.name} {c.state} ({c.detail})" for c in weak) \
+                if weak else "ready"
         return "not ready: " + "; ".join(f"{c.name} {c.state} ({c.detail})" for c in failing)
 
     @property
@@ -97,8 +109,8 @@ class Readiness:
         return 30 if any(c.name == "disk" and not c.ok for c in self.components) else 5
 
     def as_json(self) -> dict[str, Any]:
-        return {"ready": self.ready, "detail": self.summary, "checked_at": self.checked_at.isoformat(),
-                "components": [c.as_json() for c in self.components]}
+        return {"ready": self.ready, "degraded": self.degraded, "detail": self.summary,
+                "checked_at": self.checked_at.isoformat(), "components": [c.as_json() for c in self.components]}
 
 
 def check_readiness(connect: Connect, health: Health, *, worker_here: bool = True) -> Readiness:

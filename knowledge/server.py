@@ -17,6 +17,7 @@ from .errors import KnowledgeError
 from .health import Health
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
+from .replicas import ReadRouter
 
 __all__ = ["run_mcp", "run_worker", "serve"]
 
@@ -38,6 +39,7 @@ def _prepare(url: str, *, sample: bool = False) -> None:
             log.info("database %s: %d migration(s) applied, %d already there",
                      describe_url(url), len(result.applied), len(result.skipped))
         repair_bm25_index(conn)
+        _log_keyword_path(conn)
         if sample:
             from .importer import import_folder, import_sample_agents, sample_dir
 
@@ -45,6 +47,23 @@ def _prepare(url: str, *, sample: bool = False) -> None:
             imported = import_folder(conn, sample_dir())
             log.info("sample knowledge base: %d created, %d updated, %d unchanged, %d failed",
                      imported.created, imported.updated, imported.unchanged, len(imported.errors))
+
+
+def _log_keyword_path(conn: Any) -> None:
+    """Say which keyword index searches use; warn when HQ_KEYWORD_INDEX asks for one the
+    database does not have."""
+    from .config import keyword_index_setting
+    from .keyword_index import keyword_path
+
+    choice = keyword_index_setting()
+    path = keyword_path(conn, choice)
+    if choice == "pg_textsearch" and path != "bm25":
+        log.warning("HQ_KEYWORD_INDEX=pg_textsearch, but this database has no pg_textsearch BM25 index: "
+                    "keyword search uses %s", path)
+    elif path == "ts_rank_cd":
+        log.warning("keyword search ranks with ts_rank_cd: the SQL BM25 tables are missing (run db migrate)")
+    else:
+        log.info("keyword search: %s (HQ_KEYWORD_INDEX=%s)", path, choice)
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
@@ -74,7 +93,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         _check_keys(url, address, access)
         warming = _warm_query_embedder(url)
         app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access,
-                         health=health)
+                         health=health, read_urls=settings.read_database_urls,
+                         read_max_lag=settings.read_max_lag)
         server = uvicorn.Server(uvicorn.Config(app, host=address, port=port, log_level="info",
                                                h11_max_incomplete_event_size=MAX_HEADER_BYTES))
         stop = threading.Event()
@@ -131,9 +151,17 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
         _prepare(url)
         _warm_query_embedder(url)
         pool = open_search_pool(url, max_size=4, application_name="hq-knowledge-mcp")
+        replicas = [(read_url, open_search_pool(read_url, max_size=4, application_name="hq-knowledge-mcp-read",
+                                                replica=True)) for read_url in settings.read_database_urls]
+        reads = ReadRouter(url, pool, replicas, max_lag=settings.read_max_lag)
+        reads.start()
         try:
-            build_mcp_server(lambda: pool, read_only=read_only, agent=agent).run("stdio")
+            build_mcp_server(lambda: pool, read_only=read_only, agent=agent,
+                             read_router=(lambda: reads) if replicas else None).run("stdio")
         finally:
+            reads.close()
+            for _url, replica_pool in replicas:
+                replica_pool.close()
             pool.close()
     return 0
 

@@ -94,7 +94,7 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
                     with lock:
                         counts[op] += 1
                     time.sleep(0.005)  # spread the edits over the workers' batches
-        except BaseException as e:  # reported by the main thread
+        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
             errors.append(e)
 
     def indexer(name: str) -> None:
@@ -103,7 +103,7 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
                 stats = Worker(db_url, FakeEmbedder(), worker_id=name, poll_seconds=0.05).run(once=True)
                 with lock:
                     counts["indexed while writing"] += stats.indexed
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
             errors.append(e)
 
     writers = [threading.Thread(target=writer, args=(i,)) for i in range(4)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,9 @@ from .. import __version__
 from ..db import open_search_pool
 from ..errors import KnowledgeError
 from ..health import Health
+from ..replicas import ReadRouter
 from .openapi import MethodTable, document_errors
+from .reads import ReadRouting
 from .routes import (
     agent,
     agents,
@@ -37,17 +39,24 @@ __all__ = ["AccessPolicy", "create_app"]
 
 def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
                host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None,
-               health: Health | None = None) -> FastAPI:
+               health: Health | None = None, read_urls: Sequence[str] = (),
+               read_max_lag: float = 5.0) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
     shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
     says who may call it (knowledge.api.security); by default, that of a service listening
     on `host:port`: on a loopback address, requests with that address or `localhost` as
     Host, without a key. `health` holds the state of the process's other components (the
-    ingestion worker, the embedded server's watchdog) that readiness reports."""
+    ingestion worker, the embedded server's watchdog) that readiness reports.
+
+    `read_urls`: streaming replicas of `database_url` (HQ_READ_DATABASE_URL), each with a pool
+    of its own, that searches, boot bundles and the GET routes of documents, assets, folders
+    and tags read from while they lag at most `read_max_lag` seconds (knowledge.replicas,
+    knowledge.api.reads); writes and everything else stay on the primary."""
     from ..mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
-    mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only)
+    mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only,
+                           read_router=lambda: app.state.reads)
     # The Gate checks Host and Origin for /mcp as for every route (the SDK's own check would
     # accept any localhost origin and know nothing of HQ_ALLOWED_HOSTS).
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=(
@@ -61,6 +70,12 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
         app.state.database_url = database_url
         app.state.health = health if health is not None else Health()
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
+        # A replica that is down when the service starts is read from once it is up.
+        replicas = [(url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read",
+                                           replica=True)) for url in read_urls]
+        reads = ReadRouter(database_url, pool, replicas, max_lag=read_max_lag, health=app.state.health)
+        app.state.reads = reads
+        reads.start()
         try:
             async with mcp.session_manager.run():
                 yield
@@ -69,10 +84,15 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
                 stop.set()  # each finishes (and commits) its current batch
             for thread, _stop in app.state.reembeds.values():
                 thread.join(timeout=60)
+            reads.close()
+            for _url, replica_pool in replicas:
+                replica_pool.close()
             pool.close()
 
     app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)])
+    if read_urls:
+        app.add_middleware(ReadRouting, reads=lambda: app.state.reads)
     app.add_middleware(MethodTable, paths=lambda: app.openapi()["paths"])
     app.add_middleware(Gate, policy=policy, pool=lambda: app.state.pool)  # outermost
 

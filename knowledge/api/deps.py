@@ -14,18 +14,42 @@ from ..db import pooled_connection
 from ..errors import Forbidden, InvalidInput
 from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
 from ..keys import caller_of
+from ..replicas import ReadRouter
 from .fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
+from .reads import Reads, read_target, required_lsn, routing_of
 
-__all__ = ["BY_AGENT_RULE", "AgentStamp", "Conn", "Filters", "Writer", "get_conn", "item_filters", "writer"]
+__all__ = ["BY_AGENT_RULE", "AgentStamp", "Conn", "Filters", "ReadConn", "ReadTarget", "Writer", "get_conn",
+           "get_read_conn", "item_filters", "writer"]
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled autocommit connection for the duration of one request."""
+    """A pooled autocommit connection to the primary for the duration of one request: for
+    everything that writes, or must read what is current (keys, models, status)."""
     with pooled_connection(request.app.state.pool) as conn:
+        routing = routing_of(request)
+        if routing is not None:
+            routing.write_conn = conn  # where the WAL position after a write is read
         yield conn
 
 
 Conn = Annotated[psycopg.Connection[Any], Depends(get_conn)]
+
+
+def get_read_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled autocommit connection for a request that only reads: from a read replica that is
+    up, close enough to the primary and has replayed the caller's last write (HQ-Write-LSN),
+    else from the primary (knowledge.api.reads). The request must not write on it."""
+    routing = routing_of(request)
+    reads: ReadRouter = request.app.state.reads
+    with reads.connection(required_lsn(request) if routing else None,
+                          primary_only=routing is None or routing.primary_only,
+                          on_replica_failure=routing.failed if routing else None) as conn:
+        yield conn
+
+
+ReadConn = Annotated[psycopg.Connection[Any], Depends(get_read_conn)]
+ReadTarget = Annotated[Reads, Depends(read_target)]
+"""Where a route that runs its reads itself (search, in one worker thread) runs them."""
 
 
 def item_filters(

@@ -24,7 +24,7 @@ from ...keys import caller_of
 from ...validation import folder_path_pattern
 from ...versions import version_of
 from ..body import CheckedBodyRoute
-from ..deps import Conn
+from ..deps import Conn, ReadConn
 from ..fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
 from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
 
@@ -140,7 +140,7 @@ class MarkdownDocumentUpdate(BaseModel):
                         "`Refunds > Annual plans`, any case), cut after the last whole block that fits "
                         f"`max_tokens` (1..{MAX_TOKENS_LIMIT}). The ETag is the document's version, "
                         "as GET /documents/{id} gives it: send it in If-Match when you update it.")
-def read_markdown(document_id: UUID, conn: Conn, response: Response,
+def read_markdown(document_id: UUID, conn: ReadConn, response: Response,
                   max_tokens: Annotated[int | None, Query(json_schema_extra=rule(
                       "integer", minimum=1, maximum=MAX_TOKENS_LIMIT))] = None,
                   section: str | None = None) -> DocumentTextPublic:
@@ -152,7 +152,7 @@ def read_markdown(document_id: UUID, conn: Conn, response: Response,
 @router.get("/overview", response_model=OverviewPublic, summary="What the knowledge base holds",
             description="Unarchived documents under `folder` (a path) and tagged `tag`: their count, the "
                         "folders with counts, the tags with counts, the most recently updated.")
-def overview(conn: Conn, folder: Annotated[str | None, Query(description=_FOLDER)] = None,
+def overview(conn: ReadConn, folder: Annotated[str | None, Query(description=_FOLDER)] = None,
              tag: Annotated[str | None, Query(json_schema_extra=TAG)] = None) -> OverviewPublic:
     return OverviewPublic.model_validate(knowledge_overview(conn, folder=folder, tag=tag))
 

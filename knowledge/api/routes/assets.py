@@ -26,7 +26,7 @@ from ...assets import (
 )
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
+from ..deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
 from ..fields import JSON_OBJECT, TAG, TEXT, name, no_null
 from .documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 
@@ -150,7 +150,7 @@ def create(body: AssetCreate, conn: Conn, response: Response, writer: Writer) ->
 
 @router.get("", response_model=AssetsPublic, summary="List assets",
             description="Pinned first, then the most recently updated. `count` is the total matching.")
-def list_(conn: Conn, filters: Filters,
+def list_(conn: ReadConn, filters: Filters,
           asset_type: Annotated[AssetType | None, Query(description="Only assets of this type.")] = None,
           ) -> AssetsPublic:
     page = list_assets(conn, filters, asset_type=asset_type)
@@ -159,7 +159,7 @@ def list_(conn: Conn, filters: Filters,
 
 @router.get("/{asset_id}", response_model=AssetPublic, responses=READ_RESPONSES, summary="Get an asset",
             description="With an ETag: send it back in If-Match when you change the asset.")
-def get(asset_id: UUID, conn: Conn, response: Response) -> AssetPublic:
+def get(asset_id: UUID, conn: ReadConn, response: Response) -> AssetPublic:
     return _public(response, get_asset(conn, asset_id))
 
 

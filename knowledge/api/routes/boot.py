@@ -22,7 +22,7 @@ from ...boot import (
 )
 from ...errors import Forbidden
 from ...keys import caller_of
-from ..deps import Conn
+from ..deps import ReadConn
 from ..fields import SLUG
 
 router = APIRouter(tags=["boot"])
@@ -128,7 +128,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 )
 def get_boot_bundle(
     agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.", json_schema_extra=SLUG)],
-    conn: Conn,
+    conn: ReadConn,
     max_tokens: Annotated[int | None, Query(
         ge=1, le=MAX_TOKENS_LIMIT,
         description=f"Token budget, 1..{MAX_TOKENS_LIMIT}, in word pieces of the embedding model's "
@@ -162,7 +162,7 @@ def get_boot_bundle(
 )
 def get_own_boot_bundle(
     request: Request,
-    conn: Conn,
+    conn: ReadConn,
     max_tokens: Annotated[int | None, Query(
         ge=1, le=MAX_TOKENS_LIMIT, description=f"Token budget, 1..{MAX_TOKENS_LIMIT}.")] = None,
     accept: Annotated[str | None, Header()] = None,

@@ -25,7 +25,7 @@ from ...documents import (
 )
 from ...validation import MAX_CONTENT_BYTES, TAG_RULE
 from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import BY_AGENT_RULE, Conn, Filters, Writer
+from ..deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
 from ..fields import (
     IF_MATCH,
     JSON_OBJECT,
@@ -169,7 +169,7 @@ def create(body: DocumentCreate, conn: Conn, response: Response, writer: Writer)
 
 @router.get("", response_model=DocumentsPublic, summary="List documents",
             description="Pinned first, then the most recently updated. `count` is the total matching.")
-def list_(conn: Conn, filters: Filters) -> DocumentsPublic:
+def list_(conn: ReadConn, filters: Filters) -> DocumentsPublic:
     page = list_documents(conn, filters)
     return DocumentsPublic(data=[DocumentPublic.model_validate(d) for d in page.items], count=page.count)
 
@@ -177,7 +177,7 @@ def list_(conn: Conn, filters: Filters) -> DocumentsPublic:
 @router.get("/{document_id}", response_model=DocumentPublic, responses=READ_RESPONSES,
             summary="Get a document",
             description="With an ETag: send it back in If-Match when you change the document.")
-def get(document_id: UUID, conn: Conn, response: Response) -> DocumentPublic:
+def get(document_id: UUID, conn: ReadConn, response: Response) -> DocumentPublic:
     return _public(response, get_document(conn, document_id))
 
 

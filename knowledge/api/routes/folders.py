@@ -34,7 +34,7 @@ from ...folders import (
 )
 from ...items import Kind
 from ..body import CheckedBodyRoute
-from ..deps import Conn
+from ..deps import ReadConn
 from ..fields import name, no_null
 
 router = APIRouter(route_class=CheckedBodyRoute)
@@ -148,12 +148,12 @@ def _routes(tree: Kind, prefix: str, items: str) -> None:
                 name=f"{tree}_folder_tree",
                 description=f"Nested folders with counts of the unarchived {items} in each, "
                             "however deep the tree is.")
-    def tree_(conn: Conn) -> Response:
+    def tree_(conn: ReadConn) -> Response:
         return Response(_tree_json(folder_tree(conn, tree)), media_type="application/json")
 
     @router.get(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
                 summary=f"Get a {tree} folder", name=f"get_{tree}_folder")
-    def get(folder_id: UUID, conn: Conn) -> FolderPublic:
+    def get(folder_id: UUID, conn: ReadConn) -> FolderPublic:
         return FolderPublic.model_validate(get_folder(conn, tree, folder_id))
 
     @router.patch(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,

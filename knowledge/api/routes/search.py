@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from ...db import pooled_connection
 from ...query_models import search_active
-from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery, SearchResult
+from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery
+from ..deps import ReadTarget
 from ..fields import not_blank_pattern, rule, string_rule
 
 # What SearchQuery.validated() accepts, for the OpenAPI document (its messages stay).
@@ -34,7 +33,7 @@ router = APIRouter(tags=["search"])
                         "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
                         "matched terms in <mark>. Archived items are left out unless `archived=true|any`.")
 async def search_route(
-    request: Request,
+    reads: ReadTarget,
     q: Annotated[str, Query(json_schema_extra=_QUERY)],
     limit: Annotated[int, Query(json_schema_extra=_LIMIT)] = 10,
     offset: Annotated[int, Query(json_schema_extra=_OFFSET)] = 0,
@@ -57,11 +56,7 @@ async def search_route(
                         pinned=pinned, archived=archived, updated_since=updated_since, explain=explain,
                         rrf_k=k, semantic_weight=semantic_weight, keyword_weight=keyword_weight).validated()
     # One hop to a worker thread for the connection, the query embedding and the statement
-    # (a sync route with a connection dependency takes three: ~0.5 ms more a search).
-    result = await run_in_threadpool(_search, request.app.state.pool, query)
+    # (a sync route with a connection dependency takes three: ~0.5 ms more a search). On a read
+    # replica when one may serve it; again on the primary if the replica fails meanwhile.
+    result = await run_in_threadpool(reads.run, lambda conn: search_active(conn, query))
     return Response(orjson.dumps(result.as_dict(explain=explain)), media_type="application/json")
-
-
-def _search(pool: ConnectionPool[Any], query: SearchQuery) -> SearchResult:
-    with pooled_connection(pool) as conn:
-        return search_active(conn, query)

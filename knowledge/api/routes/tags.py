@@ -17,7 +17,7 @@ from ...items import Kind
 from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
 from ...validation import MAX_TAGS, TAG_RULE
 from ..body import CheckedBodyRoute
-from ..deps import Conn
+from ..deps import Conn, ReadConn
 from ..fields import TAG
 from .documents import WRITE_RESPONSES, IfMatch, etag
 
@@ -57,7 +57,7 @@ class TagsPublic(BaseModel):
 @router.get("/tags", response_model=TagsPublic, tags=["tags"], summary="All tags with counts",
             description="Every tag on an unarchived document or asset, in tag order, with the number "
                         "of documents and of assets carrying it. " + RULES)
-def all_tags(conn: Conn, prefix: Annotated[str | None, Query(
+def all_tags(conn: ReadConn, prefix: Annotated[str | None, Query(
         description="Only tags starting with this, case-sensitive (e.g. `boot:`).")] = None) -> TagsPublic:
     found = list_tags(conn, prefix=prefix)
     return TagsPublic(data=[TagCountPublic(tag=t.tag, documents=t.documents, assets=t.assets) for t in found],
