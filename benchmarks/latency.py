@@ -23,6 +23,17 @@ rest, and each leg's index scan is timed alone (HNSW and BM25 top-k, as many as 
 of 10 hits fetches: knowledge.search.passage_quota and bm25_quota): the floor that
 no statement around the legs goes under.
 
+--keyword-indexes names the keyword paths measured (knowledge.keyword_index), each row
+checked to report the path it is listed with: `pg_textsearch` (HQ_KEYWORD_INDEX=pg_textsearch,
+path `bm25`: every row above) and `sql` (the SQL keyword index, path `sql-bm25`). With both
+(the default), the large size is measured again after its pg_textsearch rows by a service
+restarted with HQ_KEYWORD_INDEX=sql on the same database, in keyword and hybrid mode, its
+rows printed beside theirs; the SQL leg (hq_sql_bm25_top, as many as bm25_top) is timed
+alone at every size beside the BM25 index's, and the ratios of the two paths' p50 are
+checked against the issue's bound (at most 3x). The SQL tables are filled by the triggers
+as the passages are copied in; each size checks that they count every passage and vacuums
+them first (index-only scans that skip the heap). With `sql` alone, every row is sql-bm25.
+
 Prints markdown tables; writes benchmarks/results/latency.json.
 """
 
@@ -41,6 +52,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,6 +74,8 @@ from psycopg import sql
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
 FILTER_TAGS = {"1%": ("bench:1pct", 0.01), "5%": ("bench:5pct", 0.05)}
+KEYWORD_PATHS = {"pg_textsearch": "bm25", "sql": "sql-bm25"}  # HQ_KEYWORD_INDEX -> keyword_path
+SQL_BOUND = 3.0  # the issue's bound on SQL keyword p50 / pg_textsearch keyword p50
 BM25_INDEX = ("CREATE INDEX knowledge_chunks_bm25_idx ON knowledge_chunks USING bm25 (indexed_text)"
               " WITH (text_config = 'english')")
 
@@ -256,9 +270,11 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def run_requests(base: str, queries: list[str], params: dict[str, Any], clients: int,
-                 embed_ms: list[float] | None = None) -> tuple[list[float], list[float]]:
+                 embed_ms: list[float] | None = None,
+                 paths: set[str] | None = None) -> tuple[list[float], list[float]]:
     """Each query once, spread over `clients` keep-alive connections; client and server ms
-    (the server's took_ms), and into `embed_ms` the server's query-embedding ms."""
+    (the server's took_ms), into `embed_ms` the server's query-embedding ms and into `paths`
+    the keyword paths the responses report."""
     client_ms: list[float] = []
     server_ms: list[float] = []
     lock = threading.Lock()
@@ -285,6 +301,8 @@ def run_requests(base: str, queries: list[str], params: dict[str, Any], clients:
                     server_ms.append(body["took_ms"])
                     if embed_ms is not None:
                         embed_ms.append(body["embed_ms"])
+                    if paths is not None:
+                        paths.add(body["keyword_path"])
         finally:
             connection.close()
 
@@ -368,11 +386,14 @@ def warmup_queries(n: int, measured: str) -> list[str]:
     return found[:n] or ["warm up"]
 
 
-def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
+def legs_alone(url: str, queries: list[str], indexes: tuple[str, ...] = ("pg_textsearch",),
+               warmup: Sequence[str] = ()) -> dict[str, dict[str, float]]:
     """p50/p99 ms of each leg's index scan by itself, as a search runs it unfiltered for a
     first page of 10 hits (HNSW at the ef_search the service uses for this size), from a client
     in this process over the socket, each query once: the part of a hybrid search that no
-    statement around the legs can make faster."""
+    statement around the legs can make faster. With `sql` in `indexes`, the SQL keyword
+    index's top-k too (hq_sql_bm25_top, as many as the BM25 index's), its pages warmed up
+    first with the `warmup` queries as the service's warm-up does for the others."""
     from embeddings.onnx import load_query_embedder
     from knowledge.db import configure_for_search
     from knowledge.query_models import search_setup
@@ -382,8 +403,10 @@ def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
     vectors = [embedder.embed_query(text) for text in queries]
     n = passage_quota(10, 0)  # a first page of 10 hits
     kn = bm25_quota(n, False)
-    hnsw_name, bm25_name = f"hnsw_top{n}", f"bm25_top{kn}"
+    hnsw_name, bm25_name, sql_name = f"hnsw_top{n}", f"bm25_top{kn}", f"sql_bm25_top{kn}"
     timings: dict[str, list[float]] = {hnsw_name: [], bm25_name: []}
+    if "sql" in indexes:
+        timings[sql_name] = []
     with psycopg.connect(url, autocommit=True) as conn:
         configure_for_search(conn)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(search_setup(conn).ef_search)))
@@ -391,8 +414,15 @@ def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
                        " <=> %s LIMIT {}").format(sql.Literal(MODEL), sql.Literal(DIMS), sql.Literal(n))
         bm25 = sql.SQL("SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
                        " 'knowledge_chunks_bm25_idx') LIMIT {}").format(sql.Literal(kn))
+        sql_top = sql.SQL("SELECT id FROM hq_sql_bm25_top(%s, {})").format(sql.Literal(kn))
+        if sql_name in timings:
+            for text in warmup:
+                conn.execute(sql_top, [text], prepare=False).fetchall()
         for text, vector in zip(queries, vectors, strict=True):
-            for name, statement, value in ((hnsw_name, hnsw, vector), (bm25_name, bm25, text)):
+            for name, statement, value in ((hnsw_name, hnsw, vector), (bm25_name, bm25, text),
+                                           (sql_name, sql_top, text)):
+                if name not in timings:
+                    continue
                 started = time.perf_counter()
                 conn.execute(statement, [value], prepare=False).fetchall()
                 timings[name].append((time.perf_counter() - started) * 1000)
@@ -400,11 +430,101 @@ def legs_alone(url: str, queries: list[str]) -> dict[str, dict[str, float]]:
             for name, ms in timings.items()}
 
 
-def measure(url: str, size: int, dataset: str, queries: list[str], requests: int,
-            log: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+def sql_keyword_index(url: str) -> dict[str, Any]:
+    """Check that the SQL keyword index's tables count every passage (the triggers filled
+    them as the passages were copied in) and vacuum its postings, so that their index-only
+    scans skip the heap. Returns what was found; raises SystemExit when a count is off."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regprocedure('hq_sql_bm25_top(text, integer)')").fetchone() == (None,):
+            raise SystemExit("this database has no SQL keyword index (migration 020): run `hq-knowledge db migrate`")
+        row = conn.execute("SELECT (SELECT sum(passages) FROM bm25_corpus), (SELECT count(*) FROM knowledge_chunks)"
+                           ).fetchone()
+        assert row is not None
+        counted, held = int(row[0] or 0), int(row[1])
+        if counted != held:
+            raise SystemExit(f"bm25_corpus counts {counted} passages, knowledge_chunks holds {held}")
+        started = time.perf_counter()
+        conn.execute("VACUUM ANALYZE bm25_postings")
+        took = time.perf_counter() - started
+        found = conn.execute(
+            "SELECT (SELECT count(*) FROM bm25_postings), pg_total_relation_size('bm25_postings'),"
+            " (SELECT relallvisible::float8 / greatest(relpages, 1) FROM pg_class WHERE oid = 'bm25_postings'::regclass)"
+        ).fetchone()
+        assert found is not None
+    info = {"passages": counted, "postings": int(found[0]), "size_mb": round(found[1] / 2**20, 1),
+            "all_visible": round(float(found[2]), 3), "vacuum_s": round(took, 1)}
+    print(f"SQL keyword index: {json.dumps(info)}", flush=True)
+    return info
+
+
+def sql_leg_plan(url: str, query: str) -> list[str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the SQL leg alone for `query`, as legs_alone runs it."""
+    from knowledge.search import bm25_quota, passage_quota
+
+    kn = bm25_quota(passage_quota(10, 0), False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM hq_sql_bm25_top(%s, {})").format(
+            sql.Literal(kn)), [query], prepare=False).fetchall()
+    return [r[0] for r in rows]
+
+
+def request_rows(base: str, size: int, by_mode: dict[str, list[str]], modes: tuple[str, ...], expect: str,
+                 recall: dict[str | None, float]) -> list[dict[str, Any]]:
+    """The measured rows of one service: each mode, 1 and 8 clients, without and with the 1%
+    filter. Raises SystemExit when a response reports another keyword path than `expect`."""
+    rows: list[dict[str, Any]] = []
+    for filter_label, extra in (("none", {}), ("tag 1%", {"tags_any": FILTER_TAGS["1%"][0]})):
+        for mode in modes:
+            for clients in (1, 8):
+                use = by_mode[mode]
+                started = time.perf_counter()
+                embed_ms: list[float] = []
+                paths: set[str] = set()
+                client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients, embed_ms, paths)
+                wall = time.perf_counter() - started
+                if paths != {expect}:
+                    raise SystemExit(f"{mode} {clients} client(s) filter {filter_label}: the responses report"
+                                     f" keyword path(s) {sorted(paths)}, not {expect!r}")
+                row = {"passages": size, "mode": mode, "clients": clients, "filter": filter_label,
+                       "keyword_path": expect, **percentiles(client_ms),
+                       "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
+                       "server_p50_ms": round(float(np.median(server_ms)), 2),
+                       # of the server's time: embedding the query, and the rest (the
+                       # statement, its planning and the assembly of the hits)
+                       "embed_p50_ms": round(float(np.median(embed_ms)), 2),
+                       "statement_p50_ms": round(float(np.median(np.subtract(server_ms, embed_ms))), 2),
+                       "requests": len(use), "per_second": round(len(use) / wall, 1)}
+                rows.append(row)
+                print(f"  {mode:8} {expect:10} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
+                      f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
+                      f"({row['per_second']} req/s)", flush=True)
+    return rows
+
+
+def beside(rows: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with each row of `extra` right after the row of the same size, mode, clients
+    and filter (at the end when there is none)."""
+    out = list(rows)
+    for row in extra:
+        key = (row["passages"], row["mode"], row["clients"], row["filter"])
+        at = max((i for i, r in enumerate(out) if (r["passages"], r["mode"], r["clients"], r["filter"]) == key),
+                 default=len(out) - 1)
+        out.insert(at + 1, row)
+    return out
+
+
+def measure(url: str, size: int, dataset: str, queries: list[str], requests: int, log: Path,
+            indexes: tuple[str, ...], sql_rows: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of one size, and what else was measured there: each leg alone and, with `sql`
+    in `indexes`, the SQL keyword index's state. The service's keyword path is pg_textsearch's
+    when `indexes` names it, else the SQL index's; `sql_rows`: then measure keyword and hybrid
+    again with HQ_KEYWORD_INDEX=sql."""
     held = tag_fractions(url)
     print(f"\n## {size} passages: tags {', '.join(f'{t} on {n} passages' for t, n in held.items())}", flush=True)
     print(f"HNSW: {json.dumps(hnsw_settings(url))}", flush=True)
+    extra: dict[str, Any] = {}
+    if "sql" in indexes:
+        extra["sql_keyword_index"] = sql_keyword_index(url)
     # Each mode gets queries no search has seen yet in this run (its 1-client unfiltered row
     # is the first to send them), and the leg timings and recall their own: a query sent
     # again finds its index pages in the CPU caches and its BM25 terms looked up, and runs
@@ -414,14 +534,16 @@ def measure(url: str, size: int, dataset: str, queries: list[str], requests: int
 
     by_mode = {mode: pick(i * requests, requests) for i, mode in enumerate(("hybrid", "semantic", "keyword"))}
     recall_queries = pick(3 * requests, 200)
+    warmup = warmup_queries(300, dataset)
     exact = ExactSearch(url)
     rows: list[dict[str, Any]] = []
-    env = {**os.environ, "HQ_DATABASE_URL": url, "HQ_QUERY_CACHE": "0"}
+    choice = "pg_textsearch" if "pg_textsearch" in indexes else "sql"
+    env = {**os.environ, "HQ_DATABASE_URL": url, "HQ_QUERY_CACHE": "0", "HQ_KEYWORD_INDEX": choice}
     with running_service(env, log) as base:
         # Warm-up with other collections' queries: connections, the service's caches, and the
         # index pages into shared buffers, as in a service that has been running a while.
-        run_requests(base, warmup_queries(300, dataset), {"mode": "hybrid"}, 1)
-        legs = legs_alone(url, recall_queries)
+        run_requests(base, warmup, {"mode": "hybrid"}, 1)
+        legs = legs_alone(url, recall_queries, indexes, warmup)
         print(f"each leg's index scan alone: {json.dumps(legs)}", flush=True)
         recall: dict[str | None, float] = {None: semantic_recall(base, exact, recall_queries, None)}
         for label, (tag, _) in FILTER_TAGS.items():
@@ -429,29 +551,46 @@ def measure(url: str, size: int, dataset: str, queries: list[str], requests: int
             print(f"{label} filter, full limit and all matching: {check_filter(base, recall_queries, tag)}", flush=True)
         for label in ("5%",):
             rows.append({"passages": size, "mode": "semantic", "clients": 1, "filter": f"tag {label}",
-                         "p50_ms": None, "p95_ms": None, "p99_ms": None, "recall@10": recall[label]})
-        for filter_label, extra in (("none", {}), ("tag 1%", {"tags_any": FILTER_TAGS["1%"][0]})):
-            for mode in ("hybrid", "semantic", "keyword"):
-                for clients in (1, 8):
-                    use = by_mode[mode]
-                    started = time.perf_counter()
-                    embed_ms: list[float] = []
-                    client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients, embed_ms)
-                    wall = time.perf_counter() - started
-                    row = {"passages": size, "mode": mode, "clients": clients, "filter": filter_label,
-                           **percentiles(client_ms),
-                           "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
-                           "server_p50_ms": round(float(np.median(server_ms)), 2),
-                           # of the server's time: embedding the query, and the rest (the
-                           # statement, its planning and the assembly of the hits)
-                           "embed_p50_ms": round(float(np.median(embed_ms)), 2),
-                           "statement_p50_ms": round(float(np.median(np.subtract(server_ms, embed_ms))), 2),
-                           "requests": len(use), "per_second": round(len(use) / wall, 1)}
-                    rows.append(row)
-                    print(f"  {mode:8} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
-                          f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
-                          f"({row['per_second']} req/s)", flush=True)
-    return rows, legs
+                         "keyword_path": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+                         "recall@10": recall[label]})
+        rows += request_rows(base, size, by_mode, ("hybrid", "semantic", "keyword"), KEYWORD_PATHS[choice], recall)
+    if "sql" in indexes:
+        extra["sql_leg_plan"] = sql_leg_plan(url, recall_queries[0])
+        print("the SQL leg's plan, first query: " + "; ".join(
+            line.strip() for line in extra["sql_leg_plan"] if "Heap Fetches" in line or "Execution" in line
+            or "Planning" in line), flush=True)
+    if sql_rows:
+        # The same database and queries, the service restarted to search with the SQL index.
+        print(f"restarting the service with HQ_KEYWORD_INDEX=sql ({size} passages)", flush=True)
+        with running_service(env | {"HQ_KEYWORD_INDEX": "sql"}, log) as base:
+            run_requests(base, warmup, {"mode": "hybrid"}, 1)
+            rows = beside(rows, request_rows(base, size, by_mode, ("hybrid", "keyword"), "sql-bm25", recall))
+    extra["legs"] = legs
+    return rows, extra
+
+
+def ratios(rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """SQL keyword index p50 / pg_textsearch p50: over HTTP (1 client, no filter, per mode)
+    and each top-k alone, per size where both were measured; `pass` against SQL_BOUND for
+    keyword search and the legs."""
+    found: dict[str, Any] = {}
+    for size, leg in legs.items():
+        at: dict[str, Any] = {}
+        names = {name.split("_top")[0]: name for name in leg}
+        if "sql_bm25" in names and "bm25" in names:
+            a, b = leg[names["sql_bm25"]]["p50_ms"], leg[names["bm25"]]["p50_ms"]
+            at["leg"] = {"sql_ms": a, "pg_textsearch_ms": b, "ratio": round(a / b, 2), "pass": a / b <= SQL_BOUND}
+        for mode in ("keyword", "hybrid"):
+            p50 = {r["keyword_path"]: r["p50_ms"] for r in rows if r["passages"] == size and r["mode"] == mode
+                   and r["clients"] == 1 and r["filter"] == "none"}
+            if "sql-bm25" in p50 and "bm25" in p50:
+                a, b = p50["sql-bm25"], p50["bm25"]
+                at[f"{mode}_http"] = {"sql_ms": a, "pg_textsearch_ms": b, "ratio": round(a / b, 2)}
+                if mode == "keyword":
+                    at[f"{mode}_http"]["pass"] = a / b <= SQL_BOUND
+        if at:
+            found[str(size)] = at
+    return found
 
 
 def main() -> None:
@@ -462,7 +601,12 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data",
                         help="where the embedded server keeps the benchmark databases between runs")
     parser.add_argument("--skip-collection-size", action="store_true", help="measure the large size only")
+    parser.add_argument("--keyword-indexes", default="pg_textsearch,sql",
+                        help="keyword paths measured, comma-separated: pg_textsearch, sql (see the docstring)")
     args = parser.parse_args()
+    indexes = tuple(dict.fromkeys(name.strip() for name in args.keyword_indexes.split(",") if name.strip()))
+    if not indexes or any(name not in KEYWORD_PATHS for name in indexes):
+        parser.error(f"--keyword-indexes: pg_textsearch, sql or both, got {args.keyword_indexes!r}")
 
     from knowledge.embedded import EmbeddedPostgres
 
@@ -471,6 +615,8 @@ def main() -> None:
     server_url = server.start()
     rows: list[dict[str, Any]] = []
     legs: dict[int, dict[str, dict[str, float]]] = {}
+    sql_index: dict[int, Any] = {}
+    started = time.perf_counter()
     try:
         with psycopg.connect(server_url, autocommit=True) as admin:
             collection = load_collection(admin, server_url, f"lat_{args.dataset}", args.dataset)
@@ -479,9 +625,12 @@ def main() -> None:
         sizes = [(collection, passages(collection))] if not args.skip_collection_size else []
         sizes.append((filled, passages(filled)))
         for url, size in sizes:
-            measured, legs[size] = measure(url, size, args.dataset, queries, args.requests,
-                                             args.data_dir / "serve.log")
+            measured, extra = measure(url, size, args.dataset, queries, args.requests, args.data_dir / "serve.log",
+                                      indexes, len(indexes) == 2 and url == filled)
             rows += measured
+            legs[size] = extra.pop("legs")
+            if extra:
+                sql_index[size] = extra
     finally:
         server.stop()
 
@@ -491,30 +640,48 @@ def main() -> None:
           f" p95 {embedding['p95_ms']} ms")
     print(f"machine: {machine}; queries: {args.dataset}; latency measured by the client over HTTP, "
           "query embedding included (cache off)")
-    print("| passages | mode | clients | filter | p50 ms | p95 ms | p99 ms | recall@10 | req/s |")
-    print("|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| passages | mode | keyword_path | clients | filter | p50 ms | p95 ms | p99 ms | recall@10 | req/s |")
+    print("|---:|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         def ms(key: str, row: dict[str, Any] = r) -> str:
             return "" if row[key] is None else f"{row[key]:.1f}"
         recall = "" if r["recall@10"] is None else f"{r['recall@10']:.3f}"
-        print(f"| {r['passages']} | {r['mode']} | {r['clients']} | {r['filter']} | {ms('p50_ms')} | {ms('p95_ms')} |"
-              f" {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
+        path = "" if r["mode"] == "semantic" else r["keyword_path"]  # a semantic search runs no keyword leg
+        print(f"| {r['passages']} | {r['mode']} | {path} | {r['clients']} | {r['filter']} | {ms('p50_ms')} |"
+              f" {ms('p95_ms')} | {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
     print("\nWhere a search's time goes, one client, no filter (p50 ms): over HTTP; the server's took_ms;"
           " of it, embedding the query and the rest; each leg's index scan alone, as the search runs it")
-    leg_names = list(next(iter(legs.values())))  # hnsw_top<n>, bm25_top<k>
-    print("| passages | mode | HTTP | server | embedding | statement + hits |"
+    leg_names = list(next(iter(legs.values())))  # hnsw_top<n>, bm25_top<k>[, sql_bm25_top<k>]
+    print("| passages | mode | keyword_path | HTTP | server | embedding | statement + hits |"
           + "".join(f" {name} alone |" for name in leg_names))
-    print("|---:|---|---:|---:|---:|---:|" + "---:|" * len(leg_names))
+    print("|---:|---|---|---:|---:|---:|---:|" + "---:|" * len(leg_names))
     for r in rows:
         if r["clients"] == 1 and r["filter"] == "none":
             leg = legs[r["passages"]]
-            print(f"| {r['passages']} | {r['mode']} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
+            path = "" if r["mode"] == "semantic" else r["keyword_path"]
+            print(f"| {r['passages']} | {r['mode']} | {path} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
                   f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} |"
                   + "".join(f" {leg[name]['p50_ms']:.1f} |" for name in leg_names))
+    compared = ratios(rows, legs)
+    if compared:
+        print(f"\nSQL keyword index (sql-bm25) p50 / pg_textsearch (bm25) p50, bound {SQL_BOUND:g}x on keyword search"
+              " and the top-k alone (1 client, no filter):")
+        for at_size, at in compared.items():
+            for name, label in (("keyword_http", "keyword search over HTTP"), ("leg", "top-k alone"),
+                                ("hybrid_http", "hybrid search over HTTP")):
+                if name in at:
+                    c = at[name]
+                    verdict = ("PASS" if c["pass"] else "FAIL") if "pass" in c else "(information)"
+                    print(f"  {at_size} passages, {label}: {c['sql_ms']:.2f} / {c['pg_textsearch_ms']:.2f} ms"
+                          f" = {c['ratio']:.2f}x {verdict}")
+    print(f"benchmark run: {time.perf_counter() - started:.0f} s")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "latency.json"
     out.write_text(json.dumps({"machine": machine, "dataset": args.dataset, "query_embedding": embedding,
-                               "legs_alone": {str(k): v for k, v in legs.items()}, "rows": rows}, indent=2) + "\n")
+                               "keyword_indexes": list(indexes),
+                               "legs_alone": {str(k): v for k, v in legs.items()}, "rows": rows,
+                               "sql_vs_pg_textsearch": compared,
+                               "sql_keyword_index": {str(k): v for k, v in sql_index.items()}}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
