@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +221,8 @@ def test_source_path_of_imported_documents(conn: Conn, db_url: str, tmp_path: Pa
 
 def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path, preload=()) as server:
-        with psycopg.connect(server.url, autocommit=True) as raw:
-            migrate(raw)
-        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            for title, text, tags in DOCS:
-                add(conn, title, text, tags)
-            index_with_fake(conn, server.url)
+        with _migrated_and_indexed(server.url):
+            pass
         with local_client(create_app(server.url)) as c:
             assert c.get("/healthz").json()["keyword_search"] == "sql-bm25"
             for mode in ("hybrid", "semantic", "keyword"):
@@ -272,16 +269,23 @@ def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
         Settings.from_env()
 
 
+@contextmanager
+def _migrated_and_indexed(url: str) -> Iterator[Conn]:
+    """A connection to the database at `url`, migrated, holding DOCS indexed by the fake model."""
+    with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        migrate(conn)
+        for title, text, tags in DOCS:
+            add(conn, title, text, tags)
+        index_with_fake(conn, url)
+        yield conn
+
+
 def test_sql_keyword_index_survives_a_server_restart(tmp_path: Path) -> None:
     """The SQL keyword index is ordinary tables: a restart leaves its statistics as they were."""
     server = EmbeddedPostgres(tmp_path, preload=())
     server.start()
     try:
-        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            migrate(conn)
-            for title, text, tags in DOCS:
-                add(conn, title, text, tags)
-            index_with_fake(conn, server.url)
+        with _migrated_and_indexed(server.url) as conn:
             before = conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone()
         assert before["n"] > 0
         server.stop()
@@ -307,11 +311,7 @@ def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path)
     server.start()
     try:
-        with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            migrate(conn)
-            for title, text, tags in DOCS:
-                add(conn, title, text, tags)
-            index_with_fake(conn, server.url)
+        with _migrated_and_indexed(server.url) as conn:
             assert repair_bm25_index(conn) is False  # healthy: nothing to do
         server.stop()
         server.start()
