@@ -137,6 +137,9 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
     for thread in threads:
         thread.join(timeout=60)
 
+    after_kill = [a for a in answers if a[1] > killed_at[0]]
+    print(f"\n{len(answers)} searches through 2 APIs, {len(after_kill)} after the standby was killed; "
+          f"{sum(a[2] != 200 for a in answers)} not 200")
     assert [a for a in answers if a[2] != 200] == []
     for api in (0, 1):
         before = [a[3] for a in answers if a[0] == api and a[1] < killed_at[0]]
