@@ -86,19 +86,21 @@ def test_orphaned_postmaster_is_reused_then_stopped(tmp_path: Path) -> None:
 
 def test_server_without_bm25_still_migrates_and_says_so(tmp_path: Path) -> None:
     """pg_textsearch only loads when preloaded: without it 001 notes the gap, the passages get
-    no BM25 index, and `db check` reports the ts_rank_cd keyword path. Nothing else is missing."""
+    no pg_textsearch index, and `db check` reports the SQL BM25 keyword path. Nothing else is
+    missing."""
+    from knowledge.keyword_index import keyword_path
     from knowledge.migrations import migrate
-    from knowledge.schema_check import check_database, keyword_path
+    from knowledge.schema_check import check_database
 
     with EmbeddedPostgres(tmp_path, preload=()) as server, \
             psycopg.connect(server.url, autocommit=True) as conn:
         result = migrate(conn)
         assert any("pg_textsearch" in n for n in result.notices["001_extensions.sql"])
         assert any("BM25" in n for n in result.notices["011_assets_documents.sql"])
-        assert keyword_path(conn) == "ts_rank_cd"
+        assert keyword_path(conn) == "sql-bm25"
         report = check_database(conn)
         assert report.complete, report.missing
-        assert {i.name: i.detail for i in report.items}["keyword search"].startswith("ts_rank_cd")
+        assert {i.name: i.detail for i in report.items}["keyword search"].startswith("sql-bm25")
 
 
 def test_restart_after_the_postmaster_was_killed(tmp_path: Path) -> None:

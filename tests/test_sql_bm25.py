@@ -3,7 +3,6 @@ scores are BM25 as pg_textsearch computes them."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
@@ -18,7 +17,7 @@ import pytest
 from embeddings.model import FakeEmbedder
 from embeddings.worker import Worker
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "knowledge-base"
 
 # The statistics recounted from scratch, from the passages' text (not from search_tsv, which
 # the triggers read): one row per (lexeme, passage) with its frequency and the passage length.
@@ -30,13 +29,10 @@ RECOUNT = """
 
 
 def _texts(n: int, seed: int = 3) -> list[str]:
-    lines = SCIFACT.read_text(encoding="utf-8").splitlines()
-    pick = random.Random(seed)
-    out = []
-    for line in pick.sample(lines, n):
-        doc = json.loads(line)
-        out.append(f"# {doc['title']}\n\n{doc['text'][:1200]}")
-    return out
+    """`n` paragraphs of the sample knowledge base (real prose, markdown included), shuffled."""
+    paragraphs = [p.strip() for f in sorted(SAMPLES.rglob("*.md"))
+                  for p in f.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80]
+    return random.Random(seed).sample(paragraphs, n)
 
 
 def _differences(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -123,7 +119,7 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
     assert counts["create"] > 100 and counts["edit"] > 50 and counts["delete"] > 30 and counts["rewrite"] > 10, counts
     stats = conn.execute("SELECT count(*) AS passages, (SELECT count(*) FROM bm25_postings) AS postings,"
                          " (SELECT count(*) FROM bm25_corpus) AS slots FROM knowledge_chunks").fetchone()
-    assert stats["passages"] > 100 and stats["postings"] > 10_000, stats
+    assert stats["passages"] > 100 and stats["postings"] > 3_000, stats
     assert stats["slots"] > 1, stats  # the writers really added to different slots
     print(dict(counts), stats)
     assert _differences(conn) == {"extra_postings": 0, "missing_postings": 0, "passages_off": 0, "length_off": 0}
@@ -172,7 +168,7 @@ def test_scores_are_bm25_as_pg_textsearch_defines_it(db_url: str, conn: Any) -> 
     by_term: dict[str, dict[int, int]] = {}
     for p in postings:
         by_term.setdefault(p["term"], {})[p["chunk_id"]] = p["tf"]
-    for query in ("cells in the immune system", "protein protein expression of tumour cells", "zebrafish"):
+    for query in ("refund for an annual plan", "discount discount approval by the sales lead", "escalation"):
         qtf = Counter(r["lexeme"] for r in conn.execute(
             "SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) u, generate_series(1, array_length(u.positions, 1))",
             [query]).fetchall())

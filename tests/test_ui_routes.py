@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from knowledge.api import create_app
 from knowledge.assets import create_asset
 from knowledge.documents import archive_document, create_document
-from knowledge.schema_check import keyword_path
+from knowledge.keyword_index import keyword_path
 
 from .apiclient import local_client
 

@@ -343,7 +343,7 @@ BEGIN
     CREATE INDEX IF NOT EXISTS knowledge_chunks_bm25_idx ON knowledge_chunks
       USING bm25 (indexed_text) WITH (text_config = 'english');
   ELSE
-    RAISE NOTICE 'pg_textsearch (BM25) is not installed: keyword search ranks with ts_rank_cd over knowledge_chunks.search_tsv';
+    RAISE NOTICE 'pg_textsearch (BM25) is not installed: keyword search ranks with BM25 from the SQL tables of 020_sql_bm25.sql';
   END IF;
 END $$;
 
