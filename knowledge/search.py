@@ -247,6 +247,13 @@ def _semantic_leg(dims: int, row_filter: sql.Composable, filtered: bool) -> sql.
     ).format(exact=exact_scan, index=index_scan))
 
 
+def _kept(row_filter: sql.Composable, filtered: bool) -> sql.Composable:
+    """The filters on a keyword leg's top-k passage c: filtered, the kept items (fdocs/fassets)
+    probed by hash; else the row filter on its owners."""
+    return sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
+        if filtered else row_filter
+
+
 def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered: bool) -> sql.Composable:
     if path == "bm25":
         # Driven by the BM25 index's own top-k (%(kn)s, over-fetched when filters may drop
@@ -263,8 +270,7 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered:
         # passages only, drops them. Scores are computed for the kept rows when explaining.
         shown = sql.SQL("(SELECT -(x.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))"
                         " FROM knowledge_chunks x WHERE x.id = c.id)") if explain else sql.SQL("NULL::float8")
-        kept = sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
-            if filtered else row_filter
+        kept = _kept(row_filter, filtered)
         return sql.SQL(
             "SELECT c.id AS chunk_id, row_number() OVER (ORDER BY c.ord) AS rnk, {shown} AS score"
             " FROM hq_bm25_top(%(q)s, %(kn)s) WITH ORDINALITY AS c(id, document_id, asset_id, ord)"
@@ -275,8 +281,7 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered:
     if path == "sql-bm25":
         # The same shape from the SQL keyword index (020): its top-k is scored from the
         # postings of the query's lexemes, so every passage it returns holds one of them.
-        kept = sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
-            if filtered else row_filter
+        kept = _kept(row_filter, filtered)
         return sql.SQL(
             "SELECT c.id AS chunk_id, row_number() OVER (ORDER BY c.score DESC, c.id) AS rnk, c.score"
             " FROM hq_sql_bm25_top(%(q)s, %(kn)s) AS c {owners} WHERE {kept}"

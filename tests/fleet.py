@@ -26,6 +26,8 @@ from knowledge.embedded import EmbeddedPostgres, postmaster_pid
 from .mcp_clients import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+SOCKET_PREFIX = "hq-standby-"
+"""A standby's socket directory, in the temporary directory: short, as Unix socket paths must be."""
 
 
 def _pgserver() -> Any:
@@ -42,7 +44,7 @@ class Standby:
         self.primary = primary
         self.pgdata = root / "pg"
         self.port = free_port()
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="hq-standby-", dir="/tmp"))
+        self.socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_PREFIX))
         (root / "owner").write_text(f"{os.getpid()}\n{self.socket_dir}")  # for `reap_standbys`
         self.run_as: dict[str, Any] = primary._run_as()
 
@@ -139,7 +141,8 @@ def reap_standbys(root: Path) -> None:
             owner, socket_dir = 0, ""
         if owner != os.getpid() and (owner <= 0 or not psutil.pid_exists(owner)):
             _stop_postmaster(pid_file.parent)
-            if socket_dir.startswith("/tmp/hq-standby-"):
+            if Path(socket_dir).parent == Path(tempfile.gettempdir()) and \
+                    Path(socket_dir).name.startswith(SOCKET_PREFIX):
                 shutil.rmtree(socket_dir, ignore_errors=True)
 
 
