@@ -24,7 +24,22 @@ Qrels = dict[str, dict[str, int]]
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """Architecture, CPU model and the SIMD extensions timings depend on, cores, Python."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return (f"{platform.machine()} {model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}")
 
 
 def read_corpus(dataset: Path) -> Corpus:
