@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from .batching import QueryBatcher
 from .model import DEFAULT_MODEL, Embedder, Vectors, load_embedder, packaged_model_dir
 
 __all__ = ["CachedQueryEmbedder", "OnnxEmbedder", "QueryEmbedder", "export_onnx", "load_query_embedder"]
@@ -201,10 +202,12 @@ class OnnxEmbedder:
     def __init__(self, model_dir: Path | None = None, *, name: str = DEFAULT_MODEL, dims: int = 384,
                  max_seq_length: int = 256, batch_size: int = 32, threads: int = DEFAULT_THREADS,
                  cache_dir: str | Path | None = None, cache_size: int = CACHE_SIZE,
-                 quantized: bool = False) -> None:
+                 quantized: bool = False, query_batch: int = 0) -> None:
         """`quantized`: weights as int8 (dynamic quantization of the exported model):
         faster, and close to the float model's vectors but not equal to them, so it is
-        registered as a model of its own."""
+        registered as a model of its own. `query_batch`: at most this many concurrent queries
+        embedded in one run (embeddings.batching); 0: each query in a run of its own, runs
+        concurrent."""
         self.model_dir = model_dir
         self.quantized = quantized
         self.name = name
@@ -215,6 +218,11 @@ class OnnxEmbedder:
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._queries = _QueryCache(cache_size)
+        # Queries embedded together when several searches need one at once (one model run at
+        # a time: concurrent runs would share the intra-op threads set in load()).
+        self.batcher = QueryBatcher(lambda texts: self.embed(texts), max_batch=query_batch,
+                                    busy=searches_in_flight) \
+            if query_batch > 0 else None
         self._onnx_path: Path | None = None
         self._session: Any = None
         self._tokenizer: Any = None
@@ -333,7 +341,7 @@ class OnnxEmbedder:
     def embed_query(self, text: str) -> NDArray[np.float32]:
         """float32 (dims,), L2-normalised; from the LRU cache when this exact text was
         embedded recently. The array is the caller's to keep or change."""
-        return self._queries.get(text, self.embed)
+        return self._queries.get(text, self.batcher.embed if self.batcher is not None else self.embed)
 
     def count_tokens(self, text: str) -> int:
         if self._count is None:
@@ -347,22 +355,39 @@ class CachedQueryEmbedder:
     """Any `Embedder` with the cached `embed_query` of `OnnxEmbedder`: the fallback when
     ONNX is unavailable, and the query side of the fake embedder."""
 
-    def __init__(self, inner: Embedder, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, inner: Embedder, cache_size: int = CACHE_SIZE, query_batch: int = 0) -> None:
         self.inner = inner
         self.name = inner.name
         self.dims = inner.dims
         self.max_tokens = inner.max_tokens
         self.provider = inner.provider
         self._queries = _QueryCache(cache_size)
+        self.batcher = QueryBatcher(lambda texts: self.inner.embed(texts), max_batch=query_batch,
+                                    busy=searches_in_flight) \
+            if query_batch > 0 else None
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         return self.inner.embed(texts)
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
-        return self._queries.get(text, self.inner.embed)
+        return self._queries.get(text, self.batcher.embed if self.batcher is not None else self.inner.embed)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
+
+
+_load: list[Callable[[], int]] = []
+
+
+def report_searches_in_flight(count: Callable[[], int]) -> None:
+    """Tell the query batchers of this process how many searches are in flight (the service's
+    admission control does): a batch waits for more queries only while others are coming."""
+    _load[:] = [count]
+
+
+def searches_in_flight() -> int:
+    """What `report_searches_in_flight` was given says, else 0 (no batch waits)."""
+    return _load[0]() if _load else 0
 
 
 _query_embedders: dict[tuple[str, Path | None], QueryEmbedder] = {}
@@ -382,6 +407,18 @@ def load_query_embedder(name: str = DEFAULT_MODEL, cache_dir: str | Path | None 
         return _query_embedders[key]
 
 
+def query_batch_sizes() -> dict[int, int]:
+    """Model runs of this process's query embedders by the number of queries they embedded."""
+    with _query_embedders_lock:
+        embedders = list(_query_embedders.values())
+    sizes: Counter[int] = Counter()
+    for embedder in embedders:
+        batcher = getattr(embedder, "batcher", None)
+        if isinstance(batcher, QueryBatcher):
+            sizes.update(batcher.batch_sizes)
+    return dict(sorted(sizes.items()))
+
+
 def query_cache_size(env: Mapping[str, str] | None = None) -> int:
     """Entries of the query-vector cache: HQ_QUERY_CACHE (0 turns it off), else CACHE_SIZE."""
     value = (os.environ if env is None else env).get("HQ_QUERY_CACHE", "").strip()
@@ -392,15 +429,32 @@ def query_cache_size(env: Mapping[str, str] | None = None) -> int:
     return int(value)
 
 
+def query_batch_size(env: Mapping[str, str] | None = None) -> int:
+    """Queries embedded together at most: HQ_QUERY_BATCH, else 0 (no batching). Off by
+    default: on the 2-core CPUs measured, a batch of short queries costs what its queries
+    cost one by one (6.1 against 6.3 ms a query with two threads) and more once padded to
+    its longest, so a shared run only makes each query wait for the others
+    (benchmarks/load.py)."""
+    value = (os.environ if env is None else env).get("HQ_QUERY_BATCH", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > 256:
+        raise ValueError(f"HQ_QUERY_BATCH must be a number of queries from 0 (no batching) to 256, got {value!r}")
+    return int(value)
+
+
 def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
-    size = query_cache_size()
+    size, batch = query_cache_size(), query_batch_size()
     if name != DEFAULT_MODEL:
-        return CachedQueryEmbedder(load_embedder(name), cache_size=size)
-    embedder = OnnxEmbedder(name=name, cache_dir=cache_dir, cache_size=size)
+        return CachedQueryEmbedder(load_embedder(name), cache_size=size, query_batch=batch)
+    # Queries stay fp32: int8 query vectors against the fp32 passages cost 0.0057 nDCG@10 in
+    # semantic search on Cranfield (0.3729 -> 0.3672; SciFact 0.0011), past the 0.002 allowed,
+    # for 1.1-1.4x faster embedding on AVX2 (benchmarks/query_quality.py --int8).
+    embedder = OnnxEmbedder(name=name, cache_dir=cache_dir, cache_size=size, query_batch=batch)
     try:
         embedder.load()
     except Exception as e:  # noqa: BLE001 - a failure here only costs speed: torch gives the same vectors
         log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead",
                     type(e).__name__, e)
-        return CachedQueryEmbedder(load_embedder(name), cache_size=size)
+        return CachedQueryEmbedder(load_embedder(name), cache_size=size, query_batch=batch)
     return embedder

@@ -50,6 +50,10 @@ class Settings:
     # far behind the primary, in seconds, a replica may be and still be read.
     read_database_urls: tuple[str, ...] = ()
     read_max_lag: float = 5.0
+    # Searches in flight at once, REST and MCP together, and how many more may wait for a
+    # slot before a search is refused with 503 (knowledge.admission); None: from the cores.
+    search_concurrency: int | None = None
+    search_queue: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +73,8 @@ class Settings:
             keyword_index=_keyword_index(env.get("HQ_KEYWORD_INDEX", "")),
             read_database_urls=_read_urls(env.get("HQ_READ_DATABASE_URL", "")),
             read_max_lag=_seconds("HQ_READ_MAX_LAG", env.get("HQ_READ_MAX_LAG", ""), 5.0),
+            search_concurrency=_count("HQ_SEARCH_CONCURRENCY", env.get("HQ_SEARCH_CONCURRENCY", ""), minimum=1),
+            search_queue=_count("HQ_SEARCH_QUEUE", env.get("HQ_SEARCH_QUEUE", ""), minimum=0),
         )
 
 
@@ -128,6 +134,18 @@ def _seconds(name: str, value: str, default: float) -> float:
     if not 0 < seconds < float("inf"):
         raise InvalidInput(f"{name} must be a number of seconds greater than 0, got {value!r}")
     return seconds
+
+
+def _count(name: str, value: str, *, minimum: int) -> int | None:
+    """A whole number of at least `minimum`, or None when not set."""
+    from .errors import InvalidInput
+
+    word = value.strip()
+    if not word:
+        return None
+    if not word.isdigit() or int(word) < minimum or int(word) > 10_000:
+        raise InvalidInput(f"{name} must be a whole number from {minimum} to 10000, got {value!r}")
+    return int(word)
 
 
 def _flag(name: str, value: str) -> bool:

@@ -11,6 +11,7 @@ __all__ = [
     "KnowledgeError",
     "MigrationError",
     "NotFound",
+    "Overloaded",
     "PreconditionFailed",
     "ServiceUnavailable",
     "TooLarge",
@@ -90,6 +91,14 @@ class ServiceUnavailable(KnowledgeError):
     not running, or the base URL is wrong. Nothing was sent, or no answer came back."""
 
     status = 503
+
+
+class Overloaded(KnowledgeError):
+    """Too many searches at once (knowledge.admission): nothing was done; the same request
+    may succeed after `retry_after` seconds."""
+
+    status = 503
+    retry_after = 1
 
 
 class MigrationError(KnowledgeError):

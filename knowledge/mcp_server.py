@@ -16,7 +16,7 @@ import html
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import Field
 
 from . import __version__
+from .admission import Admission
 from .agent_ops import (
     knowledge_overview,
     read_document,
@@ -60,6 +61,7 @@ WRITE_TOOLS = ("save_document", "update_document")
 
 PoolSource = Callable[[], ConnectionPool[Any]]
 ReadsSource = Callable[[], ReadRouter]
+AdmissionSource = Callable[[], Admission]
 
 INSTRUCTIONS = """\
 HQ Knowledge: the team's documents (SOPs, research, policies, notes) and assets.
@@ -134,9 +136,11 @@ def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
 class _Tools:
     """The tool implementations, on connections from the pool that `pool` returns."""
 
-    def __init__(self, pool: PoolSource, *, agent: str | None, reads: ReadsSource | None = None) -> None:
+    def __init__(self, pool: PoolSource, *, agent: str | None, reads: ReadsSource | None = None,
+                 admission: AdmissionSource | None = None) -> None:
         self._pool = pool
         self._reads = reads
+        self._admission = admission
         self._agent = check_slug(agent) if agent else None
 
     @contextmanager
@@ -182,14 +186,16 @@ class _Tools:
                 raise ToolError(re.sub(r"^q:", "query:", e.message)) from e
             return search_active(conn, q)
 
-        if self._reads is None:
-            with self.connection() as conn:
-                result = run(conn)
-        else:  # on a read replica when one is up to date, else (or when it fails) on the primary
-            try:
-                result = self._reads().run(run)
-            except KnowledgeError as e:
-                raise ToolError(e.message) from e
+        admission = self._admission() if self._admission is not None else None
+        try:
+            with admission.slot() if admission is not None else nullcontext():
+                if self._reads is None:
+                    with self.connection() as conn:
+                        result = run(conn)
+                else:  # on a read replica when one is up to date, else (or when it fails) on the primary
+                    result = self._reads().run(run)
+        except KnowledgeError as e:  # Overloaded among them: the message says when to retry
+            raise ToolError(e.message) from e
         where = f" in {folder}" if folder else ""
         if not result.hits:
             text = (f'No results for "{query}"{where} ({result.mode} search). Try other words, '
@@ -310,12 +316,12 @@ class _Tools:
 
 
 def build_mcp_server(pool: PoolSource, *, read_only: bool = False, agent: str | None = None,
-                     read_router: ReadsSource | None = None) -> MCPServer:
+                     read_router: ReadsSource | None = None, admission: AdmissionSource | None = None) -> MCPServer:
     """The MCP server, its tools using connections from `pool()` (configured by
     `configure_for_search`); search_knowledge runs on `read_router()` (read replicas) when
-    given. `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides
+    given, and holds a slot of `admission()` (the service's bound on searches in flight). `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides
     it per HTTP request). Raises InvalidInput for a bad slug."""
-    tools = _Tools(pool, agent=agent, reads=read_router)
+    tools = _Tools(pool, agent=agent, reads=read_router, admission=admission)
     server = _Server("hq-knowledge", title="HQ Knowledge", version=__version__, instructions=INSTRUCTIONS,
                      read_only=read_only)
     reads = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)

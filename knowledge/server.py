@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .admission import admission_for
 from .config import Settings
 from .db import connect, database, describe_url, open_search_pool
 from .errors import KnowledgeError
@@ -94,7 +95,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         warming = _warm_query_embedder(url)
         app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access,
                          health=health, read_urls=settings.read_database_urls,
-                         read_max_lag=settings.read_max_lag)
+                         read_max_lag=settings.read_max_lag,
+                         admission=admission_for(settings.search_concurrency, settings.search_queue))
         server = uvicorn.Server(uvicorn.Config(app, host=address, port=port, log_level="info",
                                                h11_max_incomplete_event_size=MAX_HEADER_BYTES))
         stop = threading.Event()

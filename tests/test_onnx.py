@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -281,3 +282,36 @@ def test_load_query_embedder_is_process_wide(cache_dir: Path, onnx: OnnxEmbedder
     with pytest.raises(ValueError, match="unknown embedding model 'nope'"):
         load_query_embedder("nope")
 
+
+
+def test_queries_embedded_together_equal_each_embedded_alone(onnx: OnnxEmbedder) -> None:
+    """Concurrent queries share one padded run of the real model (embeddings.batching); each
+    caller's vector equals its query embedded alone, whatever the others' lengths."""
+    batched = OnnxEmbedder(cache_dir=onnx.onnx_path.parent, cache_size=0, query_batch=8)
+    texts = [t[:300] for t in TEXTS[:8]] + ["refund policy", "how do I rotate the API keys of an agent?"]
+    release = threading.Barrier(len(texts))
+    got: dict[str, np.ndarray[Any, Any]] = {}
+
+    def one(text: str) -> None:
+        release.wait()
+        got[text] = batched.embed_query(text)
+
+    slow = batched.embed
+
+    def slower(texts: Sequence[str]) -> np.ndarray[Any, Any]:  # so that queries queue up meanwhile
+        time.sleep(0.05)
+        return slow(texts)
+
+    batched.embed = slower  # type: ignore[method-assign]
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert batched.batcher is not None and sum(batched.batcher.batch_sizes.values()) < len(texts)
+    assert max(batched.batcher.batch_sizes) > 1
+    for text in texts:
+        alone = onnx.embed([text])[0]
+        assert float(np.dot(got[text], alone)) > 0.99999, text
+        np.testing.assert_allclose(got[text], alone, atol=2e-5)
+    batched.batcher.close()

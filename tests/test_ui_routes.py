@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from knowledge.admission import default_limit, default_queue
 from knowledge.api import create_app
 from knowledge.assets import create_asset
 from knowledge.documents import archive_document, create_document
@@ -27,8 +28,12 @@ def client(db_url: str) -> Iterator[TestClient]:
 
 def test_status_counts_stored_items_and_queue(conn: Conn, client: TestClient) -> None:
     empty = client.get("/status").json()
+    searches = empty.pop("searches")
     assert empty == {"documents": 0, "assets": 0, "passages": 0, "queue": 0, "failed": 0,
                      "active_model": "all-MiniLM-L6-v2", "keyword_path": keyword_path(conn)}
+    assert searches == {"limit": default_limit(), "queue": default_queue(default_limit()), "in_flight": 0,
+                        "admitted": 0, "queued": 0, "refused": 0, "timed_out": 0,
+                        "query_batches": searches["query_batches"]}
 
     first = create_document(conn, title="Refunds", content_text="Refund within 30 days.")
     create_document(conn, title="Pricing", content_text="Plans and prices.")

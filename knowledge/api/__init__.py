@@ -10,7 +10,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from mcp.server.transport_security import TransportSecuritySettings
 
+from embeddings.onnx import report_searches_in_flight
+
 from .. import __version__
+from ..admission import Admission, admission_for
 from ..db import open_search_pool
 from ..errors import KnowledgeError
 from ..health import Health
@@ -40,7 +43,7 @@ __all__ = ["AccessPolicy", "create_app"]
 def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
                host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None,
                health: Health | None = None, read_urls: Sequence[str] = (),
-               read_max_lag: float = 5.0) -> FastAPI:
+               read_max_lag: float = 5.0, admission: Admission | None = None) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
     shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
     says who may call it (knowledge.api.security); by default, that of a service listening
@@ -51,12 +54,16 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     `read_urls`: streaming replicas of `database_url` (HQ_READ_DATABASE_URL), each with a pool
     of its own, that searches, boot bundles and the GET routes of documents, assets, folders
     and tags read from while they lag at most `read_max_lag` seconds (knowledge.replicas,
-    knowledge.api.reads); writes and everything else stay on the primary."""
+    knowledge.api.reads); writes and everything else stay on the primary.
+
+    `admission`: the bound on searches in flight, REST and MCP together (knowledge.admission);
+    by default two per core with four waiting places per slot."""
     from ..mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
+    admission = admission or admission_for()
     mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only,
-                           read_router=lambda: app.state.reads)
+                           read_router=lambda: app.state.reads, admission=lambda: app.state.admission)
     # The Gate checks Host and Origin for /mcp as for every route (the SDK's own check would
     # accept any localhost origin and know nothing of HQ_ALLOWED_HOSTS).
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=(
@@ -69,6 +76,8 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
         app.state.pool = pool
         app.state.database_url = database_url
         app.state.health = health if health is not None else Health()
+        app.state.admission = admission
+        report_searches_in_flight(admission.busy)  # the query batcher waits for company only then
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
         # A replica that is down when the service starts is read from once it is up.
         replicas = [(url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read",

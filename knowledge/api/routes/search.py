@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ...admission import Admission
 from ...query_models import search_active
-from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery
+from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery, SearchResult
 from ..deps import ReadTarget
 from ..fields import not_blank_pattern, rule, string_rule
 
@@ -31,8 +32,11 @@ router = APIRouter(tags=["search"])
                         f"the SQL keyword index where it is not installed or not replicated), fused per item by weighted reciprocal "
                         f"rank (score = w_s/(k + rank_s) + w_k/(k + rank_k)). `q` is 1 to {MAX_QUERY_CHARS} "
                         "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
-                        "matched terms in <mark>. Archived items are left out unless `archived=true|any`.")
+                        "matched terms in <mark>. Archived items are left out unless `archived=true|any`. "
+                        "Searches run a few at a time (HQ_SEARCH_CONCURRENCY) with a short queue "
+                        "(HQ_SEARCH_QUEUE); past it the answer is 503 with Retry-After: retry then.")
 async def search_route(
+    request: Request,
     reads: ReadTarget,
     q: Annotated[str, Query(json_schema_extra=_QUERY)],
     limit: Annotated[int, Query(json_schema_extra=_LIMIT)] = 10,
@@ -58,5 +62,14 @@ async def search_route(
     # One hop to a worker thread for the connection, the query embedding and the statement
     # (a sync route with a connection dependency takes three: ~0.5 ms more a search). On a read
     # replica when one may serve it; again on the primary if the replica fails meanwhile.
-    result = await run_in_threadpool(reads.run, lambda conn: search_active(conn, query))
+    # Within the service's bound on searches in flight (knowledge.admission): past it and its
+    # queue, 503 with Retry-After.
+    admission: Admission = request.app.state.admission
+    admission.refuse_if_full()  # without a hop to a worker thread
+
+    def run() -> SearchResult:
+        with admission.slot():
+            return reads.run(lambda conn: search_active(conn, query))
+
+    result = await run_in_threadpool(run)
     return Response(orjson.dumps(result.as_dict(explain=explain)), media_type="application/json")
