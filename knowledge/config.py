@@ -54,6 +54,10 @@ class Settings:
     # slot before a search is refused with 503 (knowledge.admission); None: from the cores.
     search_concurrency: int | None = None
     search_queue: int | None = None
+    # Read again by the query embedder (embeddings.onnx); checked here so that a bad value
+    # stops the service at start with a message instead of failing every search.
+    query_cache: int | None = None
+    query_batch: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +79,8 @@ class Settings:
             read_max_lag=_seconds("HQ_READ_MAX_LAG", env.get("HQ_READ_MAX_LAG", ""), 5.0),
             search_concurrency=_count("HQ_SEARCH_CONCURRENCY", env.get("HQ_SEARCH_CONCURRENCY", ""), minimum=1),
             search_queue=_count("HQ_SEARCH_QUEUE", env.get("HQ_SEARCH_QUEUE", ""), minimum=0),
+            query_cache=_count("HQ_QUERY_CACHE", env.get("HQ_QUERY_CACHE", ""), minimum=0, maximum=1_000_000),
+            query_batch=_count("HQ_QUERY_BATCH", env.get("HQ_QUERY_BATCH", ""), minimum=0, maximum=256),
         )
 
 
@@ -136,15 +142,15 @@ def _seconds(name: str, value: str, default: float) -> float:
     return seconds
 
 
-def _count(name: str, value: str, *, minimum: int) -> int | None:
-    """A whole number of at least `minimum`, or None when not set."""
+def _count(name: str, value: str, *, minimum: int, maximum: int = 10_000) -> int | None:
+    """A whole number from `minimum` to `maximum`, or None when not set."""
     from .errors import InvalidInput
 
     word = value.strip()
     if not word:
         return None
-    if not word.isdigit() or int(word) < minimum or int(word) > 10_000:
-        raise InvalidInput(f"{name} must be a whole number from {minimum} to 10000, got {value!r}")
+    if not word.isdigit() or not minimum <= int(word) <= maximum:
+        raise InvalidInput(f"{name} must be a whole number from {minimum} to {maximum}, got {value!r}")
     return int(word)
 
 

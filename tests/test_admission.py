@@ -31,6 +31,14 @@ Conn = psycopg.Connection[dict[str, Any]]
 # -- admission ----------------------------------------------------------------------------
 
 
+def _wait_until_in_flight(adm: Admission, n: int) -> None:
+    """Until `n` searches hold or wait for a slot (threads started meanwhile), at most 5 s."""
+    deadline = time.monotonic() + 5
+    while adm.in_flight < n and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert adm.in_flight == n
+
+
 def test_defaults_come_from_the_cores() -> None:
     assert default_limit(1) == 2 and default_limit(2) == 4 and default_limit(8) == 16
     assert default_queue(4) == 16
@@ -52,10 +60,8 @@ def test_a_full_queue_refuses_at_once_and_a_freed_slot_admits_the_next() -> None
     with adm.slot():
         thread = threading.Thread(target=waiter)
         thread.start()
-        deadline = time.monotonic() + 5
-        while adm.in_flight < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert adm.in_flight == 2 and not admitted.is_set()  # queued behind the holder
+        _wait_until_in_flight(adm, 2)
+        assert not admitted.is_set()  # queued behind the holder
         started = time.monotonic()
         with pytest.raises(Overloaded) as refused, adm.slot():  # the one waiting place is taken
             pass
@@ -82,10 +88,7 @@ def test_waiters_are_served_in_arrival_order_and_newcomers_queue_behind_them() -
     def start(name: str, in_flight: int) -> threading.Thread:
         thread = threading.Thread(target=search, args=(name,))
         thread.start()
-        deadline = time.monotonic() + 5
-        while adm.in_flight < in_flight and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert adm.in_flight == in_flight
+        _wait_until_in_flight(adm, in_flight)
         return thread
 
     threads = [start("holder", 1), start("a", 2), start("b", 3), start("c", 4)]
@@ -107,9 +110,7 @@ def test_a_slot_given_back_goes_to_the_waiter_not_to_a_newcomer() -> None:
     with adm.slot():
         thread = threading.Thread(target=waiter)
         thread.start()
-        deadline = time.monotonic() + 5
-        while adm.in_flight < 2 and time.monotonic() < deadline:
-            time.sleep(0.002)
+        _wait_until_in_flight(adm, 2)
     with adm.slot():  # the newcomer asks the moment the slot is given back: it waits its turn
         order.append("newcomer")
     thread.join(5)
@@ -137,8 +138,10 @@ def test_settings_read_the_bounds() -> None:
     settings = Settings.from_env({"HQ_SEARCH_CONCURRENCY": "3", "HQ_SEARCH_QUEUE": "0"})
     assert (settings.search_concurrency, settings.search_queue) == (3, 0)
     assert Settings.from_env({}).search_concurrency is None
+    assert Settings.from_env({"HQ_QUERY_BATCH": "8", "HQ_QUERY_CACHE": "0"}).query_batch == 8
     for name, value in (("HQ_SEARCH_CONCURRENCY", "0"), ("HQ_SEARCH_CONCURRENCY", "many"),
-                        ("HQ_SEARCH_QUEUE", "-1"), ("HQ_SEARCH_QUEUE", "1e9")):
+                        ("HQ_SEARCH_QUEUE", "-1"), ("HQ_SEARCH_QUEUE", "1e9"), ("HQ_QUERY_BATCH", "300"),
+                        ("HQ_QUERY_CACHE", "lots")):
         with pytest.raises(InvalidInput, match=name):
             Settings.from_env({name: value})
 
