@@ -165,8 +165,10 @@ def test_search_past_the_bound_is_a_503_with_retry_after(busy_app: tuple[TestCli
         assert r.headers["retry-after"] == "1"
         assert "busy" in r.json()["detail"] and "retry" in r.json()["detail"]
         assert client.get("/documents").status_code == 200  # only searches are bounded
+        shed = client.get("/search", params={"q": "refund", "limit": 0})  # refused before it is parsed
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
         load = client.get("/status").json()["searches"]
-        assert (load["limit"], load["queue"], load["in_flight"], load["refused"]) == (1, 0, 1, 1)
+        assert (load["limit"], load["queue"], load["in_flight"], load["refused"]) == (1, 0, 1, 2)
     r = client.get("/search", params={"q": "refund"})
     assert r.status_code == 200 and r.json()["hits"]
 

@@ -36,6 +36,7 @@ from .routes import (
 )
 from .routes import health as health_routes
 from .security import AccessPolicy, Gate, authorize, is_public
+from .shedding import Shedding
 
 __all__ = ["AccessPolicy", "create_app"]
 
@@ -103,6 +104,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     if read_urls:
         app.add_middleware(ReadRouting, reads=lambda: app.state.reads)
     app.add_middleware(MethodTable, paths=lambda: app.openapi()["paths"])
+    app.add_middleware(Shedding, admission=lambda: app.state.admission)
     app.add_middleware(Gate, policy=policy, pool=lambda: app.state.pool)  # outermost
 
     @app.exception_handler(KnowledgeError)

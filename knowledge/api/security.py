@@ -177,7 +177,7 @@ class Gate:
         try:
             scope[CALLER_KEY] = await self._admit(scope)
         except KnowledgeError as e:
-            await _refuse(send, e)
+            await refuse(send, e)
             return
         try:
             await self.app(scope, receive, send)
@@ -243,13 +243,16 @@ class _HeadersTooLarge(KnowledgeError):
     status = 431
 
 
-async def _refuse(send: Send, error: KnowledgeError) -> None:
+async def refuse(send: Send, error: KnowledgeError) -> None:
+    """Answer with `error` (its status, message and Retry-After) from ASGI middleware."""
     import orjson
 
     body = orjson.dumps({"detail": error.message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if error.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="hq-knowledge"'))
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
     start: Message = {"type": "http.response.start", "status": error.status, "headers": headers}
     await send(start)
     await send({"type": "http.response.body", "body": body})

@@ -65,7 +65,6 @@ async def search_route(
     # Within the service's bound on searches in flight (knowledge.admission): past it and its
     # queue, 503 with Retry-After.
     admission: Admission = request.app.state.admission
-    admission.refuse_if_full()  # without a hop to a worker thread
 
     def run() -> SearchResult:
         with admission.slot():
