@@ -218,11 +218,8 @@ class OnnxEmbedder:
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._queries = _QueryCache(cache_size)
-        # Queries embedded together when several searches need one at once (one model run at
-        # a time: concurrent runs would share the intra-op threads set in load()).
-        self.batcher = QueryBatcher(lambda texts: self.embed(texts), max_batch=query_batch,
-                                    busy=searches_in_flight) \
-            if query_batch > 0 else None
+        # Through self.embed at each miss (not bound now), so that a replaced embed is used.
+        self.batcher, self._miss = _query_misses(lambda texts: self.embed(texts), query_batch)
         self._onnx_path: Path | None = None
         self._session: Any = None
         self._tokenizer: Any = None
@@ -341,7 +338,7 @@ class OnnxEmbedder:
     def embed_query(self, text: str) -> NDArray[np.float32]:
         """float32 (dims,), L2-normalised; from the LRU cache when this exact text was
         embedded recently. The array is the caller's to keep or change."""
-        return self._queries.get(text, self.batcher.embed if self.batcher is not None else self.embed)
+        return self._queries.get(text, self._miss)
 
     def count_tokens(self, text: str) -> int:
         if self._count is None:
@@ -349,6 +346,18 @@ class OnnxEmbedder:
 
             self._count = load_tokenizer_counter(self.model_dir or packaged_model_dir())
         return int(self._count(text))
+
+
+def _query_misses(embed: Callable[[Sequence[str]], Vectors],
+                  query_batch: int) -> tuple[QueryBatcher | None, Callable[[Sequence[str]], Vectors]]:
+    """How a query-cache miss is embedded: by `embed` directly (query_batch 0: concurrent
+    queries run concurrently), or through a QueryBatcher that embeds up to `query_batch`
+    concurrent queries in one run (one run at a time). Returns the batcher, if any, and the
+    function a miss calls."""
+    if query_batch <= 0:
+        return None, embed
+    batcher = QueryBatcher(embed, max_batch=query_batch, busy=searches_in_flight)
+    return batcher, batcher.embed
 
 
 class CachedQueryEmbedder:
@@ -362,15 +371,13 @@ class CachedQueryEmbedder:
         self.max_tokens = inner.max_tokens
         self.provider = inner.provider
         self._queries = _QueryCache(cache_size)
-        self.batcher = QueryBatcher(lambda texts: self.inner.embed(texts), max_batch=query_batch,
-                                    busy=searches_in_flight) \
-            if query_batch > 0 else None
+        self.batcher, self._miss = _query_misses(lambda texts: self.inner.embed(texts), query_batch)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         return self.inner.embed(texts)
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
-        return self._queries.get(text, self.batcher.embed if self.batcher is not None else self.inner.embed)
+        return self._queries.get(text, self._miss)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
@@ -424,8 +431,9 @@ def query_cache_size(env: Mapping[str, str] | None = None) -> int:
     value = (os.environ if env is None else env).get("HQ_QUERY_CACHE", "").strip()
     if not value:
         return CACHE_SIZE
-    if not value.isdigit():
-        raise ValueError(f"HQ_QUERY_CACHE must be a number of cached queries (0 turns the cache off), got {value!r}")
+    if not value.isdigit() or int(value) > 1_000_000:
+        raise ValueError(f"HQ_QUERY_CACHE must be a number of cached queries from 0 (no cache) to 1000000, "
+                         f"got {value!r}")
     return int(value)
 
 

@@ -82,10 +82,6 @@ class Admission:
                 self.stats.refused += 1
             raise Overloaded(self._busy_message())
 
-    def busy(self) -> int:
-        """`in_flight`, as a callable hint for the query batcher."""
-        return self.in_flight
-
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold a slot for the body. Raises Overloaded when the queue is full or the wait

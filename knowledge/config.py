@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +54,16 @@ class Settings:
     # slot before a search is refused with 503 (knowledge.admission); None: from the cores.
     search_concurrency: int | None = None
     search_queue: int | None = None
-    # Read again by the query embedder (embeddings.onnx); checked here so that a bad value
-    # stops the service at start with a message instead of failing every search.
-    query_cache: int | None = None
+    # Read again by the query embedder (embeddings.onnx), with the same parsers; checked here
+    # so that a bad value stops the service at start with a message instead of failing every
+    # search.
+    query_cache: int | None = None  # None: the embedder's default
     query_batch: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        from embeddings.onnx import query_batch_size, query_cache_size  # numpy: imported when read
+
         env = os.environ if env is None else env
         url = env.get("HQ_DATABASE_URL", "").strip() or None
         data_dir = env.get("HQ_DATA_DIR", "").strip()
@@ -79,8 +82,8 @@ class Settings:
             read_max_lag=_seconds("HQ_READ_MAX_LAG", env.get("HQ_READ_MAX_LAG", ""), 5.0),
             search_concurrency=_count("HQ_SEARCH_CONCURRENCY", env.get("HQ_SEARCH_CONCURRENCY", ""), minimum=1),
             search_queue=_count("HQ_SEARCH_QUEUE", env.get("HQ_SEARCH_QUEUE", ""), minimum=0),
-            query_cache=_count("HQ_QUERY_CACHE", env.get("HQ_QUERY_CACHE", ""), minimum=0, maximum=1_000_000),
-            query_batch=_count("HQ_QUERY_BATCH", env.get("HQ_QUERY_BATCH", ""), minimum=0, maximum=256),
+            query_cache=_embedder_setting(query_cache_size, env),
+            query_batch=_embedder_setting(query_batch_size, env),
         )
 
 
@@ -142,15 +145,26 @@ def _seconds(name: str, value: str, default: float) -> float:
     return seconds
 
 
-def _count(name: str, value: str, *, minimum: int, maximum: int = 10_000) -> int | None:
-    """A whole number from `minimum` to `maximum`, or None when not set."""
+def _embedder_setting(parse: Callable[[Mapping[str, str]], int], env: Mapping[str, str]) -> int:
+    """A query embedder setting read by its own parser (embeddings.onnx), its ValueError
+    turned into InvalidInput."""
+    from .errors import InvalidInput
+
+    try:
+        return parse(env)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+
+def _count(name: str, value: str, *, minimum: int) -> int | None:
+    """A whole number from `minimum` to 10000, or None when not set."""
     from .errors import InvalidInput
 
     word = value.strip()
     if not word:
         return None
-    if not word.isdigit() or not minimum <= int(word) <= maximum:
-        raise InvalidInput(f"{name} must be a whole number from {minimum} to {maximum}, got {value!r}")
+    if not word.isdigit() or not minimum <= int(word) <= 10_000:
+        raise InvalidInput(f"{name} must be a whole number from {minimum} to 10000, got {value!r}")
     return int(word)
 
 
