@@ -81,13 +81,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(env: Mapping[str, str], log_path: Path, *, timeout: float = 180) -> Iterator[str]:
+def running_service(env: Mapping[str, str], log_path: Path, *, timeout: float = 180,
+                    source: Path | None = None, worker: bool = False,
+                    command: list[str] | None = None) -> Iterator[str]:
     """`hq-knowledge serve --no-worker` on a free port; yields its base URL once /healthz
-    answers 200, and shows the end of its log if it does not start."""
+    answers 200, and shows the end of its log if it does not start. `source`: run the
+    service from that source tree (another checkout of the project) instead of this one;
+    `worker`: with its ingestion worker; `command`: another service altogether, started with
+    `--port N` appended."""
+    if source is not None:
+        env = {**env, "PYTHONPATH": str(source)}
     port = free_port()
+    argv = command or [sys.executable, "-m", "knowledge", "serve", *([] if worker else ["--no-worker"])]
     with open(log_path, "w+", encoding="utf-8") as log:
-        service = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--no-worker", "--port", str(port)],
-                                   env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        service = subprocess.Popen([*argv, "--port", str(port)], env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=source)
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + timeout

@@ -33,11 +33,12 @@ log = logging.getLogger("hq_knowledge.onnx")
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "last_hidden_state"
-# Two intra-op threads (capped at the core count): on the 2-core development machine a
-# short query takes 2.8 ms p50 against 4.4 ms with one thread, for 1.25x the CPU time
-# (benchmarks/query_embedding.py). A search waits on this call, and queries are rare next
-# to the worker's batches, so latency wins. When other processes keep the cores busy, two
-# threads suffer more (12 ms against 6 ms p50 measured); pass threads=1 there.
+# Two intra-op threads (capped at the core count) for a query embedded alone: on the 2-core
+# development machine a short query takes 2.8 ms p50 against 4.4 ms with one thread, for
+# 1.25x the CPU time (benchmarks/query_embedding.py). While other searches are in flight
+# the cores are busy anyway, and two threads cost more: they spin within a run, so a query
+# took 15.6 ms of CPU against 9.9 ms with one thread (two callers at once, 99 against 105
+# queries/s). A run then takes a single-threaded session of its own.
 DEFAULT_THREADS = 2
 CACHE_SIZE = 2048
 # Longer texts are embedded but not cached: 2048 keys hold at most ~8M characters.
@@ -222,6 +223,9 @@ class OnnxEmbedder:
         self.batcher, self._miss = _query_misses(lambda texts: self.embed(texts), query_batch)
         self._onnx_path: Path | None = None
         self._session: Any = None
+        self._single: Any = None  # one intra-op thread: for runs while the cores are busy
+        self._runs = 0  # runs in progress
+        self._runs_lock = threading.Lock()
         self._tokenizer: Any = None
         self._pad_id = 0
         self._count: Callable[[str], int] | None = None
@@ -251,22 +255,28 @@ class OnnxEmbedder:
 
             model_dir = self.model_dir or packaged_model_dir()
             path = self.onnx_path
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = max(1, min(self.threads, os.cpu_count() or 1))
-            options.inter_op_num_threads = 1
-            # ONNX Runtime's threads spin-wait between runs by default: on a small machine
-            # they then take the cores from the PostgreSQL backend that runs the search
-            # statement next. They still spin within a run (waking them for each of the
-            # ~100 parallel kernels of a query would cost more).
-            options.add_session_config_entry("session.force_spinning_stop", "1")
+            threads = max(1, min(self.threads, os.cpu_count() or 1))
+
+            def open_session(threads: int) -> Any:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                # ONNX Runtime's threads spin-wait between runs by default: on a small machine
+                # they then take the cores from the PostgreSQL backend that runs the search
+                # statement next. They still spin within a run (waking them for each of the
+                # ~100 parallel kernels of a query would cost more).
+                options.add_session_config_entry("session.force_spinning_stop", "1")
+                return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
             if not path.is_file():
                 self._export(model_dir, path, replace=False)
             try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = open_session(threads)
             except Exception as e:  # noqa: BLE001 - damaged, or written by another onnx version
                 log.warning("cannot open %s (%s); exporting it again", path, e)
                 self._export(model_dir, path, replace=True)
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = open_session(threads)
+            self._single = open_session(1) if threads > 1 else session
             width = session.get_outputs()[0].shape[-1]
             if width != self.dims:
                 raise ValueError(f"model {self.name} gives {width} dimensions, expected {self.dims}")
@@ -329,7 +339,15 @@ class OnnxEmbedder:
             mask[row, :len(ids)] = 1
         feed = {"input_ids": input_ids, "attention_mask": mask,
                 "token_type_ids": np.zeros_like(input_ids)}
-        hidden = self._session.run([OUTPUT], feed)[0]
+        with self._runs_lock:
+            # Alone (no other run, no other search in flight): all the threads; else one.
+            alone = self._runs == 0 and searches_in_flight() <= 1
+            self._runs += 1
+        try:
+            hidden = (self._session if alone else self._single).run([OUTPUT], feed)[0]
+        finally:
+            with self._runs_lock:
+                self._runs -= 1
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -387,13 +405,15 @@ _load: list[Callable[[], int]] = []
 
 
 def report_searches_in_flight(count: Callable[[], int]) -> None:
-    """Tell the query batchers of this process how many searches are in flight (the service's
-    admission control does): a batch waits for more queries only while others are coming."""
+    """Tell the query embedders of this process how many searches are in flight (the service's
+    admission control does): a batch waits for more queries only while others are coming, and
+    a run takes all its threads only while its search is the only one."""
     _load[:] = [count]
 
 
 def searches_in_flight() -> int:
-    """What `report_searches_in_flight` was given says, else 0 (no batch waits)."""
+    """What `report_searches_in_flight` was given says, else 0 (no batch waits, every run
+    alone takes all its threads)."""
     return _load[0]() if _load else 0
 
 

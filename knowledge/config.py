@@ -59,6 +59,9 @@ class Settings:
     # search.
     query_cache: int | None = None  # None: the embedder's default
     query_batch: int | None = None
+    # A line a request on the console (uvicorn's access log). Off: under load the line cost
+    # 7% of the service's CPU, and it would write every search's text into the log.
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +87,7 @@ class Settings:
             search_queue=_count("HQ_SEARCH_QUEUE", env.get("HQ_SEARCH_QUEUE", ""), minimum=0),
             query_cache=_embedder_setting(query_cache_size, env),
             query_batch=_embedder_setting(query_batch_size, env),
+            access_log=_flag("HQ_ACCESS_LOG", env.get("HQ_ACCESS_LOG", "")),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -98,6 +99,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
                          read_max_lag=settings.read_max_lag,
                          admission=admission_for(settings.search_concurrency, settings.search_queue))
         server = uvicorn.Server(uvicorn.Config(app, host=address, port=port, log_level="info",
+                                               access_log=settings.access_log,
                                                h11_max_incomplete_event_size=MAX_HEADER_BYTES))
         stop = threading.Event()
         failed: list[BaseException] = []
@@ -190,6 +192,23 @@ def _warm_query_embedder(url: str) -> threading.Thread | None:
     return thread
 
 
+# The worker thread's nice value (and its torch threads', which inherit it). Searches come
+# first: a passage waits a little longer to be embedded, a search does not wait for the
+# worker's batch (benchmarks/load.py measures searches while documents are embedded).
+WORKER_NICE = 10
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority to `nice`, and that of the threads it starts (Linux
+    keeps a nice value per thread); elsewhere a no-op, as it would change the whole process."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as e:
+        log.warning("could not lower the worker's CPU priority: %s", e)
+
+
 def _start_worker(url: str, settings: Settings, stop: threading.Event, health: Health,
                   on_failure: Callable[[BaseException], None]) -> threading.Thread:
     """The worker's thread, started. It rides out database outages by itself; on any other
@@ -200,6 +219,7 @@ def _start_worker(url: str, settings: Settings, stop: threading.Event, health: H
     worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None, health=health)
 
     def run() -> None:
+        _lower_priority(WORKER_NICE)
         try:
             worker.run(stop=stop)
         except Exception as e:

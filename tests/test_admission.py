@@ -139,9 +139,10 @@ def test_settings_read_the_bounds() -> None:
     assert (settings.search_concurrency, settings.search_queue) == (3, 0)
     assert Settings.from_env({}).search_concurrency is None
     assert Settings.from_env({"HQ_QUERY_BATCH": "8", "HQ_QUERY_CACHE": "0"}).query_batch == 8
+    assert (Settings.from_env({}).access_log, Settings.from_env({"HQ_ACCESS_LOG": "yes"}).access_log) == (False, True)
     for name, value in (("HQ_SEARCH_CONCURRENCY", "0"), ("HQ_SEARCH_CONCURRENCY", "many"),
                         ("HQ_SEARCH_QUEUE", "-1"), ("HQ_SEARCH_QUEUE", "1e9"), ("HQ_QUERY_BATCH", "300"),
-                        ("HQ_QUERY_CACHE", "lots")):
+                        ("HQ_QUERY_CACHE", "lots"), ("HQ_ACCESS_LOG", "verbose")):
         with pytest.raises(InvalidInput, match=name):
             Settings.from_env({name: value})
 

@@ -212,3 +212,6 @@ def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert postmaster_pid(tmp_path / "data" / "pg") is None
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "Uvicorn running on" in output
+    assert "GET /healthz" not in output  # no access log unless HQ_ACCESS_LOG=1

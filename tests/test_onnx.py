@@ -5,6 +5,7 @@ torch fallback. Exports go to temporary directories only; no database is needed.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -18,7 +19,13 @@ import pytest
 
 import embeddings.onnx as onnx_module
 from embeddings.model import SentenceTransformerEmbedder, packaged_model_dir
-from embeddings.onnx import CachedQueryEmbedder, OnnxEmbedder, export_onnx, load_query_embedder
+from embeddings.onnx import (
+    CachedQueryEmbedder,
+    OnnxEmbedder,
+    export_onnx,
+    load_query_embedder,
+    report_searches_in_flight,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -315,3 +322,35 @@ def test_queries_embedded_together_equal_each_embedded_alone(onnx: OnnxEmbedder)
         assert float(np.dot(got[text], alone)) > 0.99999, text
         np.testing.assert_allclose(got[text], alone, atol=2e-5)
     batched.batcher.close()
+
+
+def test_runs_while_other_searches_are_in_flight_take_one_thread(onnx: OnnxEmbedder) -> None:
+    """A query embedded alone runs on all the session's threads; while other searches are in
+    flight (the service's admission control reports them) it runs single-threaded, as
+    spinning threads would take the cores from the other searches. Same vector either way."""
+    assert onnx._session.get_session_options().intra_op_num_threads == min(2, os.cpu_count() or 1)
+    assert onnx._single.get_session_options().intra_op_num_threads == 1
+    runs: list[str] = []
+
+    class Counted:
+        def __init__(self, session: Any, name: str) -> None:
+            self.session, self.name = session, name
+
+        def run(self, *args: Any) -> Any:
+            runs.append(self.name)
+            return self.session.run(*args)
+
+    session, single, reported = onnx._session, onnx._single, list(onnx_module._load)
+    onnx._session, onnx._single = Counted(session, "all"), Counted(single, "one")
+    try:
+        alone = onnx.embed(["refund policy for agents"])[0]
+        report_searches_in_flight(lambda: 3)
+        busy = onnx.embed(["refund policy for agents"])[0]
+        report_searches_in_flight(lambda: 1)  # this search only
+        again = onnx.embed(["refund policy for agents"])[0]
+    finally:
+        onnx._session, onnx._single = session, single
+        onnx_module._load[:] = reported
+    assert runs == (["all", "one", "all"] if single is not session else ["all", "all", "all"])
+    np.testing.assert_allclose(busy, alone, atol=1e-5)
+    np.testing.assert_allclose(again, alone, atol=1e-5)

@@ -353,6 +353,41 @@ def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> 
     assert result.stderr.strip().splitlines()[-1].startswith("error: the ingestion worker stopped (TypeError")
 
 
+PRIORITY_PROBE = textwrap.dedent("""
+    import os, sys, threading
+    from embeddings.worker import Worker
+    from knowledge.cli import main
+
+    def probe(self, records):
+        main_nice = os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id)
+        print(f"nice {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())} {main_nice}", file=sys.stderr)
+        raise TypeError("probed")
+
+    Worker._embed = probe
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_serve_runs_its_worker_below_the_searches_cpu_priority(conn: Conn, db_url: str) -> None:
+    """Searches come first: the worker thread of `serve` (and the torch threads it starts)
+    embeds at nice 10, the threads that answer requests keep the process's priority."""
+    import socket
+
+    if os.getpriority(os.PRIO_PROCESS, 0) >= 10:
+        pytest.skip("the tests already run at nice 10 or more")
+    add_document(conn, "Doc", "Some text.")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([sys.executable, "-c", PRIORITY_PROBE, "serve", "--port", str(port)], cwd=ROOT,
+                            env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+                            capture_output=True, text=True, timeout=120, check=False)
+    probed = [line.split() for line in result.stderr.splitlines() if line.startswith("nice ")]
+    assert probed, result.stderr
+    assert probed[0][1:] == ["10", str(os.getpriority(os.PRIO_PROCESS, 0))]
+
+
 def _embedded_beyond(conn: Conn, job_id: Any, done: int) -> Callable[[], bool]:
     from knowledge.reembed import get_job
 

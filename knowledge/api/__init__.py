@@ -78,7 +78,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
         app.state.database_url = database_url
         app.state.health = health if health is not None else Health()
         app.state.admission = admission
-        report_searches_in_flight(lambda: admission.in_flight)  # the query batcher waits for company only then
+        report_searches_in_flight(lambda: admission.in_flight)  # the query embedder's threads follow it
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
         # A replica that is down when the service starts is read from once it is up.
         replicas = [(url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read",
