@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,12 +44,17 @@ DEFAULT_THREADS = 2
 CACHE_SIZE = 2048
 # Longer texts are embedded but not cached: 2048 keys hold at most ~8M characters.
 CACHEABLE_CHARS = 4096
+# Queries embedded ahead of their search and kept until it asks (a search that fails its
+# validation never does): the oldest is dropped past this many.
+AHEAD_KEPT = 8
 
 
 class QueryEmbedder(Embedder, Protocol):
     """An embedder with a cached single-query path."""
 
     def embed_query(self, text: str) -> NDArray[np.float32]: ...
+
+    def embed_ahead(self, text: str) -> None: ...
 
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -161,11 +167,14 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 class _QueryCache:
     """A thread-safe LRU of query vectors by exact text. Stored arrays are read-only and
-    callers get copies, so nothing a caller does reaches the cache."""
+    callers get copies, so nothing a caller does reaches the cache. `ahead` starts embedding
+    a query before its search asks for it; the next `get` of that text takes the result."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._ahead: OrderedDict[str, Future[NDArray[np.float32]]] = OrderedDict()
+        self._runner: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def get(self, text: str, embed: Callable[[Sequence[str]], Vectors]) -> NDArray[np.float32]:
@@ -174,7 +183,15 @@ class _QueryCache:
             if hit is not None:
                 self._entries.move_to_end(text)
                 return hit.copy()
-        vector = np.array(embed([text])[0], dtype=np.float32)
+            started = self._ahead.pop(text, None)
+        vector = None
+        if started is not None:
+            try:
+                vector = started.result()
+            except Exception:  # noqa: BLE001 - embedded again below, where the error reaches the caller
+                vector = None
+        if vector is None:
+            vector = np.array(embed([text])[0], dtype=np.float32)
         if self.size > 0 and len(text) <= CACHEABLE_CHARS:
             stored = vector.copy()
             stored.setflags(write=False)
@@ -184,6 +201,18 @@ class _QueryCache:
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
         return vector
+
+    def ahead(self, text: str, embed: Callable[[Sequence[str]], Vectors]) -> None:
+        """Embed `text` on a thread of the cache's own, unless it is cached or under way."""
+        with self._lock:
+            if text in self._entries or text in self._ahead:
+                return
+            if self._runner is None:
+                self._runner = ThreadPoolExecutor(1, thread_name_prefix="hq-query-ahead")
+            future = self._runner.submit(lambda: np.array(embed([text])[0], dtype=np.float32))
+            self._ahead[text] = future
+            while len(self._ahead) > AHEAD_KEPT:  # started for searches that never came
+                self._ahead.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -358,6 +387,11 @@ class OnnxEmbedder:
         embedded recently. The array is the caller's to keep or change."""
         return self._queries.get(text, self._miss)
 
+    def embed_ahead(self, text: str) -> None:
+        """Start embedding `text` on a thread of its own; the next `embed_query(text)` takes
+        the vector (waiting for it if need be). For a search that is sure to follow."""
+        self._queries.ahead(text, self._miss)
+
     def count_tokens(self, text: str) -> int:
         if self._count is None:
             from .chunking import load_tokenizer_counter
@@ -396,6 +430,9 @@ class CachedQueryEmbedder:
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
         return self._queries.get(text, self._miss)
+
+    def embed_ahead(self, text: str) -> None:
+        self._queries.ahead(text, self._miss)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)

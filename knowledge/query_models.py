@@ -22,7 +22,7 @@ from .keyword_index import keyword_path
 from .models import DEFAULT_EF_SEARCH, ef_search_for, exact_scan_below
 from .search import EXACT_SCAN_BELOW, ModelSwitched, SearchQuery, SearchResult, search
 
-__all__ = ["SearchSetup", "query_embedder", "search_active", "search_setup"]
+__all__ = ["SearchSetup", "embed_ahead", "query_embedder", "search_active", "search_setup"]
 
 QueryEmbed = Callable[[str], np.ndarray[Any, Any]]
 
@@ -39,6 +39,7 @@ class SearchSetup:
 
 _cache: dict[str, tuple[float, SearchSetup]] = {}
 _lock = threading.Lock()
+_last_model: list[ModelSpec] = []  # the model the latest search embedded its query with
 
 
 def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchSetup:
@@ -81,6 +82,8 @@ def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchRe
         if query.mode != "keyword":
             _use_ef_search(conn, setup.ef_search)
         embed = query_embedder(setup.spec) if query.mode != "keyword" and setup.spec else None
+        if embed is not None and setup.spec is not None and _last_model[:1] != [setup.spec]:
+            _last_model[:] = [setup.spec]
         try:
             return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
                           embed_query=embed, exact_below=setup.exact_below)
@@ -112,6 +115,18 @@ def query_embedder(spec: ModelSpec) -> QueryEmbed:
     return _embedder(spec)
 
 
+def embed_ahead(text: str) -> None:
+    """Start embedding the query `text` with the model the latest search used, on a thread
+    of the query embedder's, so that the search about to run finds its vector ready or under
+    way. Does nothing before a first search, or for a model without `embed_ahead`."""
+    if not _last_model:
+        return
+    owner = getattr(_embedder(_last_model[0]), "__self__", None)  # embed_query's embedder
+    ahead = getattr(owner, "embed_ahead", None)
+    if ahead is not None:
+        ahead(text)
+
+
 @lru_cache(maxsize=8)
 def _embedder(spec: ModelSpec) -> QueryEmbed:
     if spec.name == DEFAULT_MODEL and spec.provider == "sentence-transformers" \
@@ -128,4 +143,6 @@ def _embedder(spec: ModelSpec) -> QueryEmbed:
         raise DatabaseUnavailable(f"the active embedding model cannot be loaded by this service: {e}") from e
     if hasattr(model, "embed_query"):
         return model.embed_query  # type: ignore[no-any-return]
-    return lru_cache(maxsize=2048)(lambda q: model.embed([q])[0])
+    from embeddings.onnx import CachedQueryEmbedder  # the query cache, and embedding ahead
+
+    return CachedQueryEmbedder(model).embed_query

@@ -293,3 +293,73 @@ def test_several_texts_go_straight_to_the_model() -> None:
     assert vectors.shape == (3, 384) and model.calls == [["a", "b", "c"]]
     assert batcher.embed(["one"]).shape == (1, 384)
     batcher.close()
+
+
+def test_a_search_arriving_idle_has_its_query_embedded_ahead(busy_app: tuple[TestClient, Admission]) -> None:
+    """While no other search is in flight, the door starts embedding the query on the query
+    embedder's own thread before the route runs; the search uses that vector (embedded
+    once) and answers as it would have. Under load, or in keyword mode, nothing is started."""
+    from embeddings.registry import load_model
+    from knowledge.query_models import _last_model
+
+    client, adm = busy_app
+    assert client.get("/search", params={"q": "refund policy"}).status_code == 200  # the model is known now
+    assert _last_model
+    fake = load_model(_last_model[0])
+    threads: list[tuple[str, str]] = []
+    embed = fake.embed
+
+    def recorded(texts: Sequence[str]) -> NDArray[np.float32]:
+        threads.extend((t, threading.current_thread().name) for t in texts)
+        return embed(texts)
+
+    fake.embed = recorded  # type: ignore[method-assign]
+    try:
+        r = client.get("/search", params={"q": "how are refunds approved"})
+        assert r.status_code == 200 and r.json()["hits"]
+        assert threads == [("how are refunds approved", threads[0][1])]
+        assert threads[0][1].startswith("hq-query-ahead")
+        threads.clear()
+        assert client.get("/search", params={"q": "annual plans", "mode": "keyword"}).status_code == 200
+        with adm.slot():  # busy: the search would wait for a slot (and here is refused)
+            assert client.get("/search", params={"q": "discount approvals"}).status_code == 503
+        assert client.get("/search", params={"q": "", "mode": "semantic"}).status_code == 422
+        assert threads == []
+    finally:
+        fake.embed = embed  # type: ignore[method-assign]
+
+
+def test_embedding_ahead_hands_the_vector_to_the_next_lookup_once() -> None:
+    from embeddings.onnx import AHEAD_KEPT, CachedQueryEmbedder
+
+    fake = FakeEmbedder()
+    for size in (0, 16):
+        embedder = CachedQueryEmbedder(fake, cache_size=size)
+        fake.calls.clear()
+        embedder.embed_ahead("refund policy")
+        embedder.embed_ahead("refund policy")  # under way already: not started twice
+        np.testing.assert_allclose(embedder.embed_query("refund policy"), fake.embed(["refund policy"])[0])
+        assert fake.calls.count("refund policy") == 2  # once ahead, once for the comparison
+        embedder.embed_query("refund policy")  # cached (size 16) or embedded again (no cache)
+        assert fake.calls.count("refund policy") == (3 if size == 0 else 2)
+        for i in range(AHEAD_KEPT + 3):  # searches that never came are not kept for ever
+            embedder.embed_ahead(f"query {i}")
+        assert len(embedder._queries._ahead) == AHEAD_KEPT
+
+
+def test_a_failed_embedding_ahead_is_tried_again_by_the_search() -> None:
+    from embeddings.onnx import CachedQueryEmbedder
+
+    fake = FakeEmbedder()
+    embedder = CachedQueryEmbedder(fake)
+    failures = [RuntimeError("onnx run failed")]
+    embed = fake.embed
+
+    def flaky(texts: Sequence[str]) -> NDArray[np.float32]:
+        if failures:
+            raise failures.pop()
+        return embed(texts)
+
+    fake.embed = flaky  # type: ignore[method-assign]
+    embedder.embed_ahead("refund policy")
+    np.testing.assert_allclose(embedder.embed_query("refund policy"), embed(["refund policy"])[0])
