@@ -6,12 +6,12 @@ A benchmark peer (what a user might pick instead of our service), never shipped 
 package; PEER_PYTHON is the Python of the peers' own virtualenv (requirements.txt).
 
 The first start builds a txtai index from DIR/passages.jsonl and DIR/vectors.npy into
-DIR/txtai/; later starts load it. `Embeddings(hybrid=True)`: a BM25 terms index on the
-passage text and a faiss inner-product index (txtai's default IVF) on the passage vectors,
-scores fused as txtai does by default. The passage vectors are the precomputed ones:
-txtai's external vectors method encodes through a `transform` function, which hands it
-the rows of vectors.npy while indexing and embeds queries with all-MiniLM-L6-v2
-(sentence-transformers) afterwards.
+DIR/txtai/; later starts load it. `Embeddings(hybrid=True)` with txtai's defaults: a BM25
+terms index on the passage text and a faiss inner-product index (IVF, flat vectors) on the
+passage vectors; each leg fetches 10 x limit candidates, fused as 0.5 x cosine + 0.5 x
+normalized BM25. The passage vectors are the precomputed ones: txtai's external vectors
+method encodes through a `transform` function, which hands it the rows of vectors.npy
+while indexing and embeds queries with all-MiniLM-L6-v2 (sentence-transformers) afterwards.
 
 GET /search?q=TEXT&limit=10 answers {"ids": [corpus id of each hit, best first; "" for a
 filler passage]}; GET /healthz answers 200.
@@ -42,7 +42,7 @@ def embed(texts: list[str]) -> np.ndarray:
 
 
 def build(data: Path, index: Path, texts: list[str]) -> None:
-    vectors = np.load(data / "vectors.npy")
+    vectors: np.ndarray = np.load(data / "vectors.npy")
     done = 0
 
     def precomputed(batch: list[str]) -> np.ndarray:
@@ -70,7 +70,8 @@ def main() -> None:
     if not (index / "config.json").exists():
         started = time.perf_counter()
         build(args.data, index, [p["text"] for p in passages])
-        print(f"txtai index of {len(docs)} passages built in {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"txtai index of {len(docs)} passages built in {time.perf_counter() - started:.1f} s",
+              flush=True)
     del passages
     embeddings = Embeddings()
     embeddings.load(str(index), config={"transform": embed})
