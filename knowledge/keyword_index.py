@@ -14,7 +14,11 @@ HQ_KEYWORD_INDEX (Settings.keyword_index) chooses: `auto` (the best available), 
 pg_textsearch 1.0 resets an index's corpus statistics to zero when the server restarts
 (its segments and recovered memtable still hold the passages), and every BM25 query then
 returns nothing until the index is rebuilt. Found here: insert, restart, query -> no rows;
-`bm25_summarize_index` shows `total_docs: 0`; REINDEX restores it.
+`bm25_summarize_index` shows `total_docs: 0`; REINDEX restores it. Passages deleted before
+the restart (their text stored out of line) break it another way: the recovered memtable
+points at text that is gone, `bm25_summarize_index` fails with "missing chunk number 0 for
+toast value", queries again return nothing, and after a VACUUM it counts a few passages
+(6-38 of 766 here). REINDEX restores it too.
 """
 
 from __future__ import annotations
@@ -69,17 +73,38 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 
 def repair_bm25_index(conn: psycopg.Connection[Any]) -> bool:
-    """Rebuild the passages' BM25 index when it counts no documents although passages
-    exist (the restart bug above). Returns True when it rebuilt. A no-op without pg_textsearch."""
+    """Rebuild the passages' BM25 index when it is broken by the restart bugs above: it
+    cannot be read, counts fewer than half the passages (it may count more: deleted passages
+    until a VACUUM), or a word of a passage finds nothing. Returns True when it rebuilt.
+    A no-op without pg_textsearch."""
     if keyword_path(conn, "auto") != "bm25":
         return False
-    cur = conn.cursor(row_factory=tuple_row)
-    summary = cur.execute("SELECT bm25_summarize_index(%s)", [BM25_INDEX]).fetchone()
-    match = re.search(r"total_docs:\s*(\d+)", summary[0] if summary else "")
-    if match is None or int(match.group(1)) > 0:
+    problem = _bm25_problem(conn)
+    if problem is None:
         return False
-    if not cur.execute("SELECT EXISTS (SELECT 1 FROM knowledge_chunks)").fetchone()[0]:  # type: ignore[index]
-        return False
-    log.warning("the BM25 index lost its statistics (server restart): rebuilding %s", BM25_INDEX)
-    cur.execute(f"REINDEX INDEX {BM25_INDEX}")
+    log.warning("the BM25 index %s: rebuilding %s", problem, BM25_INDEX)
+    conn.execute(f"REINDEX INDEX {BM25_INDEX}")
     return True
+
+
+def _bm25_problem(conn: psycopg.Connection[Any]) -> str | None:
+    """What is wrong with the BM25 index, or None."""
+    cur = conn.cursor(row_factory=tuple_row)
+    try:
+        with conn.transaction():  # a savepoint, if the caller is in a transaction
+            summary = cur.execute("SELECT bm25_summarize_index(%s)", [BM25_INDEX]).fetchone()
+            match = re.search(r"total_docs:\s*(\d+)", summary[0] if summary else "")
+            row = cur.execute("SELECT count(*), (SELECT substring(indexed_text FROM '[[:alpha:]]{4,}')"
+                              " FROM knowledge_chunks LIMIT 1) FROM knowledge_chunks").fetchone()
+            passages, word = (int(row[0]), row[1]) if row else (0, None)
+            if passages == 0 or match is None:
+                return None  # nothing to find, or a summary this code cannot read
+            if int(match.group(1)) * 2 < passages:
+                return f"counts {match.group(1)} of {passages} passages (server restart)"
+            if word and not cur.execute(
+                    "SELECT 1 FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s, %s) LIMIT 1",
+                    [word, BM25_INDEX]).fetchone():
+                return f"finds nothing for {word!r}, a word of a passage (server restart)"
+    except psycopg.InternalError as e:  # XX000-XX002: what a damaged index raises
+        return f"cannot be read ({str(e).strip()})"
+    return None
