@@ -82,9 +82,20 @@ def repair_bm25_index(conn: psycopg.Connection[Any]) -> bool:
     problem = _bm25_problem(conn)
     if problem is None:
         return False
-    log.warning("the BM25 index %s: rebuilding %s", problem, BM25_INDEX)
-    conn.execute(f"REINDEX INDEX {BM25_INDEX}")
+    # Rebuilt right after a failed read, the index may again hold a few passages only (18 of
+    # 100,000 seen here); a second rebuild restored it.
+    for _ in range(REBUILDS):
+        log.warning("the BM25 index %s: rebuilding %s", problem, BM25_INDEX)
+        conn.execute(f"REINDEX INDEX {BM25_INDEX}")
+        problem = _bm25_problem(conn)
+        if problem is None:
+            return True
+    log.error("the BM25 index %s after %d rebuilds: keyword search may miss passages until the database "
+              "server restarts", problem, REBUILDS)
     return True
+
+
+REBUILDS = 3
 
 
 def _bm25_problem(conn: psycopg.Connection[Any]) -> str | None:
