@@ -387,6 +387,40 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
         forget_setup()
 
 
+def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_restarts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """When the BM25 index is still broken after its rebuilds (pg_textsearch 1.0 once kept a
+    few passages through every REINDEX until the server restarted), searches take the SQL
+    keyword index until the server restarts, and say so."""
+    from knowledge import keyword_index
+    from knowledge.keyword_index import keyword_path, repair_bm25_index
+
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    try:
+        with _migrated_and_indexed(server.url) as conn:
+            assert keyword_path(conn, "auto") == "bm25"
+            rebuilds = []
+            monkeypatch.setattr(keyword_index, "_bm25_problem", lambda c: rebuilds.append(1) or "counts 1 of 4 passages")
+            assert repair_bm25_index(conn) is True
+            assert len(rebuilds) == 1 + keyword_index.REBUILDS
+            assert "searches use the SQL keyword index" in caplog.text
+            assert keyword_path(conn, "auto") == "sql-bm25"
+            assert repair_bm25_index(conn) is False  # nothing more to do until the restart
+            monkeypatch.undo()
+        forget_setup()
+        with local_client(create_app(server.url)) as c:
+            body = c.get("/search", params={"q": "discount approval", "mode": "keyword"}).json()
+        assert body["keyword_path"] == "sql-bm25" and body["hits"][0]["title"] == "Discount approvals"
+        server.stop()
+        server.start()
+        with psycopg.connect(server.url, autocommit=True) as plain:
+            assert keyword_path(plain, "auto") == "bm25"
+    finally:
+        server.stop()
+        forget_setup()
+
+
 def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Conn, db_url: str) -> None:
     """Sixty passages of one document fill the semantic leg's first quota of 50 passages: the
     page still holds `limit` items (the search asks again with more passages)."""
