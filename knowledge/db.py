@@ -389,6 +389,29 @@ def _repair_keyword_index(url: str) -> None:
         repair_bm25_index(conn)
 
 
+def _mend_keyword_index(server: EmbeddedPostgres, url: str) -> None:
+    """Repair the BM25 index; if rebuilding did not mend it (pg_textsearch 1.0 after a failed
+    read, until the server restarts), restart the embedded server, unless another process
+    uses it too: the rebuilt index is whole after the restart."""
+    from .embedded import postmaster_pid
+    from .keyword_index import bm25_unsound, repair_bm25_index
+
+    with connect(url, autocommit=True) as conn:
+        repair_bm25_index(conn)
+        if not bm25_unsound(conn):
+            return
+    before = postmaster_pid(server.pgdata)
+    server.stop()  # the last user's stop shuts the server down
+    server.start()
+    if postmaster_pid(server.pgdata) == before:
+        log.error("the BM25 index needs the embedded PostgreSQL restarted, and another process uses it: "
+                  "stop the other hq-knowledge processes, or restart this one once they are stopped")
+        return
+    log.warning("restarted the embedded PostgreSQL to finish rebuilding the BM25 index")
+    with connect(url, autocommit=True) as conn:
+        repair_bm25_index(conn)
+
+
 @contextlib.contextmanager
 def database(settings: Settings, health: Health | None = None) -> Iterator[str]:
     """Yield the URL of the database to use: HQ_DATABASE_URL, or the embedded server.
@@ -404,6 +427,7 @@ def database(settings: Settings, health: Health | None = None) -> Iterator[str]:
 
     with EmbeddedPostgres(settings.data_dir) as server:
         url = server.url
+        _mend_keyword_index(server, url)
         watchdog = Watchdog(server, health=health, on_down=lambda reason: report_down(url, reason),
                             on_up=lambda: _repair_keyword_index(url))
         watchdog.start()

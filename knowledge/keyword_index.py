@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["BM25_INDEX", "KEYWORD_INDEXES", "KEYWORD_PATHS", "keyword_path", "repair_bm25_index"]
+__all__ = ["BM25_INDEX", "KEYWORD_INDEXES", "KEYWORD_PATHS", "bm25_unsound", "keyword_path", "repair_bm25_index"]
 
 KEYWORD_INDEXES = ("auto", "pg_textsearch", "sql")
 """What HQ_KEYWORD_INDEX accepts."""
@@ -105,6 +105,12 @@ REBUILDS = 3
 # rebuilding: after the failed read above, pg_textsearch 1.0 kept counting 18 of 100,000
 # passages through every REINDEX until the server restarted, after which it was whole.
 _unsound: set[str] = set()
+
+
+def bm25_unsound(conn: psycopg.Connection[Any]) -> bool:
+    """Whether repair_bm25_index left this server's BM25 index broken until a restart."""
+    started = conn.cursor(row_factory=tuple_row).execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    return _server(conn, started[0] if started else None) in _unsound
 
 
 def _server(conn: psycopg.Connection[Any], started: str | None) -> str:

@@ -421,6 +421,42 @@ def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_res
         forget_setup()
 
 
+def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """On the embedded server, a BM25 index that rebuilding does not mend (pg_textsearch 1.0
+    until the server restarts, here made so for the first server only) gets the server
+    restarted at start, once: searches then use BM25."""
+    from knowledge import keyword_index
+    from knowledge.config import Settings
+    from knowledge.db import database
+    from knowledge.embedded import postmaster_pid
+
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    try:
+        with _migrated_and_indexed(server.url) as conn:
+            first = conn.execute("SELECT pg_postmaster_start_time()::text AS t").fetchone()["t"]  # type: ignore[index]
+    finally:
+        server.stop()
+    real = keyword_index._bm25_problem
+    broken_for: list[str] = []
+
+    def broken_until_restarted(conn: psycopg.Connection[Any]) -> str | None:
+        started = conn.cursor(row_factory=psycopg.rows.tuple_row).execute(
+            "SELECT pg_postmaster_start_time()::text").fetchone()[0]  # type: ignore[index]
+        if not broken_for:
+            broken_for.append(started)
+        return "counts 1 of 4 passages" if started == broken_for[0] else real(conn)
+
+    monkeypatch.setattr(keyword_index, "_bm25_problem", broken_until_restarted)
+    with database(Settings(data_dir=tmp_path)) as url, psycopg.connect(url, autocommit=True) as conn:
+        now = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]  # type: ignore[index]
+        assert now not in (first, broken_for[0]) and postmaster_pid(tmp_path / "pg") is not None
+        assert keyword_index.keyword_path(conn, "auto") == "bm25"
+    assert "restarted the embedded PostgreSQL to finish rebuilding the BM25 index" in caplog.text
+    forget_setup()
+
+
 def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Conn, db_url: str) -> None:
     """Sixty passages of one document fill the semantic leg's first quota of 50 passages: the
     page still holds `limit` items (the search asks again with more passages)."""
