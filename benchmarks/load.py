@@ -228,7 +228,7 @@ def quality(base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]]
     """nDCG@10 of the collection's test queries, one at a time, and their p50 latency."""
     from quality import ndcg_at
 
-    scores, took = [], []
+    scores, took, paths = [], [], set()
     with httpx.Client(base_url=base, timeout=60) as client:
         for qid, rel in qrels.items():
             started = time.perf_counter()
@@ -236,8 +236,9 @@ def quality(base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]]
             took.append((time.perf_counter() - started) * 1000)
             r.raise_for_status()
             scores.append(ndcg_at(ranked_ids(r.json()), rel))
+            paths.add(r.json().get("keyword_path", "-"))  # ours: bm25 unless the index was found broken
     return {"ndcg@10": round(float(np.mean(scores)), 4), "queries": len(scores),
-            "p50_ms": round(float(np.median(took)), 1)}
+            "p50_ms": round(float(np.median(took)), 1), "keyword_path": ",".join(sorted(paths))}
 
 
 def batches(base: str) -> dict[int, int]:
@@ -338,9 +339,9 @@ def table(run: Run) -> str:
         lines.append(f"| {r['setup']} | {r['mode']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} |"
                      f" {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['refused_503']} | {r['errors']} |"
                      f" {b['mean_batch'] or '-'} | {written} |")
-    lines += ["", "| set-up | nDCG@10 (hybrid, one client) | p50 ms | queries |", "|---|---|---|---|"]
+    lines += ["", "| set-up | nDCG@10 (hybrid, one client) | p50 ms | queries | keyword path |", "|---|---|---|---|---|"]
     for setup, q in run.quality.items():
-        lines.append(f"| {setup} | {q['ndcg@10']} | {q['p50_ms']} | {q['queries']} |")
+        lines.append(f"| {setup} | {q['ndcg@10']} | {q['p50_ms']} | {q['queries']} | {q['keyword_path']} |")
     return "\n".join(lines)
 
 

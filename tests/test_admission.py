@@ -41,7 +41,7 @@ def _wait_until_in_flight(adm: Admission, n: int) -> None:
 
 def test_defaults_come_from_the_cores() -> None:
     assert default_limit(1) == 2 and default_limit(2) == 4 and default_limit(8) == 16
-    assert default_queue(4) == 16
+    assert default_queue(4) == 8
     adm = admission_for()
     assert adm.limit == default_limit() and adm.queue == default_queue(adm.limit)
     assert admission_for(3, 0).limit == 3 and admission_for(3, 0).queue == 0

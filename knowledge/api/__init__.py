@@ -58,7 +58,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
     knowledge.api.reads); writes and everything else stay on the primary.
 
     `admission`: the bound on searches in flight, REST and MCP together (knowledge.admission);
-    by default two per core with four waiting places per slot."""
+    by default two per core with two waiting places per slot."""
     from ..mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
