@@ -224,7 +224,7 @@ def ranked_ids(body: dict[str, Any]) -> list[str]:
 
 
 def quality(base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]],
-            params: dict[str, str]) -> dict[str, float]:
+            params: dict[str, str]) -> dict[str, Any]:
     """nDCG@10 of the collection's test queries, one at a time, and their p50 latency."""
     from quality import ndcg_at
 
