@@ -338,16 +338,21 @@ def test_the_worker_command_exits_non_zero_on_a_programming_error(conn: Conn, db
     assert "Traceback" not in result.stderr
 
 
-def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> None:
+def _serve_with(script: str, conn: Conn, db_url: str) -> subprocess.CompletedProcess[str]:
+    """`serve` run by `script` (which patches the worker) over one queued document, to its end."""
     import socket
 
     add_document(conn, "Doc", "Some text.")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = subprocess.run([sys.executable, "-c", BROKEN_WORKER, "serve", "--port", str(port)], cwd=ROOT,
-                            env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-                            capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run([sys.executable, "-c", script, "serve", "--port", str(port)], cwd=ROOT,
+                          env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> None:
+    result = _serve_with(BROKEN_WORKER, conn, db_url)
     assert result.returncode == 1, result.stderr
     assert "the ingestion worker stopped" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: the ingestion worker stopped (TypeError")
@@ -372,17 +377,9 @@ PRIORITY_PROBE = textwrap.dedent("""
 def test_serve_runs_its_worker_below_the_searches_cpu_priority(conn: Conn, db_url: str) -> None:
     """Searches come first: the worker thread of `serve` (and the torch threads it starts)
     embeds at nice 10, the threads that answer requests keep the process's priority."""
-    import socket
-
     if os.getpriority(os.PRIO_PROCESS, 0) >= 10:
         pytest.skip("the tests already run at nice 10 or more")
-    add_document(conn, "Doc", "Some text.")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = subprocess.run([sys.executable, "-c", PRIORITY_PROBE, "serve", "--port", str(port)], cwd=ROOT,
-                            env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = _serve_with(PRIORITY_PROBE, conn, db_url)
     probed = [line.split() for line in result.stderr.splitlines() if line.startswith("nice ")]
     assert probed, result.stderr
     assert probed[0][1:] == ["10", str(os.getpriority(os.PRIO_PROCESS, 0))]
