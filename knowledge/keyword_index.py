@@ -18,7 +18,9 @@ returns nothing until the index is rebuilt. Found here: insert, restart, query -
 the restart (their text stored out of line) break it another way: the recovered memtable
 points at text that is gone, `bm25_summarize_index` fails with "missing chunk number 0 for
 toast value", queries again return nothing, and after a VACUUM it counts a few passages
-(6-38 of 766 here). REINDEX restores it too.
+(6-38 of 766 here). REINDEX restored it on a small database; at 100,000 passages only a
+REINDEX followed by a restart did (repair_bm25_index, and the embedded server's restart in
+knowledge.db).
 """
 
 from __future__ import annotations
@@ -124,8 +126,12 @@ def _bm25_problem(conn: psycopg.Connection[Any]) -> str | None:
         with conn.transaction():  # a savepoint, if the caller is in a transaction
             summary = cur.execute("SELECT bm25_summarize_index(%s)", [BM25_INDEX]).fetchone()
             match = re.search(r"total_docs:\s*(\d+)", summary[0] if summary else "")
-            row = cur.execute("SELECT count(*), (SELECT substring(indexed_text FROM '[[:alpha:]]{4,}')"
-                              " FROM knowledge_chunks LIMIT 1) FROM knowledge_chunks").fetchone()
+            # A word of some passage that the English configuration keeps (not a stop word).
+            row = cur.execute(
+                "SELECT count(*), (SELECT w FROM (SELECT indexed_text FROM knowledge_chunks LIMIT 1) c,"
+                "   regexp_split_to_table(left(c.indexed_text, 2000), '[^[:alpha:]]+') AS w"
+                "  WHERE length(w) >= 3 AND numnode(plainto_tsquery('english', w)) > 0 LIMIT 1)"
+                " FROM knowledge_chunks").fetchone()
             passages, word = (int(row[0]), row[1]) if row else (0, None)
             if passages == 0 or match is None:
                 return None  # nothing to find, or a summary this code cannot read

@@ -457,6 +457,19 @@ def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
     forget_setup()
 
 
+def test_a_sound_bm25_index_is_left_alone_whatever_its_first_words(conn: Conn, db_url: str) -> None:
+    """The repair's probe searches a word of a passage: a stop word would find nothing and
+    have a sound index rebuilt at every start."""
+    from knowledge.keyword_index import keyword_path, repair_bm25_index
+
+    add(conn, "With", "This is what they were about to have: refunds.", [])
+    for title, text, tags in DOCS:
+        add(conn, title, text, tags)
+    index_with_fake(conn, db_url)
+    assert keyword_path(conn, "auto") == "bm25"
+    assert repair_bm25_index(conn) is False
+
+
 def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Conn, db_url: str) -> None:
     """Sixty passages of one document fill the semantic leg's first quota of 50 passages: the
     page still holds `limit` items (the search asks again with more passages)."""
