@@ -95,8 +95,7 @@ def repair_bm25_index(conn: psycopg.Connection[Any]) -> bool:
         problem = _bm25_problem(conn)
         if problem is None:
             return True
-    started = conn.cursor(row_factory=tuple_row).execute("SELECT pg_postmaster_start_time()::text").fetchone()
-    _unsound.add(_server(conn, started[0] if started else None))
+    _unsound.add(_this_server(conn))
     log.error("the BM25 index %s after %d rebuilds: searches use the SQL keyword index (or full-text "
               "ranking) until the database server restarts; restart it to use BM25 again", problem, REBUILDS)
     return True
@@ -111,11 +110,16 @@ _unsound: set[str] = set()
 
 def bm25_unsound(conn: psycopg.Connection[Any]) -> bool:
     """Whether repair_bm25_index left this server's BM25 index broken until a restart."""
+    return _this_server(conn) in _unsound
+
+
+def _this_server(conn: psycopg.Connection[Any]) -> str:
     started = conn.cursor(row_factory=tuple_row).execute("SELECT pg_postmaster_start_time()::text").fetchone()
-    return _server(conn, started[0] if started else None) in _unsound
+    return _server(conn, started[0] if started else None)
 
 
 def _server(conn: psycopg.Connection[Any], started: str | None) -> str:
+    """The database of `conn` on the postmaster started at `started`: a restart makes another."""
     return f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}@{started}"
 
 

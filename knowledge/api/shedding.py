@@ -10,9 +10,9 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..admission import Admission
-from ..errors import Overloaded
+from ..errors import InvalidInput, Overloaded
 from ..query_models import embed_ahead
-from ..search import MAX_QUERY_CHARS
+from ..search import SearchQuery
 from .security import refuse
 
 log = logging.getLogger("hq_knowledge.api")
@@ -53,11 +53,13 @@ def _ahead(scope: Scope) -> None:
     """Embed the query of this GET /search ahead if its mode embeds one and `q` would pass
     validation (an invalid search is answered 422 without it)."""
     params = QueryParams(scope.get("query_string", b""))
-    q = params.get("q")
-    if params.get("mode", "hybrid") not in ("hybrid", "semantic") or not q or not q.strip() \
-            or len(q) > MAX_QUERY_CHARS or "\x00" in q:
+    try:  # the search's own check of `q` and `mode`
+        query = SearchQuery(q=params.get("q") or "", mode=params.get("mode", "hybrid")).validated()
+    except InvalidInput:
+        return
+    if query.mode == "keyword":
         return
     try:
-        embed_ahead(q)
+        embed_ahead(query.q)
     except Exception:  # the search embeds its query itself and reports any error
         log.debug("could not embed a query ahead", exc_info=True)
