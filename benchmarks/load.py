@@ -288,7 +288,7 @@ class Run:
         self.qrels = read_qrels(dataset)
         self.stream_queries = list(dict.fromkeys(t[:1000] for t in self.queries.values()))
         self.texts = [(t or "Note", x[:1500]) for t, x in read_corpus(DATASETS / args.write_from).values() if x.strip()]
-        self.levels = [int(c) for c in args.clients.split(",")]
+        self.levels: list[int] = args.levels
         self.rows: list[dict[str, Any]] = []
         self.quality: dict[str, dict[str, Any]] = {}
 
@@ -416,7 +416,7 @@ def main() -> None:
             parser.error("--peers: a folder written by peers/export.py, with --peer-python")
         setups += [p for p in PEERS if p not in setups]
     try:
-        levels = [int(c) for c in args.clients.split(",") if c.strip()]
+        args.levels = levels = [int(c) for c in args.clients.split(",") if c.strip()]
         args.peer_levels = {int(c) for c in args.peer_clients.split(",") if c.strip()}
     except ValueError:
         parser.error(f"--clients/--peer-clients: comma-separated numbers, got {args.clients!r}")
