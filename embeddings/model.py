@@ -25,6 +25,14 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 Vectors = NDArray[np.float32]
 
 
+# transformers resolves its names lazily: while one thread is importing it, another thread's
+# `from transformers import AutoModel` fails ("cannot import name"). Seen on every fresh start
+# of `serve` once its worker thread ran at nice 10, loading sentence-transformers while the
+# query embedder exported its ONNX model: the query side then fell back to torch. Both import
+# under this lock.
+HF_IMPORTS = threading.Lock()
+
+
 class Embedder(Protocol):
     """What the worker needs of a model. Vectors are float32 and L2-normalised."""
 
@@ -65,7 +73,8 @@ class SentenceTransformerEmbedder:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
+                with HF_IMPORTS:
+                    from sentence_transformers import SentenceTransformer
 
                 model = SentenceTransformer(str(self.model_dir or packaged_model_dir()), device="cpu")
                 dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .batching import QueryBatcher
-from .model import DEFAULT_MODEL, Embedder, Vectors, load_embedder, packaged_model_dir
+from .model import DEFAULT_MODEL, HF_IMPORTS, Embedder, Vectors, load_embedder, packaged_model_dir
 
 __all__ = ["CachedQueryEmbedder", "OnnxEmbedder", "QueryEmbedder", "export_onnx", "load_query_embedder"]
 
@@ -105,8 +105,9 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17,
     The file appears whole or not at all (a temporary file in the same directory, renamed
     over `out_path`), so a reader never sees a partial export. Needs torch and transformers;
     returns `out_path`."""
-    import torch
-    from transformers import AutoModel
+    with HF_IMPORTS:
+        import torch
+        from transformers import AutoModel
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

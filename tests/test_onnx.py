@@ -354,3 +354,47 @@ def test_runs_while_other_searches_are_in_flight_take_one_thread(onnx: OnnxEmbed
     assert runs == (["all", "one", "all"] if single is not session else ["all", "all", "all"])
     np.testing.assert_allclose(busy, alone, atol=1e-5)
     np.testing.assert_allclose(again, alone, atol=1e-5)
+
+
+RACE = """
+import os, sys, threading
+from pathlib import Path
+from embeddings.model import SentenceTransformerEmbedder
+from embeddings.onnx import export_onnx
+from embeddings.model import packaged_model_dir
+
+errors = []
+
+def worker():  # as serve's worker thread: at nice 10, loading sentence-transformers
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    try:
+        SentenceTransformerEmbedder().embed(["a passage"])
+    except Exception as e:
+        errors.append(repr(e))
+
+def query_side():  # as serve's warm-up: exporting the query model meanwhile
+    try:
+        export_onnx(packaged_model_dir(), Path(sys.argv[1]))
+    except Exception as e:
+        errors.append(repr(e))
+
+threads = [threading.Thread(target=worker), threading.Thread(target=query_side)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(errors or "ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_the_worker_and_the_query_export_import_transformers_at_the_same_time(tmp_path: Path) -> None:
+    """In a fresh process, as `serve` starts: the worker thread (nice 10) loads
+    sentence-transformers while the query embedder exports its ONNX model. Without one lock
+    on the imports, `from transformers import AutoModel` failed every time."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", RACE, str(tmp_path / "model.onnx")], cwd=Path(__file__).parents[1],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.stdout.strip().splitlines()[-1:] == ["ok"], result.stdout + result.stderr
+    assert (tmp_path / "model.onnx").is_file()
