@@ -125,6 +125,33 @@ def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
     assert get(updated_since="2999-01-01T00:00:00Z") == []
 
 
+def test_hits_carry_their_folder_paths(conn: Conn, db_url: str, client: TestClient) -> None:
+    def folder(table: str, name: str, parent: uuid.UUID | None = None) -> uuid.UUID:
+        row = conn.execute(f"INSERT INTO {table} (name, parent_id) VALUES (%s, %s) RETURNING id", [name, parent]
+                           ).fetchone()
+        assert row is not None
+        return row["id"]  # type: ignore[no-any-return]
+
+    ops = folder("document_folders", "Ops")
+    deep = folder("document_folders", "EMEA", folder("document_folders", "Revenue", ops))
+    add(conn, "Ledger close", "The ledger close checklist for month end.", [], folder_id=deep)
+    add(conn, "Ledger basics", "What the ledger holds and who owns it.", [], folder_id=ops)
+    shared = folder("asset_folders", "Shared")
+    conn.execute("INSERT INTO assets (name, asset_type, content_text, folder_id) VALUES"
+                 " ('Ledger template', 'template', 'A ledger template for month end.', %s)",
+                 [folder("asset_folders", "Finance", shared)])
+    Worker(db_url, FakeEmbedder()).run(once=True)
+    for mode in ("hybrid", "keyword"):
+        hits = client.get("/search", params={"q": "ledger month end", "mode": mode}).json()["hits"]
+        paths = {h["title"]: h["folder_path"] for h in hits if h["title"].startswith("Ledger")}
+        assert paths == {"Ledger close": "/Ops/Revenue/EMEA", "Ledger basics": "/Ops",
+                         "Ledger template": "/Shared/Finance"}, mode
+        # as the items' own pages give them
+        for hit in hits:
+            item = client.get(f"/{hit['kind']}s/{hit['id']}").json()
+            assert item["folder_path"] == hit["folder_path"]
+
+
 @pytest.mark.parametrize("exact_below", [0, 100_000], ids=["hnsw-iterative-scan", "exact-scan"])
 def test_one_percent_filter_returns_the_full_limit(
     conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch, exact_below: int
