@@ -38,8 +38,10 @@ def machine() -> str:
     except OSError:
         pass
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return (f"{platform.machine()} {model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.machine()} {model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def read_corpus(dataset: Path) -> Corpus:
@@ -81,9 +83,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(env: Mapping[str, str], log_path: Path, *, timeout: float = 180,
-                    source: Path | None = None, worker: bool = False,
-                    command: list[str] | None = None) -> Iterator[str]:
+def running_service(
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    timeout: float = 180,
+    source: Path | None = None,
+    worker: bool = False,
+    command: list[str] | None = None,
+) -> Iterator[str]:
     """`hq-knowledge serve --no-worker` on a free port; yields its base URL once /healthz
     answers 200, and shows the end of its log if it does not start. `source`: run the
     service from that source tree (another checkout of the project) instead of this one;
@@ -94,8 +102,9 @@ def running_service(env: Mapping[str, str], log_path: Path, *, timeout: float = 
     port = free_port()
     argv = command or [sys.executable, "-m", "knowledge", "serve", *([] if worker else ["--no-worker"])]
     with open(log_path, "w+", encoding="utf-8") as log:
-        service = subprocess.Popen([*argv, "--port", str(port)], env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=source)
+        service = subprocess.Popen(
+            [*argv, "--port", str(port)], env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=source
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + timeout

@@ -33,7 +33,9 @@ from common import RESULTS
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ef-search", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 40, 64, 100, 200])
+    parser.add_argument(
+        "--ef-search", type=lambda s: [int(x) for x in s.split(",")], default=[10, 20, 40, 64, 100, 200]
+    )
     parser.add_argument("--fidelity", type=int, default=500, metavar="N", help="composed passages to embed for real")
     args = parser.parse_args()
     from pgvector.psycopg import register_vector
@@ -44,9 +46,11 @@ def main() -> None:
     queries = vi.query_vectors(label, chunks)
     pieces = recombined.pieces(vi.WORK)
     n = len(chunks) + len(pieces.vectors)
-    kinds = {"real": np.concatenate([chunks, pieces.vectors]),
-             "recombined": np.concatenate([chunks, recombined.compose(pieces, len(pieces.vectors), 9)[0]]),
-             "noise": np.concatenate([chunks, vi.noise(chunks, len(pieces.vectors), 9)])}
+    kinds = {
+        "real": np.concatenate([chunks, pieces.vectors]),
+        "recombined": np.concatenate([chunks, recombined.compose(pieces, len(pieces.vectors), 9)[0]]),
+        "noise": np.concatenate([chunks, vi.noise(chunks, len(pieces.vectors), 9)]),
+    }
     fidelity = None
     if args.fidelity:
         from embeddings.onnx import OnnxEmbedder
@@ -69,24 +73,50 @@ def main() -> None:
                 name = f"{table}_hnsw_m16_ec64"
                 vi.build(conn, table, name, "hnsw", {"m": 16, "ef_construction": 64}, builds, build_args)
                 for ef in args.ef_search:
-                    got, _ = vi.measure(conn, table, [f"{table}_tag"], {"hnsw.ef_search": str(ef)}, queries, truth,
-                                        False, name, vi.distance({}))
-                    rows.append({"data": kind, "vectors": n, "neighbourhood": around, "ef_search": ef,
-                                 "build_s": round(builds.get(name, float("nan")), 1)} | got)
-                    print(f"  {kind:10} ef_search {ef:4}  recall@10 {got['recall@10']:.4f}  p50 {got['p50_ms']:6.2f} ms"
-                          f"  plan_ok {got['plan_ok']}  others {got['other_cpu_cores']}", flush=True)
+                    got, _ = vi.measure(
+                        conn,
+                        table,
+                        [f"{table}_tag"],
+                        {"hnsw.ef_search": str(ef)},
+                        queries,
+                        truth,
+                        False,
+                        name,
+                        vi.distance({}),
+                    )
+                    rows.append(
+                        {
+                            "data": kind,
+                            "vectors": n,
+                            "neighbourhood": around,
+                            "ef_search": ef,
+                            "build_s": round(builds.get(name, float("nan")), 1),
+                        }
+                        | got
+                    )
+                    print(
+                        f"  {kind:10} ef_search {ef:4}  recall@10 {got['recall@10']:.4f}  p50 {got['p50_ms']:6.2f} ms"
+                        f"  plan_ok {got['plan_ok']}  others {got['other_cpu_cores']}",
+                        flush=True,
+                    )
     finally:
         pg.stop()
-    lines = ["| data | cos@1 | cos@10 | cos@100 | LID@20 | " + " | ".join(f"ef {ef}" for ef in args.ef_search) + " |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(args.ef_search)]
+    lines = [
+        "| data | cos@1 | cos@10 | cos@100 | LID@20 | " + " | ".join(f"ef {ef}" for ef in args.ef_search) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(args.ef_search),
+    ]
     for kind in kinds:
         mine = [r for r in rows if r["data"] == kind]
         a = mine[0]["neighbourhood"]
-        lines.append(f"| {kind} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} | "
-                     + " | ".join(f"{r['recall@10']:.3f} ({r['p50_ms']:.1f} ms)" for r in mine) + " |")
+        lines.append(
+            f"| {kind} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} | "
+            + " | ".join(f"{r['recall@10']:.3f} ({r['p50_ms']:.1f} ms)" for r in mine)
+            + " |"
+        )
     print(f"\n{n} vectors each, HNSW m=16 ef_construction=64, recall@10 (p50) by ef_search\n\n" + "\n".join(lines))
-    (RESULTS / "vector_index_data_check.json").write_text(json.dumps(
-        {"machine": common.machine(), "vectors": n, "fidelity": fidelity, "rows": rows}, indent=1))
+    (RESULTS / "vector_index_data_check.json").write_text(
+        json.dumps({"machine": common.machine(), "vectors": n, "fidelity": fidelity, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

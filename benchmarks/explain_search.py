@@ -37,11 +37,20 @@ class CapturingCursor(psycopg.Cursor[Any]):
 
 
 def label(node: dict[str, Any]) -> str:
-    what = (node.get("Index Name") or node.get("Function Name") or node.get("CTE Name")
-            or node.get("Relation Name") or node.get("Subplan Name") or "")
+    what = (
+        node.get("Index Name")
+        or node.get("Function Name")
+        or node.get("CTE Name")
+        or node.get("Relation Name")
+        or node.get("Subplan Name")
+        or ""
+    )
     parent = node.get("Parent Relationship", "")
-    sub = f" [{node['Subplan Name']}]" if parent == "SubPlan" and node.get("Subplan Name") and what != \
-        node.get("Subplan Name") else ""
+    sub = (
+        f" [{node['Subplan Name']}]"
+        if parent == "SubPlan" and node.get("Subplan Name") and what != node.get("Subplan Name")
+        else ""
+    )
     return f"{node['Node Type']} {what}".strip() + sub
 
 
@@ -49,8 +58,11 @@ def exclusive(node: dict[str, Any], out: dict[str, float]) -> None:
     loops = node.get("Actual Loops", 1) or 1
     total = node.get("Actual Total Time", 0.0) * loops
     children = node.get("Plans", [])
-    inner = sum(c.get("Actual Total Time", 0.0) * (c.get("Actual Loops", 1) or 1) for c in children
-                if c.get("Parent Relationship") != "InitPlan")
+    inner = sum(
+        c.get("Actual Total Time", 0.0) * (c.get("Actual Loops", 1) or 1)
+        for c in children
+        if c.get("Parent Relationship") != "InitPlan"
+    )
     out[label(node)] += max(total - inner, 0.0)
     for child in children:
         exclusive(child, out)
@@ -71,7 +83,7 @@ def main() -> None:
     from knowledge.query_models import search_setup
     from knowledge.search import SearchQuery, search
 
-    texts = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))[:args.queries]
+    texts = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))[: args.queries]
     embedder = OnnxEmbedder()
     vectors = {t: embedder.embed([t])[0] for t in texts}
     per_node: dict[str, list[float]] = defaultdict(list)
@@ -90,11 +102,17 @@ def main() -> None:
                 return vector
 
             CAPTURED.clear()
-            search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                   embed_query=embed, exact_below=setup.exact_below)
+            search(
+                conn,
+                query,
+                keyword_path=setup.keyword_path,
+                model=setup.model,
+                dims=setup.dims,
+                embed_query=embed,
+                exact_below=setup.exact_below,
+            )
             statement, params = CAPTURED[-1]
-            row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params, prepare=False
-                               ).fetchone()
+            row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params, prepare=False).fetchone()
             assert row is not None
             plan = row[0][0] if isinstance(row[0], list) else json.loads(row[0])[0]
             planning.append(plan["Planning Time"])
@@ -106,14 +124,18 @@ def main() -> None:
                 per_node[name].append(ms)
         passages = conn.execute("SELECT count(*) FROM knowledge_chunks").fetchone()[0]  # type: ignore[index]
     n = len(texts)
-    print(f"\n{common.machine()}; {args.mode}, {n} {args.dataset} queries, {passages} passages, keyword path "
-          f"{setup.keyword_path}, ef_search {setup.ef_search}")
-    print(f"planning p50 {np.percentile(planning, 50):.2f} ms, execution p50 {np.percentile(execution, 50):.2f} ms "
-          f"(under EXPLAIN ANALYZE's timing), shared buffers hit p50 {np.percentile(hits, 50):.0f}\n")
+    print(
+        f"\n{common.machine()}; {args.mode}, {n} {args.dataset} queries, {passages} passages, keyword path "
+        f"{setup.keyword_path}, ef_search {setup.ef_search}"
+    )
+    print(
+        f"planning p50 {np.percentile(planning, 50):.2f} ms, execution p50 {np.percentile(execution, 50):.2f} ms "
+        f"(under EXPLAIN ANALYZE's timing), shared buffers hit p50 {np.percentile(hits, 50):.0f}\n"
+    )
     print("| node | exclusive ms p50 | p90 | share of execution |\n|---|---:|---:|---:|")
     ranked = sorted(per_node.items(), key=lambda kv: -float(np.median(kv[1] + [0.0] * (n - len(kv[1])))))
     total = float(np.median(execution))
-    for name, values in ranked[:args.top]:
+    for name, values in ranked[: args.top]:
         values = values + [0.0] * (n - len(values))  # a node absent from a plan took 0 there
         p50 = float(np.percentile(values, 50))
         print(f"| {name} | {p50:.2f} | {np.percentile(values, 90):.2f} | {p50 / total:.0%} |")

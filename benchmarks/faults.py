@@ -48,9 +48,11 @@ from knowledge.migrations import migrate
 
 FAKE = {"HQ_EMBEDDER": "fake"}
 # A worker that leases one batch and then hangs, as one killed mid-batch would have left it.
-HOLD_LEASE = ("import sys, time; from embeddings.worker import Worker; from embeddings.model import load_embedder; "
-              "w = Worker(sys.argv[1], load_embedder('fake'), batch_records=64); "
-              "print(len(w._lease()), flush=True); time.sleep(3600)")
+HOLD_LEASE = (
+    "import sys, time; from embeddings.worker import Worker; from embeddings.model import load_embedder; "
+    "w = Worker(sys.argv[1], load_embedder('fake'), batch_records=64); "
+    "print(len(w._lease()), flush=True); time.sleep(3600)"
+)
 
 
 @dataclass
@@ -82,8 +84,12 @@ def serving(data_dir: Path, log_path: Path, *, extra_env: dict[str, str] | None 
     env = {**os.environ, **FAKE, "HQ_DATA_DIR": str(data_dir), **(extra_env or {})}
     env.pop("HQ_DATABASE_URL", None)
     with open(log_path, "w+", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "knowledge", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_http(base, proc, log)
@@ -114,8 +120,9 @@ def _wait_http(base: str, proc: subprocess.Popen[bytes], log: Any, timeout: floa
 def worker_process(url: str, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **FAKE, "HQ_DATABASE_URL": url}
     log = open(log_path, "ab")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen([sys.executable, "-m", "knowledge", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "knowledge", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -188,8 +195,9 @@ def search_ok(base: str) -> bool:
 
 def indexed(url: str, ids: list[str]) -> bool:
     with psycopg.connect(url, connect_timeout=3) as conn:
-        row = conn.execute("SELECT count(*) FROM documents WHERE id = ANY(%s::uuid[]) "
-                           "AND embedding_status = 'indexed'", [ids]).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM documents WHERE id = ANY(%s::uuid[]) AND embedding_status = 'indexed'", [ids]
+        ).fetchone()
     return row is not None and row[0] == len(ids)
 
 
@@ -197,16 +205,21 @@ def audit(url: str, acked: dict[str, str], label: str, outcome: Outcome) -> None
     """Count acknowledged documents that are missing, stored twice, or stored with other text,
     and passages missing or repeated for them."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT id::text, content_text, title FROM documents WHERE title LIKE %s",
-                            [f"{label} %"]).fetchall()
+        rows = conn.execute(
+            "SELECT id::text, content_text, title FROM documents WHERE title LIKE %s", [f"{label} %"]
+        ).fetchall()
         repeated = conn.execute(
             "SELECT count(*) FROM (SELECT document_id, chunk_index FROM knowledge_chunks c "
             "JOIN documents d ON d.id = c.document_id WHERE d.title LIKE %s "
-            "GROUP BY 1, 2 HAVING count(*) > 1) s", [f"{label} %"]).fetchone()
+            "GROUP BY 1, 2 HAVING count(*) > 1) s",
+            [f"{label} %"],
+        ).fetchone()
         unembedded = conn.execute(
             "SELECT count(*) FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id "
             "WHERE d.title LIKE %s AND NOT EXISTS (SELECT 1 FROM chunk_embeddings e "
-            "WHERE e.chunk_id = c.id)", [f"{label} %"]).fetchone()
+            "WHERE e.chunk_id = c.id)",
+            [f"{label} %"],
+        ).fetchone()
     stored = {r[0]: hashlib.sha256((r[1] or "").encode()).hexdigest() for r in rows}
     titles = [r[2] for r in rows]
     outcome.sent = len(acked)
@@ -247,14 +260,16 @@ def _under_serve(name: str, work: Path, inject: Callable[[Path, str], None]) -> 
             time.sleep(2)  # documents keep arriving after the recovery
         acked = dict(writer.acked)
         outcome.refused = {f"write {k}": v for k, v in writer.refused.items()} | {
-            f"search {k}": v for k, v in searches.items()}
+            f"search {k}": v for k, v in searches.items()
+        }
         outcome.max_refusal_ms = round(max(writer.refusal_ms), 1) if writer.refusal_ms else None
         took = wait_until(lambda: indexed(url, list(acked)), 120, 0.2)
         outcome.indexed_s = None if took is None else round(time.monotonic() - start, 2)
         audit(url, acked, name, outcome)
         # Keyword search after the fault (pg_textsearch forgets its statistics on a restart).
-        keyword = httpx.get(f"{base}/search", params={"q": f"fault drill {name}", "mode": "keyword",
-                                                     "limit": 10}, timeout=30).json()
+        keyword = httpx.get(
+            f"{base}/search", params={"q": f"fault drill {name}", "mode": "keyword", "limit": 10}, timeout=30
+        ).json()
         outcome.notes.append(f"keyword hits after: {len(keyword['hits'])}")
     if outcome.recovered_s is not None:
         outcome.recovered_s = round(outcome.recovered_s, 2)
@@ -273,8 +288,10 @@ def postmaster_kill9(work: Path) -> Outcome:
 def connections_killed(work: Path) -> Outcome:
     def inject(data: Path, url: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE application_name LIKE 'hq-knowledge%%' AND pid <> pg_backend_pid()")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'hq-knowledge%%' AND pid <> pg_backend_pid()"
+            )
 
     return _under_serve("connections-killed", work, inject)
 
@@ -284,7 +301,9 @@ def _insert(url: str, label: str, n: int) -> list[str]:
         rows = conn.execute(
             "INSERT INTO documents (title, content_format, content_text) "
             "SELECT %s || ' ' || i, 'markdown', 'Fault drill ' || %s || ' number ' || i || ' for the queue.' "
-            "FROM generate_series(1, %s) i RETURNING id::text", [label, label, n]).fetchall()
+            "FROM generate_series(1, %s) i RETURNING id::text",
+            [label, label, n],
+        ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -306,8 +325,9 @@ def postgres_restart(work: Path) -> Outcome:
         after = _insert(url, "postgres-restart", 20)  # same titles: numbers restart at 1
         took = wait_until(lambda: indexed(url, before + after), 120, 0.2)
         outcome.recovered_s = outcome.indexed_s = None if took is None else round(time.monotonic() - start, 2)
-        outcome.notes.append("worker still running" if worker.poll() is None
-                             else f"worker exited with {worker.returncode}")
+        outcome.notes.append(
+            "worker still running" if worker.poll() is None else f"worker exited with {worker.returncode}"
+        )
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT count(*) FROM documents WHERE title LIKE 'postgres-restart %'").fetchone()
         outcome.sent = len(before) + len(after)
@@ -328,8 +348,8 @@ def worker_kill9_lease(work: Path) -> Outcome:
         ids = _insert(url, "worker-kill9-lease", 64)
         # A worker that leases its batch and is killed before it writes anything.
         holder = subprocess.Popen(
-            [sys.executable, "-c", HOLD_LEASE, url],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, **FAKE})
+            [sys.executable, "-c", HOLD_LEASE, url], stdout=subprocess.PIPE, text=True, env={**os.environ, **FAKE}
+        )
         assert holder.stdout is not None
         leased = int(holder.stdout.readline() or 0)
         holder.kill()
@@ -378,7 +398,8 @@ def folder_moves(work: Path) -> Outcome:
                 " SELECT id, parent_id, 1 FROM document_folders"
                 " UNION ALL SELECT up.id, f.parent_id, depth + 1 FROM up JOIN document_folders f"
                 " ON f.id = up.parent WHERE depth < 100)"
-                " SELECT count(DISTINCT id) FROM up WHERE parent = id").fetchone()
+                " SELECT count(DISTINCT id) FROM up WHERE parent = id"
+            ).fetchone()
         outcome.corrupted = cycles[0] if cycles else 0
         outcome.notes.append("5xx: " + str(sum(1 for s in statuses if s >= 500)))
     return outcome
@@ -400,8 +421,9 @@ def disk_full(work: Path) -> Outcome:
     outcome = Outcome("disk-full")
     mount = work / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         outcome.notes.append(f"skipped: cannot mount a tmpfs ({done.stderr.strip()})")
         return outcome
@@ -409,8 +431,11 @@ def disk_full(work: Path) -> Outcome:
     try:
         with serving(mount, work / "disk-full.log") as base, httpx.Client(base_url=base, timeout=30) as client:
             url = EmbeddedPostgres(mount).url
-            ids = [client.post("/documents", json={"title": "disk-full 0", "content_text": "Before the disk fills."}
-                               ).json()["id"]]
+            ids = [
+                client.post(
+                    "/documents", json={"title": "disk-full 0", "content_text": "Before the disk fills."}
+                ).json()["id"]
+            ]
             wait_until(lambda: indexed(url, ids), 60)
             _fill(filler)
             start = time.monotonic()
@@ -472,20 +497,25 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nFaults ({machine()})\n")
-    print(f"{'fault':<20} {'recovered s':>11} {'indexed s':>9} {'sent':>5} {'lost':>4} {'dup':>4} "
-          f"{'bad':>4} {'max err ms':>10}  refusals / notes")
+    print(
+        f"{'fault':<20} {'recovered s':>11} {'indexed s':>9} {'sent':>5} {'lost':>4} {'dup':>4} "
+        f"{'bad':>4} {'max err ms':>10}  refusals / notes"
+    )
     for o in outcomes:
-        print(f"{o.fault:<20} {_num(o.recovered_s):>11} {_num(o.indexed_s):>9} {o.sent:>5} {o.lost:>4} "
-              f"{o.duplicated:>4} {o.corrupted:>4} {_num(o.max_refusal_ms):>10}  "
-              + "; ".join([", ".join(f"{k}: {v}" for k, v in o.refused.items()), *o.notes]).strip("; "))
-    args.json.write_text(json.dumps({"machine": machine(), "faults": [o.__dict__ for o in outcomes]},
-                                    indent=2) + "\n")
-    print("\nrecovered s: from the fault to the first search answered (postgres-restart: to every document "
-          "indexed, the server down 3 s of it; worker-kill9-lease: from the new worker's start; folder-moves: "
-          "the whole burst; disk-full: from space freed to /readyz 200). indexed s: from the fault to every "
-          "document written before, during and in the 2 s after it indexed. lost / dup / bad: acknowledged "
-          "writes missing, stored twice, or stored with other text (folder-moves: folders in a cycle; "
-          "disk-full: rows left by refused writes).")
+        print(
+            f"{o.fault:<20} {_num(o.recovered_s):>11} {_num(o.indexed_s):>9} {o.sent:>5} {o.lost:>4} "
+            f"{o.duplicated:>4} {o.corrupted:>4} {_num(o.max_refusal_ms):>10}  "
+            + "; ".join([", ".join(f"{k}: {v}" for k, v in o.refused.items()), *o.notes]).strip("; ")
+        )
+    args.json.write_text(json.dumps({"machine": machine(), "faults": [o.__dict__ for o in outcomes]}, indent=2) + "\n")
+    print(
+        "\nrecovered s: from the fault to the first search answered (postgres-restart: to every document "
+        "indexed, the server down 3 s of it; worker-kill9-lease: from the new worker's start; folder-moves: "
+        "the whole burst; disk-full: from space freed to /readyz 200). indexed s: from the fault to every "
+        "document written before, during and in the 2 s after it indexed. lost / dup / bad: acknowledged "
+        "writes missing, stored twice, or stored with other text (folder-moves: folders in a cycle; "
+        "disk-full: rows left by refused writes)."
+    )
     print(f"\nwritten to {args.json}")
 
 

@@ -92,8 +92,7 @@ def load_corpus(dataset: Path, n: int) -> list[tuple[str, str]]:
 
 def insert(conn: psycopg.Connection[Any], docs: list[tuple[str, str]]) -> None:
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s)",
-                        docs)
+        cur.executemany("INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s)", docs)
 
 
 def measure_latency(url: str, model: SentenceTransformerEmbedder, runs: int) -> list[float]:
@@ -106,11 +105,13 @@ def measure_latency(url: str, model: SentenceTransformerEmbedder, runs: int) -> 
         for i in range(runs):
             time.sleep(1.0)  # the worker is idle, listening
             start = time.perf_counter()
-            doc = conn.execute("INSERT INTO documents (title, content_format, content_text) "
-                               "VALUES (%s, 'markdown', %s) RETURNING id",
-                               [f"Incident response {i}", ONE_PAGE.format(n=f"Run {i}.")]).fetchone()[0]  # type: ignore[index]
-            while conn.execute("SELECT embedding_status FROM documents WHERE id = %s",
-                               [doc]).fetchone()[0] != "indexed":  # type: ignore[index]
+            doc = conn.execute(
+                "INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s) RETURNING id",
+                [f"Incident response {i}", ONE_PAGE.format(n=f"Run {i}.")],
+            ).fetchone()[0]  # type: ignore[index]
+            while (
+                conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [doc]).fetchone()[0] != "indexed"
+            ):  # type: ignore[index]
                 time.sleep(0.002)
             times.append(time.perf_counter() - start)
     stop.set()
@@ -122,14 +123,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--latency-runs", type=int, default=10)
-    parser.add_argument("--dataset", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact")
+    parser.add_argument(
+        "--dataset", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+    )
     args = parser.parse_args()
     model = SentenceTransformerEmbedder()
     model.embed(["warm up the model"])
     corpus = load_corpus(args.dataset, args.docs)
-    texts = [c.indexed_text for title, text in corpus
-             for c in chunk_markdown(title, text, model.count_tokens, max_tokens=model.max_tokens)]
+    texts = [
+        c.indexed_text
+        for title, text in corpus
+        for c in chunk_markdown(title, text, model.count_tokens, max_tokens=model.max_tokens)
+    ]
 
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedPostgres(Path(tmp))
@@ -160,12 +165,13 @@ def main() -> None:
             server.stop()
 
     raw = statistics.mean(raw_rates)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), PostgreSQL {version}, "
-          f"model {model.name}, batch {model.batch_size}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), PostgreSQL {version}, "
+        f"model {model.name}, batch {model.batch_size}"
+    )
     print()
-    print(f"insert -> indexed, one-page document ({len(ONE_PAGE.split())} words), idle worker, "
-          f"{len(latencies)} runs")
+    print(f"insert -> indexed, one-page document ({len(ONE_PAGE.split())} words), idle worker, {len(latencies)} runs")
     print("| p50 s | max s |")
     print("|-------|-------|")
     print(f"| {statistics.median(latencies):.3f} | {max(latencies):.3f} |")
@@ -176,10 +182,13 @@ def main() -> None:
     for i, rate in enumerate(raw_rates):
         print(f"| raw model.encode, run {i + 1} ({'before' if i == 0 else 'after'}) | {rate:.1f} | |")
     print(f"| worker (lease, chunk, embed, write, HNSW) | {worker_rate:.1f} | {worker_rate / raw:.1%} |")
-    print(f"| worker time in model.encode | {stats.seconds_embedding:.1f} s of {worker_seconds:.1f} s | "
-          f"{stats.seconds_embedding / worker_seconds:.1%} |")
-    print(f"records indexed {stats.indexed}, passages embedded {stats.passages_embedded}, "
-          f"reused {stats.passages_reused}")
+    print(
+        f"| worker time in model.encode | {stats.seconds_embedding:.1f} s of {worker_seconds:.1f} s | "
+        f"{stats.seconds_embedding / worker_seconds:.1%} |"
+    )
+    print(
+        f"records indexed {stats.indexed}, passages embedded {stats.passages_embedded}, reused {stats.passages_reused}"
+    )
 
 
 if __name__ == "__main__":

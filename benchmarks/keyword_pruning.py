@@ -34,12 +34,14 @@ from common import DATASETS, read_queries
 K1, B = 1.2, 0.75
 
 
-def postings(conn: psycopg.Connection[Any], text: str, n: float, avgdl: float) -> dict[str, tuple[float, dict[int, float]]]:
+def postings(
+    conn: psycopg.Connection[Any], text: str, n: float, avgdl: float
+) -> dict[str, tuple[float, dict[int, float]]]:
     """Each query lexeme's weight and its postings' scores, by passage."""
     out: dict[str, tuple[float, dict[int, float]]] = {}
     for lexeme, qtf in conn.execute(
-            "SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) FROM unnest(to_tsvector('english', %s)) u",
-            [text]).fetchall():
+        "SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) FROM unnest(to_tsvector('english', %s)) u", [text]
+    ).fetchall():
         rows = conn.execute("SELECT chunk_id, tf, dl FROM bm25_postings WHERE term = %s", [lexeme]).fetchall()
         if not rows:
             continue
@@ -67,12 +69,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=60, help="top-k (60: what a first page of 10 hybrid hits fetches)")
     args = parser.parse_args()
-    queries = list(dict.fromkeys(read_queries(DATASETS / args.dataset).values()))[:args.queries]
+    queries = list(dict.fromkeys(read_queries(DATASETS / args.dataset).values()))[: args.queries]
     shares: dict[str, list[float]] = {"weight": [], "max score": []}
     read_all: list[int] = []
     with psycopg.connect(args.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT sum(passages)::float8, sum(total_length)::float8 / sum(passages) FROM bm25_corpus"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT sum(passages)::float8, sum(total_length)::float8 / sum(passages) FROM bm25_corpus"
+        ).fetchone()
         assert row is not None and row[0], "the SQL keyword index is empty"
         n, avgdl = row
         for text in queries:
@@ -89,11 +92,14 @@ def main() -> None:
             total = sum(len(p) for _, p in terms.values())
             read_all.append(total)
             shares["weight"].append(must_read(terms, {t: w for t, (w, _) in terms.items()}, theta) / total)
-            shares["max score"].append(must_read(terms, {t: max(p.values()) for t, (_, p) in terms.items()}, theta)
-                                       / total)
+            shares["max score"].append(
+                must_read(terms, {t: max(p.values()) for t, (_, p) in terms.items()}, theta) / total
+            )
         passages = int(n)
-    print(f"\n{len(read_all)} {args.dataset} queries, {passages} passages, top-{args.k}: postings of the query's "
-          f"lexemes p50 {np.percentile(read_all, 50):.0f}, p90 {np.percentile(read_all, 90):.0f}\n")
+    print(
+        f"\n{len(read_all)} {args.dataset} queries, {passages} passages, top-{args.k}: postings of the query's "
+        f"lexemes p50 {np.percentile(read_all, 50):.0f}, p90 {np.percentile(read_all, 90):.0f}\n"
+    )
     print("| per-lexeme bound | share MaxScore must read: p10 | p50 | p90 | mean |\n|---|---:|---:|---:|---:|")
     for name, values in shares.items():
         p10, p50, p90 = np.percentile(values, [10, 50, 90])

@@ -76,8 +76,10 @@ DIMS = 384
 FILTER_TAGS = {"1%": ("bench:1pct", 0.01), "5%": ("bench:5pct", 0.05)}
 KEYWORD_PATHS = {"pg_textsearch": "bm25", "sql": "sql-bm25"}  # HQ_KEYWORD_INDEX -> keyword_path
 SQL_BOUND = 3.0  # the issue's bound on SQL keyword p50 / pg_textsearch keyword p50
-BM25_INDEX = ("CREATE INDEX knowledge_chunks_bm25_idx ON knowledge_chunks USING bm25 (indexed_text)"
-              " WITH (text_config = 'english')")
+BM25_INDEX = (
+    "CREATE INDEX knowledge_chunks_bm25_idx ON knowledge_chunks USING bm25 (indexed_text)"
+    " WITH (text_config = 'english')"
+)
 
 
 def database_url(server_url: str, name: str) -> str:
@@ -104,8 +106,9 @@ def load_collection(admin: psycopg.Connection[Any], server_url: str, name: str, 
     url = database_url(server_url, name)
     if database_exists(admin, name):
         with psycopg.connect(url) as conn:
-            row = conn.execute("SELECT count(*) FILTER (WHERE embedding_status <> 'indexed'), count(*) FROM documents"
-                               ).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE embedding_status <> 'indexed'), count(*) FROM documents"
+            ).fetchone()
         if row and row[0] == 0 and row[1] > 0:
             return url
         admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
@@ -119,8 +122,9 @@ def load_collection(admin: psycopg.Connection[Any], server_url: str, name: str, 
         imported = import_folder(conn, folder)
         print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s", flush=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"],
-                   env={**os.environ, "HQ_DATABASE_URL": url}, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "knowledge", "worker", "--once"], env={**os.environ, "HQ_DATABASE_URL": url}, check=True
+    )
     print(f"embedded {passages(url)} passages in {time.perf_counter() - started:.0f} s", flush=True)
     return url
 
@@ -135,8 +139,7 @@ def text_pool(limit_chars: int = 1200) -> list[tuple[str, str]]:
     return pool
 
 
-def fill(admin: psycopg.Connection[Any], server_url: str, source: str, name: str, target: int,
-         seed: int = 7) -> str:
+def fill(admin: psycopg.Connection[Any], server_url: str, source: str, name: str, target: int, seed: int = 7) -> str:
     """A copy of database `source` filled up to `target` passages (kept between runs)."""
     from pgvector.psycopg import register_vector
 
@@ -151,11 +154,15 @@ def fill(admin: psycopg.Connection[Any], server_url: str, source: str, name: str
     pool = text_pool()
     with psycopg.connect(url) as conn:
         register_vector(conn)
-        centres = np.array([v.to_numpy() for (v,) in conn.execute(
-            "SELECT embedding FROM chunk_embeddings WHERE model = %s", [MODEL])], dtype=np.float32)
+        centres = np.array(
+            [v.to_numpy() for (v,) in conn.execute("SELECT embedding FROM chunk_embeddings WHERE model = %s", [MODEL])],
+            dtype=np.float32,
+        )
         missing = target - len(centres)
-        print(f"filling {name}: {missing} passages of real text with vectors clustered around "
-              f"{len(centres)} real ones", flush=True)
+        print(
+            f"filling {name}: {missing} passages of real text with vectors clustered around {len(centres)} real ones",
+            flush=True,
+        )
         started = time.perf_counter()
         hnsw = conn.execute("SELECT hq_embedding_index_name(%s)", [MODEL]).fetchone()[0]  # type: ignore[index]
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(hnsw)))
@@ -166,26 +173,34 @@ def fill(admin: psycopg.Connection[Any], server_url: str, source: str, name: str
             title = pick.choice(pool)[0] or f"Note {len(docs)}"
             docs.append((uuid.uuid4(), title[:200], parts))
             missing -= len(parts)
-        with conn.cursor().copy("COPY documents (id, title, content_format, content_text, metadata)"
-                                " FROM STDIN") as copy:
+        with conn.cursor().copy(
+            "COPY documents (id, title, content_format, content_text, metadata) FROM STDIN"
+        ) as copy:
             for doc_id, title, parts in docs:
                 copy.write_row((doc_id, title, "markdown", "\n\n".join(parts), '{"bench": "filler"}'))
-        conn.execute("UPDATE documents SET embedding_status = 'indexed', extracted_text = content_text,"
-                     " embedding_model = %s, embedding_dims = %s, embedded_at = now()"
-                     " WHERE metadata->>'bench' = 'filler'", [MODEL, DIMS])
-        with conn.cursor().copy("COPY knowledge_chunks (document_id, chunk_index, content, indexed_text,"
-                                " content_hash) FROM STDIN") as copy:
+        conn.execute(
+            "UPDATE documents SET embedding_status = 'indexed', extracted_text = content_text,"
+            " embedding_model = %s, embedding_dims = %s, embedded_at = now()"
+            " WHERE metadata->>'bench' = 'filler'",
+            [MODEL, DIMS],
+        )
+        with conn.cursor().copy(
+            "COPY knowledge_chunks (document_id, chunk_index, content, indexed_text, content_hash) FROM STDIN"
+        ) as copy:
             for doc_id, title, parts in docs:
                 for i, part in enumerate(parts):
                     indexed = f"{title}\n\n{part}"
                     copy.write_row((doc_id, i, part, indexed, hashlib.sha256(indexed.encode()).hexdigest()))
-        ids = conn.execute("SELECT c.id, c.content_hash FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
-                           " WHERE d.metadata->>'bench' = 'filler' ORDER BY c.id").fetchall()
-        with conn.cursor().copy("COPY chunk_embeddings (chunk_id, model, embedding, content_hash)"
-                                " FROM STDIN WITH (FORMAT BINARY)") as copy:
+        ids = conn.execute(
+            "SELECT c.id, c.content_hash FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE d.metadata->>'bench' = 'filler' ORDER BY c.id"
+        ).fetchall()
+        with conn.cursor().copy(
+            "COPY chunk_embeddings (chunk_id, model, embedding, content_hash) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
             copy.set_types(["int8", "text", "vector", "text"])
             for start in range(0, len(ids), 10_000):
-                batch = ids[start:start + 10_000]
+                batch = ids[start : start + 10_000]
                 near = centres[rng.integers(0, len(centres), len(batch))]
                 sigma = rng.uniform(0.015, 0.045, (len(batch), 1)).astype(np.float32)
                 vectors = near + rng.normal(0, 1, near.shape).astype(np.float32) * sigma
@@ -212,10 +227,14 @@ def tag_fractions(url: str, seed: int = 11) -> dict[str, int]:
     returns the passages each tag holds."""
     held = {}
     with psycopg.connect(url) as conn:
-        conn.execute("UPDATE documents SET tags = array(SELECT t FROM unnest(tags) t WHERE t NOT LIKE 'bench:%%')"
-                     " WHERE tags && %s", [[tag for tag, _ in FILTER_TAGS.values()]])
-        counts = conn.execute("SELECT document_id, count(*) FROM knowledge_chunks GROUP BY document_id"
-                              " ORDER BY document_id").fetchall()
+        conn.execute(
+            "UPDATE documents SET tags = array(SELECT t FROM unnest(tags) t WHERE t NOT LIKE 'bench:%%')"
+            " WHERE tags && %s",
+            [[tag for tag, _ in FILTER_TAGS.values()]],
+        )
+        counts = conn.execute(
+            "SELECT document_id, count(*) FROM knowledge_chunks GROUP BY document_id ORDER BY document_id"
+        ).fetchall()
         total = sum(n for _, n in counts)
         for tag, share in FILTER_TAGS.values():
             order = counts[:]
@@ -244,7 +263,9 @@ class ExactSearch:
                 "SELECT coalesce(c.document_id, c.asset_id), coalesce(d.tags, a.tags), e.embedding"
                 " FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
                 " LEFT JOIN documents d ON d.id = c.document_id LEFT JOIN assets a ON a.id = c.asset_id"
-                " WHERE e.model = %s AND d.archived_at IS NULL AND a.archived_at IS NULL", [MODEL]).fetchall()
+                " WHERE e.model = %s AND d.archived_at IS NULL AND a.archived_at IS NULL",
+                [MODEL],
+            ).fetchall()
         self.items = np.array([str(r[0]) for r in rows])
         self.tags = [set(r[1]) for r in rows]
         self.matrix = np.stack([r[2].to_numpy() for r in rows]).astype(np.float32)
@@ -269,9 +290,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
 
 
-def run_requests(base: str, queries: list[str], params: dict[str, Any], clients: int,
-                 embed_ms: list[float] | None = None,
-                 paths: set[str] | None = None) -> tuple[list[float], list[float]]:
+def run_requests(
+    base: str,
+    queries: list[str],
+    params: dict[str, Any],
+    clients: int,
+    embed_ms: list[float] | None = None,
+    paths: set[str] | None = None,
+) -> tuple[list[float], list[float]]:
     """Each query once, spread over `clients` keep-alive connections; client and server ms
     (the server's took_ms), into `embed_ms` the server's query-embedding ms and into `paths`
     the keyword paths the responses report."""
@@ -342,8 +368,9 @@ def hnsw_settings(url: str) -> dict[str, Any]:
         from knowledge.db import configure_for_search
 
         configure_for_search(conn)
-        options = conn.execute("SELECT c.reloptions FROM pg_class c WHERE c.relname = hq_embedding_index_name(%s)",
-                               [MODEL]).fetchone()
+        options = conn.execute(
+            "SELECT c.reloptions FROM pg_class c WHERE c.relname = hq_embedding_index_name(%s)", [MODEL]
+        ).fetchone()
         settings: dict[str, Any] = {"index": dict(o.split("=", 1) for o in (options[0] or [])) if options else None}
         for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples"):
             settings[name] = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()[0]  # type: ignore[index]
@@ -354,8 +381,9 @@ def hnsw_settings(url: str) -> dict[str, Any]:
         settings["hnsw.ef_search"] = str(setup.ef_search)
         settings["exact_scan_below"] = setup.exact_below
         settings["server"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        settings["pgvector"] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-                                            ).fetchone()[0]  # type: ignore[index]
+        settings["pgvector"] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[
+            0
+        ]  # type: ignore[index]
     return settings
 
 
@@ -386,8 +414,9 @@ def warmup_queries(n: int, measured: str) -> list[str]:
     return found[:n] or ["warm up"]
 
 
-def legs_alone(url: str, queries: list[str], indexes: tuple[str, ...] = ("pg_textsearch",),
-               warmup: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+def legs_alone(
+    url: str, queries: list[str], indexes: tuple[str, ...] = ("pg_textsearch",), warmup: Sequence[str] = ()
+) -> dict[str, dict[str, float]]:
     """p50/p99 ms of each leg's index scan by itself, as a search runs it unfiltered for a
     first page of 10 hits (HNSW at the ef_search the service uses for this size), from a client
     in this process over the socket, each query once: the part of a hybrid search that no
@@ -410,24 +439,32 @@ def legs_alone(url: str, queries: list[str], indexes: tuple[str, ...] = ("pg_tex
     with psycopg.connect(url, autocommit=True) as conn:
         configure_for_search(conn)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(search_setup(conn).ef_search)))
-        hnsw = sql.SQL("SELECT chunk_id FROM chunk_embeddings WHERE model = {} ORDER BY embedding::vector({})"
-                       " <=> %s LIMIT {}").format(sql.Literal(MODEL), sql.Literal(DIMS), sql.Literal(n))
-        bm25 = sql.SQL("SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
-                       " 'knowledge_chunks_bm25_idx') LIMIT {}").format(sql.Literal(kn))
+        hnsw = sql.SQL(
+            "SELECT chunk_id FROM chunk_embeddings WHERE model = {} ORDER BY embedding::vector({}) <=> %s LIMIT {}"
+        ).format(sql.Literal(MODEL), sql.Literal(DIMS), sql.Literal(n))
+        bm25 = sql.SQL(
+            "SELECT id FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s,"
+            " 'knowledge_chunks_bm25_idx') LIMIT {}"
+        ).format(sql.Literal(kn))
         sql_top = sql.SQL("SELECT id FROM hq_sql_bm25_top(%s, {})").format(sql.Literal(kn))
         if sql_name in timings:
             for text in warmup:
                 conn.execute(sql_top, [text], prepare=False).fetchall()
         for text, vector in zip(queries, vectors, strict=True):
-            for name, statement, value in ((hnsw_name, hnsw, vector), (bm25_name, bm25, text),
-                                           (sql_name, sql_top, text)):
+            for name, statement, value in (
+                (hnsw_name, hnsw, vector),
+                (bm25_name, bm25, text),
+                (sql_name, sql_top, text),
+            ):
                 if name not in timings:
                     continue
                 started = time.perf_counter()
                 conn.execute(statement, [value], prepare=False).fetchall()
                 timings[name].append((time.perf_counter() - started) * 1000)
-    return {name: {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
-            for name, ms in timings.items()}
+    return {
+        name: {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+        for name, ms in timings.items()
+    }
 
 
 def sql_keyword_index(url: str) -> dict[str, Any]:
@@ -437,8 +474,9 @@ def sql_keyword_index(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         if conn.execute("SELECT to_regprocedure('hq_sql_bm25_top(text, integer)')").fetchone() == (None,):
             raise SystemExit("this database has no SQL keyword index (migration 020): run `hq-knowledge db migrate`")
-        row = conn.execute("SELECT (SELECT sum(passages) FROM bm25_corpus), (SELECT count(*) FROM knowledge_chunks)"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT (SELECT sum(passages) FROM bm25_corpus), (SELECT count(*) FROM knowledge_chunks)"
+        ).fetchone()
         assert row is not None
         counted, held = int(row[0] or 0), int(row[1])
         if counted != held:
@@ -451,8 +489,13 @@ def sql_keyword_index(url: str) -> dict[str, Any]:
             " (SELECT relallvisible::float8 / greatest(relpages, 1) FROM pg_class WHERE oid = 'bm25_postings'::regclass)"
         ).fetchone()
         assert found is not None
-    info = {"passages": counted, "postings": int(found[0]), "size_mb": round(found[1] / 2**20, 1),
-            "all_visible": round(float(found[2]), 3), "vacuum_s": round(took, 1)}
+    info = {
+        "passages": counted,
+        "postings": int(found[0]),
+        "size_mb": round(found[1] / 2**20, 1),
+        "all_visible": round(float(found[2]), 3),
+        "vacuum_s": round(took, 1),
+    }
     print(f"SQL keyword index: {json.dumps(info)}", flush=True)
     return info
 
@@ -463,13 +506,22 @@ def sql_leg_plan(url: str, query: str) -> list[str]:
 
     kn = bm25_quota(passage_quota(10, 0), False)
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM hq_sql_bm25_top(%s, {})").format(
-            sql.Literal(kn)), [query], prepare=False).fetchall()
+        rows = conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM hq_sql_bm25_top(%s, {})").format(sql.Literal(kn)),
+            [query],
+            prepare=False,
+        ).fetchall()
     return [r[0] for r in rows]
 
 
-def request_rows(base: str, size: int, by_mode: dict[str, list[str]], modes: tuple[str, ...], expect: str,
-                 recall: dict[str | None, float]) -> list[dict[str, Any]]:
+def request_rows(
+    base: str,
+    size: int,
+    by_mode: dict[str, list[str]],
+    modes: tuple[str, ...],
+    expect: str,
+    recall: dict[str | None, float],
+) -> list[dict[str, Any]]:
     """The measured rows of one service: each mode, 1 and 8 clients, without and with the 1%
     filter. Raises SystemExit when a response reports another keyword path than `expect`."""
     rows: list[dict[str, Any]] = []
@@ -483,21 +535,33 @@ def request_rows(base: str, size: int, by_mode: dict[str, list[str]], modes: tup
                 client_ms, server_ms = run_requests(base, use, {"mode": mode, **extra}, clients, embed_ms, paths)
                 wall = time.perf_counter() - started
                 if paths != {expect}:
-                    raise SystemExit(f"{mode} {clients} client(s) filter {filter_label}: the responses report"
-                                     f" keyword path(s) {sorted(paths)}, not {expect!r}")
-                row = {"passages": size, "mode": mode, "clients": clients, "filter": filter_label,
-                       "keyword_path": expect, **percentiles(client_ms),
-                       "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
-                       "server_p50_ms": round(float(np.median(server_ms)), 2),
-                       # of the server's time: embedding the query, and the rest (the
-                       # statement, its planning and the assembly of the hits)
-                       "embed_p50_ms": round(float(np.median(embed_ms)), 2),
-                       "statement_p50_ms": round(float(np.median(np.subtract(server_ms, embed_ms))), 2),
-                       "requests": len(use), "per_second": round(len(use) / wall, 1)}
+                    raise SystemExit(
+                        f"{mode} {clients} client(s) filter {filter_label}: the responses report"
+                        f" keyword path(s) {sorted(paths)}, not {expect!r}"
+                    )
+                row = {
+                    "passages": size,
+                    "mode": mode,
+                    "clients": clients,
+                    "filter": filter_label,
+                    "keyword_path": expect,
+                    **percentiles(client_ms),
+                    "recall@10": recall[None if filter_label == "none" else "1%"] if mode == "semantic" else None,
+                    "server_p50_ms": round(float(np.median(server_ms)), 2),
+                    # of the server's time: embedding the query, and the rest (the
+                    # statement, its planning and the assembly of the hits)
+                    "embed_p50_ms": round(float(np.median(embed_ms)), 2),
+                    "statement_p50_ms": round(float(np.median(np.subtract(server_ms, embed_ms))), 2),
+                    "requests": len(use),
+                    "per_second": round(len(use) / wall, 1),
+                }
                 rows.append(row)
-                print(f"  {mode:8} {expect:10} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
-                      f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
-                      f"({row['per_second']} req/s)", flush=True)
+                print(
+                    f"  {mode:8} {expect:10} {clients} client(s) filter {filter_label:6}: p50 {row['p50_ms']:6.1f}  "
+                    f"p95 {row['p95_ms']:6.1f}  p99 {row['p99_ms']:6.1f} ms  "
+                    f"({row['per_second']} req/s)",
+                    flush=True,
+                )
     return rows
 
 
@@ -507,14 +571,24 @@ def beside(rows: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict
     out = list(rows)
     for row in extra:
         key = (row["passages"], row["mode"], row["clients"], row["filter"])
-        at = max((i for i, r in enumerate(out) if (r["passages"], r["mode"], r["clients"], r["filter"]) == key),
-                 default=len(out) - 1)
+        at = max(
+            (i for i, r in enumerate(out) if (r["passages"], r["mode"], r["clients"], r["filter"]) == key),
+            default=len(out) - 1,
+        )
         out.insert(at + 1, row)
     return out
 
 
-def measure(url: str, size: int, dataset: str, queries: list[str], requests: int, log: Path,
-            indexes: tuple[str, ...], sql_rows: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def measure(
+    url: str,
+    size: int,
+    dataset: str,
+    queries: list[str],
+    requests: int,
+    log: Path,
+    indexes: tuple[str, ...],
+    sql_rows: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rows of one size, and what else was measured there: each leg alone and, with `sql`
     in `indexes`, the SQL keyword index's state. The service's keyword path is pg_textsearch's
     when `indexes` names it, else the SQL index's; `sql_rows`: then measure keyword and hybrid
@@ -525,6 +599,7 @@ def measure(url: str, size: int, dataset: str, queries: list[str], requests: int
     extra: dict[str, Any] = {}
     if "sql" in indexes:
         extra["sql_keyword_index"] = sql_keyword_index(url)
+
     # Each mode gets queries no search has seen yet in this run (its 1-client unfiltered row
     # is the first to send them), and the leg timings and recall their own: a query sent
     # again finds its index pages in the CPU caches and its BM25 terms looked up, and runs
@@ -550,15 +625,31 @@ def measure(url: str, size: int, dataset: str, queries: list[str], requests: int
             recall[label] = semantic_recall(base, exact, recall_queries, tag)
             print(f"{label} filter, full limit and all matching: {check_filter(base, recall_queries, tag)}", flush=True)
         for label in ("5%",):
-            rows.append({"passages": size, "mode": "semantic", "clients": 1, "filter": f"tag {label}",
-                         "keyword_path": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
-                         "recall@10": recall[label]})
+            rows.append(
+                {
+                    "passages": size,
+                    "mode": "semantic",
+                    "clients": 1,
+                    "filter": f"tag {label}",
+                    "keyword_path": None,
+                    "p50_ms": None,
+                    "p95_ms": None,
+                    "p99_ms": None,
+                    "recall@10": recall[label],
+                }
+            )
         rows += request_rows(base, size, by_mode, ("hybrid", "semantic", "keyword"), KEYWORD_PATHS[choice], recall)
     if "sql" in indexes:
         extra["sql_leg_plan"] = sql_leg_plan(url, recall_queries[0])
-        print("the SQL leg's plan, first query: " + "; ".join(
-            line.strip() for line in extra["sql_leg_plan"] if "Heap Fetches" in line or "Execution" in line
-            or "Planning" in line), flush=True)
+        print(
+            "the SQL leg's plan, first query: "
+            + "; ".join(
+                line.strip()
+                for line in extra["sql_leg_plan"]
+                if "Heap Fetches" in line or "Execution" in line or "Planning" in line
+            ),
+            flush=True,
+        )
     if sql_rows:
         # The same database and queries, the service restarted to search with the SQL index.
         print(f"restarting the service with HQ_KEYWORD_INDEX=sql ({size} passages)", flush=True)
@@ -581,8 +672,11 @@ def ratios(rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str, float
             a, b = leg[names["sql_bm25"]]["p50_ms"], leg[names["bm25"]]["p50_ms"]
             at["leg"] = {"sql_ms": a, "pg_textsearch_ms": b, "ratio": round(a / b, 2), "pass": a / b <= SQL_BOUND}
         for mode in ("keyword", "hybrid"):
-            p50 = {r["keyword_path"]: r["p50_ms"] for r in rows if r["passages"] == size and r["mode"] == mode
-                   and r["clients"] == 1 and r["filter"] == "none"}
+            p50 = {
+                r["keyword_path"]: r["p50_ms"]
+                for r in rows
+                if r["passages"] == size and r["mode"] == mode and r["clients"] == 1 and r["filter"] == "none"
+            }
             if "sql-bm25" in p50 and "bm25" in p50:
                 a, b = p50["sql-bm25"], p50["bm25"]
                 at[f"{mode}_http"] = {"sql_ms": a, "pg_textsearch_ms": b, "ratio": round(a / b, 2)}
@@ -598,8 +692,9 @@ def ratios(rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str, float
 PARTS_SLACK_MS = 4.0
 
 
-def sum_of_parts(rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str, float]]],
-                 embedding: dict[str, float]) -> dict[str, dict[str, Any]]:
+def sum_of_parts(
+    rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str, float]]], embedding: dict[str, float]
+) -> dict[str, dict[str, Any]]:
     """Per size: the hybrid p50 over HTTP (1 client, no filter, the first keyword path
     measured) against query embedding + HNSW leg + BM25 leg p50s alone + PARTS_SLACK_MS."""
     out: dict[str, dict[str, Any]] = {}
@@ -608,11 +703,18 @@ def sum_of_parts(rows: list[dict[str, Any]], legs: dict[int, dict[str, dict[str,
             continue
         leg = legs[r["passages"]]
         hnsw = next(v["p50_ms"] for k, v in leg.items() if k.startswith("hnsw_"))
-        bm25 = next(v["p50_ms"] for k, v in leg.items() if k.startswith("bm25_" if r["keyword_path"] == "bm25"
-                                                                         else "sql_bm25_"))
+        bm25 = next(
+            v["p50_ms"] for k, v in leg.items() if k.startswith("bm25_" if r["keyword_path"] == "bm25" else "sql_bm25_")
+        )
         bound = embedding["p50_ms"] + hnsw + bm25 + PARTS_SLACK_MS
-        out[str(r["passages"])] = {"hybrid_p50_ms": r["p50_ms"], "embedding_ms": embedding["p50_ms"], "hnsw_ms": hnsw,
-                                   "bm25_ms": bm25, "bound_ms": round(bound, 2), "pass": r["p50_ms"] <= bound}
+        out[str(r["passages"])] = {
+            "hybrid_p50_ms": r["p50_ms"],
+            "embedding_ms": embedding["p50_ms"],
+            "hnsw_ms": hnsw,
+            "bm25_ms": bm25,
+            "bound_ms": round(bound, 2),
+            "pass": r["p50_ms"] <= bound,
+        }
     return out
 
 
@@ -621,11 +723,18 @@ def main() -> None:
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--passages", type=int, default=100_000, help="the large size (default 100000)")
     parser.add_argument("--requests", type=int, default=300, help="requests per measured row")
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data",
-                        help="where the embedded server keeps the benchmark databases between runs")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent / ".data",
+        help="where the embedded server keeps the benchmark databases between runs",
+    )
     parser.add_argument("--skip-collection-size", action="store_true", help="measure the large size only")
-    parser.add_argument("--keyword-indexes", default="pg_textsearch,sql",
-                        help="keyword paths measured, comma-separated: pg_textsearch, sql (see the docstring)")
+    parser.add_argument(
+        "--keyword-indexes",
+        default="pg_textsearch,sql",
+        help="keyword paths measured, comma-separated: pg_textsearch, sql (see the docstring)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latency.json")
     args = parser.parse_args()
     indexes = tuple(dict.fromkeys(name.strip() for name in args.keyword_indexes.split(",") if name.strip()))
@@ -644,13 +753,22 @@ def main() -> None:
     try:
         with psycopg.connect(server_url, autocommit=True) as admin:
             collection = load_collection(admin, server_url, f"lat_{args.dataset}", args.dataset)
-            filled = fill(admin, server_url, f"lat_{args.dataset}", f"lat_{args.dataset}_{args.passages}",
-                          args.passages)
+            filled = fill(
+                admin, server_url, f"lat_{args.dataset}", f"lat_{args.dataset}_{args.passages}", args.passages
+            )
         sizes = [(collection, passages(collection))] if not args.skip_collection_size else []
         sizes.append((filled, passages(filled)))
         for url, size in sizes:
-            measured, extra = measure(url, size, args.dataset, queries, args.requests, args.data_dir / "serve.log",
-                                      indexes, len(indexes) == 2 and url == filled)
+            measured, extra = measure(
+                url,
+                size,
+                args.dataset,
+                queries,
+                args.requests,
+                args.data_dir / "serve.log",
+                indexes,
+                len(indexes) == 2 and url == filled,
+            )
             rows += measured
             legs[size] = extra.pop("legs")
             if extra:
@@ -659,60 +777,97 @@ def main() -> None:
         server.stop()
 
     machine = common.machine()
-    embedding = embedding_alone(queries[:args.requests])
-    print(f"\nquery embedding alone (ONNX, no cache, same queries, this process): p50 {embedding['p50_ms']} ms,"
-          f" p95 {embedding['p95_ms']} ms")
-    print(f"machine: {machine}; queries: {args.dataset}; latency measured by the client over HTTP, "
-          "query embedding included (cache off)")
+    embedding = embedding_alone(queries[: args.requests])
+    print(
+        f"\nquery embedding alone (ONNX, no cache, same queries, this process): p50 {embedding['p50_ms']} ms,"
+        f" p95 {embedding['p95_ms']} ms"
+    )
+    print(
+        f"machine: {machine}; queries: {args.dataset}; latency measured by the client over HTTP, "
+        "query embedding included (cache off)"
+    )
     print("| passages | mode | keyword_path | clients | filter | p50 ms | p95 ms | p99 ms | recall@10 | req/s |")
     print("|---:|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
+
         def ms(key: str, row: dict[str, Any] = r) -> str:
             return "" if row[key] is None else f"{row[key]:.1f}"
+
         recall = "" if r["recall@10"] is None else f"{r['recall@10']:.3f}"
         path = "" if r["mode"] == "semantic" else r["keyword_path"]  # a semantic search runs no keyword leg
-        print(f"| {r['passages']} | {r['mode']} | {path} | {r['clients']} | {r['filter']} | {ms('p50_ms')} |"
-              f" {ms('p95_ms')} | {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |")
-    print("\nWhere a search's time goes, one client, no filter (p50 ms): over HTTP; the server's took_ms;"
-          " of it, embedding the query and the rest; each leg's index scan alone, as the search runs it")
+        print(
+            f"| {r['passages']} | {r['mode']} | {path} | {r['clients']} | {r['filter']} | {ms('p50_ms')} |"
+            f" {ms('p95_ms')} | {ms('p99_ms')} | {recall} | {r.get('per_second', '')} |"
+        )
+    print(
+        "\nWhere a search's time goes, one client, no filter (p50 ms): over HTTP; the server's took_ms;"
+        " of it, embedding the query and the rest; each leg's index scan alone, as the search runs it"
+    )
     leg_names = list(next(iter(legs.values())))  # hnsw_top<n>, bm25_top<k>[, sql_bm25_top<k>]
-    print("| passages | mode | keyword_path | HTTP | server | embedding | statement + hits |"
-          + "".join(f" {name} alone |" for name in leg_names))
+    print(
+        "| passages | mode | keyword_path | HTTP | server | embedding | statement + hits |"
+        + "".join(f" {name} alone |" for name in leg_names)
+    )
     print("|---:|---|---|---:|---:|---:|---:|" + "---:|" * len(leg_names))
     for r in rows:
         if r["clients"] == 1 and r["filter"] == "none":
             leg = legs[r["passages"]]
             path = "" if r["mode"] == "semantic" else r["keyword_path"]
-            print(f"| {r['passages']} | {r['mode']} | {path} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
-                  f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} |"
-                  + "".join(f" {leg[name]['p50_ms']:.1f} |" for name in leg_names))
+            print(
+                f"| {r['passages']} | {r['mode']} | {path} | {r['p50_ms']:.1f} | {r['server_p50_ms']:.1f} |"
+                f" {r['embed_p50_ms']:.1f} | {r['statement_p50_ms']:.1f} |"
+                + "".join(f" {leg[name]['p50_ms']:.1f} |" for name in leg_names)
+            )
     compared = ratios(rows, legs)
     if compared:
-        print(f"\nSQL keyword index (sql-bm25) p50 / pg_textsearch (bm25) p50, bound {SQL_BOUND:g}x on keyword search"
-              " and the top-k alone (1 client, no filter):")
+        print(
+            f"\nSQL keyword index (sql-bm25) p50 / pg_textsearch (bm25) p50, bound {SQL_BOUND:g}x on keyword search"
+            " and the top-k alone (1 client, no filter):"
+        )
         for at_size, at in compared.items():
-            for name, label in (("keyword_http", "keyword search over HTTP"), ("leg", "top-k alone"),
-                                ("hybrid_http", "hybrid search over HTTP")):
+            for name, label in (
+                ("keyword_http", "keyword search over HTTP"),
+                ("leg", "top-k alone"),
+                ("hybrid_http", "hybrid search over HTTP"),
+            ):
                 if name in at:
                     c = at[name]
                     verdict = ("PASS" if c["pass"] else "FAIL") if "pass" in c else "(information)"
-                    print(f"  {at_size} passages, {label}: {c['sql_ms']:.2f} / {c['pg_textsearch_ms']:.2f} ms"
-                          f" = {c['ratio']:.2f}x {verdict}")
+                    print(
+                        f"  {at_size} passages, {label}: {c['sql_ms']:.2f} / {c['pg_textsearch_ms']:.2f} ms"
+                        f" = {c['ratio']:.2f}x {verdict}"
+                    )
     parts = sum_of_parts(rows, legs, embedding)
     if parts:
-        print(f"\nHybrid search over HTTP (1 client, no filter, {indexes[0]}) against the sum of its parts"
-              f" measured alone (query embedding + HNSW leg + BM25 leg) + {PARTS_SLACK_MS:g} ms:")
+        print(
+            f"\nHybrid search over HTTP (1 client, no filter, {indexes[0]}) against the sum of its parts"
+            f" measured alone (query embedding + HNSW leg + BM25 leg) + {PARTS_SLACK_MS:g} ms:"
+        )
         for at_size, c in parts.items():
-            print(f"  {at_size} passages: {c['hybrid_p50_ms']:.1f} ms against {c['embedding_ms']:.1f} + {c['hnsw_ms']:.1f}"
-                  f" + {c['bm25_ms']:.1f} + {PARTS_SLACK_MS:g} = {c['bound_ms']:.1f} ms {'PASS' if c['pass'] else 'FAIL'}")
+            print(
+                f"  {at_size} passages: {c['hybrid_p50_ms']:.1f} ms against {c['embedding_ms']:.1f} + {c['hnsw_ms']:.1f}"
+                f" + {c['bm25_ms']:.1f} + {PARTS_SLACK_MS:g} = {c['bound_ms']:.1f} ms {'PASS' if c['pass'] else 'FAIL'}"
+            )
     print(f"benchmark run: {time.perf_counter() - started:.0f} s")
     out = args.output
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "dataset": args.dataset, "query_embedding": embedding,
-                               "keyword_indexes": list(indexes),
-                               "legs_alone": {str(k): v for k, v in legs.items()}, "rows": rows,
-                               "sql_vs_pg_textsearch": compared, "sum_of_parts": parts,
-                               "sql_keyword_index": {str(k): v for k, v in sql_index.items()}}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "dataset": args.dataset,
+                "query_embedding": embedding,
+                "keyword_indexes": list(indexes),
+                "legs_alone": {str(k): v for k, v in legs.items()},
+                "rows": rows,
+                "sql_vs_pg_textsearch": compared,
+                "sum_of_parts": parts,
+                "sql_keyword_index": {str(k): v for k, v in sql_index.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

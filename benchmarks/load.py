@@ -120,8 +120,9 @@ class QueryStream:
         return rng.choice(self.hot)
 
 
-async def level(base: str, stream: QueryStream, clients: int, seconds: float, seed: int,
-                params: dict[str, str]) -> dict[str, Any]:
+async def level(
+    base: str, stream: QueryStream, clients: int, seconds: float, seed: int, params: dict[str, str]
+) -> dict[str, Any]:
     """`clients` clients for `seconds`: each sends searches back to back."""
     latencies: list[float] = []
     refused = errors = 0
@@ -155,11 +156,19 @@ async def level(base: str, stream: QueryStream, clients: int, seconds: float, se
     await asyncio.gather(*(client(i) for i in range(clients)))
     took = time.perf_counter() - started
     ms = np.array(latencies) if latencies else np.array([float("nan")])
-    return {"clients": clients, "ok": len(latencies), "refused_503": refused, "errors": errors,
-            "requests_per_s": round(len(latencies) / took, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1),
-            "fresh_queries": stream.sent_fresh, "fresh_ran_out": stream.ran_out}
+    return {
+        "clients": clients,
+        "ok": len(latencies),
+        "refused_503": refused,
+        "errors": errors,
+        "requests_per_s": round(len(latencies) / took, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "max_ms": round(float(ms.max()), 1),
+        "fresh_queries": stream.sent_fresh,
+        "fresh_ran_out": stream.ran_out,
+    }
 
 
 class Writer:
@@ -179,8 +188,14 @@ class Writer:
             while time.perf_counter() < stop:
                 title, text = self.texts[n % len(self.texts)]
                 n += 1
-                r = await client.post("/documents", json={"title": f"{' '.join(title.split())[:150]} (load {n})",
-                                                          "content_format": "markdown", "content_text": text})
+                r = await client.post(
+                    "/documents",
+                    json={
+                        "title": f"{' '.join(title.split())[:150]} (load {n})",
+                        "content_format": "markdown",
+                        "content_text": text,
+                    },
+                )
                 if r.status_code == 201:
                     self.ids.append(r.json()["id"])
                 else:
@@ -199,15 +214,24 @@ class Writer:
                 time.sleep(0.5)
             for i in self.ids:
                 client.delete(f"/documents/{i}")
-        lags = [(datetime.fromisoformat(d["embedded_at"]) - datetime.fromisoformat(d["created_at"])).total_seconds()
-                for d in docs if d["embedding_status"] == "indexed" and d["embedded_at"]]
-        return {"created": len(self.ids), "failed": len(self.failed), "first_failure": self.failed[:1],
-                "embedded": len(lags), "embed_lag_p50_s": round(float(np.median(lags)), 1) if lags else None,
-                "embed_lag_max_s": round(max(lags), 1) if lags else None}
+        lags = [
+            (datetime.fromisoformat(d["embedded_at"]) - datetime.fromisoformat(d["created_at"])).total_seconds()
+            for d in docs
+            if d["embedding_status"] == "indexed" and d["embedded_at"]
+        ]
+        return {
+            "created": len(self.ids),
+            "failed": len(self.failed),
+            "first_failure": self.failed[:1],
+            "embedded": len(lags),
+            "embed_lag_p50_s": round(float(np.median(lags)), 1) if lags else None,
+            "embed_lag_max_s": round(max(lags), 1) if lags else None,
+        }
 
 
-async def while_writing(searched: Coroutine[Any, Any, dict[str, Any]], writer: Writer | None,
-                        seconds: float) -> dict[str, Any]:
+async def while_writing(
+    searched: Coroutine[Any, Any, dict[str, Any]], writer: Writer | None, seconds: float
+) -> dict[str, Any]:
     """What `searched` measured, with `writer` writing for `seconds` meanwhile."""
     if writer is None:
         return await searched
@@ -223,8 +247,9 @@ def ranked_ids(body: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def quality(base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]],
-            params: dict[str, str]) -> dict[str, Any]:
+def quality(
+    base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]], params: dict[str, str]
+) -> dict[str, Any]:
     """nDCG@10 of the collection's test queries, one at a time, and their p50 latency."""
     from quality import ndcg_at
 
@@ -237,8 +262,12 @@ def quality(base: str, queries: dict[str, str], qrels: dict[str, dict[str, int]]
             r.raise_for_status()
             scores.append(ndcg_at(ranked_ids(r.json()), rel))
             paths.add(r.json().get("keyword_path", "-"))  # ours: bm25 unless the index was found broken
-    return {"ndcg@10": round(float(np.mean(scores)), 4), "queries": len(scores),
-            "p50_ms": round(float(np.median(took)), 1), "keyword_path": ",".join(sorted(paths))}
+    return {
+        "ndcg@10": round(float(np.mean(scores)), 4),
+        "queries": len(scores),
+        "p50_ms": round(float(np.median(took)), 1),
+        "keyword_path": ",".join(sorted(paths)),
+    }
 
 
 def batches(base: str) -> dict[int, int]:
@@ -253,8 +282,12 @@ def batch_summary(before: dict[int, int], after: dict[int, int]) -> dict[str, An
     runs = {k: v for k, v in sorted(runs.items()) if v}
     total = sum(runs.values())
     queries = sum(k * v for k, v in runs.items())
-    return {"runs": total, "mean_batch": round(queries / total, 2) if total else None,
-            "max_batch": max(runs) if runs else None, "sizes": runs}
+    return {
+        "runs": total,
+        "mean_batch": round(queries / total, 2) if total else None,
+        "max_batch": max(runs) if runs else None,
+        "sizes": runs,
+    }
 
 
 def sample_database(url: str) -> None:
@@ -269,13 +302,15 @@ def sample_database(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
-        row = conn.execute("SELECT count(*) FILTER (WHERE embedding_status <> 'indexed'), count(*) FROM documents"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE embedding_status <> 'indexed'), count(*) FROM documents"
+        ).fetchone()
         if row is not None and row[1] > 0 and row[0] == 0:
             return
         import_folder(conn, sample_dir())
-    subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env={**os.environ, "HQ_DATABASE_URL": url},
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "knowledge", "worker", "--once"], env={**os.environ, "HQ_DATABASE_URL": url}, check=True
+    )
 
 
 class Run:
@@ -294,8 +329,12 @@ class Run:
 
     def service(self, setup: str, log: str) -> Any:
         if setup in PEERS:
-            command = [str(self.args.peer_python), str(Path(__file__).resolve().parent / "peers" / f"{setup}_app.py"),
-                       "--data", str(self.args.peers)]
+            command = [
+                str(self.args.peer_python),
+                str(Path(__file__).resolve().parent / "peers" / f"{setup}_app.py"),
+                "--data",
+                str(self.args.peers),
+            ]
             return running_service(os.environ, self.args.data_dir / log, command=command, timeout=3600)
         env = {**os.environ, "HQ_DATABASE_URL": self.url, **SETUPS[setup]}
         return running_service(env, self.args.data_dir / log, source=SOURCES.get(setup), worker=True)
@@ -317,11 +356,15 @@ class Run:
                     asyncio.run(level(base, warm, 4, 3, seed=0, params=params))  # connections, pages, ONNX
                     before = {} if peer else batches(base)
                     stream = QueryStream(self.stream_queries, self.args.fresh, self.args.hot, seed=i + 1)
-                    writer = None if peer or not self.args.write_every else Writer(base, self.texts,
-                                                                                  self.args.write_every)
+                    writer = (
+                        None if peer or not self.args.write_every else Writer(base, self.texts, self.args.write_every)
+                    )
                     searched = level(base, stream, clients, self.args.seconds, seed=i + 1, params=params)
-                    row = {"setup": setup, "mode": mode,
-                           **asyncio.run(while_writing(searched, writer, self.args.seconds))}
+                    row = {
+                        "setup": setup,
+                        "mode": mode,
+                        **asyncio.run(while_writing(searched, writer, self.args.seconds)),
+                    }
                     row["query_batches"] = batch_summary(before, {} if peer else batches(base))
                     row["documents_written"] = writer.summary() if writer is not None else None
                 self.rows.append(row)
@@ -329,17 +372,26 @@ class Run:
 
 
 def table(run: Run) -> str:
-    lines = [("| set-up | mode | clients | requests/s | p50 ms | p95 ms | p99 ms | max ms | 503 | errors |"
-              " mean batch | documents written / embedded (lag p50, max s) |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| set-up | mode | clients | requests/s | p50 ms | p95 ms | p99 ms | max ms | 503 | errors |"
+            " mean batch | documents written / embedded (lag p50, max s) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in run.rows:
         b, w = r["query_batches"], r["documents_written"]
-        written = (f"{w['created']} / {w['embedded']} ({w['embed_lag_p50_s']}, {w['embed_lag_max_s']})"
-                   if w else "-")
-        lines.append(f"| {r['setup']} | {r['mode']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} |"
-                     f" {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['refused_503']} | {r['errors']} |"
-                     f" {b['mean_batch'] or '-'} | {written} |")
-    lines += ["", "| set-up | nDCG@10 (hybrid, one client) | p50 ms | queries | keyword path |", "|---|---|---|---|---|"]
+        written = f"{w['created']} / {w['embedded']} ({w['embed_lag_p50_s']}, {w['embed_lag_max_s']})" if w else "-"
+        lines.append(
+            f"| {r['setup']} | {r['mode']} | {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} |"
+            f" {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['refused_503']} | {r['errors']} |"
+            f" {b['mean_batch'] or '-'} | {written} |"
+        )
+    lines += [
+        "",
+        "| set-up | nDCG@10 (hybrid, one client) | p50 ms | queries | keyword path |",
+        "|---|---|---|---|---|",
+    ]
     for setup, q in run.quality.items():
         lines.append(f"| {setup} | {q['ndcg@10']} | {q['p50_ms']} | {q['queries']} | {q['keyword_path']} |")
     return "\n".join(lines)
@@ -358,8 +410,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         a1.plot([r["clients"] for r in pts], [r["requests_per_s"] for r in pts], "o-", label=setup)
         a2.plot([r["clients"] for r in pts], [r["p99_ms"] for r in pts], "o-", label=setup)
     a1.set(xscale="log", xlabel="concurrent clients", ylabel="searches answered / s", title="Hybrid search: throughput")
-    a2.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency, ms",
-           title="Hybrid search: p99 latency")
+    a2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent clients",
+        ylabel="p99 latency, ms",
+        title="Hybrid search: p99 latency",
+    )
     for ax in (a1, a2):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -371,27 +428,47 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="a database the service already searches (default: the sample)")
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data-load",
-                        help="where the embedded server keeps the sample database between runs, and the logs")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent / ".data-load",
+        help="where the embedded server keeps the sample database between runs, and the logs",
+    )
     parser.add_argument("--dataset", default="scifact", help="whose queries to send and score")
     parser.add_argument("--clients", default="1,8,32,64", help="concurrent clients, comma-separated levels")
     parser.add_argument("--modes", default="hybrid,semantic,keyword", help="search modes, comma-separated")
     parser.add_argument("--seconds", type=float, default=15, help="seconds per level")
-    parser.add_argument("--fresh", type=float, default=0.5,
-                        help="share of requests whose query was never sent before (default 0.5)")
+    parser.add_argument(
+        "--fresh", type=float, default=0.5, help="share of requests whose query was never sent before (default 0.5)"
+    )
     parser.add_argument("--hot", type=int, default=50, help="how many queries the other requests repeat")
-    parser.add_argument("--write-every", type=float, default=1.0,
-                        help="seconds between documents created during each level (0: none)")
-    parser.add_argument("--write-from", default="cranfield",
-                        help="the collection whose texts the written documents carry")
+    parser.add_argument(
+        "--write-every", type=float, default=1.0, help="seconds between documents created during each level (0: none)"
+    )
+    parser.add_argument(
+        "--write-from", default="cranfield", help="the collection whose texts the written documents carry"
+    )
     parser.add_argument("--setups", default="unbounded,bounded", help=f"comma-separated: {', '.join(SETUPS)}")
-    parser.add_argument("--setup", action="append", default=[], metavar="NAME:VAR=VALUE,...",
-                        help="another set-up to measure, named, with the settings it changes (repeatable), "
-                             "e.g. narrow:HQ_SEARCH_CONCURRENCY=2,HQ_SEARCH_QUEUE=4")
-    parser.add_argument("--before", type=Path, metavar="DIR",
-                        help="a checkout of the code before a change: measured as the set-up 'before'")
-    parser.add_argument("--peers", type=Path, metavar="DIR",
-                        help="passages exported by peers/export.py: also measure txtai and LanceDB on them")
+    parser.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="another set-up to measure, named, with the settings it changes (repeatable), "
+        "e.g. narrow:HQ_SEARCH_CONCURRENCY=2,HQ_SEARCH_QUEUE=4",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of the code before a change: measured as the set-up 'before'",
+    )
+    parser.add_argument(
+        "--peers",
+        type=Path,
+        metavar="DIR",
+        help="passages exported by peers/export.py: also measure txtai and LanceDB on them",
+    )
     parser.add_argument("--peer-python", type=Path, help="the Python of the peers' own virtualenv")
     parser.add_argument("--peer-clients", default="1,32", help="the levels the peers are measured at")
     parser.add_argument("--output", type=Path, default=RESULTS / "load.json")
@@ -446,11 +523,23 @@ def main() -> None:
             sample_database(server.url)
             run = measure_all(server.url)
     print(f"\n{common.machine()}\n\n{table(run)}")
-    args.output.write_text(json.dumps({
-        "machine": common.machine(), "seconds_per_level": args.seconds, "fresh_share": args.fresh,
-        "hot_queries": args.hot, "write_every_s": args.write_every,
-        "database": "sample" if not args.database_url else "given", "took_s": round(time.perf_counter() - started),
-        "quality": run.quality, "rows": run.rows}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": common.machine(),
+                "seconds_per_level": args.seconds,
+                "fresh_share": args.fresh,
+                "hot_queries": args.hot,
+                "write_every_s": args.write_every,
+                "database": "sample" if not args.database_url else "given",
+                "took_s": round(time.perf_counter() - started),
+                "quality": run.quality,
+                "rows": run.rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(run.rows, args.output.with_suffix(".png"))
 
 

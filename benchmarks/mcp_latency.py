@@ -76,8 +76,10 @@ async def measure(base: str, queries: list[str], warmup: list[str], block: int) 
     ids differ between the paths (query, MCP ids, REST ids)."""
     out: dict[str, Any] = {}
     # The REST client is synchronous: while it waits, the MCP session (idle) waits too.
-    async with (httpx2.AsyncClient(timeout=60) as http,
-                Client(streamable_http_client(f"{base}/mcp", http_client=http), read_timeout_seconds=120) as mcp):
+    async with (
+        httpx2.AsyncClient(timeout=60) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http), read_timeout_seconds=120) as mcp,
+    ):
         with httpx.Client(base_url=base, timeout=60) as rest:
             for mode in MODES:
                 for text in warmup:
@@ -89,8 +91,8 @@ async def measure(base: str, queries: list[str], warmup: list[str], block: int) 
                 mcp_ids: dict[int, list[str]] = {}
                 rest_ids: dict[int, list[str]] = {}
                 for n, start in enumerate(range(0, len(queries), block)):
-                    chunk = list(enumerate(queries[start:start + block], start=start))
-                    for path in (("mcp", "rest") if n % 2 == 0 else ("rest", "mcp")):
+                    chunk = list(enumerate(queries[start : start + block], start=start))
+                    for path in ("mcp", "rest") if n % 2 == 0 else ("rest", "mcp"):
                         for i, text in chunk:
                             if path == "mcp":
                                 took, mcp_ids[i] = await via_mcp(mcp, text, mode)
@@ -99,11 +101,15 @@ async def measure(base: str, queries: list[str], warmup: list[str], block: int) 
                                 took, rest_ids[i], server = via_rest(rest, text, mode)
                                 rest_ms.append(took)
                                 server_ms.append(server)
-                differ = [(queries[i], mcp_ids[i], rest_ids[i]) for i in range(len(queries))
-                          if mcp_ids[i] != rest_ids[i]]
+                differ = [
+                    (queries[i], mcp_ids[i], rest_ids[i]) for i in range(len(queries)) if mcp_ids[i] != rest_ids[i]
+                ]
                 out[mode] = {"mcp": mcp_ms, "rest": rest_ms, "server": server_ms, "differ": differ}
-                print(f"  {mode}: MCP p50 {np.median(mcp_ms):.1f} ms, REST p50 {np.median(rest_ms):.1f} ms, "
-                      f"{len(queries) - len(differ)}/{len(queries)} agree", flush=True)
+                print(
+                    f"  {mode}: MCP p50 {np.median(mcp_ms):.1f} ms, REST p50 {np.median(rest_ms):.1f} ms, "
+                    f"{len(queries) - len(differ)}/{len(queries)} agree",
+                    flush=True,
+                )
     return out
 
 
@@ -112,8 +118,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--requests", type=int, default=200, help="measured queries per path and mode")
     parser.add_argument("--block", type=int, default=20, help="queries per path before the other path's turn")
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data",
-                        help="where the embedded server keeps the benchmark databases between runs")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent / ".data",
+        help="where the embedded server keeps the benchmark databases between runs",
+    )
     args = parser.parse_args()
 
     from knowledge.embedded import EmbeddedPostgres
@@ -121,10 +131,9 @@ def main() -> None:
     dataset = DATASETS / args.dataset
     test = read_qrels(dataset)
     texts = read_queries(dataset)
-    queries = list(dict.fromkeys(texts[qid][:1000] for qid in texts if qid in test))[:args.requests]
+    queries = list(dict.fromkeys(texts[qid][:1000] for qid in texts if qid in test))[: args.requests]
     warmup = [t[:1000] for qid, t in texts.items() if qid not in test][:WARMUP]
-    print(f"{len(queries)} {args.dataset} test queries per path and mode, {len(warmup)} others to warm up",
-          flush=True)
+    print(f"{len(queries)} {args.dataset} test queries per path and mode, {len(warmup)} others to warm up", flush=True)
 
     server = EmbeddedPostgres(args.data_dir / "pg")
     server_url = server.start()
@@ -140,22 +149,30 @@ def main() -> None:
     machine = common.machine()
     rows: list[dict[str, Any]] = [
         {"path": path, "mode": mode, "requests": len(results[mode][path]), **percentiles(results[mode][path])}
-        for mode in MODES for path in ("mcp", "rest")]
-    print(f"\nmachine: {machine}; queries: {args.dataset} test; limit {LIMIT}; one client per path, one request "
-          f"at a time, blocks of {args.block} alternating; latency by the client, call to parsed answer, "
-          "query embedding included (cache off)")
+        for mode in MODES
+        for path in ("mcp", "rest")
+    ]
+    print(
+        f"\nmachine: {machine}; queries: {args.dataset} test; limit {LIMIT}; one client per path, one request "
+        f"at a time, blocks of {args.block} alternating; latency by the client, call to parsed answer, "
+        "query embedding included (cache off)"
+    )
     print("| path | mode | requests | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['mode']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |"
-              f" {r['p99_ms']:.1f} |")
+        print(
+            f"| {r['path']} | {r['mode']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |"
+            f" {r['p99_ms']:.1f} |"
+        )
     print()
     for mode in MODES:
         mcp, rest = (next(r for r in rows if r["path"] == p and r["mode"] == mode) for p in ("mcp", "rest"))
         differ = results[mode]["differ"]
-        print(f"{mode}: MCP - REST at p50 {mcp['p50_ms'] - rest['p50_ms']:+.1f} ms; REST server took_ms p50 "
-              f"{np.median(results[mode]['server']):.1f} ms; same hit ids on both paths for "
-              f"{len(queries) - len(differ)}/{len(queries)} queries")
+        print(
+            f"{mode}: MCP - REST at p50 {mcp['p50_ms'] - rest['p50_ms']:+.1f} ms; REST server took_ms p50 "
+            f"{np.median(results[mode]['server']):.1f} ms; same hit ids on both paths for "
+            f"{len(queries) - len(differ)}/{len(queries)} queries"
+        )
         for text, mcp_ids, rest_ids in differ[:5]:
             print(f"  DIFFER {text[:80]!r}:\n    mcp  {mcp_ids}\n    rest {rest_ids}")
     RESULTS.mkdir(exist_ok=True)

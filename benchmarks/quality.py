@@ -76,7 +76,7 @@ def load(dataset: Path, limit_docs: int | None) -> tuple[Corpus, dict[str, str],
 def ndcg_at(ranked: list[str], rel: dict[str, int], k: int = 10) -> float:
     dcg = sum((2 ** rel.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted(rel.values(), reverse=True)[:k]
-    idcg = sum((2 ** r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    idcg = sum((2**r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
     return dcg / idcg if idcg else 0.0
 
 
@@ -99,8 +99,9 @@ def bm25s_runs(corpus: dict[str, tuple[str, str]], queries: dict[str, str]) -> d
 
     ids = list(corpus)
     stemmer = Stemmer.Stemmer("english")
-    tokens = bm25s.tokenize([f"{t} {x}" for t, x in corpus.values()], stopwords="en", stemmer=stemmer,
-                            show_progress=False)
+    tokens = bm25s.tokenize(
+        [f"{t} {x}" for t, x in corpus.values()], stopwords="en", stemmer=stemmer, show_progress=False
+    )
     model = bm25s.BM25()
     model.index(tokens, show_progress=False)
     qids = list(queries)
@@ -115,7 +116,8 @@ def dense_runs(url: str, queries: dict[str, str]) -> dict[str, list[str]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT d.source_path, e.embedding::text FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
-            " JOIN documents d ON d.id = c.document_id WHERE e.model = 'all-MiniLM-L6-v2'").fetchall()
+            " JOIN documents d ON d.id = c.document_id WHERE e.model = 'all-MiniLM-L6-v2'"
+        ).fetchall()
     owners = [Path(r[0]).stem for r in rows]
     matrix = np.array([json.loads(r[1]) for r in rows], dtype=np.float32)
     model = SentenceTransformerEmbedder()
@@ -131,8 +133,16 @@ def dense_runs(url: str, queries: dict[str, str]) -> dict[str, list[str]]:
     return runs
 
 
-def service_rows(env: dict[str, str], log: Path, systems: list[tuple[str, str]], queries: dict[str, str],
-                 qrels: Qrels, expect: str | None, server: str, runs_out: dict[str, Runs]) -> list[dict[str, Any]]:
+def service_rows(
+    env: dict[str, str],
+    log: Path,
+    systems: list[tuple[str, str]],
+    queries: dict[str, str],
+    qrels: Qrels,
+    expect: str | None,
+    server: str,
+    runs_out: dict[str, Runs],
+) -> list[dict[str, Any]]:
     """One row per (system name, mode) from a service started with `env`: every query over
     HTTP. Raises SystemExit when a response reports another keyword path than `expect`
     (None: any, the same for every response of the row). Each row's runs go to `runs_out`."""
@@ -147,13 +157,22 @@ def service_rows(env: dict[str, str], log: Path, systems: list[tuple[str, str]],
                 took.append(body["took_ms"])
                 paths.add(body["keyword_path"])
                 if expect is not None and body["keyword_path"] != expect:
-                    raise SystemExit(f"{system}: the service searched with keyword path "
-                                     f"{body['keyword_path']!r}, not {expect!r} (query {qid})")
+                    raise SystemExit(
+                        f"{system}: the service searched with keyword path "
+                        f"{body['keyword_path']!r}, not {expect!r} (query {qid})"
+                    )
                 runs[qid] = [Path(h["source_path"]).stem for h in body["hits"]]
             if len(paths) != 1:
                 raise SystemExit(f"{system}: responses reported several keyword paths: {sorted(paths)}")
-            rows.append({"system": system, "keyword_path": paths.pop(), "server": server, **score(runs, qrels),
-                         "p50_ms": float(np.median(took))})
+            rows.append(
+                {
+                    "system": system,
+                    "keyword_path": paths.pop(),
+                    "server": server,
+                    **score(runs, qrels),
+                    "p50_ms": float(np.median(took)),
+                }
+            )
             runs_out[system] = runs
             print(f"{system}: done (keyword path {rows[-1]['keyword_path']})", flush=True)
     return rows
@@ -169,21 +188,32 @@ def copy_search_rows(source: str, target: str) -> dict[str, int]:
     with psycopg.connect(source) as src, psycopg.connect(target) as dst:
         dst.execute("ALTER TABLE documents DISABLE TRIGGER documents_requeue_embedding")
         for table in COPIED:
-            names = [r[0] for r in src.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
-                " AND table_name = %s AND is_generated = 'NEVER' ORDER BY ordinal_position", [table])]
+            names = [
+                r[0]
+                for r in src.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                    " AND table_name = %s AND is_generated = 'NEVER' ORDER BY ordinal_position",
+                    [table],
+                )
+            ]
             columns = sql.SQL(", ").join(map(sql.Identifier, names))
-            with src.cursor().copy(sql.SQL("COPY {} ({}) TO STDOUT (FORMAT BINARY)").format(
-                    sql.Identifier(table), columns)) as out, \
-                    dst.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                        sql.Identifier(table), columns)) as into:
+            with (
+                src.cursor().copy(
+                    sql.SQL("COPY {} ({}) TO STDOUT (FORMAT BINARY)").format(sql.Identifier(table), columns)
+                ) as out,
+                dst.cursor().copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(sql.Identifier(table), columns)
+                ) as into,
+            ):
                 for block in out:
                     into.write(block)
             row = dst.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
             copied[table] = int(row[0]) if row else 0
         dst.execute("ALTER TABLE documents ENABLE TRIGGER documents_requeue_embedding")
-        dst.execute("SELECT setval(pg_get_serial_sequence('knowledge_chunks', 'id'),"
-                    " (SELECT coalesce(max(id), 1) FROM knowledge_chunks))")
+        dst.execute(
+            "SELECT setval(pg_get_serial_sequence('knowledge_chunks', 'id'),"
+            " (SELECT coalesce(max(id), 1) FROM knowledge_chunks))"
+        )
     return copied
 
 
@@ -203,8 +233,11 @@ def server_without_pg_textsearch(data_dir: Path, source: str) -> tuple[Any, str]
                 raise SystemExit("the second server has pg_textsearch: it must run without it")
             models = [r[0] for r in conn.execute("SELECT name FROM embedding_models")]
             for model in models:  # built once after the copy, not row by row during it
-                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(
-                    conn.execute("SELECT hq_embedding_index_name(%s)", [model]).fetchone()[0])))  # type: ignore[index]
+                conn.execute(
+                    sql.SQL("DROP INDEX IF EXISTS {}").format(
+                        sql.Identifier(conn.execute("SELECT hq_embedding_index_name(%s)", [model]).fetchone()[0])
+                    )
+                )  # type: ignore[index]
         started = time.perf_counter()
         copied = copy_search_rows(source, url)
         print(f"server without pg_textsearch: copied {copied} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -214,11 +247,16 @@ def server_without_pg_textsearch(data_dir: Path, source: str) -> tuple[Any, str]
             for model in models:
                 conn.execute("SELECT hq_ensure_embedding_index(%s)", [model])
             conn.execute("VACUUM ANALYZE")
-            corpus = conn.execute("SELECT sum(passages), (SELECT count(*) FROM knowledge_chunks),"
-                                  " (SELECT count(*) FROM bm25_postings) FROM bm25_corpus").fetchone()
+            corpus = conn.execute(
+                "SELECT sum(passages), (SELECT count(*) FROM knowledge_chunks),"
+                " (SELECT count(*) FROM bm25_postings) FROM bm25_corpus"
+            ).fetchone()
             assert corpus is not None
-            print(f"  HNSW index built and VACUUM ANALYZE in {time.perf_counter() - started:.0f} s; BM25 tables:"
-                  f" {corpus[0]} passages counted of {corpus[1]}, {corpus[2]} postings", flush=True)
+            print(
+                f"  HNSW index built and VACUUM ANALYZE in {time.perf_counter() - started:.0f} s; BM25 tables:"
+                f" {corpus[0]} passages counted of {corpus[1]}, {corpus[2]} postings",
+                flush=True,
+            )
             if corpus[0] != corpus[1]:
                 raise SystemExit(f"bm25_corpus counts {corpus[0]} passages, knowledge_chunks holds {corpus[1]}")
     except BaseException:
@@ -238,12 +276,21 @@ def compare_paths(rows: list[dict[str, Any]], runs: dict[str, Runs], qrels: Qrel
     ndcg = {r["system"]: r["ndcg@10"] for r in rows}
     keyword = abs(ndcg["keyword sql-bm25"] - ndcg["bm25s"])
     hybrid = abs(ndcg["hybrid sql-bm25"] - ndcg["hybrid"])
-    same = {mode: sum(runs[mode][q][:10] == runs[f"{mode} sql-bm25"][q][:10] for q in qrels if q in runs[mode])
-            for mode in ("keyword", "hybrid")}
+    same = {
+        mode: sum(runs[mode][q][:10] == runs[f"{mode} sql-bm25"][q][:10] for q in qrels if q in runs[mode])
+        for mode in ("keyword", "hybrid")
+    }
     return {
-        "sql_keyword_vs_bm25s": {"diff": keyword, "bound": SQL_KEYWORD_VS_BM25S, "pass": keyword <= SQL_KEYWORD_VS_BM25S},
-        "sql_hybrid_vs_pg_textsearch_hybrid": {"diff": hybrid, "bound": SQL_HYBRID_VS_PG_TEXTSEARCH,
-                                               "pass": hybrid <= SQL_HYBRID_VS_PG_TEXTSEARCH},
+        "sql_keyword_vs_bm25s": {
+            "diff": keyword,
+            "bound": SQL_KEYWORD_VS_BM25S,
+            "pass": keyword <= SQL_KEYWORD_VS_BM25S,
+        },
+        "sql_hybrid_vs_pg_textsearch_hybrid": {
+            "diff": hybrid,
+            "bound": SQL_HYBRID_VS_PG_TEXTSEARCH,
+            "pass": hybrid <= SQL_HYBRID_VS_PG_TEXTSEARCH,
+        },
         "sql_keyword_vs_pg_textsearch_keyword": {"diff": abs(ndcg["keyword sql-bm25"] - ndcg["keyword"])},
         "same_top10_as_bm25": {mode: f"{n}/{len(runs[mode])}" for mode, n in same.items()},
     }
@@ -253,11 +300,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--limit-docs", type=int, default=None, help="a smaller corpus (judged documents kept)")
-    parser.add_argument("--database-url", default=None,
-                        help="a database already holding this collection, imported and embedded (as "
-                             "benchmarks/latency.py leaves it): skips the import and the embedding")
-    parser.add_argument("--keyword-index", choices=("pg_textsearch", "sql", "all"), default=None,
-                        help="compare keyword paths (see the docstring); default: the service's own choice")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a database already holding this collection, imported and embedded (as "
+        "benchmarks/latency.py leaves it): skips the import and the embedding",
+    )
+    parser.add_argument(
+        "--keyword-index",
+        choices=("pg_textsearch", "sql", "all"),
+        default=None,
+        help="compare keyword paths (see the docstring); default: the service's own choice",
+    )
     args = parser.parse_args()
     corpus, queries, qrels = load(DATASETS / args.dataset, args.limit_docs)
     print(f"{args.dataset}: {len(corpus)} documents, {len(queries)} judged test queries", flush=True)
@@ -287,8 +341,7 @@ def main() -> None:
                     migrate(conn)
                     started = time.perf_counter()
                     imported = import_folder(conn, folder)
-                    print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s",
-                          flush=True)
+                    print(f"imported {imported.created} documents in {time.perf_counter() - started:.0f} s", flush=True)
                 started = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], env=env, check=True)
                 print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
@@ -298,12 +351,27 @@ def main() -> None:
 
             modes = ("keyword", "hybrid") if choice == "sql" else ("keyword", "semantic", "hybrid")
             main_env = with_keyword_choice(env, "pg_textsearch") if choice else env
-            rows += service_rows(main_env, log, [(m, m) for m in modes], queries, qrels, "bm25" if choice else None,
-                                 "pg_textsearch" if choice or server is not None else "--database-url", runs)
+            rows += service_rows(
+                main_env,
+                log,
+                [(m, m) for m in modes],
+                queries,
+                qrels,
+                "bm25" if choice else None,
+                "pg_textsearch" if choice or server is not None else "--database-url",
+                runs,
+            )
             if choice == "all":
-                rows += service_rows(with_keyword_choice(env, "sql"), log,
-                                     [(f"{m} sql-bm25 (HQ_KEYWORD_INDEX=sql)", m) for m in ("keyword", "hybrid")],
-                                     queries, qrels, "sql-bm25", "pg_textsearch", runs)
+                rows += service_rows(
+                    with_keyword_choice(env, "sql"),
+                    log,
+                    [(f"{m} sql-bm25 (HQ_KEYWORD_INDEX=sql)", m) for m in ("keyword", "hybrid")],
+                    queries,
+                    qrels,
+                    "sql-bm25",
+                    "pg_textsearch",
+                    runs,
+                )
             if choice != "sql":
                 rows.append({"system": "exact-dense", **score(dense_runs(url, queries), qrels)})
             if compare:
@@ -316,8 +384,16 @@ def main() -> None:
                 # Last: without hq_sql_bm25_top the keyword leg falls back to ts_rank_cd.
                 with psycopg.connect(plain_url, autocommit=True) as conn:
                     conn.execute("DROP FUNCTION hq_sql_bm25_top(text, integer)")
-                rows += service_rows(plain_env, log, [(f"{m} ts_rank_cd", m) for m in ("keyword", "hybrid")],
-                                     queries, qrels, "ts_rank_cd", "no pg_textsearch", runs)
+                rows += service_rows(
+                    plain_env,
+                    log,
+                    [(f"{m} ts_rank_cd", m) for m in ("keyword", "hybrid")],
+                    queries,
+                    qrels,
+                    "ts_rank_cd",
+                    "no pg_textsearch",
+                    runs,
+                )
         finally:
             if plain is not None:
                 plain.stop()
@@ -328,8 +404,13 @@ def main() -> None:
     report(args, corpus, queries, rows, compare_paths(rows, runs, qrels) if compare else None)
 
 
-def report(args: argparse.Namespace, corpus: Corpus, queries: dict[str, str], rows: list[dict[str, Any]],
-           checks: dict[str, Any] | None) -> None:
+def report(
+    args: argparse.Namespace,
+    corpus: Corpus,
+    queries: dict[str, str],
+    rows: list[dict[str, Any]],
+    checks: dict[str, Any] | None,
+) -> None:
     """Print the table (and the checks), and write the JSON file."""
     machine = common.machine()
     print(f"\nmachine: {machine}; dataset {args.dataset}: {len(corpus)} documents, {len(queries)} queries")
@@ -337,15 +418,21 @@ def report(args: argparse.Namespace, corpus: Corpus, queries: dict[str, str], ro
     print("|---|---|---|---:|---:|---:|---:|")
     for row in rows:
         ms = f"{row['p50_ms']:.1f}" if "p50_ms" in row else ""
-        print(f"| {row['system']} | {row.get('keyword_path', '')} | {row.get('server', '')} | {row['ndcg@10']:.3f} |"
-              f" {row['recall@10']:.3f} | {row['recall@100']:.3f} | {ms} |")
+        print(
+            f"| {row['system']} | {row.get('keyword_path', '')} | {row.get('server', '')} | {row['ndcg@10']:.3f} |"
+            f" {row['recall@10']:.3f} | {row['recall@100']:.3f} | {ms} |"
+        )
     if checks:
-        for name, label in (("sql_keyword_vs_bm25s", "|sql-bm25 keyword - bm25s| nDCG@10"),
-                            ("sql_hybrid_vs_pg_textsearch_hybrid", "|sql-bm25 hybrid - bm25 hybrid| nDCG@10")):
+        for name, label in (
+            ("sql_keyword_vs_bm25s", "|sql-bm25 keyword - bm25s| nDCG@10"),
+            ("sql_hybrid_vs_pg_textsearch_hybrid", "|sql-bm25 hybrid - bm25 hybrid| nDCG@10"),
+        ):
             c = checks[name]
             print(f"{label}: {c['diff']:.4f} (bound {c['bound']}): {'PASS' if c['pass'] else 'FAIL'}")
-        print(f"|sql-bm25 keyword - bm25 keyword| nDCG@10: {checks['sql_keyword_vs_pg_textsearch_keyword']['diff']:.4f};"
-              f" queries whose first 10 documents sql-bm25 ranks as bm25 does: {checks['same_top10_as_bm25']}")
+        print(
+            f"|sql-bm25 keyword - bm25 keyword| nDCG@10: {checks['sql_keyword_vs_pg_textsearch_keyword']['diff']:.4f};"
+            f" queries whose first 10 documents sql-bm25 ranks as bm25 does: {checks['same_top10_as_bm25']}"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality-{args.dataset}.json"
     kept: list[dict[str, Any]] = []
@@ -354,8 +441,13 @@ def report(args: argparse.Namespace, corpus: Corpus, queries: dict[str, str], ro
         if earlier.get("documents") == len(corpus) and earlier.get("queries") == len(queries):
             measured = {r["system"] for r in rows}
             kept = [r for r in earlier.get("rows", []) if r["system"] not in measured]
-    document: dict[str, Any] = {"dataset": args.dataset, "documents": len(corpus), "queries": len(queries),
-                                "machine": machine, "rows": kept + rows}
+    document: dict[str, Any] = {
+        "dataset": args.dataset,
+        "documents": len(corpus),
+        "queries": len(queries),
+        "machine": machine,
+        "rows": kept + rows,
+    }
     if args.keyword_index:
         document["keyword_index"] = args.keyword_index
     if checks:

@@ -71,8 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--passages", type=int, default=256)
-    parser.add_argument("--dataset", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact")
+    parser.add_argument(
+        "--dataset", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,27 +97,38 @@ def main() -> None:
 
         cached = OnnxEmbedder(cache_dir=cache_dir, threads=2)
         cached.embed_query(QUERY)
-        timings = latencies({
-            "torch (sentence-transformers)": lambda: torch_model.embed([QUERY]),
-            "ONNX fp32, 1 thread": lambda: one.embed([QUERY]),
-            "ONNX fp32, 2 threads": lambda: two.embed([QUERY]),
-            "cached embed_query (hit)": lambda: cached.embed_query(QUERY),
-        }, args.runs)
+        timings = latencies(
+            {
+                "torch (sentence-transformers)": lambda: torch_model.embed([QUERY]),
+                "ONNX fp32, 1 thread": lambda: one.embed([QUERY]),
+                "ONNX fp32, 2 threads": lambda: two.embed([QUERY]),
+                "cached embed_query (hit)": lambda: cached.embed_query(QUERY),
+            },
+            args.runs,
+        )
 
         texts = load_abstracts(args.dataset, args.passages)
         throughput = {}
-        for name, model in (("torch (sentence-transformers)", torch_model), ("ONNX fp32, 1 thread", one),
-                            ("ONNX fp32, 2 threads", two), ("torch, run 2", torch_model)):
+        for name, model in (
+            ("torch (sentence-transformers)", torch_model),
+            ("ONNX fp32, 1 thread", one),
+            ("ONNX fp32, 2 threads", two),
+            ("torch, run 2", torch_model),
+        ):
             throughput[name] = rate(model.embed, texts)
         reference = throughput["torch (sentence-transformers)"][1]
         tokens = [min(torch_model.count_tokens(t) + 2, 256) for t in texts]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {load:.2f}, "
-          f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"onnxruntime {onnxruntime.__version__}, model all-MiniLM-L6-v2")
-    print(f"start: first (export + open) {first_start:.2f} s, next (cached file) {second_start:.2f} s, "
-          f"torch model load {torch_start:.2f} s")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {load:.2f}, "
+        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"onnxruntime {onnxruntime.__version__}, model all-MiniLM-L6-v2"
+    )
+    print(
+        f"start: first (export + open) {first_start:.2f} s, next (cached file) {second_start:.2f} s, "
+        f"torch model load {torch_start:.2f} s"
+    )
     print()
     print(f"single short query ({len(QUERY)} chars), warm, {args.runs} runs in {ROUNDS} alternating rounds")
     print("| embedder | p50 ms | p95 ms | CPU ms/query |")
@@ -125,8 +137,10 @@ def main() -> None:
         p50, p95 = np.percentile(walls, [50, 95]) * 1000
         print(f"| {name} | {p50:.3f} | {p95:.3f} | {cpu * 1000:.3f} |")
     print()
-    print(f"{len(texts)} SciFact abstracts (title + text, mean {np.mean(tokens):.0f} word pieces, "
-          f"{sum(t == 256 for t in tokens)} truncated at 256), batch 32")
+    print(
+        f"{len(texts)} SciFact abstracts (title + text, mean {np.mean(tokens):.0f} word pieces, "
+        f"{sum(t == 256 for t in tokens)} truncated at 256), batch 32"
+    )
     print("| embedder | passages/s | min cosine vs torch |")
     print("|----------|-----------:|--------------------:|")
     for name, (per_second, vectors) in throughput.items():

@@ -43,8 +43,9 @@ def fixed(vector: np.ndarray[Any, Any]) -> Callable[[str], np.ndarray[Any, Any]]
     return lambda _text: vector
 
 
-def run(conn: psycopg.Connection[Any], queries: dict[str, str], vectors: dict[str, np.ndarray[Any, Any]],
-        mode: str) -> tuple[dict[str, list[str]], float]:
+def run(
+    conn: psycopg.Connection[Any], queries: dict[str, str], vectors: dict[str, np.ndarray[Any, Any]], mode: str
+) -> tuple[dict[str, list[str]], float]:
     """Each query's first page (corpus ids, best first) and the p50 ms of the search call."""
     from knowledge.query_models import search_setup
     from knowledge.search import SearchQuery, search
@@ -55,8 +56,15 @@ def run(conn: psycopg.Connection[Any], queries: dict[str, str], vectors: dict[st
     for qid, text in queries.items():
         query = SearchQuery(q=text[:1000], limit=10, mode=mode)
         started = time.perf_counter()
-        result = search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                        embed_query=fixed(vectors[qid]), exact_below=setup.exact_below)
+        result = search(
+            conn,
+            query,
+            keyword_path=setup.keyword_path,
+            model=setup.model,
+            dims=setup.dims,
+            embed_query=fixed(vectors[qid]),
+            exact_below=setup.exact_below,
+        )
         took.append((time.perf_counter() - started) * 1000)
         runs[qid] = [Path(h.source_path).stem for h in result.hits if h.source_path]
     return runs, float(np.median(took))
@@ -64,8 +72,10 @@ def run(conn: psycopg.Connection[Any], queries: dict[str, str], vectors: dict[st
 
 def scores(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     qids = [q for q in qrels if q in runs]
-    return {"ndcg@10": round(float(np.mean([ndcg_at(runs[q], qrels[q]) for q in qids])), 4),
-            "recall@10": round(float(np.mean([recall_at(runs[q], qrels[q], 10) for q in qids])), 4)}
+    return {
+        "ndcg@10": round(float(np.mean([ndcg_at(runs[q], qrels[q]) for q in qids])), 4),
+        "recall@10": round(float(np.mean([recall_at(runs[q], qrels[q], 10) for q in qids])), 4),
+    }
 
 
 def embed_all(embed: Any, queries: dict[str, str]) -> tuple[dict[str, np.ndarray[Any, Any]], float]:
@@ -107,8 +117,10 @@ def main() -> None:
         setup = search_setup(conn)
         passages = conn.execute("SELECT count(*) FROM knowledge_chunks").fetchone()[0]  # type: ignore[index]
         out |= {"passages": passages, "service_ef_search": setup.ef_search, "keyword_path": setup.keyword_path}
-        print(f"\n{common.machine()}; {args.dataset}, {len(queries)} queries, {passages} passages, "
-              f"keyword path {setup.keyword_path}, the service's ef_search {setup.ef_search}\n")
+        print(
+            f"\n{common.machine()}; {args.dataset}, {len(queries)} queries, {passages} passages, "
+            f"keyword path {setup.keyword_path}, the service's ef_search {setup.ef_search}\n"
+        )
         if efs:
             rows = []
             conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(efs))))
@@ -134,16 +146,32 @@ def main() -> None:
                 i8_runs, _ = run(conn, queries, int8_vectors, mode)
                 fp, i8 = scores(fp_runs, qrels), scores(i8_runs, qrels)
                 same = sum(fp_runs[q] == i8_runs[q] for q in queries)
-                rows.append({"mode": mode, "fp32_ndcg@10": fp["ndcg@10"], "int8_ndcg@10": i8["ndcg@10"],
-                             "drop": round(fp["ndcg@10"] - i8["ndcg@10"], 4), "same_first_page": same})
-            out["int8"] = {"rows": rows, "fp32_embed_p50_ms": round(fp32_ms, 2), "int8_embed_p50_ms": round(int8_ms, 2),
-                           "cosine_mean": round(float(np.mean(cosine)), 4), "cosine_min": round(float(np.min(cosine)), 4)}
-            print(f"\nquery embedding p50: fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms; cosine int8 to fp32 "
-                  f"mean {np.mean(cosine):.4f}, min {np.min(cosine):.4f}")
+                rows.append(
+                    {
+                        "mode": mode,
+                        "fp32_ndcg@10": fp["ndcg@10"],
+                        "int8_ndcg@10": i8["ndcg@10"],
+                        "drop": round(fp["ndcg@10"] - i8["ndcg@10"], 4),
+                        "same_first_page": same,
+                    }
+                )
+            out["int8"] = {
+                "rows": rows,
+                "fp32_embed_p50_ms": round(fp32_ms, 2),
+                "int8_embed_p50_ms": round(int8_ms, 2),
+                "cosine_mean": round(float(np.mean(cosine)), 4),
+                "cosine_min": round(float(np.min(cosine)), 4),
+            }
+            print(
+                f"\nquery embedding p50: fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms; cosine int8 to fp32 "
+                f"mean {np.mean(cosine):.4f}, min {np.min(cosine):.4f}"
+            )
             print("\n| mode | fp32 nDCG@10 | int8 nDCG@10 | drop | same first page |\n|---|---|---|---|---|")
             for r in rows:
-                print(f"| {r['mode']} | {r['fp32_ndcg@10']:.4f} | {r['int8_ndcg@10']:.4f} | {r['drop']:+.4f} |"
-                      f" {r['same_first_page']}/{len(queries)} |")
+                print(
+                    f"| {r['mode']} | {r['fp32_ndcg@10']:.4f} | {r['int8_ndcg@10']:.4f} | {r['drop']:+.4f} |"
+                    f" {r['same_first_page']}/{len(queries)} |"
+                )
     path = RESULTS / f"query_quality-{args.dataset}-{passages}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
 

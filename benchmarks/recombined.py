@@ -49,7 +49,7 @@ def split(text: str) -> list[str]:
         if len(carry) < MIN_WORDS:
             continue
         for start in range(0, len(carry), MAX_WORDS):
-            out.append(" ".join(carry[start:start + MAX_WORDS]))
+            out.append(" ".join(carry[start : start + MAX_WORDS]))
         carry = []
     if carry:
         if out and len(carry) < MIN_WORDS:
@@ -62,8 +62,9 @@ def split(text: str) -> list[str]:
 class Pieces:
     """The pieces of every document: texts, unit vectors, word-piece counts, document index."""
 
-    def __init__(self, texts: list[str], vectors: Vectors, tokens: np.ndarray[Any, Any],
-                 doc: np.ndarray[Any, Any]) -> None:
+    def __init__(
+        self, texts: list[str], vectors: Vectors, tokens: np.ndarray[Any, Any], doc: np.ndarray[Any, Any]
+    ) -> None:
         self.texts, self.vectors, self.tokens, self.doc = texts, vectors, tokens, doc
         starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
         self.start = dict(zip(doc[starts].tolist(), starts.tolist(), strict=True))
@@ -97,16 +98,20 @@ def pieces(work: Path, embedder: Any = None) -> Pieces:
     vectors = np.empty((len(texts), 384), dtype=np.float32)
     started, step = time.perf_counter(), 2048
     for at in range(0, len(texts), step):
-        vectors[at:at + step] = embedder.embed(texts[at:at + step])
+        vectors[at : at + step] = embedder.embed(texts[at : at + step])
         done = min(at + step, len(texts))
         rate = done / (time.perf_counter() - started)
-        print(f"  embedded {done}/{len(texts)} pieces, {rate:.0f}/s, ETA {(len(texts) - done) / rate:.0f} s", flush=True)
+        print(
+            f"  embedded {done}/{len(texts)} pieces, {rate:.0f}/s, ETA {(len(texts) - done) / rate:.0f} s", flush=True
+        )
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, vectors=vectors)
     return _first_of_each(texts, vectors, tokens, np.array(doc))
 
 
-def _first_of_each(texts: list[str], vectors: Vectors, tokens: np.ndarray[Any, Any], doc: np.ndarray[Any, Any]) -> Pieces:
+def _first_of_each(
+    texts: list[str], vectors: Vectors, tokens: np.ndarray[Any, Any], doc: np.ndarray[Any, Any]
+) -> Pieces:
     """The pieces without repeats of a text (boilerplate sentences): one vector per text."""
     first: dict[str, int] = {}
     for i, text in enumerate(texts):
@@ -142,9 +147,9 @@ def neighbours(p: Pieces, k: int = 5) -> np.ndarray[Any, Any]:
     vectors = document_vectors(p)
     out = np.empty((len(vectors), k), dtype=np.int64)
     for at in range(0, len(vectors), 4096):
-        scores = vectors[at:at + 4096] @ vectors.T
+        scores = vectors[at : at + 4096] @ vectors.T
         scores[np.arange(len(scores)), np.arange(at, at + len(scores))] = -2
-        out[at:at + len(scores)] = np.argpartition(-scores, k, axis=1)[:, :k]
+        out[at : at + len(scores)] = np.argpartition(-scores, k, axis=1)[:, :k]
     return out
 
 
@@ -181,7 +186,7 @@ def compose(p: Pieces, n: int, seed: int, *, with_texts: bool = False) -> tuple[
     for size in (2, 3, 4):  # the weighted means, by number of pieces, 100k passages at a time
         rows = np.array([i for i, idx in enumerate(chosen) if len(idx) == size], dtype=np.int64)
         for at in range(0, len(rows), 100_000):
-            part = rows[at:at + 100_000]
+            part = rows[at : at + 100_000]
             members = np.array([chosen[i] for i in part], dtype=np.int64)
             out[part] = _unit(np.einsum("ns,nsd->nd", weights[members], p.vectors[members]))
     return out, [list(idx) for idx in chosen] if with_texts else []
@@ -192,5 +197,9 @@ def fidelity(p: Pieces, embedder: Any, n: int = 500, seed: int = 3) -> dict[str,
     vectors, chosen = compose(p, n, seed, with_texts=True)
     real = np.asarray(embedder.embed([" ".join(p.texts[j] for j in idx) for idx in chosen]), dtype=np.float32)
     cos = np.sum(vectors * real, axis=1)
-    return {"passages": n, "cosine_mean": round(float(cos.mean()), 4), "cosine_p5": round(float(np.percentile(cos, 5)), 4),
-            "cosine_min": round(float(cos.min()), 4)}
+    return {
+        "passages": n,
+        "cosine_mean": round(float(cos.mean()), 4),
+        "cosine_p5": round(float(np.percentile(cos, 5)), 4),
+        "cosine_min": round(float(cos.min()), 4),
+    }

@@ -52,8 +52,9 @@ def prepare(server_url: str, passages: int) -> str:
             for doc_id, title, text in docs:
                 copy.write_row((doc_id, title[:500], "markdown", text))
         conn.execute("UPDATE documents SET embedding_status = 'indexed', extracted_text = content_text")
-        with conn.cursor().copy("COPY knowledge_chunks (document_id, chunk_index, content, indexed_text,"
-                                " content_hash) FROM STDIN") as copy:
+        with conn.cursor().copy(
+            "COPY knowledge_chunks (document_id, chunk_index, content, indexed_text, content_hash) FROM STDIN"
+        ) as copy:
             for doc_id, title, text in docs:
                 copy.write_row((doc_id, 0, text, f"{title}\n\n{text}", uuid.uuid4().hex))
         conn.execute("VACUUM ANALYZE")
@@ -68,7 +69,7 @@ def raw_rate(texts: list[str], model: str, batch: int) -> float:
     embedder.embed(texts[:8])  # load the weights, warm up
     start = time.perf_counter()
     for i in range(0, len(texts), batch):
-        embedder.embed(texts[i:i + batch])
+        embedder.embed(texts[i : i + batch])
     return len(texts) / (time.perf_counter() - start)
 
 
@@ -110,10 +111,17 @@ def main() -> None:
         server.stop()
 
     raw = (before + after) / 2
-    row: dict[str, Any] = {"passages": embedded, "model": args.model, "batch": args.batch,
-                           "raw_before_per_s": round(before, 2), "raw_after_per_s": round(after, 2),
-                           "reembed_per_s": rate, "reembed_seconds": seconds,
-                           "command_wall_seconds": round(wall, 1), "ratio": round(rate / raw, 3)}
+    row: dict[str, Any] = {
+        "passages": embedded,
+        "model": args.model,
+        "batch": args.batch,
+        "raw_before_per_s": round(before, 2),
+        "raw_after_per_s": round(after, 2),
+        "reembed_per_s": rate,
+        "reembed_seconds": seconds,
+        "command_wall_seconds": round(wall, 1),
+        "ratio": round(rate / raw, 3),
+    }
     machine = common.machine()
     print(f"\nmachine: {machine}; loadavg {os.getloadavg()[0]:.2f}")
     print("| passages | model | raw before /s | raw after /s | reembed /s | reembed / raw |")

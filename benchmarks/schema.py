@@ -57,8 +57,10 @@ def main() -> None:
                 record("db bundle applied in one transaction", timed(lambda c=conn, s=script: c.execute(s)))
             record("embedded stop", timed(server.stop))
 
-    print(f"machine: {platform.machine()}, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}, PostgreSQL {version[0] if version else '?'}, repeat {args.repeat}")
+    print(
+        f"machine: {platform.machine()}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, PostgreSQL {version[0] if version else '?'}, repeat {args.repeat}"
+    )
     print(f"| {'step':<42} | {'median ms':>9} | {'max ms':>8} |")
     print(f"|{'-' * 44}|{'-' * 11}|{'-' * 10}|")
     for name, values in results.items():

@@ -71,6 +71,7 @@ info: dict[str, Any] = {}  # the server's versions and settings, filled in by ma
 
 # -- data ---------------------------------------------------------------------------------
 
+
 def real_vectors() -> tuple[Vectors, str]:
     """SciFact passage vectors of all-MiniLM-L6-v2 and how they were obtained (cached)."""
     path, label_path = WORK / "scifact-passages.npy", WORK / "scifact-passages.label"
@@ -90,7 +91,10 @@ def real_vectors() -> tuple[Vectors, str]:
             print(f"could not embed ({e2}); SYNTHETIC clustered vectors instead", flush=True)
             rng = np.random.default_rng(3)
             centres = _unit(rng.normal(0, 1, (300, DIMS)))
-            vectors, label = _unit(centres[rng.integers(0, 300, 13_484)] + rng.normal(0, 0.05, (13_484, DIMS))), "synthetic"
+            vectors, label = (
+                _unit(centres[rng.integers(0, 300, 13_484)] + rng.normal(0, 0.05, (13_484, DIMS))),
+                "synthetic",
+            )
     np.save(path, vectors.astype(np.float32))
     label_path.write_text(label)
     return vectors.astype(np.float32), label
@@ -110,8 +114,9 @@ def _from_latency_database() -> Vectors:
         base, _, query = url.partition("?")
         with psycopg.connect(f"{base.rsplit('/', 1)[0]}/lat_scifact?{query}") as conn:
             register_vector(conn)
-            rows = conn.execute("SELECT embedding FROM chunk_embeddings WHERE model = %s ORDER BY chunk_id",
-                                [MODEL]).fetchall()
+            rows = conn.execute(
+                "SELECT embedding FROM chunk_embeddings WHERE model = %s ORDER BY chunk_id", [MODEL]
+            ).fetchall()
         return np.array([v.to_numpy() for (v,) in rows], dtype=np.float32)
     finally:
         pg.stop()
@@ -139,14 +144,16 @@ def _unit(v: np.ndarray[Any, Any]) -> Vectors:
     return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
 
 
-def dataset(real: Vectors, n: int, pieces: recombined.Pieces | None, seed: int = 7) -> tuple[Vectors, np.ndarray[Any, Any]]:
+def dataset(
+    real: Vectors, n: int, pieces: recombined.Pieces | None, seed: int = 7
+) -> tuple[Vectors, np.ndarray[Any, Any]]:
     """`n` vectors (the real ones first, then synthetic ones: passages composed of `pieces`,
     or noise around real vectors without them) and the 1% tag mask."""
     out = np.empty((n, DIMS), dtype=np.float32)
-    out[:min(n, len(real))] = real[:n]
+    out[: min(n, len(real))] = real[:n]
     if n > len(real):
         extra = n - len(real)
-        out[len(real):] = noise(real, extra, seed) if pieces is None else recombined.compose(pieces, extra, seed)[0]
+        out[len(real) :] = noise(real, extra, seed) if pieces is None else recombined.compose(pieces, extra, seed)[0]
     tag = np.zeros(n, dtype=bool)
     tag[np.random.default_rng(11).choice(n, n // 100, replace=False)] = True
     return out, tag
@@ -161,7 +168,7 @@ def noise(real: Vectors, n: int, seed: int) -> Vectors:
         size = min(100_000, n - start)
         near = real[rng.integers(0, len(real), size)]
         sigma = rng.uniform(0.015, 0.045, (size, 1)).astype(np.float32)
-        out[start:start + size] = _unit(near + rng.normal(0, 1, near.shape).astype(np.float32) * sigma)
+        out[start : start + size] = _unit(near + rng.normal(0, 1, near.shape).astype(np.float32) * sigma)
     return out
 
 
@@ -172,19 +179,24 @@ def neighbourhood(scores: Vectors) -> dict[str, float]:
     dimensions shows as a high LID and near-ties."""
     dist = np.sqrt(np.maximum(2 - 2 * scores[:, :20], 1e-12))
     lid = -1 / np.mean(np.log(dist / dist[:, -1:]), axis=1)
-    return {"cos@1": round(float(scores[:, 0].mean()), 3), "cos@10": round(float(scores[:, 9].mean()), 3),
-            "cos@100": round(float(scores[:, 99].mean()), 3), "lid@20": round(float(np.median(lid)), 1)}
+    return {
+        "cos@1": round(float(scores[:, 0].mean()), 3),
+        "cos@10": round(float(scores[:, 9].mean()), 3),
+        "cos@100": round(float(scores[:, 99].mean()), 3),
+        "lid@20": round(float(np.median(lid)), 1),
+    }
 
 
-def nearest(data: Vectors, queries: Vectors, k: int = K,
-            mask: np.ndarray[Any, Any] | None = None) -> tuple[Vectors, np.ndarray[Any, Any]]:
+def nearest(
+    data: Vectors, queries: Vectors, k: int = K, mask: np.ndarray[Any, Any] | None = None
+) -> tuple[Vectors, np.ndarray[Any, Any]]:
     """Cosines and ids of the exact top-k by cosine (inner product of unit vectors), best
     first, in 200k-row chunks."""
     ids = np.arange(len(data)) if mask is None else np.flatnonzero(mask)
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     for start in range(0, len(ids), 200_000):
-        chunk = ids[start:start + 200_000]
+        chunk = ids[start : start + 200_000]
         scores = queries @ data[chunk].T
         top = np.argpartition(-scores, min(k, len(chunk)) - 1, axis=1)[:, :k]
         best_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
@@ -201,6 +213,7 @@ def id_sets(ids: np.ndarray[Any, Any]) -> list[set[int]]:
 
 # -- the server and the tables ------------------------------------------------------------
 
+
 def start_server(shared_buffers: str) -> tuple[Any, str]:
     """The benchmark's own embedded server, started with `shared_buffers` (the package's
     default of <= 1 GB would not hold a 1M-vector HNSW index), or joined if it runs."""
@@ -212,18 +225,35 @@ def start_server(shared_buffers: str) -> tuple[Any, str]:
 
 
 def server_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    show = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in  # type: ignore[index]
-            ("shared_buffers", "maintenance_work_mem", "max_parallel_maintenance_workers", "work_mem",
-             "max_parallel_workers_per_gather", "effective_cache_size")}
-    versions = dict(conn.execute("SELECT name, default_version FROM pg_available_extensions"
-                                 " WHERE name IN ('vector', 'vectorscale', 'pg_prewarm')").fetchall())
-    return {"postgres": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
-            "pgvector": versions.get("vector"), "vectorscale": versions.get("vectorscale"),
-            "pg_prewarm": "pg_prewarm" in versions, "settings": show}
+    show = {
+        name: conn.execute(f"SHOW {name}").fetchone()[0]
+        for name in (  # type: ignore[index]
+            "shared_buffers",
+            "maintenance_work_mem",
+            "max_parallel_maintenance_workers",
+            "work_mem",
+            "max_parallel_workers_per_gather",
+            "effective_cache_size",
+        )
+    }
+    versions = dict(
+        conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions"
+            " WHERE name IN ('vector', 'vectorscale', 'pg_prewarm')"
+        ).fetchall()
+    )
+    return {
+        "postgres": conn.execute("SHOW server_version").fetchone()[0],  # type: ignore[index]
+        "pgvector": versions.get("vector"),
+        "vectorscale": versions.get("vectorscale"),
+        "pg_prewarm": "pg_prewarm" in versions,
+        "settings": show,
+    }
 
 
-def ensure_table(conn: psycopg.Connection[Any], n: int, data: Vectors, tag: np.ndarray[Any, Any], kind: str,
-                 table: str | None = None) -> str:
+def ensure_table(
+    conn: psycopg.Connection[Any], n: int, data: Vectors, tag: np.ndarray[Any, Any], kind: str, table: str | None = None
+) -> str:
     """The table of size `n` (`vec_<n>` unless named), kept while its comment says it holds the same data."""
     table = table or f"vec_{n}"
     digest = hashlib.blake2b(np.ascontiguousarray(data[:n]).data, digest_size=8)
@@ -234,10 +264,17 @@ def ensure_table(conn: psycopg.Connection[Any], n: int, data: Vectors, tag: np.n
         return table
     started = time.perf_counter()
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, tag boolean NOT NULL, embedding vector(384))"
-                         ).format(sql.Identifier(table)))
-    with conn.transaction(), conn.cursor().copy(sql.SQL("COPY {} (id, tag, embedding) FROM STDIN WITH (FORMAT BINARY)"
-                                                        ).format(sql.Identifier(table))) as copy:
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, tag boolean NOT NULL, embedding vector(384))").format(
+            sql.Identifier(table)
+        )
+    )
+    with (
+        conn.transaction(),
+        conn.cursor().copy(
+            sql.SQL("COPY {} (id, tag, embedding) FROM STDIN WITH (FORMAT BINARY)").format(sql.Identifier(table))
+        ) as copy,
+    ):
         copy.set_types(["int8", "bool", "vector"])
         for i in range(n):
             copy.write_row((i, bool(tag[i]), data[i]))
@@ -254,19 +291,37 @@ def index_specs(n: int, args: argparse.Namespace) -> list[tuple[str, str, dict[s
     pairs = args.hnsw_1m if n >= 1_000_000 else [(m, ec) for ec in args.ef_construction for m in args.m]
     for method in args.methods:
         if method == "hnsw":  # a halfvec index is an expression index on embedding::halfvec(384)
-            specs += [(f"vec_{n}_hnsw_m{m}_ec{ec}" + ("_halfvec" if kind == "halfvec" else ""), "hnsw",
-                       {"m": m, "ef_construction": ec} | ({"type": kind} if kind == "halfvec" else {}))
-                      for kind in args.types for m, ec in pairs]
+            specs += [
+                (
+                    f"vec_{n}_hnsw_m{m}_ec{ec}" + ("_halfvec" if kind == "halfvec" else ""),
+                    "hnsw",
+                    {"m": m, "ef_construction": ec} | ({"type": kind} if kind == "halfvec" else {}),
+                )
+                for kind in args.types
+                for m, ec in pairs
+            ]
         elif method == "ivfflat":
             specs.append((f"vec_{n}_ivfflat", "ivfflat", {"lists": max(10, n // 1000)}))
         elif method == "diskann":
-            specs.append((f"vec_{n}_diskann", "diskann", {"num_neighbors": 50, "search_list_size": 100,
-                                                           "storage_layout": "memory_optimized"}))
+            specs.append(
+                (
+                    f"vec_{n}_diskann",
+                    "diskann",
+                    {"num_neighbors": 50, "search_list_size": 100, "storage_layout": "memory_optimized"},
+                )
+            )
     return specs
 
 
-def build(conn: psycopg.Connection[Any], table: str, name: str, method: str, params: dict[str, Any],
-          builds: dict[str, float], args: argparse.Namespace) -> float | None:
+def build(
+    conn: psycopg.Connection[Any],
+    table: str,
+    name: str,
+    method: str,
+    params: dict[str, Any],
+    builds: dict[str, float],
+    args: argparse.Namespace,
+) -> float | None:
     """Build the index unless it exists; its build time (None when skipped and absent)."""
     if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0]:  # type: ignore[index]
         return builds.get(name)
@@ -292,6 +347,7 @@ def save_builds(builds: dict[str, float]) -> None:
 
 
 # -- measuring ----------------------------------------------------------------------------
+
 
 def busy_seconds() -> float:
     t = psutil.cpu_times()
@@ -328,12 +384,22 @@ def distance(params: dict[str, Any]) -> sql.Composable:
     return sql.SQL(f"{column} <=> {placeholder}")
 
 
-def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings: dict[str, str], queries: Vectors,
-            truth: list[set[int]], filtered: bool, expect: str, order: sql.Composable) -> tuple[Row, list[float]]:
+def measure(
+    conn: psycopg.Connection[Any],
+    table: str,
+    drop: list[str],
+    settings: dict[str, str],
+    queries: Vectors,
+    truth: list[set[int]],
+    filtered: bool,
+    expect: str,
+    order: sql.Composable,
+) -> tuple[Row, list[float]]:
     """Latency and recall of `queries` one at a time, with the indexes in `drop` hidden; and
     each query's latency (for pooling rounds)."""
     query = sql.SQL("SELECT id FROM {} {} ORDER BY {} LIMIT 10").format(
-        sql.Identifier(table), sql.SQL("WHERE tag" if filtered else ""), order)
+        sql.Identifier(table), sql.SQL("WHERE tag" if filtered else ""), order
+    )
     row: Row = {}
     pids = [os.getpid(), conn.info.backend_pid]
     with conn.transaction():
@@ -360,11 +426,16 @@ def measure(conn: psycopg.Connection[Any], table: str, drop: list[str], settings
             others = (busy_seconds() - busy0 - (own_seconds(pids) - own0)) / wall
             steal = (steal_seconds() - steal0) / wall
         raise psycopg.Rollback()
-    return row | {"queries": len(queries), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                  "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-                  "recall@10": round(float(np.mean(recalls)), 4), "returned_mean": round(float(np.mean(returned)), 2),
-                  "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-                  "other_cpu_cores": round(max(0.0, others), 2), "steal_cores": round(steal, 3)}, latencies
+    return row | {
+        "queries": len(queries),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "recall@10": round(float(np.mean(recalls)), 4),
+        "returned_mean": round(float(np.mean(returned)), 2),
+        "loadavg": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "other_cpu_cores": round(max(0.0, others), 2),
+        "steal_cores": round(steal, 3),
+    }, latencies
 
 
 def pooled(measured: list[tuple[Row, list[float]]]) -> Row:
@@ -372,15 +443,20 @@ def pooled(measured: list[tuple[Row, list[float]]]) -> Row:
     their latencies together, each round's p50 (when several), the most any was disturbed."""
     rounds = [row for row, _ in measured]
     latencies = [ms for _, times in measured for ms in times]
-    return rounds[0] | {
-        "queries": sum(r["queries"] for r in rounds), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-        "recall@10": round(float(np.mean([r["recall@10"] for r in rounds])), 4),
-        "returned_mean": round(float(np.mean([r["returned_mean"] for r in rounds])), 2),
-        "loadavg": [rounds[0]["loadavg"][0], rounds[-1]["loadavg"][1]],
-        "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds),
-        "steal_cores": max(r.get("steal_cores", 0.0) for r in rounds),
-    } | ({"round_p50_ms": [r["p50_ms"] for r in rounds]} if len(rounds) > 1 else {})
+    return (
+        rounds[0]
+        | {
+            "queries": sum(r["queries"] for r in rounds),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "recall@10": round(float(np.mean([r["recall@10"] for r in rounds])), 4),
+            "returned_mean": round(float(np.mean([r["returned_mean"] for r in rounds])), 2),
+            "loadavg": [rounds[0]["loadavg"][0], rounds[-1]["loadavg"][1]],
+            "other_cpu_cores": max(r["other_cpu_cores"] for r in rounds),
+            "steal_cores": max(r.get("steal_cores", 0.0) for r in rounds),
+        }
+        | ({"round_p50_ms": [r["p50_ms"] for r in rounds]} if len(rounds) > 1 else {})
+    )
 
 
 def disturbed(row: Row) -> bool:
@@ -398,8 +474,16 @@ def wait_quiet(limit_s: float) -> None:
         pass
 
 
-def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, queries: Vectors,
-             pieces: recombined.Pieces | None, builds: dict[str, float], args: argparse.Namespace) -> list[Row]:
+def run_size(
+    conn: psycopg.Connection[Any],
+    n: int,
+    real: Vectors,
+    label: str,
+    queries: Vectors,
+    pieces: recombined.Pieces | None,
+    builds: dict[str, float],
+    args: argparse.Namespace,
+) -> list[Row]:
     data, tag = dataset(real, n, pieces)
     kind = label if n <= len(real) else f"{label}+{'synthetic-clustered' if pieces is None else 'recombined'}"
     table = ensure_table(conn, n, data, tag, f"{kind}: {len(real)} {label} vectors + seed 7")
@@ -411,35 +495,58 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
     specs = index_specs(n, args)
     for name, method, params in specs:
         build(conn, table, name, method, params, builds, args)
-    present = [name for name, _, _ in specs
-               if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0]]  # type: ignore[index]
-    others = [r[0] for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass"
-                                         " AND NOT indisprimary", [table])]
+    present = [name for name, _, _ in specs if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0]]  # type: ignore[index]
+    others = [
+        r[0]
+        for r in conn.execute(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass AND NOT indisprimary",
+            [table],
+        )
+    ]
     rows: list[Row] = []
     redo: list[tuple[int, tuple[Any, ...], int]] = []  # (row, measure() arguments, rounds)
 
-    def margs_of(params: dict[str, Any], filtered: bool, keep: str | None, settings: dict[str, str],
-                 nq: int | None = None) -> tuple[Any, ...]:
+    def margs_of(
+        params: dict[str, Any], filtered: bool, keep: str | None, settings: dict[str, str], nq: int | None = None
+    ) -> tuple[Any, ...]:
         drop = [i for i in others if i != keep and not (keep is None and i == f"{table}_tag")]
         expect = keep or (f"{table}_tag" if filtered else "Seq Scan")
         return conn, table, drop, settings, queries[:nq], truth[filtered][:nq], filtered, expect, distance(params)
 
-    def record(method: str, params: dict[str, Any], filtered: bool, iterative: str | None, keep: str | None,
-               settings: dict[str, str], nq: int | None = None,
-               rounds: list[tuple[Row, list[float]]] | None = None) -> None:
+    def record(
+        method: str,
+        params: dict[str, Any],
+        filtered: bool,
+        iterative: str | None,
+        keep: str | None,
+        settings: dict[str, str],
+        nq: int | None = None,
+        rounds: list[tuple[Row, list[float]]] | None = None,
+    ) -> None:
         margs = margs_of(params, filtered, keep, settings, nq)
         rounds = rounds or [measure(*margs)]
         got = pooled(rounds)
         if disturbed(got | {"method": method}):
             redo.append((len(rows), margs, len(rounds)))
         size = None if keep is None else conn.execute("SELECT pg_relation_size(%s)", [keep]).fetchone()[0]  # type: ignore[index]
-        row = {"vectors": n, "data": kind, "neighbourhood": around, "method": method, "params": params, "filter": "1%" if filtered else None,
-               "iterative_scan": iterative, "build_s": None if keep is None else round(builds.get(keep, float("nan")), 1),
-               "index_mb": None if size is None else round(size / 2**20, 1)} | got
+        row = {
+            "vectors": n,
+            "data": kind,
+            "neighbourhood": around,
+            "method": method,
+            "params": params,
+            "filter": "1%" if filtered else None,
+            "iterative_scan": iterative,
+            "build_s": None if keep is None else round(builds.get(keep, float("nan")), 1),
+            "index_mb": None if size is None else round(size / 2**20, 1),
+        } | got
         rows.append(row)
-        print(f"  {n:>8} {method:8} {json.dumps(params):62} {row['filter'] or '-':3} {iterative or '-':13}"
-              f" p50 {row['p50_ms']:8.2f}  p99 {row['p99_ms']:8.2f}  recall {row['recall@10']:.3f}"
-              f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}  steal {row['steal_cores']}", flush=True)
+        print(
+            f"  {n:>8} {method:8} {json.dumps(params):62} {row['filter'] or '-':3} {iterative or '-':13}"
+            f" p50 {row['p50_ms']:8.2f}  p99 {row['p99_ms']:8.2f}  recall {row['recall@10']:.3f}"
+            f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}  steal {row['steal_cores']}",
+            flush=True,
+        )
 
     for name, method, params in specs:
         if name not in present:
@@ -453,27 +560,59 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
             rounds: dict[int, list[tuple[Row, list[float]]]] = {ef: [] for ef in args.ef_search}
             for _ in range(args.rounds):
                 for ef in args.ef_search:
-                    rounds[ef].append(measure(*margs_of(params, False, name, {"hnsw.ef_search": str(ef),
-                                                                             "hnsw.iterative_scan": "off"})))
+                    rounds[ef].append(
+                        measure(
+                            *margs_of(params, False, name, {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "off"})
+                        )
+                    )
             for ef in args.ef_search:
                 p = params | {"ef_search": ef}
-                record(method, p, False, "off", name, {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "off"},
-                       rounds=rounds[ef])
+                record(
+                    method,
+                    p,
+                    False,
+                    "off",
+                    name,
+                    {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "off"},
+                    rounds=rounds[ef],
+                )
                 for mode in ("off", "relaxed_order", "strict_order"):
-                    record(method, p | {"max_scan_tuples": 20000}, True, mode, name,
-                           {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": mode})
+                    record(
+                        method,
+                        p | {"max_scan_tuples": 20000},
+                        True,
+                        mode,
+                        name,
+                        {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": mode},
+                    )
                 for tuples in args.max_scan_tuples if ef >= 100 else []:  # a longer iterative scan
                     longer = {"max_scan_tuples": tuples, "scan_mem_multiplier": args.scan_mem_multiplier}
-                    record(method, p | longer, True, "relaxed_order", name,
-                           {"hnsw.ef_search": str(ef), "hnsw.iterative_scan": "relaxed_order",
-                            "hnsw.max_scan_tuples": str(tuples), "hnsw.scan_mem_multiplier": str(args.scan_mem_multiplier)})
+                    record(
+                        method,
+                        p | longer,
+                        True,
+                        "relaxed_order",
+                        name,
+                        {
+                            "hnsw.ef_search": str(ef),
+                            "hnsw.iterative_scan": "relaxed_order",
+                            "hnsw.max_scan_tuples": str(tuples),
+                            "hnsw.scan_mem_multiplier": str(args.scan_mem_multiplier),
+                        },
+                    )
         elif method == "ivfflat":
             for probes in sorted({1, 2, 5, 10, 20, 50} | {params["lists"] // 10}):
                 if probes <= params["lists"]:
                     p = params | {"probes": probes}
                     record(method, p, False, "off", name, {"ivfflat.probes": str(probes)})
-                    record(method, p, True, "relaxed_order", name,
-                           {"ivfflat.probes": str(probes), "ivfflat.iterative_scan": "relaxed_order"})
+                    record(
+                        method,
+                        p,
+                        True,
+                        "relaxed_order",
+                        name,
+                        {"ivfflat.probes": str(probes), "ivfflat.iterative_scan": "relaxed_order"},
+                    )
         elif method == "diskann":
             for sls, rescore in [(25, 50), (50, 50), (100, 50), (200, 50), (400, 100)]:
                 p = params | {"query_search_list_size": sls, "query_rescore": rescore}
@@ -485,7 +624,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
         record("exact", {}, False, None, None, {}, nq)
         record("exact", {"tag_index": True}, True, None, None, {})
     waiting_until = time.monotonic() + args.max_wait  # re-measure what other processes disturbed,
-    for attempt in range(2):                          # keep the least disturbed
+    for attempt in range(2):  # keep the least disturbed
         if redo:
             print(f"  re-measuring {len(redo)} disturbed configurations", flush=True)
         again = []
@@ -503,6 +642,7 @@ def run_size(conn: psycopg.Connection[Any], n: int, real: Vectors, label: str, q
 
 # -- reporting ----------------------------------------------------------------------------
 
+
 def label(row: Row) -> str:
     p = row["params"]
     if row["method"] == "hnsw":
@@ -511,19 +651,31 @@ def label(row: Row) -> str:
 
 
 def data_short(row: Row) -> str:
-    """"" for real vectors, else how the synthetic ones were made."""
-    return next((f" [{short}]" for part, short in (("recombined", "recombined"), ("synthetic-clustered", "noise"))
-                 if part in row["data"]), "")
+    """ "" for real vectors, else how the synthetic ones were made."""
+    return next(
+        (
+            f" [{short}]"
+            for part, short in (("recombined", "recombined"), ("synthetic-clustered", "noise"))
+            if part in row["data"]
+        ),
+        "",
+    )
 
 
 def knob(row: Row) -> str:
     p = row["params"]
     for key in ("ef_search", "probes", "query_search_list_size"):
         if key in p:
-            return (f"{key}={p[key]}" + (f" rescore={p['query_rescore']}" if "query_rescore" in p else "")
-                    + (f" max_scan_tuples={p.get('max_scan_tuples', 20000)}" if row["method"] == "hnsw"
-                       and row["filter"] and row["iterative_scan"] != "off" else "")
-                    + (f" scan_mem_multiplier={p['scan_mem_multiplier']}" if p.get("scan_mem_multiplier", 1) != 1 else ""))
+            return (
+                f"{key}={p[key]}"
+                + (f" rescore={p['query_rescore']}" if "query_rescore" in p else "")
+                + (
+                    f" max_scan_tuples={p.get('max_scan_tuples', 20000)}"
+                    if row["method"] == "hnsw" and row["filter"] and row["iterative_scan"] != "off"
+                    else ""
+                )
+                + (f" scan_mem_multiplier={p['scan_mem_multiplier']}" if p.get("scan_mem_multiplier", 1) != 1 else "")
+            )
     return ""
 
 
@@ -534,32 +686,56 @@ def knob_value(row: Row) -> int:
 
 def markdown(result: dict[str, Any]) -> str:
     rows = sorted(result["rows"], key=lambda r: (r["vectors"], r["data"], r["method"], label(r)))
-    lines = [(f"machine: {result['machine']}; PostgreSQL {result['postgres']}, pgvector {result['pgvector']},"
-              f" vectorscale {result['vectorscale']}; settings {json.dumps(result['settings'])}"), "",
-             "### Index builds", "", "| vectors | data | index | build s | index MB |", "|---:|---|---|---:|---:|"]
+    lines = [
+        (
+            f"machine: {result['machine']}; PostgreSQL {result['postgres']}, pgvector {result['pgvector']},"
+            f" vectorscale {result['vectorscale']}; settings {json.dumps(result['settings'])}"
+        ),
+        "",
+        "### Index builds",
+        "",
+        "| vectors | data | index | build s | index MB |",
+        "|---:|---|---|---:|---:|",
+    ]
     seen = set()
     for r in rows:
         if r["index_mb"] is not None and (r["vectors"], r["data"], label(r)) not in seen:
             seen.add((r["vectors"], r["data"], label(r)))
             lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {r['build_s']} | {r['index_mb']} |")
-    lines += ["", "### The queries' neighbourhoods", "",
-              "| vectors | data | cos@1 | cos@10 | cos@100 | LID@20 (median) |", "|---:|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "### The queries' neighbourhoods",
+        "",
+        "| vectors | data | cos@1 | cos@10 | cos@100 | LID@20 (median) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     shown = set()
     for r in rows:
         if "neighbourhood" in r and (r["vectors"], r["data"]) not in shown:
             shown.add((r["vectors"], r["data"]))
             a = r["neighbourhood"]
-            lines.append(f"| {r['vectors']} | {r['data']} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} |")
+            lines.append(
+                f"| {r['vectors']} | {r['data']} | {a['cos@1']} | {a['cos@10']} | {a['cos@100']} | {a['lid@20']} |"
+            )
     for title, filtered in (("Unfiltered top-10", False), ("Filtered top-10 (`WHERE tag`, 1% of rows)", True)):
-        lines += ["", f"### {title}", "", ("| vectors | data | index | query setting | iterative scan | p50 ms (rounds' p50) | p99 ms |"
-                                           " recall@10 | rows returned | plan uses index | others' CPU | load 1m |"),
-                  "|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            (
+                "| vectors | data | index | query setting | iterative scan | p50 ms (rounds' p50) | p99 ms |"
+                " recall@10 | rows returned | plan uses index | others' CPU | load 1m |"
+            ),
+            "|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---|",
+        ]
         for r in rows:
             if (r["filter"] is not None) == filtered:
-                spread = (f" ({min(r['round_p50_ms'])}-{max(r['round_p50_ms'])})" if "round_p50_ms" in r else "")
-                lines.append(f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}{spread}"
-                             f" | {r['p99_ms']} | {r['recall@10']} | {r['returned_mean']} | {r['plan_ok']}"
-                             f" | {r['other_cpu_cores']} | {r['loadavg'][0]}→{r['loadavg'][1]} |")
+                spread = f" ({min(r['round_p50_ms'])}-{max(r['round_p50_ms'])})" if "round_p50_ms" in r else ""
+                lines.append(
+                    f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}{spread}"
+                    f" | {r['p99_ms']} | {r['recall@10']} | {r['returned_mean']} | {r['plan_ok']}"
+                    f" | {r['other_cpu_cores']} | {r['loadavg'][0]}→{r['loadavg'][1]} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -577,7 +753,11 @@ def plots(result: dict[str, Any]) -> None:
             curves: dict[str, list[Row]] = {}
             for r in rows:
                 if r["vectors"] == n and (r["filter"] is not None) == filtered:
-                    key = label(r) + data_short(r) + (f" {r['iterative_scan']}" if filtered and r["iterative_scan"] else "")
+                    key = (
+                        label(r)
+                        + data_short(r)
+                        + (f" {r['iterative_scan']}" if filtered and r["iterative_scan"] else "")
+                    )
                     if r["params"].get("max_scan_tuples", 20000) != 20000:
                         key += f" max_scan_tuples={r['params']['max_scan_tuples']}"
                     if r["params"].get("scan_mem_multiplier", 1) != 1:
@@ -585,13 +765,27 @@ def plots(result: dict[str, Any]) -> None:
                     curves.setdefault(key, []).append(r)
             for key, pts in sorted(curves.items()):
                 pts.sort(key=lambda r: knob_value(r))
-                ax.plot([r["p50_ms"] for r in pts], [r["recall@10"] for r in pts],
-                        "o-" if len(pts) > 1 else "s", label=key, markersize=4)
+                ax.plot(
+                    [r["p50_ms"] for r in pts],
+                    [r["recall@10"] for r in pts],
+                    "o-" if len(pts) > 1 else "s",
+                    label=key,
+                    markersize=4,
+                )
                 for r in pts:  # the ef_search / probes / search list size of each point
-                    ax.annotate(str(knob_value(r) or ""), (r["p50_ms"], r["recall@10"]), fontsize=5,
-                                xytext=(2, -6), textcoords="offset points")
-            ax.set(xscale="log", xlabel="p50 latency, ms (log)", ylabel="recall@10",
-                   title=f"{n:,} vectors" + (", 1% filter" if filtered else ""))
+                    ax.annotate(
+                        str(knob_value(r) or ""),
+                        (r["p50_ms"], r["recall@10"]),
+                        fontsize=5,
+                        xytext=(2, -6),
+                        textcoords="offset points",
+                    )
+            ax.set(
+                xscale="log",
+                xlabel="p50 latency, ms (log)",
+                ylabel="recall@10",
+                title=f"{n:,} vectors" + (", 1% filter" if filtered else ""),
+            )
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()
@@ -623,6 +817,7 @@ def save(new_rows: list[Row]) -> dict[str, Any]:
     with open(WORK / "results.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
+
         def key(r: Row) -> tuple[Any, ...]:
             return r["vectors"], r["data"], label(r), knob(r), r["filter"], r["iterative_scan"]
 
@@ -631,8 +826,12 @@ def save(new_rows: list[Row]) -> dict[str, Any]:
         clean_old = {key(r) for r in old["rows"] if not r["disturbed"]}
         new_rows = [r for r in new_rows if not (r["disturbed"] and key(r) in clean_old)]
         replaced = {key(r) for r in new_rows}
-        result = {**old, "machine": common.machine(), **{k: v for k, v in info.items() if k != "pg_prewarm"},
-                  "rows": [r for r in old["rows"] if key(r) not in replaced] + new_rows}
+        result = {
+            **old,
+            "machine": common.machine(),
+            **{k: v for k, v in info.items() if k != "pg_prewarm"},
+            "rows": [r for r in old["rows"] if key(r) not in replaced] + new_rows,
+        }
         OUT.write_text(json.dumps(result, indent=1))
         (RESULTS / "vector_index.md").write_text(markdown(result))
         plots(result)
@@ -659,26 +858,57 @@ def main() -> None:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=["hnsw", "ivfflat", "diskann", "exact"])
     parser.add_argument("--m", type=ints, default=[8, 16, 32], help="HNSW m below 1M")
     parser.add_argument("--ef-construction", type=ints, default=[64], help="HNSW ef_construction below 1M")
-    parser.add_argument("--hnsw-1m", default=[(16, 64)], help="HNSW m:ef_construction pairs at >= 1M",
-                        type=lambda s: [tuple(map(int, pair.split(":"))) for pair in s.split(",")])
+    parser.add_argument(
+        "--hnsw-1m",
+        default=[(16, 64)],
+        help="HNSW m:ef_construction pairs at >= 1M",
+        type=lambda s: [tuple(map(int, pair.split(":"))) for pair in s.split(",")],
+    )
     parser.add_argument("--ef-search", type=ints, default=[40, 64, 100, 200, 400])
-    parser.add_argument("--types", type=types, default=["vector"],
-                        help="what HNSW indexes: vector (the column), halfvec (an index on embedding::halfvec(384))")
-    parser.add_argument("--rounds", type=positive, default=3, help="rounds of the unfiltered HNSW measurements (pooled)")
+    parser.add_argument(
+        "--types",
+        type=types,
+        default=["vector"],
+        help="what HNSW indexes: vector (the column), halfvec (an index on embedding::halfvec(384))",
+    )
+    parser.add_argument(
+        "--rounds", type=positive, default=3, help="rounds of the unfiltered HNSW measurements (pooled)"
+    )
     parser.add_argument("--exact-queries", type=int, default=20, help="queries for exact scan at >= 1M")
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--shared-buffers", default="6GB")
-    parser.add_argument("--max-scan-tuples", type=ints, default=[],
-                        help="extra hnsw.max_scan_tuples values for filtered relaxed_order scans (default 20000)")
-    parser.add_argument("--scan-mem-multiplier", type=int, default=1,
-                        help="hnsw.scan_mem_multiplier (x work_mem) with those extra max_scan_tuples")
-    parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine"
-                        " before re-measuring disturbed configurations, per size")
-    parser.add_argument("--synthetic", choices=["recombined", "noise"], default="recombined",
-                        help="vectors beyond the real ones: real text recombined (default), or Gaussian noise"
-                             " around real vectors (the earlier recipe, locally 384-dimensional)")
-    parser.add_argument("--fidelity", type=int, default=500, metavar="N",
-                        help="embed N composed passages' texts to compare with their composed vectors (0: skip)")
+    parser.add_argument(
+        "--max-scan-tuples",
+        type=ints,
+        default=[],
+        help="extra hnsw.max_scan_tuples values for filtered relaxed_order scans (default 20000)",
+    )
+    parser.add_argument(
+        "--scan-mem-multiplier",
+        type=int,
+        default=1,
+        help="hnsw.scan_mem_multiplier (x work_mem) with those extra max_scan_tuples",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=600,
+        help="seconds to wait for a quiet machine before re-measuring disturbed configurations, per size",
+    )
+    parser.add_argument(
+        "--synthetic",
+        choices=["recombined", "noise"],
+        default="recombined",
+        help="vectors beyond the real ones: real text recombined (default), or Gaussian noise"
+        " around real vectors (the earlier recipe, locally 384-dimensional)",
+    )
+    parser.add_argument(
+        "--fidelity",
+        type=int,
+        default=500,
+        metavar="N",
+        help="embed N composed passages' texts to compare with their composed vectors (0: skip)",
+    )
     parser.add_argument("--skip-build", action="store_true", help="measure only indexes that exist")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md and plots from the JSON")
     args = parser.parse_args()
@@ -696,8 +926,11 @@ def main() -> None:
             from embeddings.onnx import OnnxEmbedder
 
             info["recombined_fidelity"] = recombined.fidelity(pieces, OnnxEmbedder(), args.fidelity)
-            print(f"composed vectors against the model's embedding of the same text: "
-                  f"{json.dumps(info['recombined_fidelity'])}", flush=True)
+            print(
+                f"composed vectors against the model's embedding of the same text: "
+                f"{json.dumps(info['recombined_fidelity'])}",
+                flush=True,
+            )
     print(f"{len(real)} {real_label} passage vectors, {len(queries)} queries", flush=True)
     builds = json.loads((WORK / "builds.json").read_text()) if (WORK / "builds.json").exists() else {}
     pg, url = start_server(args.shared_buffers)
@@ -710,9 +943,12 @@ def main() -> None:
             if info["pg_prewarm"]:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
             register_vector(conn)
-            print(f"machine: {common.machine()}; PostgreSQL {info['postgres']}, pgvector {info['pgvector']}, "
-                  f"vectorscale {info['vectorscale']}; {json.dumps(info['settings'])}; index builds with "
-                  f"maintenance_work_mem {args.maintenance_work_mem}, 2 parallel workers", flush=True)
+            print(
+                f"machine: {common.machine()}; PostgreSQL {info['postgres']}, pgvector {info['pgvector']}, "
+                f"vectorscale {info['vectorscale']}; {json.dumps(info['settings'])}; index builds with "
+                f"maintenance_work_mem {args.maintenance_work_mem}, 2 parallel workers",
+                flush=True,
+            )
             for n in args.sizes:
                 print(f"\n## {n} vectors", flush=True)
                 rows = run_size(conn, n, real, real_label, queries, pieces, builds, args)

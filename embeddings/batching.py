@@ -48,9 +48,14 @@ class QueryBatcher:
     window is waited out only when it is more than the batch collected so far. The thread
     starts on the first call and stops with `close()`."""
 
-    def __init__(self, embed: Callable[[Sequence[str]], NDArray[np.float32]], *,
-                 max_batch: int = DEFAULT_MAX_BATCH, window: float = DEFAULT_WINDOW,
-                 busy: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        embed: Callable[[Sequence[str]], NDArray[np.float32]],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        window: float = DEFAULT_WINDOW,
+        busy: Callable[[], int] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if window < 0:

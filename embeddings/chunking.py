@@ -91,9 +91,7 @@ def load_tokenizer_counter(model_dir: str | Path) -> TokenCounter:
         isinstance(tokenizer.normalizer, normalizers.BertNormalizer)
         and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
         and isinstance(tokenizer.model, models.WordPiece)
-        and not any(
-            re.search(r"\s", t.content) for t in tokenizer.get_added_tokens_decoder().values()
-        )
+        and not any(re.search(r"\s", t.content) for t in tokenizer.get_added_tokens_decoder().values())
     )
     if not additive:
         return count_each
@@ -127,9 +125,7 @@ class _Unit:
 class _Chunker:
     """One run of `chunk_markdown`: the document, its counter and the passages so far."""
 
-    def __init__(
-        self, title: str, md: str, count_tokens: TokenCounter, max_tokens: int, overlap: int
-    ) -> None:
+    def __init__(self, title: str, md: str, count_tokens: TokenCounter, max_tokens: int, overlap: int) -> None:
         self.md = md
         self.count_tokens = count_tokens
         self.max_tokens = max_tokens
@@ -201,9 +197,7 @@ class _Chunker:
             self._emit(section.path, start, group[-1].end, group)
             previous = group
 
-    def _units(
-        self, start: int, end: int, tokens: int, limit: int, levels: tuple[str, ...]
-    ) -> list[_Unit]:
+    def _units(self, start: int, end: int, tokens: int, limit: int, levels: tuple[str, ...]) -> list[_Unit]:
         if tokens <= limit:
             return [_Unit(start, end, tokens, levels)]
         while levels:
@@ -262,11 +256,7 @@ class _Chunker:
                 or unit.solo
                 or units[k - 1].solo
                 or used + unit.tokens > limit
-                or (
-                    used >= least
-                    and offsets[run_ends[k]] - offsets[k] >= least
-                    and outranks_neighbours(k)
-                )
+                or (used >= least and offsets[run_ends[k]] - offsets[k] >= least and outranks_neighbours(k))
             ):
                 groups.append([])
                 used = 0
@@ -303,9 +293,7 @@ class _Chunker:
             start = s
         return start
 
-    def _emit(
-        self, path: tuple[str, ...], start: int, end: int, units: list[_Unit] | None = None
-    ) -> None:
+    def _emit(self, path: tuple[str, ...], start: int, end: int, units: list[_Unit] | None = None) -> None:
         """Append the passage `md[start:end]`, checked with one count of its indexed text.
         Packing sums the parts; should the counter not be additive over whitespace and the
         whole come out larger, the passage is cut again: without overlap, in halves, and at

@@ -154,9 +154,7 @@ def document_markdown(content_format: str, content: Any, content_text: str | Non
     if content_format == "tiptap":
         return tiptap_to_markdown(content)
     if content_format not in ("markdown", "html"):
-        raise ExtractError(
-            f"unknown content format {content_format!r}; expected tiptap, markdown or html"
-        )
+        raise ExtractError(f"unknown content format {content_format!r}; expected tiptap, markdown or html")
     if content_text is None:
         raise ExtractError(f"{content_format} document without content_text")
     return content_text if content_format == "markdown" else html_to_markdown(content_text)

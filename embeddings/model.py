@@ -57,8 +57,15 @@ class SentenceTransformerEmbedder:
 
     provider = "sentence-transformers"
 
-    def __init__(self, model_dir: Path | None = None, *, name: str = DEFAULT_MODEL,
-                 dims: int = 384, max_seq_length: int = 256, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        name: str = DEFAULT_MODEL,
+        dims: int = 384,
+        max_seq_length: int = 256,
+        batch_size: int = 32,
+    ) -> None:
         self.model_dir = model_dir
         self.name = name
         self.dims = dims
@@ -87,8 +94,13 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
-        vectors = self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False)
+        vectors = self._load().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(vectors, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:

@@ -89,8 +89,13 @@ def _fuse_transformer_ops(path: Path, config: Any) -> None:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fused = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size, opt_level=1)
+            fused = optimize_model(
+                str(path),
+                model_type="bert",
+                num_heads=config.num_attention_heads,
+                hidden_size=config.hidden_size,
+                opt_level=1,
+            )
         fused.save_model_to_file(str(path))
     except Exception as e:  # noqa: BLE001 - the unfused graph computes the same vectors
         log.warning("ONNX transformer fusions skipped (%s: %s)", type(e).__name__, e)
@@ -119,10 +124,12 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17,
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            hidden: torch.Tensor = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                                             token_type_ids=token_type_ids, return_dict=False)[0]
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            hidden: torch.Tensor = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False
+            )[0]
             return hidden
 
     # A padded row in the example keeps the traced graph on the masked-attention path.
@@ -135,9 +142,16 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17,
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation of the TorchScript exporter, tracer notes
-            torch.onnx.export(Body(bert), (ids, mask, torch.zeros_like(ids)), str(tmp), dynamo=False,
-                              input_names=list(INPUTS), output_names=[OUTPUT], opset_version=opset,
-                              dynamic_axes={name: axes for name in (*INPUTS, OUTPUT)})
+            torch.onnx.export(
+                Body(bert),
+                (ids, mask, torch.zeros_like(ids)),
+                str(tmp),
+                dynamo=False,
+                input_names=list(INPUTS),
+                output_names=[OUTPUT],
+                opset_version=opset,
+                dynamic_axes={name: axes for name in (*INPUTS, OUTPUT)},
+            )
         if fuse:  # (int8 quantization wants the plain graph)
             _fuse_transformer_ops(tmp, bert.config)
         with tmp.open("rb") as f:
@@ -230,10 +244,20 @@ class OnnxEmbedder:
 
     provider = "onnx"
 
-    def __init__(self, model_dir: Path | None = None, *, name: str = DEFAULT_MODEL, dims: int = 384,
-                 max_seq_length: int = 256, batch_size: int = 32, threads: int = DEFAULT_THREADS,
-                 cache_dir: str | Path | None = None, cache_size: int = CACHE_SIZE,
-                 quantized: bool = False, query_batch: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        name: str = DEFAULT_MODEL,
+        dims: int = 384,
+        max_seq_length: int = 256,
+        batch_size: int = 32,
+        threads: int = DEFAULT_THREADS,
+        cache_dir: str | Path | None = None,
+        cache_size: int = CACHE_SIZE,
+        quantized: bool = False,
+        query_batch: int = 0,
+    ) -> None:
         """`quantized`: weights as int8 (dynamic quantization of the exported model):
         faster, and close to the float model's vectors but not equal to them, so it is
         registered as a model of its own. `query_batch`: at most this many concurrent queries
@@ -336,8 +360,9 @@ class OnnxEmbedder:
                     level = root.level
                     root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger
                     try:
-                        quantize_dynamic(str(plain), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8,
-                                         per_channel=True)
+                        quantize_dynamic(
+                            str(plain), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True
+                        )
                     finally:
                         root.setLevel(level)
                     os.replace(Path(tmp) / "int8.onnx", path)
@@ -356,7 +381,7 @@ class OnnxEmbedder:
         # Longest first, as sentence-transformers does: each batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+            rows = order[start : start + self.batch_size]
             out[rows] = self._run([encodings[i].ids for i in rows])
         return out
 
@@ -365,10 +390,9 @@ class OnnxEmbedder:
         input_ids = np.full((len(batch), longest), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), longest), dtype=np.int64)
         for row, ids in enumerate(batch):
-            input_ids[row, :len(ids)] = ids
-            mask[row, :len(ids)] = 1
-        feed = {"input_ids": input_ids, "attention_mask": mask,
-                "token_type_ids": np.zeros_like(input_ids)}
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
         with self._runs_lock:
             # Alone (no other run, no other search in flight): all the threads; else one.
             alone = self._runs == 0 and searches_in_flight() <= 1
@@ -401,8 +425,9 @@ class OnnxEmbedder:
         return int(self._count(text))
 
 
-def _query_misses(embed: Callable[[Sequence[str]], Vectors],
-                  query_batch: int) -> tuple[QueryBatcher | None, Callable[[Sequence[str]], Vectors]]:
+def _query_misses(
+    embed: Callable[[Sequence[str]], Vectors], query_batch: int
+) -> tuple[QueryBatcher | None, Callable[[Sequence[str]], Vectors]]:
     """How a query-cache miss is embedded: by `embed` directly (query_batch 0: concurrent
     queries run concurrently), or through a QueryBatcher that embeds up to `query_batch`
     concurrent queries in one run (one run at a time). Returns the batcher, if any, and the
@@ -490,8 +515,9 @@ def query_cache_size(env: Mapping[str, str] | None = None) -> int:
     if not value:
         return CACHE_SIZE
     if not value.isdigit() or int(value) > 1_000_000:
-        raise ValueError(f"HQ_QUERY_CACHE must be a number of cached queries from 0 (no cache) to 1000000, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"HQ_QUERY_CACHE must be a number of cached queries from 0 (no cache) to 1000000, got {value!r}"
+        )
     return int(value)
 
 
@@ -520,7 +546,6 @@ def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
     try:
         embedder.load()
     except Exception as e:  # noqa: BLE001 - a failure here only costs speed: torch gives the same vectors
-        log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead",
-                    type(e).__name__, e)
+        log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead", type(e).__name__, e)
         return CachedQueryEmbedder(load_embedder(name), cache_size=size, query_batch=batch)
     return embedder

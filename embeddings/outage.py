@@ -52,7 +52,11 @@ class Outage:
         """An attempt worked: the outage (if any) is over."""
         if self.started is None:
             return
-        self.log.info("%s: the database is back after %.1f s (%d failed attempt(s)); going on",
-                      self.what, time.monotonic() - self.started, self.failures)
+        self.log.info(
+            "%s: the database is back after %.1f s (%d failed attempt(s)); going on",
+            self.what,
+            time.monotonic() - self.started,
+            self.failures,
+        )
         self.started = None
         self.failures = 0

@@ -62,8 +62,15 @@ class ReembedRunner:
     when the job asks for it. `on_batch(embedded, skipped, job)` is called after each round.
     A runner is used from one thread."""
 
-    def __init__(self, url: str, job_id: uuid.UUID, embedder: Embedder, *, batch: int = 128,
-                 on_batch: Callable[[int, int, ReembedJob], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        job_id: uuid.UUID,
+        embedder: Embedder,
+        *,
+        batch: int = 128,
+        on_batch: Callable[[int, int, ReembedJob], None] | None = None,
+    ) -> None:
         self.url = url
         self.job_id = job_id
         self.embedder = embedder
@@ -101,17 +108,23 @@ class ReembedRunner:
         conn = self.conn
         model = self.embedder.name
         with conn.transaction():
-            ids = [r["chunk_id"] for r in conn.execute(
-                "SELECT chunk_id FROM reembed_items WHERE job_id = %s AND done_at IS NULL"
-                " ORDER BY chunk_id LIMIT %s FOR UPDATE SKIP LOCKED", [self.job_id, self.batch])]
+            ids = [
+                r["chunk_id"]
+                for r in conn.execute(
+                    "SELECT chunk_id FROM reembed_items WHERE job_id = %s AND done_at IS NULL"
+                    " ORDER BY chunk_id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    [self.job_id, self.batch],
+                )
+            ]
             if not ids:
                 return False
             rows = conn.execute(
                 "SELECT c.id, c.indexed_text, e.content_hash AS have FROM knowledge_chunks c"
                 " LEFT JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = %s"
-                " WHERE c.id = ANY(%s) ORDER BY c.id FOR KEY SHARE OF c", [model, ids]).fetchall()
-            job = conn.execute("SELECT selection, activate FROM reembed_jobs WHERE id = %s",
-                               [self.job_id]).fetchone()
+                " WHERE c.id = ANY(%s) ORDER BY c.id FOR KEY SHARE OF c",
+                [model, ids],
+            ).fetchall()
+            job = conn.execute("SELECT selection, activate FROM reembed_jobs WHERE id = %s", [self.job_id]).fetchone()
             # A stale-only job skips what another writer (the live worker) embedded meanwhile.
             only_stale = bool(job and (job["selection"].get("stale") or job["activate"]))
             todo = [(r["id"], r["indexed_text"], passage_hash(r["indexed_text"], model)) for r in rows]
@@ -125,13 +138,16 @@ class ReembedRunner:
                     "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT (chunk_id, model) DO UPDATE SET embedding = EXCLUDED.embedding,"
                     " content_hash = EXCLUDED.content_hash, embedded_at = now()",
-                    [(i, model, v, h) for (i, _, h), v in zip(todo, vectors, strict=True)])
-            conn.execute("UPDATE reembed_items SET done_at = now() WHERE job_id = %s AND chunk_id = ANY(%s)",
-                         [self.job_id, ids])
+                    [(i, model, v, h) for (i, _, h), v in zip(todo, vectors, strict=True)],
+                )
+            conn.execute(
+                "UPDATE reembed_items SET done_at = now() WHERE job_id = %s AND chunk_id = ANY(%s)", [self.job_id, ids]
+            )
             skipped = len(ids) - len(todo)
             updated = conn.execute(
-                "UPDATE reembed_jobs SET embedded = embedded + %s, skipped = skipped + %s WHERE id = %s"
-                " RETURNING *", [len(todo), skipped, self.job_id]).fetchone()
+                "UPDATE reembed_jobs SET embedded = embedded + %s, skipped = skipped + %s WHERE id = %s RETURNING *",
+                [len(todo), skipped, self.job_id],
+            ).fetchone()
         self.stats.embedded += len(todo)
         self.stats.skipped += skipped
         if self.on_batch and updated is not None:
@@ -155,16 +171,19 @@ class ReembedRunner:
             "UPDATE reembed_items SET attempts = attempts + 1, error = %s,"
             " done_at = CASE WHEN attempts + 1 >= %s THEN now() END"
             " WHERE job_id = %s AND chunk_id = ANY(%s) RETURNING done_at",
-            [error, MAX_ATTEMPTS, self.job_id, ids]).fetchall()
+            [error, MAX_ATTEMPTS, self.job_id, ids],
+        ).fetchall()
         failed = sum(1 for r in rows if r["done_at"] is not None)
         if failed:
-            conn.execute("UPDATE reembed_jobs SET failed = failed + %s, error = %s WHERE id = %s",
-                         [failed, error, self.job_id])
+            conn.execute(
+                "UPDATE reembed_jobs SET failed = failed + %s, error = %s WHERE id = %s", [failed, error, self.job_id]
+            )
             self.stats.failed += failed
 
     def _others_busy(self) -> bool:
-        row = self.conn.execute("SELECT EXISTS (SELECT 1 FROM reembed_items WHERE job_id = %s AND done_at IS NULL)"
-                                " AS open", [self.job_id]).fetchone()
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM reembed_items WHERE job_id = %s AND done_at IS NULL) AS open", [self.job_id]
+        ).fetchone()
         return bool(row and row["open"])
 
     # -- the end of a job -------------------------------------------------------------------
@@ -188,11 +207,16 @@ class ReembedRunner:
                     return False
                 # Items that failed for good leave passages without a vector: the switch
                 # would make them unfindable by meaning, so the old model stays active.
-                conn.execute("UPDATE reembed_jobs SET status = 'failed', error = %s, finished_at = now()"
-                             " WHERE id = %s AND status = 'running'", [e.message, self.job_id])
+                conn.execute(
+                    "UPDATE reembed_jobs SET status = 'failed', error = %s, finished_at = now()"
+                    " WHERE id = %s AND status = 'running'",
+                    [e.message, self.job_id],
+                )
                 raise
-        conn.execute("UPDATE reembed_jobs SET status = 'completed', finished_at = now()"
-                     " WHERE id = %s AND status = 'running'", [self.job_id])
+        conn.execute(
+            "UPDATE reembed_jobs SET status = 'completed', finished_at = now() WHERE id = %s AND status = 'running'",
+            [self.job_id],
+        )
         return True
 
     # -- connection -------------------------------------------------------------------------
@@ -217,8 +241,9 @@ class ReembedRunner:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                   application_name="hq-knowledge-reembed")
+            conn = psycopg.connect(
+                self.url, autocommit=True, row_factory=dict_row, application_name="hq-knowledge-reembed"
+            )
             register_vector(conn)
             self._conn = conn
         return self._conn

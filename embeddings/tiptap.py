@@ -14,8 +14,7 @@ from typing import Any
 
 from embeddings.errors import ExtractError
 
-__all__ = ["MAX_DEPTH", "elide_data_url", "fence_for", "tiptap_depth", "tiptap_to_markdown",
-           "validate_tiptap"]
+__all__ = ["MAX_DEPTH", "elide_data_url", "fence_for", "tiptap_depth", "tiptap_to_markdown", "validate_tiptap"]
 
 MAX_DEPTH = 100
 """Deepest node nesting accepted in a TipTap document: the document is level 0, its blocks
@@ -62,8 +61,7 @@ def validate_tiptap(doc: Any) -> None:
         raise ExtractError(f'document: "type" must be "doc", got {doc.get("type")!r}')
     depth = tiptap_depth(doc)
     if depth > MAX_DEPTH:
-        raise ExtractError(f"document: nodes nested deeper than {MAX_DEPTH} levels "
-                           f"(the deepest is at level {depth})")
+        raise ExtractError(f"document: nodes nested deeper than {MAX_DEPTH} levels (the deepest is at level {depth})")
     _check_node(doc, "")
 
 
@@ -203,10 +201,7 @@ def _item_body(children: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _code_block(node: Mapping[str, Any]) -> str:
-    text = "".join(
-        "\n" if _name(child) == "hardbreak" else str(child.get("text", ""))
-        for child in _children(node)
-    )
+    text = "".join("\n" if _name(child) == "hardbreak" else str(child.get("text", "")) for child in _children(node))
     text = text.removesuffix("\n")
     language = _attr(node, "language")
     fence = fence_for(text)

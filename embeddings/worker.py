@@ -50,8 +50,10 @@ _KINDS = {"document": "documents", "asset": "assets"}
 _OWNER = {"document": "document_id", "asset": "asset_id"}
 _CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
 # A leased record given back untouched by its own worker: its try is not counted.
-_GIVE_BACK = ("SET embedding_status = 'pending', embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
-              " embedding_attempts = greatest(embedding_attempts - 1, 0)")
+_GIVE_BACK = (
+    "SET embedding_status = 'pending', embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
+    " embedding_attempts = greatest(embedding_attempts - 1, 0)"
+)
 _EMBED_STEP = 128  # passages per embedder call: the worker beats and renews its leases between calls
 HEALTH = "worker"
 STALE_AFTER = 120.0  # seconds without a beat before readiness calls the worker stuck
@@ -86,15 +88,20 @@ class _Record:
 def register_model(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
     """Make sure `embedder`'s model is registered with its HNSW index. Raises ValueError
     when a model of that name is registered with another dimension."""
-    row = conn.cursor(row_factory=tuple_row).execute(
-        "INSERT INTO embedding_models (name, dims, provider, max_tokens) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING dims",
-        [embedder.name, embedder.dims, embedder.provider, embedder.max_tokens + 2],
-    ).fetchone()
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "INSERT INTO embedding_models (name, dims, provider, max_tokens) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING dims",
+            [embedder.name, embedder.dims, embedder.provider, embedder.max_tokens + 2],
+        )
+        .fetchone()
+    )
     dims = row[0] if row else None
     if dims != embedder.dims:
-        raise ValueError(f"model {embedder.name} is registered with {dims} dimensions, "
-                         f"but the embedder gives {embedder.dims}")
+        raise ValueError(
+            f"model {embedder.name} is registered with {dims} dimensions, but the embedder gives {embedder.dims}"
+        )
     conn.execute("SELECT hq_ensure_embedding_index(%s)", [embedder.name])
 
 
@@ -109,11 +116,21 @@ class Worker:
     seconds while it runs. A worker is used from one thread.
     """
 
-    def __init__(self, url: str, embedder: Embedder | None, *, worker_id: str | None = None,
-                 batch_records: int = 64, lease_seconds: int = 120, max_attempts: int = 5,
-                 retry_base_seconds: float = 10.0, poll_seconds: float = 5.0,
-                 reclaim_seconds: float = 30.0, health: Health | None = None,
-                 on_record: Callable[[str, str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        embedder: Embedder | None,
+        *,
+        worker_id: str | None = None,
+        batch_records: int = 64,
+        lease_seconds: int = 120,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 10.0,
+        poll_seconds: float = 5.0,
+        reclaim_seconds: float = 30.0,
+        health: Health | None = None,
+        on_record: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.url = url
         # None: embed with the active model, following a model switch (the embedder of a
         # registered model is loaded by embeddings.registry); else always this model.
@@ -246,7 +263,8 @@ class Worker:
             " UNION ALL SELECT min(embedding_lease_expires_at) FROM documents WHERE embedding_status = 'processing'"
             " UNION ALL SELECT min(embedding_next_attempt_at) FROM assets WHERE embedding_status = 'pending'"
             " UNION ALL SELECT min(embedding_lease_expires_at) FROM assets WHERE embedding_status = 'processing'"
-            ") s").fetchone()
+            ") s"
+        ).fetchone()
         due = float(row["due"]) if row and row["due"] is not None else self.poll_seconds
         return max(0.0, min(self.poll_seconds, due))
 
@@ -289,7 +307,8 @@ class Worker:
                 self.conn.execute(
                     f"UPDATE {table} SET embedding_lease_expires_at = now() + make_interval(secs => %s)"
                     " WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
-                    [self.lease_seconds, self.worker_id])
+                    [self.lease_seconds, self.worker_id],
+                )
 
     def _lease(self) -> list[_Record]:
         records: list[_Record] = []
@@ -315,8 +334,7 @@ class Worker:
             ).fetchall()
             for row in rows:
                 title = row["title"] if kind == "document" else row["name"]
-                records.append(_Record(kind, row["id"], row["content_version"], row["embedding_attempts"],
-                                       title, row))
+                records.append(_Record(kind, row["id"], row["content_version"], row["embedding_attempts"], title, row))
         return records
 
     def _release_mine(self) -> int:
@@ -326,7 +344,8 @@ class Worker:
         for table in _KINDS.values():
             released += self.conn_raw.execute(
                 f"UPDATE {table} {_GIVE_BACK} WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
-                [self.worker_id]).rowcount
+                [self.worker_id],
+            ).rowcount
         if released:
             log.info("gave back %d record(s) leased before the interruption", released)
         return released
@@ -340,9 +359,14 @@ class Worker:
         node = node_name()
         reclaimed = 0
         for table in _KINDS.values():
-            owners = [r["embedding_lease_owner"] for r in self.conn_raw.execute(
-                f"SELECT DISTINCT embedding_lease_owner FROM {table} WHERE embedding_status = 'processing'"
-                " AND left(embedding_lease_owner, %s) = %s", [len(node) + 1, node + ":"])]
+            owners = [
+                r["embedding_lease_owner"]
+                for r in self.conn_raw.execute(
+                    f"SELECT DISTINCT embedding_lease_owner FROM {table} WHERE embedding_status = 'processing'"
+                    " AND left(embedding_lease_owner, %s) = %s",
+                    [len(node) + 1, node + ":"],
+                )
+            ]
             dead = dead_owners(owners, node)
             if dead:
                 reclaimed += self.conn_raw.execute(
@@ -350,7 +374,8 @@ class Worker:
                     " embedding_lease_expires_at = NULL, embedding_next_attempt_at = NULL,"
                     " embedding_error = 'its worker stopped while embedding it (process gone)'"
                     " WHERE embedding_status = 'processing' AND embedding_lease_owner = ANY(%s)",
-                    [dead]).rowcount
+                    [dead],
+                ).rowcount
         if reclaimed:
             self.stats.reclaimed += reclaimed
             log.info("reclaimed %d lease(s) of dead worker(s) on this host", reclaimed)
@@ -362,7 +387,8 @@ class Worker:
             self.conn.execute(
                 f"UPDATE {_KINDS[r.kind]} {_GIVE_BACK}"
                 " WHERE id = %s AND embedding_lease_owner = %s AND embedding_status = 'processing'",
-                [r.id, self.worker_id])
+                [r.id, self.worker_id],
+            )
 
     def _prepare(self, record: _Record) -> None:
         try:
@@ -371,8 +397,9 @@ class Worker:
                 record.markdown = document_markdown(row["content_format"], row["content"], row["content_text"])
             else:
                 record.markdown = asset_markdown(row)
-            record.chunks = chunk_markdown(record.title, record.markdown, self.embedder.count_tokens,
-                                           max_tokens=self.embedder.max_tokens)
+            record.chunks = chunk_markdown(
+                record.title, record.markdown, self.embedder.count_tokens, max_tokens=self.embedder.max_tokens
+            )
             record.hashes = [passage_hash(c.indexed_text, self.embedder.name) for c in record.chunks]
         except Exception as e:  # noqa: BLE001 - one bad record must not stop the batch
             record.error = f"text extraction failed: {type(e).__name__}: {e}"
@@ -388,7 +415,7 @@ class Worker:
         missing = [h for h in wanted if h not in vectors]
         try:
             for start in range(0, len(missing), _EMBED_STEP):
-                vectors.update(self._encode(missing[start:start + _EMBED_STEP], wanted))
+                vectors.update(self._encode(missing[start : start + _EMBED_STEP], wanted))
                 self._batch_beat()
         except psycopg.Error:
             raise  # the database, not the model: run() decides
@@ -405,11 +432,15 @@ class Worker:
     def _existing(self, hashes: list[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
         rows = self.conn.execute(
             "SELECT DISTINCT ON (content_hash) content_hash, embedding FROM chunk_embeddings "
-            "WHERE model = %s AND content_hash = ANY(%s)", [self.embedder.name, hashes]).fetchall()
+            "WHERE model = %s AND content_hash = ANY(%s)",
+            [self.embedder.name, hashes],
+        ).fetchall()
         for row in rows:
             vector = row["embedding"]  # pgvector's Vector (newer) or a numpy array (older)
-            yield row["content_hash"], np.asarray(
-                vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
+            yield (
+                row["content_hash"],
+                np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32),
+            )
 
     def _encode(self, hashes: list[str], texts: dict[str, str]) -> dict[str, np.ndarray[Any, Any]]:
         if not hashes:
@@ -438,23 +469,26 @@ class Worker:
         model = self.embedder.name
         with self.conn.transaction():
             current = self.conn.execute(
-                f"SELECT content_version, embedding_lease_owner FROM {table} WHERE id = %s FOR UPDATE",
-                [record.id]).fetchone()
-            if current is None or current["content_version"] != record.version \
-                    or current["embedding_lease_owner"] != self.worker_id:
+                f"SELECT content_version, embedding_lease_owner FROM {table} WHERE id = %s FOR UPDATE", [record.id]
+            ).fetchone()
+            if (
+                current is None
+                or current["content_version"] != record.version
+                or current["embedding_lease_owner"] != self.worker_id
+            ):
                 self.stats.stale += 1
                 return "stale"  # edited, deleted or taken over meanwhile: its new version is queued
             if self.follow_active:
                 # Held until commit: a model switch waits for this write, or this write sees
                 # the switch and the record goes back to the queue for the new model.
-                active = self.conn.execute(
-                    "SELECT name FROM embedding_models WHERE is_active FOR SHARE").fetchone()
+                active = self.conn.execute("SELECT name FROM embedding_models WHERE is_active FOR SHARE").fetchone()
                 if active is None or active["name"] != model:
                     self._release([record])
                     self.stats.stale += 1
                     return "stale"
             existing = self.conn.execute(
-                f"SELECT id, content_hash FROM knowledge_chunks WHERE {owner} = %s", [record.id]).fetchall()
+                f"SELECT id, content_hash FROM knowledge_chunks WHERE {owner} = %s", [record.id]
+            ).fetchall()
             by_hash: dict[str, list[int]] = {}
             for row in existing:
                 by_hash.setdefault(row["content_hash"], []).append(row["id"])
@@ -471,13 +505,18 @@ class Worker:
                 self.conn.execute("DELETE FROM knowledge_chunks WHERE id = ANY(%s)", [gone])
             with self.conn.cursor() as cur:
                 if keep:
-                    cur.execute("UPDATE knowledge_chunks SET chunk_index = chunk_index + %s WHERE id = ANY(%s)",
-                                [_CHUNK_INDEX_SHIFT, [i for i, _, _ in keep]])
+                    cur.execute(
+                        "UPDATE knowledge_chunks SET chunk_index = chunk_index + %s WHERE id = ANY(%s)",
+                        [_CHUNK_INDEX_SHIFT, [i for i, _, _ in keep]],
+                    )
                     cur.executemany(
                         "UPDATE knowledge_chunks SET chunk_index = %s, heading_path = %s, content = %s, "
                         "token_count = %s, char_start = %s, char_end = %s WHERE id = %s",
-                        [(c.index, list(c.heading_path), c.content, c.token_count, c.char_start, c.char_end, i)
-                         for i, c, _ in keep])
+                        [
+                            (c.index, list(c.heading_path), c.content, c.token_count, c.char_start, c.char_end, i)
+                            for i, c, _ in keep
+                        ],
+                    )
                 created: list[tuple[int, str]] = []
                 if new:
                     # One round trip for all new passages; heading paths travel as JSON arrays
@@ -489,29 +528,46 @@ class Worker:
                         " FROM unnest(%s::int[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::int[],"
                         " %s::int[], %s::int[]) AS u(i, hp, c, t, h, n, cs, ce)"
                         " RETURNING id, content_hash",
-                        [record.id, [c.index for c, _ in new], [Jsonb(list(c.heading_path)) for c, _ in new],
-                         [c.content for c, _ in new], [c.indexed_text for c, _ in new], [h for _, h in new],
-                         [c.token_count for c, _ in new], [c.char_start for c, _ in new],
-                         [c.char_end for c, _ in new]]).fetchall()
+                        [
+                            record.id,
+                            [c.index for c, _ in new],
+                            [Jsonb(list(c.heading_path)) for c, _ in new],
+                            [c.content for c, _ in new],
+                            [c.indexed_text for c, _ in new],
+                            [h for _, h in new],
+                            [c.token_count for c, _ in new],
+                            [c.char_start for c, _ in new],
+                            [c.char_end for c, _ in new],
+                        ],
+                    ).fetchall()
                     created = [(r["id"], r["content_hash"]) for r in rows]
                 # Kept passages may lack this model's vector (first run of a new model).
                 kept_ids = [i for i, _, _ in keep]
-                have = {r["chunk_id"] for r in cur.execute(
-                    "SELECT chunk_id FROM chunk_embeddings WHERE model = %s AND chunk_id = ANY(%s)",
-                    [model, kept_ids]).fetchall()} if kept_ids else set()
+                have = (
+                    {
+                        r["chunk_id"]
+                        for r in cur.execute(
+                            "SELECT chunk_id FROM chunk_embeddings WHERE model = %s AND chunk_id = ANY(%s)",
+                            [model, kept_ids],
+                        ).fetchall()
+                    }
+                    if kept_ids
+                    else set()
+                )
                 todo = created + [(i, h) for i, _, h in keep if i not in have]
                 cur.executemany(
                     "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT (chunk_id, model) DO UPDATE SET embedding = EXCLUDED.embedding,"
                     " content_hash = EXCLUDED.content_hash, embedded_at = now()",
-                    [(i, model, vectors[h], h) for i, h in todo])
+                    [(i, model, vectors[h], h) for i, h in todo],
+                )
             self.conn.execute(
                 f"UPDATE {table} SET embedding_status = 'indexed', extracted_text = %s,"
                 " embedding_source_hash = %s, embedding_model = %s, embedding_dims = %s, embedding_error = NULL,"
                 " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
                 " embedding_next_attempt_at = NULL, embedded_at = now() WHERE id = %s",
-                [record.markdown, passage_hash("\n".join(record.hashes), model), model,
-                 self.embedder.dims, record.id])
+                [record.markdown, passage_hash("\n".join(record.hashes), model), model, self.embedder.dims, record.id],
+            )
         self.stats.indexed += 1
         return "indexed"
 
@@ -523,10 +579,11 @@ class Worker:
             " embedding_next_attempt_at = CASE WHEN %s THEN NULL ELSE now() + make_interval(secs => %s) END,"
             " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL"
             " WHERE id = %s AND embedding_lease_owner = %s AND content_version = %s",
-            ["failed" if final else "pending", record.error, final, delay, record.id, self.worker_id,
-             record.version])
-        log.warning("%s %s: %s (attempt %d of %d)", record.kind, record.id, record.error,
-                    record.attempts, self.max_attempts)
+            ["failed" if final else "pending", record.error, final, delay, record.id, self.worker_id, record.version],
+        )
+        log.warning(
+            "%s %s: %s (attempt %d of %d)", record.kind, record.id, record.error, record.attempts, self.max_attempts
+        )
         if final:
             self.stats.failed += 1
             return "failed"
@@ -536,8 +593,7 @@ class Worker:
     # -- connection -------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                               application_name="hq-knowledge-worker")
+        conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, application_name="hq-knowledge-worker")
         register_vector(conn)
         return conn
 

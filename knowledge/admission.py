@@ -120,6 +120,8 @@ class Admission:
                 self._running -= 1
 
     def _busy_message(self) -> str:
-        return (f"the service is busy: {self._running} searches running and {len(self._waiters)} waiting "
-                f"(HQ_SEARCH_CONCURRENCY {self.limit}, HQ_SEARCH_QUEUE {self.queue}); retry in "
-                f"{Overloaded.retry_after} s")
+        return (
+            f"the service is busy: {self._running} searches running and {len(self._waiters)} waiting "
+            f"(HQ_SEARCH_CONCURRENCY {self.limit}, HQ_SEARCH_QUEUE {self.queue}); retry in "
+            f"{Overloaded.retry_after} s"
+        )

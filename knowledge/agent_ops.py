@@ -97,8 +97,9 @@ class Overview:
 
 
 def _check_max_tokens(max_tokens: int | None) -> None:
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or not 1 <= max_tokens <= MAX_TOKENS_LIMIT):
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
         raise InvalidInput(f"max_tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
 
 
@@ -111,18 +112,24 @@ def _section_text(body: str, wanted: str) -> tuple[str, str]:
     for i, section in enumerate(sections):
         if key in (section.path[-1].casefold(), " > ".join(section.path).casefold()):
             end = len(body)
-            for later in sections[i + 1:]:
+            for later in sections[i + 1 :]:
                 if later.level <= section.level and later.heading is not None:
                     end = later.heading[0]
                     break
             assert section.heading is not None
-            return " > ".join(section.path), body[section.heading[0]:end].strip()
+            return " > ".join(section.path), body[section.heading[0] : end].strip()
     names = "; ".join(" > ".join(s.path) for s in sections) or "none: the document has no headings"
     raise NotFound(f"section: no heading {wanted!r} in this document; its headings: {names}")
 
 
-def read_document(conn: psycopg.Connection[Any], document_id: UUID, *, max_tokens: int | None = None,
-                  section: str | None = None, count_tokens: TokenCounter | None = None) -> DocumentText:
+def read_document(
+    conn: psycopg.Connection[Any],
+    document_id: UUID,
+    *,
+    max_tokens: int | None = None,
+    section: str | None = None,
+    count_tokens: TokenCounter | None = None,
+) -> DocumentText:
     """The document as markdown, or one section of it (a heading, or a heading path such as
     `Refunds > Annual plans`, any case). Over `max_tokens` (the embedding model's word pieces
     unless `count_tokens` is given) it is cut after the last paragraph, list, table or code
@@ -147,9 +154,19 @@ def read_document(conn: psycopg.Connection[Any], document_id: UUID, *, max_token
         cut = cut_at_boundary(markdown, max_tokens, count)
         markdown, tokens = cut if cut is not None else (title, count(title))
         truncated = True
-    return DocumentText(id=doc.id, title=doc.title, folder_path=doc.folder_path, tags=doc.tags,
-                        updated_at=doc.updated_at.astimezone(UTC), markdown=markdown, tokens=tokens,
-                        total_tokens=total, truncated=truncated, section=path, sections=headings)
+    return DocumentText(
+        id=doc.id,
+        title=doc.title,
+        folder_path=doc.folder_path,
+        tags=doc.tags,
+        updated_at=doc.updated_at.astimezone(UTC),
+        markdown=markdown,
+        tokens=tokens,
+        total_tokens=total,
+        truncated=truncated,
+        section=path,
+        sections=headings,
+    )
 
 
 def _folder_path(path: str) -> str:
@@ -188,8 +205,9 @@ def _folder_at(conn: psycopg.Connection[Any], path: str) -> UUID | None:
     """The document folder at `path` (any case: sibling names differ ignoring case, so at
     most one matches), or None."""
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute("SELECT id FROM document_folders WHERE lower(document_folder_path(id)) = lower(%s)",
-                          [path]).fetchone()
+        row = cur.execute(
+            "SELECT id FROM document_folders WHERE lower(document_folder_path(id)) = lower(%s)", [path]
+        ).fetchone()
     return UUID(str(row[0])) if row else None
 
 
@@ -199,8 +217,9 @@ def _existing_folder_id(conn: psycopg.Connection[Any], folder_id: UUID) -> UUID:
     return folder_id
 
 
-def knowledge_overview(conn: psycopg.Connection[Any], *, folder: str | None = None, tag: str | None = None,
-                       recent: int = RECENT) -> Overview:
+def knowledge_overview(
+    conn: psycopg.Connection[Any], *, folder: str | None = None, tag: str | None = None, recent: int = RECENT
+) -> Overview:
     """Unarchived documents under `folder` (its subtree; everything when None) and tagged
     `tag` when given: their count, the folders holding them with counts, the tags on them
     (and on assets there) with counts, and the `recent` most recently updated. Raises
@@ -222,27 +241,45 @@ def knowledge_overview(conn: psycopg.Connection[Any], *, folder: str | None = No
     total = int(row[0]) if row else 0
     with conn.cursor(row_factory=class_row(FolderCount)) as cur:
         # Each folder counts its documents and those of every folder below it.
-        folders = cur.execute(scope + """,
+        folders = cur.execute(
+            scope
+            + """,
           up AS (SELECT f.id AS folder_id, f.id AS ancestor, f.parent_id FROM document_folders f
                  UNION ALL SELECT up.folder_id, p.id, p.parent_id FROM up JOIN document_folders p ON p.id = up.parent_id)
           SELECT document_folder_path(up.ancestor) AS path, count(*)::int AS documents
             FROM docs JOIN up ON up.folder_id = docs.folder_id
            WHERE %(root)s::uuid IS NULL OR up.ancestor IN (SELECT id FROM tree)
-           GROUP BY up.ancestor ORDER BY 1""", params).fetchall()
+           GROUP BY up.ancestor ORDER BY 1""",
+            params,
+        ).fetchall()
     with conn.cursor(row_factory=class_row(TagCount)) as cur:
-        tags = cur.execute(scope + """
+        tags = cur.execute(
+            scope
+            + """
           SELECT tag, sum(d)::int AS documents, sum(a)::int AS assets FROM (
             SELECT unnest(tags) AS tag, 1 AS d, 0 AS a FROM docs
             UNION ALL SELECT unnest(a.tags), 0, 1 FROM assets a
              WHERE a.archived_at IS NULL AND %(root)s::uuid IS NULL
                AND (%(tag)s::text IS NULL OR %(tag)s::text = ANY (a.tags))) x
-          GROUP BY tag ORDER BY sum(d) + sum(a) DESC, tag""", params).fetchall()
+          GROUP BY tag ORDER BY sum(d) + sum(a) DESC, tag""",
+            params,
+        ).fetchall()
     with conn.cursor(row_factory=class_row(RecentDocument)) as cur:
-        latest = cur.execute(scope + """
+        latest = cur.execute(
+            scope
+            + """
           SELECT id, title, document_folder_path(folder_id) AS folder_path, tags, updated_at
-            FROM docs ORDER BY updated_at DESC, id LIMIT %(recent)s""", params).fetchall()
-    return Overview(folder=get_folder(conn, "document", root).path if root else "/", tag=tag, documents=total,
-                    folders=folders, tags=tags, recent=latest)
+            FROM docs ORDER BY updated_at DESC, id LIMIT %(recent)s""",
+            params,
+        ).fetchall()
+    return Overview(
+        folder=get_folder(conn, "document", root).path if root else "/",
+        tag=tag,
+        documents=total,
+        folders=folders,
+        tags=tags,
+        recent=latest,
+    )
 
 
 def agent_id(conn: psycopg.Connection[Any], slug: str | None) -> UUID | None:
@@ -255,8 +292,15 @@ def agent_id(conn: psycopg.Connection[Any], slug: str | None) -> UUID | None:
     return UUID(str(row[0]))
 
 
-def save_markdown_document(conn: psycopg.Connection[Any], *, title: str, markdown: str, folder: str | None = None,
-                           tags: Sequence[str] = (), agent: str | None = None) -> Document:
+def save_markdown_document(
+    conn: psycopg.Connection[Any],
+    *,
+    title: str,
+    markdown: str,
+    folder: str | None = None,
+    tags: Sequence[str] = (),
+    agent: str | None = None,
+) -> Document:
     """A new markdown document in the folder at path `folder` (created if missing; the root
     when None), queued for embedding, recorded as written by `agent` when given. Raises
     InvalidInput / TooLarge for bad values, NotFound for an unknown agent."""
@@ -265,13 +309,26 @@ def save_markdown_document(conn: psycopg.Connection[Any], *, title: str, markdow
     with conn.transaction():
         author = agent_id(conn, agent)
         folder_id = resolve_folder(conn, folder, create=True) if folder else None
-        return create_document(conn, title=title, content_format="markdown", content_text=markdown,
-                               folder_id=folder_id, tags=tags, created_by_agent_id=author)
+        return create_document(
+            conn,
+            title=title,
+            content_format="markdown",
+            content_text=markdown,
+            folder_id=folder_id,
+            tags=tags,
+            created_by_agent_id=author,
+        )
 
 
-def update_markdown_document(conn: psycopg.Connection[Any], document_id: UUID, *, markdown: str | None = None,
-                             title: str | None = None, tags: Sequence[str] | None = None,
-                             agent: str | None = None) -> Document:
+def update_markdown_document(
+    conn: psycopg.Connection[Any],
+    document_id: UUID,
+    *,
+    markdown: str | None = None,
+    title: str | None = None,
+    tags: Sequence[str] | None = None,
+    agent: str | None = None,
+) -> Document:
     """Replace what is given: the text (the document becomes markdown), the title, the tags
     (the whole list). Raises InvalidInput when nothing is given or a value is bad, NotFound."""
     if markdown is None and title is None and tags is None:
@@ -281,9 +338,11 @@ def update_markdown_document(conn: psycopg.Connection[Any], document_id: UUID, *
     with conn.transaction():
         author = agent_id(conn, agent)
         return update_document(
-            conn, document_id,
+            conn,
+            document_id,
             title=UNSET if title is None else title,
             content_format=UNSET if markdown is None else "markdown",
             content_text=UNSET if markdown is None else markdown,
             tags=UNSET if tags is None else tags,
-            updated_by_agent_id=UNSET if author is None else author)
+            updated_by_agent_id=UNSET if author is None else author,
+        )

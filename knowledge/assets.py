@@ -43,10 +43,19 @@ __all__ = [
     "update_asset",
 ]
 
-AssetType = Literal["sop", "research", "image", "video", "audio", "template", "script",
-                    "spreadsheet", "link", "other"]
-ASSET_TYPES: tuple[str, ...] = ("sop", "research", "image", "video", "audio", "template", "script",
-                                "spreadsheet", "link", "other")
+AssetType = Literal["sop", "research", "image", "video", "audio", "template", "script", "spreadsheet", "link", "other"]
+ASSET_TYPES: tuple[str, ...] = (
+    "sop",
+    "research",
+    "image",
+    "video",
+    "audio",
+    "template",
+    "script",
+    "spreadsheet",
+    "link",
+    "other",
+)
 MAX_NAME_CHARS = 500
 MAX_SIZE_BYTES = 2**53 - 1
 """8 PiB: the largest whole number a JSON number carries exactly to every client (JavaScript's
@@ -125,8 +134,7 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidInput(f"{name} must be a string")
             check_text(name, values[name], max_bytes=MAX_CONTENT_BYTES)
     size = values.get("size_bytes")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not 0 <= size <= MAX_SIZE_BYTES):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE_BYTES):
         raise InvalidInput(f"size_bytes is {size!r}; give a whole number of bytes, 0..{MAX_SIZE_BYTES}")
     if "tags" in values:
         params["tags"] = normalize_tags(values["tags"])
@@ -147,8 +155,10 @@ def _write(conn: psycopg.Connection[Any], statement: sql.Composable, params: dic
         cause = e.__cause__
         if isinstance(cause, pg.CheckViolation) and cause.diag.constraint_name == "assets_link_has_url":
             # create_asset checks the values it is given first: here an update left a link without url
-            raise Conflict("url: the asset would be a link without a url; a link keeps its url (change "
-                           "asset_type in the same update to drop it)") from cause
+            raise Conflict(
+                "url: the asset would be a link without a url; a link keeps its url (change "
+                "asset_type in the same update to drop it)"
+            ) from cause
         raise
 
 
@@ -173,15 +183,26 @@ def create_asset(
     values (a link without url among them), NotFound for an unknown folder or agent."""
     if asset_type == "link" and url is None:
         raise InvalidInput("url is required when asset_type is 'link'")
-    params = _checked({
-        "name": name, "asset_type": asset_type, "description": description, "url": url,
-        "storage_path": storage_path, "mime_type": mime_type, "size_bytes": size_bytes,
-        "content_text": content_text, "folder_id": folder_id, "tags": tags, "pinned": pinned,
-        "metadata": {} if metadata is None else metadata, "created_by_agent_id": created_by_agent_id,
-    })
+    params = _checked(
+        {
+            "name": name,
+            "asset_type": asset_type,
+            "description": description,
+            "url": url,
+            "storage_path": storage_path,
+            "mime_type": mime_type,
+            "size_bytes": size_bytes,
+            "content_text": content_text,
+            "folder_id": folder_id,
+            "tags": tags,
+            "pinned": pinned,
+            "metadata": {} if metadata is None else metadata,
+            "created_by_agent_id": created_by_agent_id,
+        }
+    )
     statement = sql.SQL("INSERT INTO assets ({}) VALUES ({}) RETURNING *").format(
-        sql.SQL(", ").join(map(sql.Identifier, params)),
-        sql.SQL(", ").join(map(sql.Placeholder, params)))
+        sql.SQL(", ").join(map(sql.Identifier, params)), sql.SQL(", ").join(map(sql.Placeholder, params))
+    )
     row = _write(conn, statement, params)
     assert row is not None
     return row
@@ -223,12 +244,22 @@ def update_asset(
     at a version it accepts; without, the last write wins. Raises NotFound, InvalidInput,
     TooLarge, PreconditionFailed."""
     given = {
-        k: v for k, v in {
-            "name": name, "asset_type": asset_type, "description": description, "url": url,
-            "storage_path": storage_path, "mime_type": mime_type, "size_bytes": size_bytes,
-            "content_text": content_text, "folder_id": folder_id, "tags": tags, "pinned": pinned,
+        k: v
+        for k, v in {
+            "name": name,
+            "asset_type": asset_type,
+            "description": description,
+            "url": url,
+            "storage_path": storage_path,
+            "mime_type": mime_type,
+            "size_bytes": size_bytes,
+            "content_text": content_text,
+            "folder_id": folder_id,
+            "tags": tags,
+            "pinned": pinned,
             "metadata": metadata,
-        }.items() if v is not UNSET
+        }.items()
+        if v is not UNSET
     }
     if not given:
         with if_matches(conn, _SPEC, asset_id, if_match):
@@ -269,8 +300,9 @@ def retry_asset_embedding(conn: psycopg.Connection[Any], asset_id: UUID) -> Asse
     return items.retry_embedding(conn, _SPEC, asset_id)
 
 
-def list_assets(conn: psycopg.Connection[Any], filters: ItemFilters | None = None,
-                asset_type: str | None = None) -> Page[Asset]:
+def list_assets(
+    conn: psycopg.Connection[Any], filters: ItemFilters | None = None, asset_type: str | None = None
+) -> Page[Asset]:
     """A page of assets (of `asset_type` if given), pinned first, then the most recently
     updated. Raises InvalidInput for bad filters, NotFound for an unknown folder."""
     extra: list[tuple[str, str, Any]] = []

@@ -117,14 +117,22 @@ class BootBundle:
             "agent": self.agent,
             "version": self.version,
             "items": [
-                {"id": str(i.id), "kind": i.kind, "title": i.title, "folder_path": i.folder_path,
-                 "tags": list(i.tags), "pinned": i.pinned, "updated_at": i.updated_at.isoformat(),
-                 "tokens": i.tokens, "markdown": i.markdown, "truncated": i.truncated}
+                {
+                    "id": str(i.id),
+                    "kind": i.kind,
+                    "title": i.title,
+                    "folder_path": i.folder_path,
+                    "tags": list(i.tags),
+                    "pinned": i.pinned,
+                    "updated_at": i.updated_at.isoformat(),
+                    "tokens": i.tokens,
+                    "markdown": i.markdown,
+                    "truncated": i.truncated,
+                }
                 for i in self.items
             ],
             "omitted": [
-                {"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens,
-                 "reason": o.reason}
+                {"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens, "reason": o.reason}
                 for o in self.omitted
             ],
             "tokens": self.tokens,
@@ -159,8 +167,8 @@ def check_slug(slug: str) -> str:
 def _check(slug: str, max_tokens: int | None, media_type: str) -> None:
     check_slug(slug)
     if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-            or not 1 <= max_tokens <= MAX_TOKENS_LIMIT):
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
         raise InvalidInput(f"max_tokens is {max_tokens!r}; give a whole number from 1 to {MAX_TOKENS_LIMIT}")
     if media_type not in (JSON, MARKDOWN):
         raise InvalidInput(f"media type {media_type!r} is not offered; accepted: {JSON}, {MARKDOWN}")
@@ -183,11 +191,14 @@ _CANDIDATES = """
     FROM assets t
    WHERE t.tags && %(tags)s::text[] AND t.archived_at IS NULL
 """
-_DOCUMENT_BODY = ("jsonb_build_object('content_format', t.content_format, 'content', t.content, "
-                  "'content_text', t.content_text)")
-_ASSET_BODY = ("jsonb_build_object('name', t.name, 'description', t.description, 'asset_type', "
-               "t.asset_type, 'url', t.url, 'mime_type', t.mime_type, 'content_text', t.content_text, "
-               "'metadata', t.metadata)")
+_DOCUMENT_BODY = (
+    "jsonb_build_object('content_format', t.content_format, 'content', t.content, 'content_text', t.content_text)"
+)
+_ASSET_BODY = (
+    "jsonb_build_object('name', t.name, 'description', t.description, 'asset_type', "
+    "t.asset_type, 'url', t.url, 'mime_type', t.mime_type, 'content_text', t.content_text, "
+    "'metadata', t.metadata)"
+)
 # jsonb text output is canonical, and the epoch is a numeric, so the digest does not depend on
 # the session's TimeZone or DateStyle.
 _VERSION = """
@@ -203,15 +214,15 @@ _ORDER = """c.part, c.pinned DESC, c.kind = 'asset',
 
 
 def _query(with_body: bool) -> sql.Composed:
-    bodies = ((_DOCUMENT_BODY, _ASSET_BODY) if with_body else ("NULL::jsonb", "NULL::jsonb"))
-    candidates = sql.SQL(_CANDIDATES).format(
-        document_body=sql.SQL(bodies[0]), asset_body=sql.SQL(bodies[1]))
+    bodies = (_DOCUMENT_BODY, _ASSET_BODY) if with_body else ("NULL::jsonb", "NULL::jsonb")
+    candidates = sql.SQL(_CANDIDATES).format(document_body=sql.SQL(bodies[0]), asset_body=sql.SQL(bodies[1]))
     if not with_body:
         return sql.SQL("WITH c AS ({}) {}").format(candidates, sql.SQL(_VERSION))
     # One statement, so the version and the rendered items come from one snapshot.
-    return sql.SQL("WITH c AS MATERIALIZED ({}), v AS ({}) SELECT v.agent_exists, v.digest, c.* "
-                   "FROM v LEFT JOIN c ON true ORDER BY {}").format(
-        candidates, sql.SQL(_VERSION), sql.SQL(_ORDER))
+    return sql.SQL(
+        "WITH c AS MATERIALIZED ({}), v AS ({}) SELECT v.agent_exists, v.digest, c.* "
+        "FROM v LEFT JOIN c ON true ORDER BY {}"
+    ).format(candidates, sql.SQL(_VERSION), sql.SQL(_ORDER))
 
 
 def _params(slug: str) -> dict[str, Any]:
@@ -223,8 +234,9 @@ def _version(slug: str, max_tokens: int | None, media_type: str, digest: str) ->
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def boot_version(conn: psycopg.Connection[Any], slug: str, max_tokens: int | None = None,
-                 media_type: str = JSON) -> str:
+def boot_version(
+    conn: psycopg.Connection[Any], slug: str, max_tokens: int | None = None, media_type: str = JSON
+) -> str:
     """The version (ETag value, without quotes) that `boot_bundle` with these arguments would
     return now, computed without reading or rendering any content. It changes with any edit,
     tag or pin change, folder move or rename, archive or deletion of a candidate item, with an
@@ -264,7 +276,7 @@ def cut_at_boundary(markdown: str, budget: int, count: TokenCounter) -> tuple[st
     lo, hi = 0, len(ends) - 1
     while lo <= hi:  # more text never has fewer tokens
         mid = (lo + hi) // 2
-        text = f"{markdown[:ends[mid]]}\n\n{TRUNCATION_NOTE}"
+        text = f"{markdown[: ends[mid]]}\n\n{TRUNCATION_NOTE}"
         tokens = count(text)
         if tokens <= budget:
             best, lo = (text, tokens), mid + 1
@@ -273,8 +285,14 @@ def cut_at_boundary(markdown: str, budget: int, count: TokenCounter) -> tuple[st
     return best
 
 
-def boot_bundle(conn: psycopg.Connection[Any], slug: str, *, max_tokens: int | None = None,
-                media_type: str = JSON, count_tokens: TokenCounter | None = None) -> BootBundle:
+def boot_bundle(
+    conn: psycopg.Connection[Any],
+    slug: str,
+    *,
+    max_tokens: int | None = None,
+    media_type: str = JSON,
+    count_tokens: TokenCounter | None = None,
+) -> BootBundle:
     """The agent's boot bundle (see the module docstring for what is in it and in what order).
 
     `media_type` (JSON or MARKDOWN) is the representation the caller will send; it only
@@ -312,14 +330,30 @@ def boot_bundle(conn: psycopg.Connection[Any], slug: str, *, max_tokens: int | N
         else:
             items.append(_item(row, cut[0], cut[1], truncated=True))
             used += cut[1]
-    return BootBundle(agent=slug, version=version, items=items, omitted=omitted, tokens=used,
-                      max_tokens=max_tokens, media_type=media_type)
+    return BootBundle(
+        agent=slug,
+        version=version,
+        items=items,
+        omitted=omitted,
+        tokens=used,
+        max_tokens=max_tokens,
+        media_type=media_type,
+    )
 
 
 def _item(row: Mapping[str, Any], markdown: str, tokens: int, *, truncated: bool) -> BootItem:
-    return BootItem(id=row["id"], kind=row["kind"], title=row["title"], folder_path=row["folder_path"],
-                    tags=list(row["tags"]), pinned=row["pinned"], updated_at=row["updated_at"].astimezone(UTC),
-                    tokens=tokens, markdown=markdown, truncated=truncated)
+    return BootItem(
+        id=row["id"],
+        kind=row["kind"],
+        title=row["title"],
+        folder_path=row["folder_path"],
+        tags=list(row["tags"]),
+        pinned=row["pinned"],
+        updated_at=row["updated_at"].astimezone(UTC),
+        tokens=tokens,
+        markdown=markdown,
+        truncated=truncated,
+    )
 
 
 def bundle_markdown(bundle: BootBundle) -> str:
@@ -327,11 +361,14 @@ def bundle_markdown(bundle: BootBundle) -> str:
     count, the items' markdown separated by blank lines, then a list of what was left out."""
     budget = f" of a budget of {bundle.max_tokens}" if bundle.max_tokens is not None else ""
     count = f"{len(bundle.items)} item{'s' if len(bundle.items) != 1 else ''}"
-    parts = [f"# Boot bundle: {bundle.agent}",
-             f"Version {bundle.version}: {count}, {bundle.tokens} tokens{budget}."]
+    parts = [f"# Boot bundle: {bundle.agent}", f"Version {bundle.version}: {count}, {bundle.tokens} tokens{budget}."]
     parts.extend(item.markdown for item in bundle.items)
     if bundle.omitted:
         parts.append("# Left out")
-        parts.append("\n".join(f"- {' '.join(o.title.split())} ({o.kind} {o.id}, {o.tokens} tokens): "
-                               f"{o.reason}" for o in bundle.omitted))
+        parts.append(
+            "\n".join(
+                f"- {' '.join(o.title.split())} ({o.kind} {o.id}, {o.tokens} tokens): {o.reason}"
+                for o in bundle.omitted
+            )
+        )
     return "\n\n".join(parts) + "\n"

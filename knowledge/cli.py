@@ -28,27 +28,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default HQ_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default HQ_PORT or 8765)")
     serve.add_argument("--no-worker", action="store_true", help="run the API only")
-    serve.add_argument("--sample", action="store_true",
-                       help="import the sample knowledge base first (again: only changes are applied)")
-    serve.add_argument("--mcp-read-only", action="store_true",
-                       help="the MCP server at /mcp offers no write tools (save_document, update_document)")
+    serve.add_argument(
+        "--sample", action="store_true", help="import the sample knowledge base first (again: only changes are applied)"
+    )
+    serve.add_argument(
+        "--mcp-read-only",
+        action="store_true",
+        help="the MCP server at /mcp offers no write tools (save_document, update_document)",
+    )
 
     mcp = commands.add_parser("mcp", help="run the MCP server over stdio, for a local agent runtime")
-    mcp.add_argument("--read-only", action="store_true",
-                     help="offer no write tools (save_document, update_document)")
-    mcp.add_argument("--agent", metavar="SLUG",
-                     help="bind the session to this agent: boot_context defaults to it, saves are recorded as its")
+    mcp.add_argument("--read-only", action="store_true", help="offer no write tools (save_document, update_document)")
+    mcp.add_argument(
+        "--agent",
+        metavar="SLUG",
+        help="bind the session to this agent: boot_context defaults to it, saves are recorded as its",
+    )
 
     worker = commands.add_parser("worker", help="embed pending documents and assets, waking on every change")
     worker.add_argument("--once", action="store_true", help="drain the queue, then exit")
     worker.add_argument("--batch", type=int, default=64, metavar="N", help="records leased per round (default 64)")
 
-    boot = commands.add_parser("boot", help="print an agent's boot bundle: its boot:all and boot:<slug> "
-                               "documents and assets as markdown")
+    boot = commands.add_parser(
+        "boot", help="print an agent's boot bundle: its boot:all and boot:<slug> documents and assets as markdown"
+    )
     boot.add_argument("slug", help="the agent's slug")
-    boot.add_argument("--max-tokens", type=int, metavar="N",
-                      help="token budget, 1..1000000: items in order while they fit, the first that "
-                           "does not cut at a paragraph or section, the rest listed as left out")
+    boot.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="token budget, 1..1000000: items in order while they fit, the first that "
+        "does not cut at a paragraph or section, the rest listed as left out",
+    )
     boot.add_argument("--json", action="store_true", help="print the bundle as JSON (as GET /boot/SLUG)")
 
     find = commands.add_parser("search", help="search documents and assets (hybrid by default)")
@@ -60,11 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     keys = commands.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
-        dest="keys_command", required=True, metavar="KEYS_COMMAND")
+        dest="keys_command", required=True, metavar="KEYS_COMMAND"
+    )
     create = keys.add_parser("create", help="create a key and print it (once: only its hash is stored)")
-    create.add_argument("--scope", required=True, choices=("read", "write", "admin"),
-                        help="read: search and read; write: also create and update; "
-                             "admin: also archive, delete, re-embed, switch models and manage keys")
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=("read", "write", "admin"),
+        help="read: search and read; write: also create and update; "
+        "admin: also archive, delete, re-embed, switch models and manage keys",
+    )
     create.add_argument("--agent", metavar="SLUG", help="bind the key to this agent: its caller is that agent")
     create.add_argument("--name", help="a name to recognise the key by")
     create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
@@ -81,20 +97,30 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("path", help="the folder; its structure becomes the document folder tree")
 
     status = commands.add_parser(
-        "status", help="is the service ready: its components (database, schema, disk, worker, embedded "
-        "server) with their states, and the counts (queue, failed, passages, model); exit 0 only when ready")
-    status.add_argument("--url", metavar="URL",
-                        help="ask the service running at URL (GET /readyz and /status); without it, check "
-                             "the database directly (the worker's state is then unknown)")
-    status.add_argument("--key", metavar="KEY",
-                        help="an API key for GET /status, when the service at --url requires keys")
+        "status",
+        help="is the service ready: its components (database, schema, disk, worker, embedded "
+        "server) with their states, and the counts (queue, failed, passages, model); exit 0 only when ready",
+    )
+    status.add_argument(
+        "--url",
+        metavar="URL",
+        help="ask the service running at URL (GET /readyz and /status); without it, check "
+        "the database directly (the worker's state is then unknown)",
+    )
+    status.add_argument(
+        "--key", metavar="KEY", help="an API key for GET /status, when the service at --url requires keys"
+    )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
 
     db = commands.add_parser("db", help="schema commands").add_subparsers(
-        dest="db_command", required=True, metavar="DB_COMMAND")
+        dest="db_command", required=True, metavar="DB_COMMAND"
+    )
     migrate = db.add_parser("migrate", help="apply pending migrations in filename order")
-    migrate.add_argument("--reapply", action="store_true",
-                         help="run every migration again (they are idempotent): repairs a schema changed by hand")
+    migrate.add_argument(
+        "--reapply",
+        action="store_true",
+        help="run every migration again (they are idempotent): repairs a schema changed by hand",
+    )
     bundle = db.add_parser("bundle", help="print every migration as one SQL script to paste into an SQL editor")
     bundle.add_argument("-o", "--output", help="write to this file instead of standard output")
     check = db.add_parser("check", help="report what the schema has and lacks; exit 0 only when complete")
@@ -112,8 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .server import serve
 
-            return serve(settings, host=args.host, port=args.port, worker=not args.no_worker,
-                         sample=args.sample, mcp_read_only=args.mcp_read_only)
+            return serve(
+                settings,
+                host=args.host,
+                port=args.port,
+                worker=not args.no_worker,
+                sample=args.sample,
+                mcp_read_only=args.mcp_read_only,
+            )
         if args.command == "mcp":
             from .server import run_mcp
 
@@ -159,8 +191,10 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         total = sum(1 for _ in discover(root)) if root.is_dir() else 0
         with progress(total, "importing", unit="file") as advance:
             result = import_folder(conn, root, on_file=lambda rel, outcome: advance(f"{rel}: {outcome}"))
-    print(f"imported {root}: {result.created} created, {result.updated} updated, "
-          f"{result.unchanged} unchanged, {len(result.errors)} failed")
+    print(
+        f"imported {root}: {result.created} created, {result.updated} updated, "
+        f"{result.unchanged} unchanged, {len(result.errors)} failed"
+    )
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -171,8 +205,7 @@ def _boot(args: argparse.Namespace, settings: Settings) -> int:
     from .db import connect, database
 
     with database(settings) as url, connect(url, autocommit=True) as conn:
-        bundle = boot_bundle(conn, args.slug, max_tokens=args.max_tokens,
-                             media_type=JSON if args.json else MARKDOWN)
+        bundle = boot_bundle(conn, args.slug, max_tokens=args.max_tokens, media_type=JSON if args.json else MARKDOWN)
     if args.json:
         print(json.dumps(bundle.as_json(), indent=2, ensure_ascii=False))
     else:
@@ -190,8 +223,9 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     from .query_models import search_active
     from .search import SearchQuery
 
-    query = SearchQuery(q=args.query, limit=args.limit, mode=args.mode, tags_any=tuple(args.tag),
-                        kind=args.kind).validated()
+    query = SearchQuery(
+        q=args.query, limit=args.limit, mode=args.mode, tags_any=tuple(args.tag), kind=args.kind
+    ).validated()
     with database(settings) as url, connect(url, autocommit=True) as conn:
         configure_for_search(conn)
         repair_bm25_index(conn)  # this command may have just restarted the embedded server
@@ -219,13 +253,25 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             created = create_key(conn, scope=args.scope, name=args.name, agent=args.agent)
             key = created.key
             if args.json:
-                print(json.dumps({"key": created.secret, "id": str(key.id), "name": key.name,
-                                  "scope": key.scope, "agent": key.agent_slug}))
+                print(
+                    json.dumps(
+                        {
+                            "key": created.secret,
+                            "id": str(key.id),
+                            "name": key.name,
+                            "scope": key.scope,
+                            "agent": key.agent_slug,
+                        }
+                    )
+                )
             else:
                 print(created.secret)
                 bound = f", agent {key.agent_slug}" if key.agent_slug else ""
-                print(f"created key {key.name!r} ({key.id}, scope {key.scope}{bound}); it is shown "
-                      "only now: keep it, then send it as `Authorization: Bearer <key>`", file=sys.stderr)
+                print(
+                    f"created key {key.name!r} ({key.id}, scope {key.scope}{bound}); it is shown "
+                    "only now: keep it, then send it as `Authorization: Bearer <key>`",
+                    file=sys.stderr,
+                )
             return 0
         if args.keys_command == "revoke":
             key = revoke_key(conn, args.key)
@@ -239,8 +285,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     for k in keys:
         used = k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never"
         revoked = k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else ""
-        print(f"{k.id}  {k.name[:24]:<24} {k.prefix:<13} {k.scope:<6} {(k.agent_slug or '-'):<16} "
-              f"{used:<17} {revoked}")
+        print(f"{k.id}  {k.name[:24]:<24} {k.prefix:<13} {k.scope:<6} {(k.agent_slug or '-'):<16} {used:<17} {revoked}")
     return 0
 
 
@@ -258,9 +303,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         mark = c["state"] if c["required"] else f"({c['state']})"
         print(f"  {c['name']:<16} {mark:<12} {since:<20} {c['detail']}")
     if isinstance(counts, dict):
-        print(f"queue {counts['queue']}, failed {counts['failed']}, passages {counts['passages']} "
-              f"(documents {counts['documents']}, assets {counts['assets']}); "
-              f"model {counts['active_model'] or 'none active'}; keyword search {counts['keyword_path']}")
+        print(
+            f"queue {counts['queue']}, failed {counts['failed']}, passages {counts['passages']} "
+            f"(documents {counts['documents']}, assets {counts['assets']}); "
+            f"model {counts['active_model'] or 'none active'}; keyword search {counts['keyword_path']}"
+        )
     else:
         print(f"counts: {counts}")
     return 0 if readiness["ready"] else 1
@@ -281,9 +328,14 @@ def _status_of_service(url: str, key: str | None) -> tuple[dict[str, Any], dict[
         raise ServiceUnavailable(f"cannot reach the service at {url}: {e}") from e
     if ready.status_code not in (200, 503) or "components" not in ready.text:
         raise ServiceUnavailable(f"{url}/readyz answered {ready.status_code}: {ready.text[:200]}")
-    counts: dict[str, Any] | str = status.json() if status.status_code == 200 else (
-        f"GET /status answered {status.status_code}: {_detail(status)}"
-        + (" (give an API key with --key)" if status.status_code == 401 else ""))
+    counts: dict[str, Any] | str = (
+        status.json()
+        if status.status_code == 200
+        else (
+            f"GET /status answered {status.status_code}: {_detail(status)}"
+            + (" (give an API key with --key)" if status.status_code == 401 else "")
+        )
+    )
     report: dict[str, Any] = ready.json()
     return report, counts
 
@@ -311,12 +363,14 @@ def _status_of_database(settings: Settings) -> tuple[dict[str, Any], dict[str, A
 
     health = Health()
     if settings.database_url is None and postmaster_pid(EmbeddedPostgres(settings.data_dir).pgdata) is None:
-        health.set("database_server", "stopped",
-                   f"no process was running the embedded server in {settings.data_dir}: "
-                   "started for this check (is the service running?)")
+        health.set(
+            "database_server",
+            "stopped",
+            f"no process was running the embedded server in {settings.data_dir}: "
+            "started for this check (is the service running?)",
+        )
     with database(settings) as url:
-        readiness = check_readiness(lambda: connect(url, autocommit=True, connect_timeout=5),
-                                    health, worker_here=False)
+        readiness = check_readiness(lambda: connect(url, autocommit=True, connect_timeout=5), health, worker_here=False)
         counts: dict[str, Any] | str
         try:
             with connect(url, autocommit=True, connect_timeout=5) as conn:
@@ -357,8 +411,11 @@ def _migrate(conn: Any, where: str, *, reapply: bool) -> int:
     from .migrations import migrate
 
     print(f"migrating {where}")
-    result = migrate(conn, reapply=reapply, on_file=lambda name, state: (
-        print(f"  {name:<34} {state}") if state == "applied" else None))
+    result = migrate(
+        conn,
+        reapply=reapply,
+        on_file=lambda name, state: print(f"  {name:<34} {state}") if state == "applied" else None,
+    )
     for name, notices in result.notices.items():
         for notice in notices:
             print(f"  note ({name}): {notice}")

@@ -38,8 +38,15 @@ from .errors import (
 )
 from .lsn import parse_lsn
 
-__all__ = ["AsyncKnowledgeClient", "BootContext", "DocumentText", "KnowledgeClient", "Overview",
-           "SavedDocument", "SearchResults"]
+__all__ = [
+    "AsyncKnowledgeClient",
+    "BootContext",
+    "DocumentText",
+    "KnowledgeClient",
+    "Overview",
+    "SavedDocument",
+    "SearchResults",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 AGENT_HEADER = "X-HQ-Agent"
@@ -157,8 +164,15 @@ class _Call(Generic[T]):
 
 
 _ERRORS: dict[int, type[KnowledgeError]] = {
-    400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: TooLarge,
-    422: InvalidInput, 503: DatabaseUnavailable}
+    400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: InvalidInput,
+    503: DatabaseUnavailable,
+}
 
 
 def _message(response: httpx.Response, rename: Mapping[str, str]) -> str:
@@ -188,8 +202,9 @@ def _raise_for(response: httpx.Response, rename: Mapping[str, str]) -> NoReturn:
 
 def _unreachable(base_url: httpx.URL, e: httpx.TransportError) -> ServiceUnavailable:
     base = str(base_url).rstrip("/")
-    return ServiceUnavailable(f"cannot reach the knowledge service at {base} ({type(e).__name__}: {e}); "
-                              "start it with `hq-knowledge serve`")
+    return ServiceUnavailable(
+        f"cannot reach the knowledge service at {base} ({type(e).__name__}: {e}); start it with `hq-knowledge serve`"
+    )
 
 
 def _finish(call: _Call[T], response: httpx.Response) -> T:
@@ -198,8 +213,9 @@ def _finish(call: _Call[T], response: httpx.Response) -> T:
     try:
         return call.parse(response)
     except (ValueError, KeyError, TypeError) as e:
-        raise KnowledgeError(f"{call.method} {call.path}: unexpected answer from the service "
-                             f"({type(e).__name__}: {e})") from e
+        raise KnowledgeError(
+            f"{call.method} {call.path}: unexpected answer from the service ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _headers(call: _Call[Any], agent: str | None, key: str | None, write_lsn: str | None) -> dict[str, str]:
@@ -233,40 +249,73 @@ def _optional(**values: object) -> tuple[tuple[str, str], ...]:
 
 # One builder and one parser per operation.
 
-def _search_call(query: str, limit: int, mode: str, tags_any: Sequence[str], folder: UUID | None,
-                 kind: str | None) -> _Call[SearchResults]:
-    params = (("q", query), ("limit", str(limit)), ("mode", mode), *(("tags_any", t) for t in tags_any),
-              *_optional(folder=folder, kind=kind))
+
+def _search_call(
+    query: str, limit: int, mode: str, tags_any: Sequence[str], folder: UUID | None, kind: str | None
+) -> _Call[SearchResults]:
+    params = (
+        ("q", query),
+        ("limit", str(limit)),
+        ("mode", mode),
+        *(("tags_any", t) for t in tags_any),
+        *_optional(folder=folder, kind=kind),
+    )
     return _Call("GET", "/search", _parse_search, params=params, rename={"q": "query"})
 
 
 def _parse_search(response: httpx.Response) -> SearchResults:
     body = response.json()
-    hits = [Hit(id=UUID(h["id"]), kind=h["kind"], title=h["title"], folder_path=h["folder_path"],
-                tags=list(h["tags"]), score=float(h["score"]), snippet=h["snippet"],
-                passages=[(list(p["heading_path"]), p["content"]) for p in h["passages"]],
-                source_path=h["source_path"]) for h in body["hits"]]
+    hits = [
+        Hit(
+            id=UUID(h["id"]),
+            kind=h["kind"],
+            title=h["title"],
+            folder_path=h["folder_path"],
+            tags=list(h["tags"]),
+            score=float(h["score"]),
+            snippet=h["snippet"],
+            passages=[(list(p["heading_path"]), p["content"]) for p in h["passages"]],
+            source_path=h["source_path"],
+        )
+        for h in body["hits"]
+    ]
     return SearchResults(hits=hits, mode=body["mode"], took_ms=float(body["took_ms"]))
 
 
 def _document_call(document_id: UUID, max_tokens: int | None, section: str | None) -> _Call[DocumentText]:
-    return _Call("GET", f"/documents/{_id(document_id)}/markdown", _parse_document,
-                 params=_optional(max_tokens=max_tokens, section=section), rename={"document_id": "id"})
+    return _Call(
+        "GET",
+        f"/documents/{_id(document_id)}/markdown",
+        _parse_document,
+        params=_optional(max_tokens=max_tokens, section=section),
+        rename={"document_id": "id"},
+    )
 
 
 def _parse_document(response: httpx.Response) -> DocumentText:
     d = response.json()
-    return DocumentText(id=UUID(d["id"]), title=d["title"], folder_path=d["folder_path"], tags=list(d["tags"]),
-                        updated_at=datetime.fromisoformat(d["updated_at"]), markdown=d["markdown"],
-                        tokens=d["tokens"], total_tokens=d["total_tokens"], truncated=d["truncated"],
-                        section=d["section"], sections=list(d["sections"]))
+    return DocumentText(
+        id=UUID(d["id"]),
+        title=d["title"],
+        folder_path=d["folder_path"],
+        tags=list(d["tags"]),
+        updated_at=datetime.fromisoformat(d["updated_at"]),
+        markdown=d["markdown"],
+        tokens=d["tokens"],
+        total_tokens=d["total_tokens"],
+        truncated=d["truncated"],
+        section=d["section"],
+        sections=list(d["sections"]),
+    )
 
 
-def _boot_call(agent_slug: str | None, max_tokens: int | None, known_version: str | None,
-               key: str | None = None) -> _Call[BootContext]:
+def _boot_call(
+    agent_slug: str | None, max_tokens: int | None, known_version: str | None, key: str | None = None
+) -> _Call[BootContext]:
     if not agent_slug and not key:
-        raise InvalidInput("agent_slug: give the agent's slug, or make the client with agent=<slug> "
-                           "or with the key of an agent")
+        raise InvalidInput(
+            "agent_slug: give the agent's slug, or make the client with agent=<slug> or with the key of an agent"
+        )
     headers = {"Accept": "text/markdown"}
     known = known_version.strip().strip('"') if known_version else None
     if known:
@@ -276,8 +325,7 @@ def _boot_call(agent_slug: str | None, max_tokens: int | None, known_version: st
         return _parse_boot(response, agent_slug or response.headers.get(AGENT_HEADER, ""), known)
 
     path = f"/boot/{quote(agent_slug, safe='')}" if agent_slug else "/boot"  # /boot: the key's agent
-    return _Call("GET", path, parse, params=_optional(max_tokens=max_tokens),
-                 headers=headers, accept=frozenset({304}))
+    return _Call("GET", path, parse, params=_optional(max_tokens=max_tokens), headers=headers, accept=frozenset({304}))
 
 
 def _parse_boot(response: httpx.Response, agent_slug: str, known_version: str | None) -> BootContext:
@@ -294,12 +342,22 @@ def _overview_call(folder: str | None, tag: str | None) -> _Call[Overview]:
 def _parse_overview(response: httpx.Response) -> Overview:
     o = response.json()
     return Overview(
-        folder=o["folder"], tag=o["tag"], documents=o["documents"],
+        folder=o["folder"],
+        tag=o["tag"],
+        documents=o["documents"],
         folders=[FolderCount(path=f["path"], documents=f["documents"]) for f in o["folders"]],
         tags=[TagCount(tag=t["tag"], documents=t["documents"], assets=t["assets"]) for t in o["tags"]],
-        recent=[RecentDocument(id=UUID(d["id"]), title=d["title"], folder_path=d["folder_path"],
-                               tags=list(d["tags"]), updated_at=datetime.fromisoformat(d["updated_at"]))
-                for d in o["recent"]])
+        recent=[
+            RecentDocument(
+                id=UUID(d["id"]),
+                title=d["title"],
+                folder_path=d["folder_path"],
+                tags=list(d["tags"]),
+                updated_at=datetime.fromisoformat(d["updated_at"]),
+            )
+            for d in o["recent"]
+        ],
+    )
 
 
 def _save_call(title: str, markdown: str, folder: str | None, tags: Sequence[str]) -> _Call[SavedDocument]:
@@ -307,11 +365,17 @@ def _save_call(title: str, markdown: str, folder: str | None, tags: Sequence[str
     return _Call("POST", "/documents/markdown", _parse_saved, json=body)
 
 
-def _update_call(document_id: UUID, markdown: str | None, title: str | None,
-                 tags: Sequence[str] | None) -> _Call[SavedDocument]:
+def _update_call(
+    document_id: UUID, markdown: str | None, title: str | None, tags: Sequence[str] | None
+) -> _Call[SavedDocument]:
     body = {"markdown": markdown, "title": title, "tags": None if tags is None else list(tags)}
-    return _Call("PATCH", f"/documents/{_id(document_id)}/markdown", _parse_saved,
-                 json={k: v for k, v in body.items() if v is not None}, rename={"document_id": "id"})
+    return _Call(
+        "PATCH",
+        f"/documents/{_id(document_id)}/markdown",
+        _parse_saved,
+        json={k: v for k, v in body.items() if v is not None},
+        rename={"document_id": "id"},
+    )
 
 
 def _parse_saved(response: httpx.Response) -> SavedDocument:
@@ -327,9 +391,16 @@ class KnowledgeClient:
     `http`: send through this httpx.Client instead (its base URL and timeout apply, and the
     caller closes it); `transport` is handed to the httpx.Client made otherwise."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, key: str | None = None,
-                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        agent: str | None = None,
+        key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
         self.agent = agent
         self.key = key
         self.write_lsn: str | None = None  # the last HQ-Write-LSN received, sent with every request
@@ -339,8 +410,9 @@ class KnowledgeClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -350,15 +422,28 @@ class KnowledgeClient:
 
     def _run(self, call: _Call[T]) -> T:
         try:
-            response = self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                          headers=_headers(call, self.agent, self.key, self.write_lsn))
+            response = self._http.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                headers=_headers(call, self.agent, self.key, self.write_lsn),
+            )
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
         self.write_lsn = _latest_lsn(self.write_lsn, response)
         return _finish(call, response)
 
-    def search(self, query: str, *, limit: int = 10, mode: Mode = "hybrid", tags_any: Sequence[str] = (),
-               folder: UUID | None = None, kind: Kind | None = None) -> SearchResults:
+    def search(
+        self,
+        query: str,
+        *,
+        limit: int = 10,
+        mode: Mode = "hybrid",
+        tags_any: Sequence[str] = (),
+        folder: UUID | None = None,
+        kind: Kind | None = None,
+    ) -> SearchResults:
         """Hybrid (or semantic, keyword) search; best hits first. `folder` is a folder's id (its
         subfolders count), not a path: overview() lists paths, search hits carry them."""
         return self._run(_search_call(query, limit, mode, tags_any, folder, kind))
@@ -368,8 +453,9 @@ class KnowledgeClient:
         after the last whole block that fits `max_tokens`. Raises NotFound, InvalidInput."""
         return self._run(_document_call(id, max_tokens, section))
 
-    def boot(self, agent_slug: str | None = None, *, max_tokens: int | None = None,
-             known_version: str | None = None) -> BootContext:
+    def boot(
+        self, agent_slug: str | None = None, *, max_tokens: int | None = None, known_version: str | None = None
+    ) -> BootContext:
         """The boot bundle of `agent_slug` (default: the client's agent) as markdown. With the
         `version` of an earlier answer as `known_version`, `unchanged` while it still holds."""
         return self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version, self.key))
@@ -378,13 +464,15 @@ class KnowledgeClient:
         """Document count, folders, tags and recent documents under the folder path `folder`."""
         return self._run(_overview_call(folder, tag))
 
-    def save_document(self, title: str, markdown: str, *, folder: str | None = None,
-                      tags: Sequence[str] = ()) -> SavedDocument:
+    def save_document(
+        self, title: str, markdown: str, *, folder: str | None = None, tags: Sequence[str] = ()
+    ) -> SavedDocument:
         """A new markdown document in the folder path `folder` (made if missing; default the root)."""
         return self._run(_save_call(title, markdown, folder, tags))
 
-    def update_document(self, id: UUID, *, markdown: str | None = None, title: str | None = None,
-                        tags: Sequence[str] | None = None) -> SavedDocument:
+    def update_document(
+        self, id: UUID, *, markdown: str | None = None, title: str | None = None, tags: Sequence[str] | None = None
+    ) -> SavedDocument:
         """Replace what is given (tags: the whole list); at least one. Raises NotFound, InvalidInput."""
         return self._run(_update_call(id, markdown, title, tags))
 
@@ -393,9 +481,16 @@ class AsyncKnowledgeClient:
     """KnowledgeClient's async twin: the same methods, awaited. `http`: an httpx.AsyncClient
     to send through (the caller closes it)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, agent: str | None = None, key: str | None = None,
-                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        agent: str | None = None,
+        key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.agent = agent
         self.key = key
         self.write_lsn: str | None = None  # as KnowledgeClient.write_lsn
@@ -405,8 +500,9 @@ class AsyncKnowledgeClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -416,33 +512,50 @@ class AsyncKnowledgeClient:
 
     async def _run(self, call: _Call[T]) -> T:
         try:
-            response = await self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                                headers=_headers(call, self.agent, self.key, self.write_lsn))
+            response = await self._http.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                headers=_headers(call, self.agent, self.key, self.write_lsn),
+            )
         except httpx.TransportError as e:
             raise _unreachable(self._http.base_url, e) from e
         self.write_lsn = _latest_lsn(self.write_lsn, response)
         return _finish(call, response)
 
-    async def search(self, query: str, *, limit: int = 10, mode: Mode = "hybrid", tags_any: Sequence[str] = (),
-                     folder: UUID | None = None, kind: Kind | None = None) -> SearchResults:
+    async def search(
+        self,
+        query: str,
+        *,
+        limit: int = 10,
+        mode: Mode = "hybrid",
+        tags_any: Sequence[str] = (),
+        folder: UUID | None = None,
+        kind: Kind | None = None,
+    ) -> SearchResults:
         """See KnowledgeClient.search: `folder` is a folder's id, not a path."""
         return await self._run(_search_call(query, limit, mode, tags_any, folder, kind))
 
-    async def get_document(self, id: UUID, *, max_tokens: int | None = None,
-                           section: str | None = None) -> DocumentText:
+    async def get_document(
+        self, id: UUID, *, max_tokens: int | None = None, section: str | None = None
+    ) -> DocumentText:
         return await self._run(_document_call(id, max_tokens, section))
 
-    async def boot(self, agent_slug: str | None = None, *, max_tokens: int | None = None,
-                   known_version: str | None = None) -> BootContext:
+    async def boot(
+        self, agent_slug: str | None = None, *, max_tokens: int | None = None, known_version: str | None = None
+    ) -> BootContext:
         return await self._run(_boot_call(agent_slug or self.agent, max_tokens, known_version, self.key))
 
     async def overview(self, *, folder: str | None = None, tag: str | None = None) -> Overview:
         return await self._run(_overview_call(folder, tag))
 
-    async def save_document(self, title: str, markdown: str, *, folder: str | None = None,
-                            tags: Sequence[str] = ()) -> SavedDocument:
+    async def save_document(
+        self, title: str, markdown: str, *, folder: str | None = None, tags: Sequence[str] = ()
+    ) -> SavedDocument:
         return await self._run(_save_call(title, markdown, folder, tags))
 
-    async def update_document(self, id: UUID, *, markdown: str | None = None, title: str | None = None,
-                              tags: Sequence[str] | None = None) -> SavedDocument:
+    async def update_document(
+        self, id: UUID, *, markdown: str | None = None, title: str | None = None, tags: Sequence[str] | None = None
+    ) -> SavedDocument:
         return await self._run(_update_call(id, markdown, title, tags))

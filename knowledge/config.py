@@ -129,9 +129,11 @@ def _read_urls(value: str) -> tuple[str, ...]:
             except psycopg.ProgrammingError as e:
                 problem = f"is not a valid PostgreSQL URL ({e})"
         if problem is not None:
-            raise InvalidInput(f"HQ_READ_DATABASE_URL: {describe_url(url)[:200]!r} {problem}; give one or "
-                               "more postgresql://user:password@host:5432/dbname URLs separated by commas "
-                               "or spaces")
+            raise InvalidInput(
+                f"HQ_READ_DATABASE_URL: {describe_url(url)[:200]!r} {problem}; give one or "
+                "more postgresql://user:password@host:5432/dbname URLs separated by commas "
+                "or spaces"
+            )
     return urls
 
 

@@ -55,22 +55,27 @@ def translate_connect_error(url: str, e: psycopg.OperationalError) -> DatabaseUn
     where = describe_url(url)
     if "password authentication failed" in text or "no password supplied" in text:
         return DatabaseUnavailable(
-            f"password authentication failed for {where}: "
-            "check the user and password in HQ_DATABASE_URL"
+            f"password authentication failed for {where}: check the user and password in HQ_DATABASE_URL"
         )
     if "does not exist" in text and "database" in text:
         return DatabaseUnavailable(
             f"{text.splitlines()[-1].removeprefix('FATAL:  ')} ({where}): "
             "create it or fix the database name in HQ_DATABASE_URL"
         )
-    if "invalid dsn" in text or "missing \"=\"" in text or "invalid URI" in text:
+    if "invalid dsn" in text or 'missing "="' in text or "invalid URI" in text:
         return DatabaseUnavailable(
             f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({where}): "
             "expected postgresql://user:password@host:5432/dbname"
         )
     reason = text.splitlines()[-1] if text else type(e).__name__
-    for hint in ("Connection refused", "No such file or directory", "timeout expired",
-                 "could not translate host name", "Network is unreachable", "No route to host"):
+    for hint in (
+        "Connection refused",
+        "No such file or directory",
+        "timeout expired",
+        "could not translate host name",
+        "Network is unreachable",
+        "No route to host",
+    ):
         if hint in text:
             reason = hint.lower()
             break
@@ -89,9 +94,7 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as e:
         raise translate_connect_error(url, e) from e
     except psycopg.ProgrammingError as e:  # a malformed conninfo string
-        raise DatabaseUnavailable(
-            f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({describe_url(url)}): {e}"
-        ) from e
+        raise DatabaseUnavailable(f"HQ_DATABASE_URL is not a valid PostgreSQL URL ({describe_url(url)}): {e}") from e
 
 
 def configure_for_search(conn: psycopg.Connection[Any]) -> None:
@@ -122,21 +125,24 @@ def prepare_threshold(env: Mapping[str, str] | None = None) -> int | None:
     return 5
 
 
-def open_search_pool(url: str, *, max_size: int, application_name: str,
-                     replica: bool = False) -> ConnectionPool[Any]:
+def open_search_pool(url: str, *, max_size: int, application_name: str, replica: bool = False) -> ConnectionPool[Any]:
     """An opened pool of autocommit connections set up by `configure_for_search`, as the API
     and the MCP server use; take its connections with `pooled_connection`. Raises
     DatabaseUnavailable when no connection can be made. A `replica`'s pool (a read replica,
     knowledge.replicas) is returned at once and connects in the background: a replica that is
     down must not stop the service; its outages are logged by knowledge.replicas, not here."""
     pool: ConnectionPool[Any] = ConnectionPool(
-        url, min_size=1, max_size=max_size, open=False, configure=configure_for_search,
-        kwargs={"autocommit": True, "application_name": application_name,
-                "prepare_threshold": prepare_threshold()},
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        configure=configure_for_search,
+        kwargs={"autocommit": True, "application_name": application_name, "prepare_threshold": prepare_threshold()},
         # A connection lost with the server is replaced by the first request after the server
         # is back (`pooled_connection` drains the pool then): no need for the pool's own
         # retries, whose back-off (1, 2, 4... s) would hold the replacements back for seconds.
-        reconnect_timeout=2)
+        reconnect_timeout=2,
+    )
     if replica:
         with _breakers_lock:
             _breakers[pool] = _Breaker(quiet=True)
@@ -157,8 +163,9 @@ def _conninfo(pool: ConnectionPool[Any]) -> str:
 def _unreachable(pool: ConnectionPool[Any]) -> str | None:
     """Why a new connection to `pool`'s database fails, or None when one can be made."""
     try:
-        with psycopg.connect(_conninfo(pool), connect_timeout=2, autocommit=True,
-                             application_name="hq-knowledge-probe"):
+        with psycopg.connect(
+            _conninfo(pool), connect_timeout=2, autocommit=True, application_name="hq-knowledge-probe"
+        ):
             return None
     except psycopg.Error as e:
         return first_line(e)
@@ -247,8 +254,7 @@ def _working_connection(pool: ConnectionPool[Any], breaker: _Breaker) -> psycopg
         except PoolTimeout as e:
             reason = _unreachable(pool)
             if reason is None:
-                raise DatabaseUnavailable(
-                    "no database connection was free within 5 s: the service is busy") from e
+                raise DatabaseUnavailable("no database connection was free within 5 s: the service is busy") from e
             breaker.trip(reason)
             raise DatabaseUnavailable(f"the database is unavailable: {reason}") from e
         except psycopg.OperationalError as e:  # the pool is closed: the service is stopping
@@ -307,9 +313,15 @@ class Watchdog:
 
     NAME = "database_server"
 
-    def __init__(self, server: EmbeddedPostgres, *, health: Health | None = None,
-                 on_down: Callable[[str], None] | None = None, on_up: Callable[[], None] | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        server: EmbeddedPostgres,
+        *,
+        health: Health | None = None,
+        on_down: Callable[[str], None] | None = None,
+        on_up: Callable[[], None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
         self.server = server
         self.health = health
         self.on_down = on_down
@@ -363,15 +375,22 @@ class Watchdog:
                 started = self.server.restart()
             except (DatabaseUnavailable, OSError) as e:
                 reason = e.message if isinstance(e, DatabaseUnavailable) else f"{type(e).__name__}: {e}"
-                log.warning("restart %d of the embedded PostgreSQL failed (retrying in %.0f s): %s",
-                            attempt, delay, reason)
-                self._set("failed" if attempt >= 3 else "recovering",
-                          f"restart {attempt} failed, retrying in {delay:.0f} s: {reason}")
+                log.warning(
+                    "restart %d of the embedded PostgreSQL failed (retrying in %.0f s): %s", attempt, delay, reason
+                )
+                self._set(
+                    "failed" if attempt >= 3 else "recovering",
+                    f"restart {attempt} failed, retrying in {delay:.0f} s: {reason}",
+                )
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            log.info("the embedded PostgreSQL in %s is back after %.1f s (%s)", self.server.pgdata,
-                     time.monotonic() - began, "restarted" if started else "restarted by another process")
+            log.info(
+                "the embedded PostgreSQL in %s is back after %.1f s (%s)",
+                self.server.pgdata,
+                time.monotonic() - began,
+                "restarted" if started else "restarted by another process",
+            )
             self._set("ok", self._running())
             if self.on_up is not None:
                 try:
@@ -404,8 +423,10 @@ def _mend_keyword_index(server: EmbeddedPostgres, url: str) -> None:
     server.stop()  # the last user's stop shuts the server down
     server.start()
     if postmaster_pid(server.pgdata) == before:
-        log.error("the BM25 index needs the embedded PostgreSQL restarted, and another process uses it: "
-                  "stop the other hq-knowledge processes, or restart this one once they are stopped")
+        log.error(
+            "the BM25 index needs the embedded PostgreSQL restarted, and another process uses it: "
+            "stop the other hq-knowledge processes, or restart this one once they are stopped"
+        )
         return
     log.warning("restarted the embedded PostgreSQL to finish rebuilding the BM25 index")
     with connect(url, autocommit=True) as conn:
@@ -428,8 +449,12 @@ def database(settings: Settings, health: Health | None = None) -> Iterator[str]:
     with EmbeddedPostgres(settings.data_dir) as server:
         url = server.url
         _mend_keyword_index(server, url)
-        watchdog = Watchdog(server, health=health, on_down=lambda reason: report_down(url, reason),
-                            on_up=lambda: _repair_keyword_index(url))
+        watchdog = Watchdog(
+            server,
+            health=health,
+            on_down=lambda reason: report_down(url, reason),
+            on_up=lambda: _repair_keyword_index(url),
+        )
         watchdog.start()
         try:
             yield url

@@ -37,8 +37,7 @@ def is_conflict(e: BaseException) -> bool:
 
 
 def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, pg.DiskFull) or (
-        isinstance(e, psycopg.Error) and "No space left on device" in str(e))
+    return isinstance(e, pg.DiskFull) or (isinstance(e, psycopg.Error) and "No space left on device" in str(e))
 
 
 def is_unavailable(e: BaseException) -> bool:
@@ -62,11 +61,14 @@ def translate(e: psycopg.Error) -> KnowledgeError | None:
     """Ours for a driver error the user should see as 409, 503 or 507; None for the rest."""
     first = first_line(e)
     if is_conflict(e):
-        return Conflict(f"the change conflicted with a concurrent change ({first}): "
-                        "nothing was written; read the items again and retry")
+        return Conflict(
+            f"the change conflicted with a concurrent change ({first}): "
+            "nothing was written; read the items again and retry"
+        )
     if is_disk_full(e):
-        return InsufficientStorage(f"disk full: the database could not write ({first}); "
-                                   "nothing was written; free space on the database's disk")
+        return InsufficientStorage(
+            f"disk full: the database could not write ({first}); nothing was written; free space on the database's disk"
+        )
     if is_unavailable(e):
         return DatabaseUnavailable(f"the database is unavailable: {first}")
     return None
@@ -89,5 +91,5 @@ def retry_conflicts(run: Callable[[], T], *, attempts: int = 4, what: str = "the
                 assert error is not None
                 raise error from e
             log.info("%s lost a race (%s): running it again", what, type(e).__name__)
-            time.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
+            time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
     raise AssertionError("unreachable")

@@ -122,11 +122,15 @@ def _content(fmt: str, content: Any, content_text: Any) -> tuple[Any, Any]:
         raise InvalidInput(f"content_format is {fmt!r}; accepted: {', '.join(CONTENT_FORMATS)}")
     if fmt == "tiptap":
         if content_text is not None:
-            raise InvalidInput("content_text is for markdown and html; with content_format "
-                               "'tiptap' send the document as a JSON object in content")
+            raise InvalidInput(
+                "content_text is for markdown and html; with content_format "
+                "'tiptap' send the document as a JSON object in content"
+            )
         if content is None:
-            raise InvalidInput("content is required with content_format 'tiptap': "
-                               "a TipTap JSON object like {\"type\": \"doc\", \"content\": [...]}")
+            raise InvalidInput(
+                "content is required with content_format 'tiptap': "
+                'a TipTap JSON object like {"type": "doc", "content": [...]}'
+            )
         check_tiptap("content", content)
         return Jsonb(content), None
     if content is not None:
@@ -177,8 +181,8 @@ def create_document(
     if source_path is not None:
         check_name("source_path", source_path, max_chars=4096)
     statement = sql.SQL("INSERT INTO documents ({}) VALUES ({}) RETURNING *").format(
-        sql.SQL(", ").join(map(sql.Identifier, params)),
-        sql.SQL(", ").join(map(sql.Placeholder, params)))
+        sql.SQL(", ").join(map(sql.Identifier, params)), sql.SQL(", ").join(map(sql.Placeholder, params))
+    )
     row = items.write(conn, _SPEC, statement, params)
     assert row is not None
     return row
@@ -214,11 +218,19 @@ def update_document(
     `lock_version`); without, the last write wins. Raises NotFound, InvalidInput, TooLarge,
     PreconditionFailed."""
     given: dict[str, Any] = {
-        k: v for k, v in {
-            "title": title, "content_format": content_format, "content": content,
-            "content_text": content_text, "folder_id": folder_id, "tags": tags, "pinned": pinned,
-            "metadata": metadata, "updated_by_agent_id": updated_by_agent_id,
-        }.items() if v is not UNSET
+        k: v
+        for k, v in {
+            "title": title,
+            "content_format": content_format,
+            "content": content,
+            "content_text": content_text,
+            "folder_id": folder_id,
+            "tags": tags,
+            "pinned": pinned,
+            "metadata": metadata,
+            "updated_by_agent_id": updated_by_agent_id,
+        }.items()
+        if v is not UNSET
     }
     for name in _NOT_NULL:
         if name in given and given[name] is None:
@@ -239,8 +251,9 @@ def update_document(
         if given.keys() & {"content_format", "content", "content_text"}:
             with conn.cursor(row_factory=tuple_row) as cur:
                 row = cur.execute(
-                    "SELECT content_format::text, content, content_text FROM documents "
-                    "WHERE id = %s FOR UPDATE", [document_id]).fetchone()
+                    "SELECT content_format::text, content, content_text FROM documents WHERE id = %s FOR UPDATE",
+                    [document_id],
+                ).fetchone()
             if row is None:
                 raise NotFound(f"document {document_id} not found")
             old_fmt: str = row[0]
@@ -269,21 +282,21 @@ def _fits_stored_format(document_id: UUID, fmt: str, given: dict[str, Any]) -> N
     Conflict (409), where the same request with content_format would be a 422."""
     uses, other = ("content", "content_text") if fmt == "tiptap" else ("content_text", "content")
     if given.get(other) is not None or (uses in given and given[uses] is None):
-        raise Conflict(f"{uses}: document {document_id} is {fmt}, so an update without content_format "
-                       f"sends its text in {uses} (not null) and no {other}; to change the format, "
-                       "send content_format with the content for it")
+        raise Conflict(
+            f"{uses}: document {document_id} is {fmt}, so an update without content_format "
+            f"sends its text in {uses} (not null) and no {other}; to change the format, "
+            "send content_format with the content for it"
+        )
 
 
-def archive_document(conn: psycopg.Connection[Any], document_id: UUID, *,
-                     if_match: str | None = None) -> Document:
+def archive_document(conn: psycopg.Connection[Any], document_id: UUID, *, if_match: str | None = None) -> Document:
     """Archive the document: lists leave it out unless asked. With `if_match`, only if the
     document is still at a version it accepts. Raises NotFound, PreconditionFailed."""
     with if_matches(conn, _SPEC, document_id, if_match):
         return items.set_archived(conn, _SPEC, document_id, True)
 
 
-def unarchive_document(conn: psycopg.Connection[Any], document_id: UUID, *,
-                       if_match: str | None = None) -> Document:
+def unarchive_document(conn: psycopg.Connection[Any], document_id: UUID, *, if_match: str | None = None) -> Document:
     """Bring an archived document back. With `if_match`, only if the document is still at a
     version it accepts. Raises NotFound, PreconditionFailed."""
     with if_matches(conn, _SPEC, document_id, if_match):
@@ -329,32 +342,50 @@ def upsert_document_by_source_path(
     check_name("source_path", source_path, max_chars=4096)
     clean_tags = normalize_tags(tags)
     fields: dict[str, Any] = {
-        "title": title, "content_format": content_format, "content_text": content_text,
-        "folder_id": folder_id, "tags": clean_tags,
+        "title": title,
+        "content_format": content_format,
+        "content_text": content_text,
+        "folder_id": folder_id,
+        "tags": clean_tags,
     }
     with conn.transaction():
         for _ in range(2):
             with conn.cursor(row_factory=tuple_row) as cur:
                 row = cur.execute(
                     "SELECT id, title, content_format::text, content_text, folder_id, tags "
-                    "FROM documents WHERE source_path = %s FOR UPDATE", [source_path]).fetchone()
+                    "FROM documents WHERE source_path = %s FOR UPDATE",
+                    [source_path],
+                ).fetchone()
             if row is not None:
                 break
             params = {**fields, "source_path": source_path}
             params["title"] = check_name("title", title, max_chars=MAX_TITLE_CHARS)
             params["content"], params["content_text"] = _content(content_format, None, content_text)
             params["metadata"] = _metadata(metadata)
-            inserted = items.write(conn, _SPEC, sql.SQL(
-                "INSERT INTO documents (source_path, title, content_format, content, content_text, "
-                "folder_id, tags, metadata) VALUES (%(source_path)s, %(title)s, %(content_format)s, "
-                "%(content)s, %(content_text)s, %(folder_id)s, %(tags)s, %(metadata)s) "
-                "ON CONFLICT (source_path) WHERE source_path IS NOT NULL DO NOTHING RETURNING *"), params)
+            inserted = items.write(
+                conn,
+                _SPEC,
+                sql.SQL(
+                    "INSERT INTO documents (source_path, title, content_format, content, content_text, "
+                    "folder_id, tags, metadata) VALUES (%(source_path)s, %(title)s, %(content_format)s, "
+                    "%(content)s, %(content_text)s, %(folder_id)s, %(tags)s, %(metadata)s) "
+                    "ON CONFLICT (source_path) WHERE source_path IS NOT NULL DO NOTHING RETURNING *"
+                ),
+                params,
+            )
             if inserted is not None:
                 return inserted, "created"
         assert row is not None
         document_id, *current = row
         if current == list(fields.values()):
             return get_document(conn, document_id), "unchanged"
-        return update_document(conn, document_id, title=title, content_format=content_format,
-                               content_text=content_text, folder_id=folder_id, tags=clean_tags,
-                               metadata=metadata), "updated"
+        return update_document(
+            conn,
+            document_id,
+            title=title,
+            content_format=content_format,
+            content_text=content_text,
+            folder_id=folder_id,
+            tags=clean_tags,
+            metadata=metadata,
+        ), "updated"

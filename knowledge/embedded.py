@@ -55,6 +55,8 @@ def _shared_buffers() -> str:
     instead of the OS cache is ~1 ms faster."""
     mb = psutil.virtual_memory().total // (16 * 1024 * 1024)
     return f"-c shared_buffers={max(256, min(1024, mb))}MB"
+
+
 _PRELOAD = ("pg_textsearch",)  # extensions that only load from shared_preload_libraries
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes on Linux; keep a margin
 
@@ -241,9 +243,7 @@ class EmbeddedPostgres:
                 **self._run_as(),
             )
         except Exception as e:  # CalledProcessError carries nothing readable; say where to look
-            raise DatabaseUnavailable(
-                f"could not create the embedded database in {self.pgdata}: {e}"
-            ) from e
+            raise DatabaseUnavailable(f"could not create the embedded database in {self.pgdata}: {e}") from e
 
     def _start_postmaster(self) -> None:
         socket_dir = self.socket_dir
@@ -257,8 +257,7 @@ class EmbeddedPostgres:
         except Exception as e:
             tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
             raise DatabaseUnavailable(
-                f"the embedded PostgreSQL in {self.pgdata} did not start: "
-                + (" / ".join(tail) or str(e))
+                f"the embedded PostgreSQL in {self.pgdata} did not start: " + (" / ".join(tail) or str(e))
             ) from e
         deadline = time.monotonic() + 30
         while postmaster_pid(self.pgdata) is None:
@@ -286,8 +285,12 @@ class EmbeddedPostgres:
             time.sleep(0.05)
         if not orphans:
             return
-        log.warning("killing %d process(es) left running in %s by the dead postmaster: %s",
-                    len(orphans), self.pgdata, ", ".join(str(p.pid) for p in orphans))
+        log.warning(
+            "killing %d process(es) left running in %s by the dead postmaster: %s",
+            len(orphans),
+            self.pgdata,
+            ", ".join(str(p.pid) for p in orphans),
+        )
         for proc in orphans:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
@@ -296,7 +299,8 @@ class EmbeddedPostgres:
             if time.monotonic() > deadline:
                 raise DatabaseUnavailable(
                     f"processes of the dead PostgreSQL in {self.pgdata} do not exit: "
-                    + ", ".join(str(p.pid) for p in orphans if _alive(p.pid)))
+                    + ", ".join(str(p.pid) for p in orphans if _alive(p.pid))
+                )
             time.sleep(0.05)
 
     def _clear_stale_locks(self) -> None:
@@ -346,7 +350,8 @@ class EmbeddedPostgres:
                 what = f"{blocker} is a file, not a directory"
             raise DatabaseUnavailable(
                 f"cannot use the data directory {self.data_dir}: {what}; set HQ_DATA_DIR to a "
-                "directory this user can create and write, or fix that one's permissions") from e
+                "directory this user can create and write, or fix that one's permissions"
+            ) from e
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -392,9 +397,7 @@ def _private_dir(path: Path, uid: int, gid: int) -> None:
     try:
         seen = os.lstat(path)
         if not stat.S_ISDIR(seen.st_mode):
-            raise DatabaseUnavailable(
-                f"the socket directory {path} is not a directory (a symlink or a file): {remedy}"
-            )
+            raise DatabaseUnavailable(f"the socket directory {path} is not a directory (a symlink or a file): {remedy}")
         if seen.st_uid not in (os.geteuid(), uid):
             raise DatabaseUnavailable(
                 f"the socket directory {path} belongs to another user (uid {seen.st_uid}): {remedy}"

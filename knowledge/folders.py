@@ -113,7 +113,8 @@ def _folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID | None) -
     _, folders, regclass = _tables(tree)
     query = sql.SQL(
         "SELECT id, parent_id, name, hq_folder_path(%(t)s::regclass, id) AS path, position, "
-        "created_at, updated_at FROM {} WHERE id = %(id)s").format(folders)
+        "created_at, updated_at FROM {} WHERE id = %(id)s"
+    ).format(folders)
     with conn.cursor(row_factory=class_row(Folder)) as cur:
         return cur.execute(query, {"t": regclass, "id": folder_id}).fetchone()
 
@@ -145,12 +146,11 @@ def _level_sql(folders: sql.Identifier, key: str) -> sql.Composable:
     return sql.SQL(
         "(WITH RECURSIVE up AS (SELECT id, parent_id, 1 AS depth FROM {f} WHERE id = {k} "
         "UNION ALL SELECT f.id, f.parent_id, up.depth + 1 FROM {f} f JOIN up ON f.id = up.parent_id "
-        "WHERE up.depth < {w}) SELECT count(*) FROM up)").format(
-            f=folders, k=sql.Placeholder(key), w=sql.Literal(_WALK_LIMIT))
+        "WHERE up.depth < {w}) SELECT count(*) FROM up)"
+    ).format(f=folders, k=sql.Placeholder(key), w=sql.Literal(_WALK_LIMIT))
 
 
-def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
-                  parent_id: UUID | None = None) -> Folder:
+def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str, parent_id: UUID | None = None) -> Folder:
     """A new folder under `parent_id` (None: at the root). Raises InvalidInput for a bad
     name or a parent already at level MAX_FOLDER_DEPTH, NotFound for an unknown parent,
     Conflict when a sibling has the name (any case)."""
@@ -162,18 +162,20 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             _lock_tree(cur, regclass)
             # One statement: the parent's level is read where the row is written.
-            row = cur.execute(sql.SQL(
-                "INSERT INTO {f} (name, parent_id) SELECT %(name)s, %(parent)s "
-                "WHERE {level} < %(max)s RETURNING id").format(
-                    f=folders, level=_level_sql(folders, "parent")), params).fetchone()
+            row = cur.execute(
+                sql.SQL(
+                    "INSERT INTO {f} (name, parent_id) SELECT %(name)s, %(parent)s WHERE {level} < %(max)s RETURNING id"
+                ).format(f=folders, level=_level_sql(folders, "parent")),
+                params,
+            ).fetchone()
             if row is None:
-                level = cur.execute(sql.SQL("SELECT {}").format(_level_sql(folders, "parent")),
-                                    params).fetchone()
+                level = cur.execute(sql.SQL("SELECT {}").format(_level_sql(folders, "parent")), params).fetchone()
                 assert level is not None
                 raise InvalidInput(
                     f"parent_id: {tree} folder {parent_id} is at level {level[0]}; "
                     f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1), "
-                    "so it cannot hold a subfolder: choose a parent higher up")
+                    "so it cannot hold a subfolder: choose a parent higher up"
+                )
             new_id: UUID = row[0]
             return new_id
 
@@ -182,15 +184,23 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str,
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
-        raise Conflict(f"name: a {tree} folder named {name!r} already exists "
-                       f"{_where(conn, tree, parent_id)} (names are compared ignoring case)") from e
+        raise Conflict(
+            f"name: a {tree} folder named {name!r} already exists "
+            f"{_where(conn, tree, parent_id)} (names are compared ignoring case)"
+        ) from e
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
     return get_folder(conn, tree, created)
 
 
-def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
-                  name: str | Unset = UNSET, parent_id: UUID | None | Unset = UNSET) -> Folder:
+def update_folder(
+    conn: psycopg.Connection[Any],
+    tree: Kind,
+    folder_id: UUID,
+    *,
+    name: str | Unset = UNSET,
+    parent_id: UUID | None | Unset = UNSET,
+) -> Folder:
     """Rename and/or move the folder (parent_id=None: to the root). Raises NotFound for an
     unknown folder or parent, Conflict for a sibling with the name or a move into the
     folder's own subtree, InvalidInput for a bad name or a move that puts a folder of the
@@ -206,8 +216,8 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
     if not changes:
         return current
     statement = sql.SQL("UPDATE {} SET {} WHERE id = %(id)s").format(
-        folders, sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes))
+        folders, sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes)
+    )
 
     def write() -> None:
         with conn.transaction():
@@ -224,36 +234,46 @@ def update_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, *,
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
         where = _where(conn, tree, changes.get("parent_id", current.parent_id))
-        raise Conflict(f"name: a {tree} folder named {changes.get('name', current.name)!r} already "
-                       f"exists {where} (names are compared ignoring case)") from e
+        raise Conflict(
+            f"name: a {tree} folder named {changes.get('name', current.name)!r} already "
+            f"exists {where} (names are compared ignoring case)"
+        ) from e
     except pg.CheckViolation as e:
         if "parent_id" not in changes:
             raise data_error(e, f"{tree} folder") from e
         target = _folder(conn, tree, changes["parent_id"])
         target_name = f"{target.path!r} ({target.id})" if target else str(parent_id)
-        raise Conflict(f"parent_id: cannot move {tree} folder {current.path!r} ({folder_id}) into "
-                       f"{target_name}: that is the folder itself or one of its subfolders") from e
+        raise Conflict(
+            f"parent_id: cannot move {tree} folder {current.path!r} ({folder_id}) into "
+            f"{target_name}: that is the folder itself or one of its subfolders"
+        ) from e
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
     return get_folder(conn, tree, folder_id)
 
 
-def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID,
-                      parent_id: UUID) -> None:
+def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, parent_id: UUID) -> None:
     """Raise InvalidInput when moving `folder_id` under `parent_id` would put a folder of its
     subtree below level MAX_FOLDER_DEPTH and lower than it is now. The caller's transaction
     must hold the tree lock until the move is written. A target inside the subtree, or an
     unknown one, is left to the UPDATE (the cycle trigger and the foreign key)."""
     _, folders, _ = _tables(tree)
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(sql.SQL(
-            "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
-            "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
-            "WHERE down.height < {w}) "
-            "SELECT {target}, {level}, (SELECT max(height) FROM down), "
-            "EXISTS (SELECT 1 FROM down WHERE id = %(parent)s)").format(
-                f=folders, w=sql.Literal(_WALK_LIMIT), target=_level_sql(folders, "parent"),
-                level=_level_sql(folders, "id")), {"id": folder_id, "parent": parent_id}).fetchone()
+        row = cur.execute(
+            sql.SQL(
+                "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
+                "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
+                "WHERE down.height < {w}) "
+                "SELECT {target}, {level}, (SELECT max(height) FROM down), "
+                "EXISTS (SELECT 1 FROM down WHERE id = %(parent)s)"
+            ).format(
+                f=folders,
+                w=sql.Literal(_WALK_LIMIT),
+                target=_level_sql(folders, "parent"),
+                level=_level_sql(folders, "id"),
+            ),
+            {"id": folder_id, "parent": parent_id},
+        ).fetchone()
     assert row is not None
     target_level, level, height, into_itself = row
     if into_itself or target_level == 0 or height is None:
@@ -263,7 +283,8 @@ def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID
         raise InvalidInput(
             f"parent_id: moving {tree} folder {folder_id} (with {height - 1} levels of subfolders) "
             f"into {parent_id} (at level {target_level}) would put folders at level {deepest}; "
-            f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1)")
+            f"folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1)"
+        )
 
 
 def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> FolderDeletion:
@@ -276,14 +297,22 @@ def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) ->
             _lock_tree(cur, regclass)
             # Locking the subtree makes a concurrent insert of an item into it wait, then fail
             # on the foreign key, instead of landing in a folder that is being deleted uncounted.
-            subtree = [r[0] for r in cur.execute(sql.SQL(
-                "SELECT id FROM {f} WHERE id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %s "
-                "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub) "
-                "FOR UPDATE").format(f=folders), [folder_id]).fetchall()]
+            subtree = [
+                r[0]
+                for r in cur.execute(
+                    sql.SQL(
+                        "SELECT id FROM {f} WHERE id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %s "
+                        "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub) "
+                        "FOR UPDATE"
+                    ).format(f=folders),
+                    [folder_id],
+                ).fetchall()
+            ]
             if not subtree:
                 raise NotFound(f"{tree} folder {folder_id} not found")
-            moved = cur.execute(sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)")
-                                .format(items), [subtree]).rowcount
+            moved = cur.execute(
+                sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)").format(items), [subtree]
+            ).rowcount
             cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(folders), [folder_id])
         return FolderDeletion(folders_deleted=len(subtree), items_moved_to_root=moved)
 
@@ -294,14 +323,22 @@ def folder_tree(conn: psycopg.Connection[Any], tree: Kind) -> FolderTree:
     """The whole tree, siblings ordered by position then name, with item counts."""
     items, folders, _ = _tables(tree)
     with conn.cursor(row_factory=tuple_row) as cur:
-        rows = cur.execute(sql.SQL(
-            "SELECT f.id, f.parent_id, f.name, f.position, "
-            "(SELECT count(*) FROM {i} i WHERE i.folder_id = f.id AND i.archived_at IS NULL) "
-            "FROM {f} f ORDER BY f.position, lower(f.name), f.id").format(i=items, f=folders)).fetchall()
-        unfiled = cur.execute(sql.SQL(
-            "SELECT count(*) FROM {} WHERE folder_id IS NULL AND archived_at IS NULL").format(items)).fetchone()
-    nodes = {r[0]: FolderNode(id=r[0], parent_id=r[1], name=r[2], path="", position=r[3],
-                              item_count=r[4], total_item_count=r[4]) for r in rows}
+        rows = cur.execute(
+            sql.SQL(
+                "SELECT f.id, f.parent_id, f.name, f.position, "
+                "(SELECT count(*) FROM {i} i WHERE i.folder_id = f.id AND i.archived_at IS NULL) "
+                "FROM {f} f ORDER BY f.position, lower(f.name), f.id"
+            ).format(i=items, f=folders)
+        ).fetchall()
+        unfiled = cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE folder_id IS NULL AND archived_at IS NULL").format(items)
+        ).fetchone()
+    nodes = {
+        r[0]: FolderNode(
+            id=r[0], parent_id=r[1], name=r[2], path="", position=r[3], item_count=r[4], total_item_count=r[4]
+        )
+        for r in rows
+    }
     roots: list[FolderNode] = []
     for node in nodes.values():  # rows are in sibling order, so children lists are too
         (nodes[node.parent_id].children if node.parent_id else roots).append(node)

@@ -39,8 +39,7 @@ class Component:
     @property
     def stuck(self) -> bool:
         age = self.beat_age()
-        return self.stale_after is not None and self.state == "ok" and age is not None \
-            and age > self.stale_after
+        return self.stale_after is not None and self.state == "ok" and age is not None and age > self.stale_after
 
 
 class Health:
@@ -55,13 +54,18 @@ class Health:
         with self._lock:
             old = self._components.get(name)
             if old is not None and old.state == state:
-                self._components[name] = replace(old, detail=detail, stale_after=(
-                    stale_after if stale_after is not None else old.stale_after))
+                self._components[name] = replace(
+                    old, detail=detail, stale_after=(stale_after if stale_after is not None else old.stale_after)
+                )
                 return
             self._components[name] = Component(
-                name, state, datetime.now(UTC), detail,
+                name,
+                state,
+                datetime.now(UTC),
+                detail,
                 last_beat=old.last_beat if old else None,
-                stale_after=stale_after if stale_after is not None else (old.stale_after if old else None))
+                stale_after=stale_after if stale_after is not None else (old.stale_after if old else None),
+            )
 
     def beat(self, name: str) -> None:
         """`name`'s loop went round (it is alive and not stuck)."""

@@ -98,7 +98,7 @@ def parse_file(path: Path, *, root: Path | None = None) -> ParsedFile:
         match = _FRONT_MATTER.match(text)
         if match:
             meta = _front_matter(match.group(1))
-            text = text[match.end():]
+            text = text[match.end() :]
         heading = _H1.search(text)
         title = str(meta.pop("title", "") or (heading.group(1) if heading else ""))
         tags = _tag_list(meta.pop("tags", []))
@@ -118,8 +118,7 @@ def _front_matter(source: str) -> dict[str, Any]:
     convert (a date like 2024-13-45, an integer of more than 4300 digits) or is not a mapping."""
     size = len(source.encode())
     if size > MAX_FRONT_MATTER_BYTES:
-        raise InvalidInput(
-            f"front matter is {size:,} bytes; the limit is {MAX_FRONT_MATTER_BYTES:,}")
+        raise InvalidInput(f"front matter is {size:,} bytes; the limit is {MAX_FRONT_MATTER_BYTES:,}")
     try:
         # Aliases and depth are checked on the event stream, before anything is composed:
         # expanding aliases is what makes a few hundred bytes take gigabytes (the "billion
@@ -128,13 +127,13 @@ def _front_matter(source: str) -> dict[str, Any]:
         for event in yaml.parse(source, Loader=_YAML_LOADER):
             if isinstance(event, yaml.AliasEvent):
                 name = (event.anchor or "")[:40]
-                raise InvalidInput(f"front matter uses a YAML alias (*{name}); aliases are not "
-                                   "accepted, write the value out")
+                raise InvalidInput(
+                    f"front matter uses a YAML alias (*{name}); aliases are not accepted, write the value out"
+                )
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_FRONT_MATTER_DEPTH:
-                    raise InvalidInput(
-                        f"front matter nests deeper than {MAX_FRONT_MATTER_DEPTH} levels")
+                    raise InvalidInput(f"front matter nests deeper than {MAX_FRONT_MATTER_DEPTH} levels")
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
         loaded = yaml.load(source, Loader=_YAML_LOADER)
@@ -193,9 +192,14 @@ def import_sample_agents(conn: psycopg.Connection[Any]) -> int:
 
     created = 0
     for agent in json.loads((sample_dir().parent / "agents.json").read_text(encoding="utf-8")):
-        row = conn.cursor(row_factory=tuple_row).execute(
-            "INSERT INTO agents (slug, name, role) VALUES (%s, %s, %s) ON CONFLICT (slug) DO NOTHING RETURNING id",
-            [agent["slug"], agent["name"], agent["role"]]).fetchone()
+        row = (
+            conn.cursor(row_factory=tuple_row)
+            .execute(
+                "INSERT INTO agents (slug, name, role) VALUES (%s, %s, %s) ON CONFLICT (slug) DO NOTHING RETURNING id",
+                [agent["slug"], agent["name"], agent["role"]],
+            )
+            .fetchone()
+        )
         created += row is not None
     return created
 
@@ -207,11 +211,13 @@ def _resolve_root(root: Path) -> Path:
     try:
         resolved = Path(os.path.realpath(given, strict=True))
     except OSError as e:
-        raise InvalidInput(f"{given} is not a directory ({e.strerror}): import takes a folder "
-                           "of .md, .markdown, .html or .txt files") from e
+        raise InvalidInput(
+            f"{given} is not a directory ({e.strerror}): import takes a folder of .md, .markdown, .html or .txt files"
+        ) from e
     if not resolved.is_dir():
-        raise InvalidInput(f"{resolved} is not a directory: import takes a folder of .md, "
-                           ".markdown, .html or .txt files")
+        raise InvalidInput(
+            f"{resolved} is not a directory: import takes a folder of .md, .markdown, .html or .txt files"
+        )
     return resolved
 
 
@@ -274,8 +280,7 @@ def _read_below(root: Path, rel: PurePath) -> bytes:
     try:
         for i, part in enumerate(rel.parts, start=1):
             try:
-                next_fd = os.open(part, file_flags if i == len(rel.parts) else folder_flags,
-                                  dir_fd=fd)
+                next_fd = os.open(part, file_flags if i == len(rel.parts) else folder_flags, dir_fd=fd)
             except OSError as e:
                 # O_NOFOLLOW refuses a link with ELOOP (EMLINK on FreeBSD; ENOTDIR on Linux
                 # with O_DIRECTORY): ask the folder whether the entry is a link.
@@ -304,18 +309,21 @@ def ensure_folder(conn: psycopg.Connection[Any], names: list[str]) -> uuid.UUID 
     for name in names:
         row = cur.execute(
             "SELECT id FROM document_folders WHERE parent_id IS NOT DISTINCT FROM %s AND lower(name) = lower(%s)",
-            [parent, name]).fetchone()
+            [parent, name],
+        ).fetchone()
         if row is None:
             row = cur.execute(
                 "INSERT INTO document_folders (parent_id, name) VALUES (%s, %s) "
                 "ON CONFLICT (parent_id, lower(name)) DO UPDATE SET name = document_folders.name RETURNING id",
-                [parent, name]).fetchone()
+                [parent, name],
+            ).fetchone()
         parent = row[0]  # type: ignore[index]
     return parent
 
 
-def import_folder(conn: psycopg.Connection[Any], root: Path, *,
-                  on_file: Callable[[Path, str], None] | None = None) -> ImportResult:
+def import_folder(
+    conn: psycopg.Connection[Any], root: Path, *, on_file: Callable[[Path, str], None] | None = None
+) -> ImportResult:
     """Import every supported file below `root`. Each file is its own transaction: a bad
     file is reported in `errors` and the others still import. `root` is resolved once (it may
     be a symbolic link to the folder); below it no link is followed, to a file or a folder,
@@ -333,9 +341,15 @@ def import_folder(conn: psycopg.Connection[Any], root: Path, *,
             with conn.transaction():
                 folder = ensure_folder(conn, [root.name, *rel.parts[:-1]])
                 _, outcome = upsert_document_by_source_path(
-                    conn, source_path=f"{root.name}/{rel.as_posix()}", title=parsed.title,
-                    content_format=parsed.content_format, content_text=parsed.content_text,
-                    folder_id=folder, tags=parsed.tags, metadata=parsed.metadata)
+                    conn,
+                    source_path=f"{root.name}/{rel.as_posix()}",
+                    title=parsed.title,
+                    content_format=parsed.content_format,
+                    content_text=parsed.content_text,
+                    folder_id=folder,
+                    tags=parsed.tags,
+                    metadata=parsed.metadata,
+                )
         except (KnowledgeError, OSError) as e:
             outcome = "error"
             result.errors.append(f"{rel}: {getattr(e, 'message', None) or e}")

@@ -128,11 +128,13 @@ def update_statement(spec: ItemSpec[T], columns: Iterable[str]) -> sql.Composed:
     """`UPDATE <table> SET col = %(col)s, ... WHERE id = %(id)s RETURNING *` for `columns`."""
     return sql.SQL("UPDATE {} SET {} WHERE id = %(id)s RETURNING *").format(
         sql.Identifier(spec.table),
-        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in columns))
+        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in columns),
+    )
 
 
-def write(conn: psycopg.Connection[Any], spec: ItemSpec[T], statement: sql.Composable,
-          params: dict[str, Any]) -> T | None:
+def write(
+    conn: psycopg.Connection[Any], spec: ItemSpec[T], statement: sql.Composable, params: dict[str, Any]
+) -> T | None:
     """Run an INSERT or UPDATE ... RETURNING * and read back the row it wrote, or None when
     it wrote none. Driver errors become ours: an unknown folder or agent is NotFound naming
     the field, a duplicate Conflict, bad data InvalidInput or TooLarge."""
@@ -154,7 +156,8 @@ def set_archived(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID
     """Archive (keeping the first archived_at) or unarchive the item. Raises NotFound."""
     value = sql.SQL("coalesce(archived_at, now())" if archived else "NULL")
     statement = sql.SQL("UPDATE {} SET archived_at = {} WHERE id = %(id)s RETURNING *").format(
-        sql.Identifier(spec.table), value)
+        sql.Identifier(spec.table), value
+    )
     row = write(conn, spec, statement, {"id": item_id})
     if row is None:
         raise NotFound(f"{spec.kind} {item_id} not found")
@@ -177,16 +180,20 @@ def retry_embedding(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: U
     ).format(sql.Identifier(spec.table))
     row = write(conn, spec, statement, {"id": item_id})
     if row is None:
-        status = _scalar(conn, sql.SQL("SELECT embedding_status::text FROM {} WHERE id = %s").format(
-            sql.Identifier(spec.table)), [item_id])
+        status = _scalar(
+            conn,
+            sql.SQL("SELECT embedding_status::text FROM {} WHERE id = %s").format(sql.Identifier(spec.table)),
+            [item_id],
+        )
         if status is None:
             raise NotFound(f"{spec.kind} {item_id} not found")
         raise Conflict(f"{spec.kind} {item_id} is {status}: only a failed {spec.kind} can be retried")
     return row
 
 
-def page(conn: psycopg.Connection[Any], spec: ItemSpec[T], filters: ItemFilters,
-         extra: Sequence[tuple[str, str, Any]] = ()) -> Page[T]:
+def page(
+    conn: psycopg.Connection[Any], spec: ItemSpec[T], filters: ItemFilters, extra: Sequence[tuple[str, str, Any]] = ()
+) -> Page[T]:
     """One page of items matching `filters` (and `extra`: (clause, param, value) triples over
     the alias t), pinned first, then most recently updated. Raises InvalidInput for a bad
     limit, offset or tag, NotFound for an unknown folder."""
@@ -195,8 +202,9 @@ def page(conn: psycopg.Connection[Any], spec: ItemSpec[T], filters: ItemFilters,
     if not 0 <= filters.offset <= MAX_OFFSET:
         raise InvalidInput(f"offset is {filters.offset}; give 0..{MAX_OFFSET}")
     if filters.embedding_status is not None and filters.embedding_status not in EMBEDDING_STATUSES:
-        raise InvalidInput(f"embedding_status is {filters.embedding_status!r}; "
-                           f"accepted: {', '.join(EMBEDDING_STATUSES)}")
+        raise InvalidInput(
+            f"embedding_status is {filters.embedding_status!r}; accepted: {', '.join(EMBEDDING_STATUSES)}"
+        )
     clauses: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": filters.limit, "offset": filters.offset}
 
@@ -207,13 +215,21 @@ def page(conn: psycopg.Connection[Any], spec: ItemSpec[T], filters: ItemFilters,
     if filters.folder_id == "root":
         clauses.append(sql.SQL("t.folder_id IS NULL"))
     elif filters.folder_id is not None:
-        if _scalar(conn, sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(
-                sql.Identifier(spec.folders)), [filters.folder_id]) is None:
+        if (
+            _scalar(
+                conn,
+                sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(spec.folders)),
+                [filters.folder_id],
+            )
+            is None
+        ):
             raise NotFound(f"folder_id: {spec.kind} folder {filters.folder_id} not found")
-        clauses.append(sql.SQL(
-            "t.folder_id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %(folder_id)s "
-            "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub)"
-        ).format(f=sql.Identifier(spec.folders)))
+        clauses.append(
+            sql.SQL(
+                "t.folder_id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %(folder_id)s "
+                "UNION ALL SELECT c.id FROM {f} c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub)"
+            ).format(f=sql.Identifier(spec.folders))
+        )
         params["folder_id"] = filters.folder_id
     if filters.tags_any:
         where("t.tags && %(tags_any)s::text[]", "tags_any", normalize_tags(filters.tags_any, "tags_any"))
@@ -228,8 +244,9 @@ def page(conn: psycopg.Connection[Any], spec: ItemSpec[T], filters: ItemFilters,
     elif filters.archived != "any":
         raise InvalidInput(f"archived is {filters.archived!r}; accepted: false, true, any")
     if filters.embedding_status is not None:
-        where("t.embedding_status = %(embedding_status)s::embedding_status",
-              "embedding_status", filters.embedding_status)
+        where(
+            "t.embedding_status = %(embedding_status)s::embedding_status", "embedding_status", filters.embedding_status
+        )
     for clause, name, value in extra:
         where(clause, name, value)
 
@@ -248,4 +265,3 @@ def _scalar(conn: psycopg.Connection[Any], query: sql.Composed, params: Any) -> 
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(query, params).fetchone()
     return None if row is None else row[0]
-

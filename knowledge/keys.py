@@ -110,8 +110,9 @@ def _digest(secret: str) -> bytes:
 _COLUMNS = "id, name, prefix, scope, agent_slug, created_at, last_used_at, revoked_at"
 
 
-def create_key(conn: psycopg.Connection[Any], *, scope: str, name: str | None = None,
-               agent: str | None = None) -> NewKey:
+def create_key(
+    conn: psycopg.Connection[Any], *, scope: str, name: str | None = None, agent: str | None = None
+) -> NewKey:
     """A new key of `scope`, bound to `agent` (an existing agent's slug) when given. The caller
     must show `secret` to the user now: only its hash is stored. Raises InvalidInput for a bad
     scope or name, or an agent that does not exist."""
@@ -126,7 +127,9 @@ def create_key(conn: psycopg.Connection[Any], *, scope: str, name: str | None = 
     with conn.cursor(row_factory=class_row(ApiKey)) as cur:
         row = cur.execute(
             f"INSERT INTO api_keys (name, prefix, key_hash, scope, agent_slug) VALUES (%s, %s, %s, %s, %s) "
-            f"RETURNING {_COLUMNS}", (label, secret[:_SHOWN], _digest(secret), scope, agent)).fetchone()
+            f"RETURNING {_COLUMNS}",
+            (label, secret[:_SHOWN], _digest(secret), scope, agent),
+        ).fetchone()
     assert row is not None
     return NewKey(key=row, secret=secret)
 
@@ -149,14 +152,17 @@ def revoke_key(conn: psycopg.Connection[Any], ref: str) -> ApiKey:
         matches = cur.execute(
             f"SELECT {_COLUMNS} FROM api_keys WHERE revoked_at IS NULL "
             "AND (id = %s OR name = %s OR prefix = %s OR (length(%s) >= 8 AND starts_with(prefix, %s)))",
-            (by_id, ref, ref, ref, ref)).fetchall()
+            (by_id, ref, ref, ref, ref),
+        ).fetchall()
         if not matches:
             raise NotFound(f"no live key has the id, name or prefix {ref!r}; `hq-knowledge keys list` shows them")
         if len(matches) > 1:
-            raise InvalidInput(f"{len(matches)} keys match {ref!r}; give the id of one "
-                               f"({', '.join(str(k.id) for k in matches)})")
-        row = cur.execute(f"UPDATE api_keys SET revoked_at = now() WHERE id = %s RETURNING {_COLUMNS}",
-                          (matches[0].id,)).fetchone()
+            raise InvalidInput(
+                f"{len(matches)} keys match {ref!r}; give the id of one ({', '.join(str(k.id) for k in matches)})"
+            )
+        row = cur.execute(
+            f"UPDATE api_keys SET revoked_at = now() WHERE id = %s RETURNING {_COLUMNS}", (matches[0].id,)
+        ).fetchone()
     assert row is not None
     return row
 
@@ -166,9 +172,12 @@ def identify(conn: psycopg.Connection[Any], secret: str) -> Caller | None:
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute("SELECT name, scope, agent_slug, last_used_at IS NULL OR "
-                          f"last_used_at < now() - interval '{_LAST_USED_EVERY}' FROM api_keys "
-                          "WHERE key_hash = %s AND revoked_at IS NULL", (_digest(secret),)).fetchone()
+        row = cur.execute(
+            "SELECT name, scope, agent_slug, last_used_at IS NULL OR "
+            f"last_used_at < now() - interval '{_LAST_USED_EVERY}' FROM api_keys "
+            "WHERE key_hash = %s AND revoked_at IS NULL",
+            (_digest(secret),),
+        ).fetchone()
         if row is not None and row[3]:
             cur.execute("UPDATE api_keys SET last_used_at = now() WHERE key_hash = %s", (_digest(secret),))
     if row is None:

@@ -51,14 +51,19 @@ def keyword_path(conn: psycopg.Connection[Any], choice: str | None = None) -> st
         from .config import keyword_index_setting
 
         choice = keyword_index_setting()
-    row = conn.cursor(row_factory=tuple_row).execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
-        "   JOIN pg_am am ON am.oid = i.relam"
-        "  WHERE x.indrelid = to_regclass('knowledge_chunks') AND am.amname = 'bm25'),"
-        " to_regclass('bm25_postings') IS NOT NULL AND to_regprocedure('hq_sql_bm25_top(text, integer)') IS NOT NULL,"
-        " pg_is_in_recovery(),"
-        " (SELECT extversion FROM pg_extension WHERE extname = 'pg_textsearch'),"
-        " pg_postmaster_start_time()::text").fetchone()
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+            "   JOIN pg_am am ON am.oid = i.relam"
+            "  WHERE x.indrelid = to_regclass('knowledge_chunks') AND am.amname = 'bm25'),"
+            " to_regclass('bm25_postings') IS NOT NULL AND to_regprocedure('hq_sql_bm25_top(text, integer)') IS NOT NULL,"
+            " pg_is_in_recovery(),"
+            " (SELECT extversion FROM pg_extension WHERE extname = 'pg_textsearch'),"
+            " pg_postmaster_start_time()::text"
+        )
+        .fetchone()
+    )
     assert row is not None
     has_index, has_sql, standby, version, started = row
     if has_index and standby and _version(version) < _REPLICATED_FROM:
@@ -96,8 +101,12 @@ def repair_bm25_index(conn: psycopg.Connection[Any]) -> bool:
         if problem is None:
             return True
     _unsound.add(_this_server(conn))
-    log.error("the BM25 index %s after %d rebuilds: searches use the SQL keyword index (or full-text "
-              "ranking) until the database server restarts; restart it to use BM25 again", problem, REBUILDS)
+    log.error(
+        "the BM25 index %s after %d rebuilds: searches use the SQL keyword index (or full-text "
+        "ranking) until the database server restarts; restart it to use BM25 again",
+        problem,
+        REBUILDS,
+    )
     return True
 
 
@@ -135,15 +144,20 @@ def _bm25_problem(conn: psycopg.Connection[Any]) -> str | None:
                 "SELECT count(*), (SELECT w FROM (SELECT indexed_text FROM knowledge_chunks LIMIT 1) c,"
                 "   regexp_split_to_table(left(c.indexed_text, 2000), '[^[:alpha:]]+') AS w"
                 "  WHERE length(w) >= 3 AND numnode(plainto_tsquery('english', w)) > 0 LIMIT 1)"
-                " FROM knowledge_chunks").fetchone()
+                " FROM knowledge_chunks"
+            ).fetchone()
             passages, word = (int(row[0]), row[1]) if row else (0, None)
             if passages == 0 or match is None:
                 return None  # nothing to find, or a summary this code cannot read
             if int(match.group(1)) * 2 < passages:
                 return f"counts {match.group(1)} of {passages} passages (server restart)"
-            if word and not cur.execute(
+            if (
+                word
+                and not cur.execute(
                     "SELECT 1 FROM knowledge_chunks ORDER BY indexed_text <@> to_bm25query(%s, %s) LIMIT 1",
-                    [word, BM25_INDEX]).fetchone():
+                    [word, BM25_INDEX],
+                ).fetchone()
+            ):
                 return f"finds nothing for {word!r}, a word of a passage (server restart)"
     except psycopg.InternalError as e:  # XX000-XX002: what a damaged index raises
         return f"cannot be read ({str(e).strip()})"

@@ -84,8 +84,10 @@ class _Server(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         if self.read_only and name in WRITE_TOOLS:
-            raise ToolError(f"{name} is not offered: this server runs read-only (--read-only), so agents "
-                            "can search and read but not write")
+            raise ToolError(
+                f"{name} is not offered: this server runs read-only (--read-only), so agents "
+                "can search and read but not write"
+            )
         return await super().call_tool(name, arguments, context)
 
 
@@ -93,8 +95,10 @@ def _uuid(name: str, value: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value).strip())
     except ValueError:
-        raise ToolError(f"{name}: not an id; give the id (a UUID such as 0b5c1e2a-...) shown by "
-                        f"search_knowledge or list_knowledge, got {str(value)[:60]!r}") from None
+        raise ToolError(
+            f"{name}: not an id; give the id (a UUID such as 0b5c1e2a-...) shown by "
+            f"search_knowledge or list_knowledge, got {str(value)[:60]!r}"
+        ) from None
 
 
 def _plain(snippet: str) -> str:
@@ -106,9 +110,9 @@ def _shorten(text: str, limit: int) -> str:
     """`text` cut at a word boundary to at most `limit` characters, '…' marking the cut."""
     if len(text) <= limit:
         return text
-    cut = text[:limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
     if cut.count("**") % 2:  # do not leave a bold run open
-        cut = cut[:cut.rfind("**")].rstrip()
+        cut = cut[: cut.rfind("**")].rstrip()
     return cut + "…"
 
 
@@ -125,8 +129,7 @@ def _caller(ctx: Context[Any, Any] | None) -> Caller | None:
 def _need_write(tool: str, ctx: Context[Any, Any] | None) -> None:
     caller = _caller(ctx)
     if caller is not None and not allows(caller.scope, "write"):
-        raise ToolError(f"{tool} needs a key with the write scope; {caller.describe()} may search and "
-                        "read only")
+        raise ToolError(f"{tool} needs a key with the write scope; {caller.describe()} may search and read only")
 
 
 def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
@@ -136,8 +139,14 @@ def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
 class _Tools:
     """The tool implementations, on connections from the pool that `pool` returns."""
 
-    def __init__(self, pool: PoolSource, *, agent: str | None, reads: ReadsSource | None = None,
-                 admission: AdmissionSource | None = None) -> None:
+    def __init__(
+        self,
+        pool: PoolSource,
+        *,
+        agent: str | None,
+        reads: ReadsSource | None = None,
+        admission: AdmissionSource | None = None,
+    ) -> None:
         self._pool = pool
         self._reads = reads
         self._admission = admission
@@ -170,18 +179,22 @@ class _Tools:
                 raise ToolError(f"{AGENT_HEADER} header: {e.message}") from e
         return self._agent
 
-    def search(self, query: str, limit: int, mode: str, tags_any: list[str] | None, folder: str | None,
-               kind: str | None) -> CallToolResult:
+    def search(
+        self, query: str, limit: int, mode: str, tags_any: list[str] | None, folder: str | None, kind: str | None
+    ) -> CallToolResult:
         if not 1 <= limit <= MAX_LIMIT:
-            raise ToolError(f"limit: from 1 to {SEARCH_MAX_LIMIT} (up to {MAX_LIMIT} is accepted and clamped "
-                            f"to {SEARCH_MAX_LIMIT}), got {limit}")
+            raise ToolError(
+                f"limit: from 1 to {SEARCH_MAX_LIMIT} (up to {MAX_LIMIT} is accepted and clamped "
+                f"to {SEARCH_MAX_LIMIT}), got {limit}"
+            )
         shown = min(limit, SEARCH_MAX_LIMIT)
 
         def run(conn: psycopg.Connection[Any]) -> SearchResult:
             folder_id = resolve_folder(conn, folder) if folder else None
             try:
-                q = SearchQuery(q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()),
-                                folder=folder_id, kind=kind).validated()
+                q = SearchQuery(
+                    q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()), folder=folder_id, kind=kind
+                ).validated()
             except KnowledgeError as e:  # the REST parameter q is this tool's query
                 raise ToolError(re.sub(r"^q:", "query:", e.message)) from e
             return search_active(conn, q)
@@ -198,29 +211,49 @@ class _Tools:
             raise ToolError(e.message) from e
         where = f" in {folder}" if folder else ""
         if not result.hits:
-            text = (f'No results for "{query}"{where} ({result.mode} search). Try other words, '
-                    "mode=keyword for exact terms or names, or fewer filters.")
+            text = (
+                f'No results for "{query}"{where} ({result.mode} search). Try other words, '
+                "mode=keyword for exact terms or names, or fewer filters."
+            )
             return _result(text, {"query": query, "mode": result.mode, "hits": []})
         clamped = f"; limit clamped to {SEARCH_MAX_LIMIT}" if limit > SEARCH_MAX_LIMIT else ""
-        lines = [(f'{len(result.hits)} results for "{query}"{where} ({result.mode} search{clamped}). '
-                 "Read one in full with get_document(id).")]
+        lines = [
+            (
+                f'{len(result.hits)} results for "{query}"{where} ({result.mode} search{clamped}). '
+                "Read one in full with get_document(id)."
+            )
+        ]
         hits = []
         for n, hit in enumerate(result.hits, start=1):
             legs = hit.explain or {}
-            ranks = ", ".join(f"{leg} #{legs[leg]['rank']}" for leg in ("semantic", "keyword")
-                              if legs.get(leg, {}).get("rank") is not None)
+            ranks = ", ".join(
+                f"{leg} #{legs[leg]['rank']}"
+                for leg in ("semantic", "keyword")
+                if legs.get(leg, {}).get("rank") is not None
+            )
             tags = f" | tags: {', '.join(hit.tags)}" if hit.tags else ""
             kind_note = f" ({hit.asset_type} asset)" if hit.kind == "asset" else ""
             section = " > ".join(hit.passages[0].heading_path) if hit.passages else ""
             lines.append("")
-            lines.append(f"[{n}] {hit.title}{kind_note} | {hit.folder_path}" + (f" | section: {section}" if section
-                                                                               else "") + tags)
+            lines.append(
+                f"[{n}] {hit.title}{kind_note} | {hit.folder_path}"
+                + (f" | section: {section}" if section else "")
+                + tags
+            )
             lines.append(f"id: {hit.id} | score {hit.score:.4f} ({ranks or 'no leg rank'})")
             lines.append(_shorten(re.sub(r"\s+", " ", _plain(hit.snippet)).strip(), SNIPPET_CHARS))
-            hits.append({"id": str(hit.id), "kind": hit.kind, "title": hit.title, "folder_path": hit.folder_path,
-                         "tags": hit.tags, "score": hit.score,
-                         "semantic_rank": legs.get("semantic", {}).get("rank"),
-                         "keyword_rank": legs.get("keyword", {}).get("rank")})
+            hits.append(
+                {
+                    "id": str(hit.id),
+                    "kind": hit.kind,
+                    "title": hit.title,
+                    "folder_path": hit.folder_path,
+                    "tags": hit.tags,
+                    "score": hit.score,
+                    "semantic_rank": legs.get("semantic", {}).get("rank"),
+                    "keyword_rank": legs.get("keyword", {}).get("rank"),
+                }
+            )
         return _result("\n".join(lines), {"query": query, "mode": result.mode, "hits": hits})
 
     def document(self, id: str, max_tokens: int | None, section: str | None) -> CallToolResult:
@@ -231,22 +264,39 @@ class _Tools:
             except KnowledgeError as e:
                 message = e.message if not e.message.startswith("document ") else f"id: {e.message}"
                 raise ToolError(message) from e
-        head = [f"Document {doc.id} | {doc.folder_path}" + (f" | tags: {', '.join(doc.tags)}" if doc.tags else "")
-                + f" | updated {doc.updated_at:%Y-%m-%d %H:%M} UTC"]
+        head = [
+            f"Document {doc.id} | {doc.folder_path}"
+            + (f" | tags: {', '.join(doc.tags)}" if doc.tags else "")
+            + f" | updated {doc.updated_at:%Y-%m-%d %H:%M} UTC"
+        ]
         if doc.section:
             head.append(f"Section: {doc.section}")
         if doc.truncated:
-            head.append(f"Cut at a paragraph boundary to fit max_tokens={max_tokens}: {doc.tokens} of "
-                        f"{doc.total_tokens} tokens shown. Ask for one section, or a larger max_tokens.")
+            head.append(
+                f"Cut at a paragraph boundary to fit max_tokens={max_tokens}: {doc.tokens} of "
+                f"{doc.total_tokens} tokens shown. Ask for one section, or a larger max_tokens."
+            )
         if len(doc.sections) > 1 and (doc.truncated or not doc.section):
             head.append("Sections: " + "; ".join(doc.sections))
         text = "\n".join(head) + "\n\n" + doc.markdown
-        return _result(text, {"id": str(doc.id), "title": doc.title, "folder_path": doc.folder_path,
-                              "tags": doc.tags, "section": doc.section, "truncated": doc.truncated,
-                              "tokens": doc.tokens, "total_tokens": doc.total_tokens, "sections": doc.sections})
+        return _result(
+            text,
+            {
+                "id": str(doc.id),
+                "title": doc.title,
+                "folder_path": doc.folder_path,
+                "tags": doc.tags,
+                "section": doc.section,
+                "truncated": doc.truncated,
+                "tokens": doc.tokens,
+                "total_tokens": doc.total_tokens,
+                "sections": doc.sections,
+            },
+        )
 
-    def boot(self, agent_slug: str | None, max_tokens: int | None, known_version: str | None,
-             ctx: Context[Any, Any] | None) -> CallToolResult:
+    def boot(
+        self, agent_slug: str | None, max_tokens: int | None, known_version: str | None, ctx: Context[Any, Any] | None
+    ) -> CallToolResult:
         slug = agent_slug or self.agent(ctx)
         if not slug:
             raise ToolError("agent_slug: give your agent's slug (this session is not bound to an agent)")
@@ -255,17 +305,24 @@ class _Tools:
                 if known_version:
                     current = boot_version(conn, slug, max_tokens, MARKDOWN)
                     if known_version.strip().strip('"') == current:
-                        return _result(f"unchanged: the boot bundle of {slug} is still version {current}.",
-                                       {"agent": slug, "version": current, "unchanged": True})
-                bundle = boot_bundle(conn, slug, max_tokens=max_tokens, media_type=MARKDOWN,
-                                     count_tokens=default_token_counter())
+                        return _result(
+                            f"unchanged: the boot bundle of {slug} is still version {current}.",
+                            {"agent": slug, "version": current, "unchanged": True},
+                        )
+                bundle = boot_bundle(
+                    conn, slug, max_tokens=max_tokens, media_type=MARKDOWN, count_tokens=default_token_counter()
+                )
             except KnowledgeError as e:
                 name = "max_tokens" if e.message.startswith("max_tokens") else "agent_slug"
                 raise ToolError(f"{name}: {e.message}") from e
-        omitted = [{"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens, "reason": o.reason}
-                   for o in bundle.omitted]
-        return _result(bundle_markdown(bundle), {"agent": slug, "version": bundle.version, "unchanged": False,
-                                                 "tokens": bundle.tokens, "omitted": omitted})
+        omitted = [
+            {"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens, "reason": o.reason}
+            for o in bundle.omitted
+        ]
+        return _result(
+            bundle_markdown(bundle),
+            {"agent": slug, "version": bundle.version, "unchanged": False, "tokens": bundle.tokens, "omitted": omitted},
+        )
 
     def overview(self, folder: str | None, tag: str | None) -> CallToolResult:
         with self.connection() as conn:
@@ -283,79 +340,110 @@ class _Tools:
         if ov.recent:
             lines += ["", "Recently updated:"]
             lines += [f"- {d.title} | {d.folder_path} | {d.updated_at:%Y-%m-%d} | id: {d.id}" for d in ov.recent]
-        structured = {"folder": ov.folder, "tag": tag, "documents": ov.documents,
-                      "folders": [{"path": f.path, "documents": f.documents} for f in ov.folders],
-                      "tags": [{"tag": t.tag, "documents": t.documents, "assets": t.assets} for t in ov.tags],
-                      "recent": [{"id": str(d.id), "title": d.title, "folder_path": d.folder_path}
-                                 for d in ov.recent]}
+        structured = {
+            "folder": ov.folder,
+            "tag": tag,
+            "documents": ov.documents,
+            "folders": [{"path": f.path, "documents": f.documents} for f in ov.folders],
+            "tags": [{"tag": t.tag, "documents": t.documents, "assets": t.assets} for t in ov.tags],
+            "recent": [{"id": str(d.id), "title": d.title, "folder_path": d.folder_path} for d in ov.recent],
+        }
         return _result("\n".join(lines), structured)
 
-    def save(self, title: str, markdown: str, folder: str | None, tags: list[str] | None,
-             ctx: Context[Any, Any] | None) -> CallToolResult:
+    def save(
+        self, title: str, markdown: str, folder: str | None, tags: list[str] | None, ctx: Context[Any, Any] | None
+    ) -> CallToolResult:
         _need_write("save_document", ctx)
         with self.connection() as conn:
-            doc = save_markdown_document(conn, title=title, markdown=markdown, folder=folder, tags=tags or (),
-                                         agent=self.agent(ctx))
-        return _result(f"Saved {doc.title!r} as document {doc.id} in {doc.folder_path}; it is searchable "
-                       "once indexed (a few seconds).",
-                       {"id": str(doc.id), "title": doc.title, "folder_path": doc.folder_path, "tags": doc.tags})
+            doc = save_markdown_document(
+                conn, title=title, markdown=markdown, folder=folder, tags=tags or (), agent=self.agent(ctx)
+            )
+        return _result(
+            f"Saved {doc.title!r} as document {doc.id} in {doc.folder_path}; it is searchable "
+            "once indexed (a few seconds).",
+            {"id": str(doc.id), "title": doc.title, "folder_path": doc.folder_path, "tags": doc.tags},
+        )
 
-    def update(self, id: str, markdown: str | None, title: str | None, tags: list[str] | None,
-               ctx: Context[Any, Any] | None) -> CallToolResult:
+    def update(
+        self, id: str, markdown: str | None, title: str | None, tags: list[str] | None, ctx: Context[Any, Any] | None
+    ) -> CallToolResult:
         _need_write("update_document", ctx)
         doc_id = _uuid("id", id)
         with self.connection() as conn:
             try:
-                doc = update_markdown_document(conn, doc_id, markdown=markdown, title=title, tags=tags,
-                                               agent=self.agent(ctx))
+                doc = update_markdown_document(
+                    conn, doc_id, markdown=markdown, title=title, tags=tags, agent=self.agent(ctx)
+                )
             except KnowledgeError as e:
                 raise ToolError(f"id: {e.message}" if e.message.startswith("document ") else e.message) from e
-        return _result(f"Updated document {doc.id} ({doc.title!r}, version {doc.content_version}).",
-                       {"id": str(doc.id), "title": doc.title, "tags": doc.tags,
-                        "content_version": doc.content_version})
+        return _result(
+            f"Updated document {doc.id} ({doc.title!r}, version {doc.content_version}).",
+            {"id": str(doc.id), "title": doc.title, "tags": doc.tags, "content_version": doc.content_version},
+        )
 
 
-def build_mcp_server(pool: PoolSource, *, read_only: bool = False, agent: str | None = None,
-                     read_router: ReadsSource | None = None, admission: AdmissionSource | None = None) -> MCPServer:
+def build_mcp_server(
+    pool: PoolSource,
+    *,
+    read_only: bool = False,
+    agent: str | None = None,
+    read_router: ReadsSource | None = None,
+    admission: AdmissionSource | None = None,
+) -> MCPServer:
     """The MCP server, its tools using connections from `pool()` (configured by
     `configure_for_search`); search_knowledge runs on `read_router()` (read replicas) when
     given, and holds a slot of `admission()` (the service's bound on searches in flight). `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides
     it per HTTP request). Raises InvalidInput for a bad slug."""
     tools = _Tools(pool, agent=agent, reads=read_router, admission=admission)
-    server = _Server("hq-knowledge", title="HQ Knowledge", version=__version__, instructions=INSTRUCTIONS,
-                     read_only=read_only)
+    server = _Server(
+        "hq-knowledge", title="HQ Knowledge", version=__version__, instructions=INSTRUCTIONS, read_only=read_only
+    )
     reads = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
-    @server.tool(annotations=reads, description=f"""\
+    @server.tool(
+        annotations=reads,
+        description=f"""\
 Search the knowledge base (documents and assets) by meaning and by keyword at once.
 Use it before answering from memory, and to find a document's id. Returns up to `limit`
 hits (default {SEARCH_DEFAULT_LIMIT}, at most {SEARCH_MAX_LIMIT}), best first, each as a block: title, folder
 path, tags, id, fused score with the semantic and keyword ranks, and the best passage's
 snippet with matched words in **bold**. "No results" is an answer, not an error: rephrase,
 or use mode=keyword for exact names, codes and error messages. Snippets are excerpts: call
-get_document(id) to read the whole document.""")
+get_document(id) to read the whole document.""",
+    )
     def search_knowledge(
         query: Annotated[str, Field(description="What to look for: a question or keywords, 1-1000 characters.")],
-        limit: Annotated[int, Field(description=f"Hits to return, 1-{SEARCH_MAX_LIMIT} (default "
-                                                f"{SEARCH_DEFAULT_LIMIT}; up to {MAX_LIMIT} is clamped to "
-                                                f"{SEARCH_MAX_LIMIT}).")] = SEARCH_DEFAULT_LIMIT,
-        mode: Annotated[Literal["hybrid", "semantic", "keyword"], Field(
-            description="hybrid (default): meaning and keywords; semantic: meaning only; keyword: BM25 only.")]
-        = "hybrid",
-        tags_any: Annotated[list[str] | None, Field(description="Only items with at least one of these tags.")]
-        = None,
-        folder: Annotated[str | None, Field(description="Only documents in this folder and below, by path "
-                                                        "such as /Operations/Support.")] = None,
-        kind: Annotated[Literal["document", "asset"] | None, Field(
-            description="Only documents or only assets.")] = None,
+        limit: Annotated[
+            int,
+            Field(
+                description=f"Hits to return, 1-{SEARCH_MAX_LIMIT} (default "
+                f"{SEARCH_DEFAULT_LIMIT}; up to {MAX_LIMIT} is clamped to "
+                f"{SEARCH_MAX_LIMIT})."
+            ),
+        ] = SEARCH_DEFAULT_LIMIT,
+        mode: Annotated[
+            Literal["hybrid", "semantic", "keyword"],
+            Field(description="hybrid (default): meaning and keywords; semantic: meaning only; keyword: BM25 only."),
+        ] = "hybrid",
+        tags_any: Annotated[list[str] | None, Field(description="Only items with at least one of these tags.")] = None,
+        folder: Annotated[
+            str | None,
+            Field(description="Only documents in this folder and below, by path such as /Operations/Support."),
+        ] = None,
+        kind: Annotated[
+            Literal["document", "asset"] | None, Field(description="Only documents or only assets.")
+        ] = None,
     ) -> CallToolResult:
         return tools.search(query, limit, mode, tags_any, folder, kind)
 
-    @server.tool(annotations=reads, description="""\
+    @server.tool(
+        annotations=reads,
+        description="""\
 Read one document as markdown, by the id that search_knowledge or list_knowledge gave.
 Long documents: pass `section` (a heading, or a path such as "Refunds > Annual plans") to
 read just that part, and/or `max_tokens` to cap the answer; it is then cut after the last
-whole paragraph that fits, and the answer says so and lists the document's sections.""")
+whole paragraph that fits, and the answer says so and lists the document's sections.""",
+    )
     def get_document(
         id: Annotated[str, Field(description="The document's id (a UUID).")],
         max_tokens: Annotated[int | None, Field(description="Token budget for the answer, 1-1000000.")] = None,
@@ -363,41 +451,49 @@ whole paragraph that fits, and the answer says so and lists the document's secti
     ) -> CallToolResult:
         return tools.document(id, max_tokens, section)
 
-    @server.tool(annotations=reads, description="""\
+    @server.tool(
+        annotations=reads,
+        description="""\
 Your boot context: every document tagged boot:all, then those tagged boot:<your slug>,
 pinned first, as one markdown text, exactly as GET /boot/{slug} serves it. Call it when you
 start. The answer carries its version: pass it back as known_version later and you get
 "unchanged" until an included document changes. With max_tokens the bundle is cut between
-paragraphs and what was left out is listed at its end.""")
+paragraphs and what was left out is listed at its end.""",
+    )
     def boot_context(
         ctx: Context[Any, Any],
-        agent_slug: Annotated[str | None, Field(description="Your agent slug; not needed when this session "
-                                                            "is bound to an agent.")] = None,
+        agent_slug: Annotated[
+            str | None, Field(description="Your agent slug; not needed when this session is bound to an agent.")
+        ] = None,
         max_tokens: Annotated[int | None, Field(description="Token budget, 1-1000000.")] = None,
-        known_version: Annotated[str | None, Field(description="The version from your last boot_context.")]
-        = None,
+        known_version: Annotated[str | None, Field(description="The version from your last boot_context.")] = None,
     ) -> CallToolResult:
         return tools.boot(agent_slug, max_tokens, known_version, ctx)
 
-    @server.tool(annotations=reads, description="""\
+    @server.tool(
+        annotations=reads,
+        description="""\
 See what the knowledge base holds: the number of documents, the folders (with how many
 documents each holds), the tags (with counts) and the most recently updated documents.
 Narrow it with `folder` (a path such as /Research) and/or `tag`. Use it to find where to
-look or where to save, not to answer questions (search_knowledge does that).""")
+look or where to save, not to answer questions (search_knowledge does that).""",
+    )
     def list_knowledge(
-        folder: Annotated[str | None, Field(description="A folder path such as /Research; / is everything.")]
-        = None,
+        folder: Annotated[str | None, Field(description="A folder path such as /Research; / is everything.")] = None,
         tag: Annotated[str | None, Field(description="Only documents with this tag.")] = None,
     ) -> CallToolResult:
         return tools.overview(folder, tag)
 
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 
-    @server.tool(annotations=writes, description="""\
+    @server.tool(
+        annotations=writes,
+        description="""\
 Save something you learned as a new markdown document, so that you and other agents can find
 it later. `folder` is a path such as /Research/Competitors (created if missing; default: the
 top level). Returns the new document's id. Use update_document to change a document instead
-of saving a second copy.""")
+of saving a second copy.""",
+    )
     def save_document(
         ctx: Context[Any, Any],
         title: Annotated[str, Field(description="A title that says what the document is about.")],
@@ -407,11 +503,15 @@ of saving a second copy.""")
     ) -> CallToolResult:
         return tools.save(title, markdown, folder, tags, ctx)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                                             open_world_hint=False), description="""\
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
+        description="""\
 Change a document: replace its text (markdown), its title and/or its tags (the whole list).
 What you leave out stays as it is. Read it first with get_document so that you keep what
-should stay.""")
+should stay.""",
+    )
     def update_document(
         ctx: Context[Any, Any],
         id: Annotated[str, Field(description="The document's id (a UUID).")],

@@ -42,6 +42,7 @@ __all__ = [
     "preflight",
 ]
 
+
 def _tuples(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     """A cursor with tuple rows, whatever row factory the caller's connection has."""
     return conn.cursor(row_factory=tuple_row)
@@ -119,8 +120,7 @@ class ReleaseState:
             return self.release.label
         if not self.pending and not self.upgradable and not self.edited:
             return "new database"
-        return "no known release (some files edited after they were applied)" if self.edited \
-            else "between releases"
+        return "no known release (some files edited after they were applied)" if self.edited else "between releases"
 
 
 def migrations_dir() -> Path:
@@ -165,8 +165,7 @@ def database_release(
     pending = [m.name for m in migrations if m.name not in applied]
     changed = [m for m in migrations if m.name in applied and applied[m.name][0] != m.checksum]
     # An upgrade replaces one release's text of a file by another's; any other change is an edit.
-    upgradable = [m.name for m in changed
-                  if {applied[m.name][0], m.checksum} <= known.get(m.name, set())]
+    upgradable = [m.name for m in changed if {applied[m.name][0], m.checksum} <= known.get(m.name, set())]
     edited = [m.name for m in changed if m.name not in upgradable]
     return ReleaseState(exact, not pending and not changed, pending, upgradable, edited)
 
@@ -179,9 +178,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     for expected, path in enumerate(files, start=1):
         match = _NAME.match(path.name)
         if match is None:
-            raise MigrationError(
-                f"{path.name}: migration files are named NNN_lowercase_name.sql"
-            )
+            raise MigrationError(f"{path.name}: migration files are named NNN_lowercase_name.sql")
         if int(match.group(1)) != expected:
             raise MigrationError(
                 f"{path.name}: expected migration number {expected:03d} here (numbers run 001, 002, ... without gaps)"
@@ -196,12 +193,12 @@ def preflight(conn: psycopg.Connection[Any]) -> None:
     """Check the server can hold the schema: PostgreSQL >= 15 and pgvector >= 0.7 available."""
     version = int(_tuples(conn).execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
     if version < MIN_SERVER_VERSION:
-        raise DatabaseUnavailable(
-            f"PostgreSQL {version // 10000} is too old: HQ needs PostgreSQL 15 or newer"
-        )
-    row = _tuples(conn).execute(
-        "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
-    ).fetchone()
+        raise DatabaseUnavailable(f"PostgreSQL {version // 10000} is too old: HQ needs PostgreSQL 15 or newer")
+    row = (
+        _tuples(conn)
+        .execute("SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'")
+        .fetchone()
+    )
     if row is None:
         raise DatabaseUnavailable(
             f"the pgvector extension is not installed on this PostgreSQL {version // 10000} server: "
@@ -308,9 +305,7 @@ def migrate(
                         [m.name, m.checksum, current],
                     )
             except psycopg.Error as e:
-                raise MigrationError(
-                    f"{m.name} failed and was rolled back: {_first_line(e)}"
-                ) from e
+                raise MigrationError(f"{m.name} failed and was rolled back: {_first_line(e)}") from e
             result.applied.append(m.name)
             if any(not _QUIET_NOTICE.search(n) for n in notices):
                 result.notices[m.name] = [n for n in notices if not _QUIET_NOTICE.search(n)]

@@ -20,7 +20,16 @@ from embeddings.registry import ModelSpec, spec_from_row
 
 from .errors import Conflict, NotFound
 
-__all__ = ["ModelInfo", "activate_model", "active_spec", "drop_model", "ef_search_for", "exact_scan_below", "list_models", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "activate_model",
+    "active_spec",
+    "drop_model",
+    "ef_search_for",
+    "exact_scan_below",
+    "list_models",
+    "register_model",
+]
 
 # HNSW build settings for a model's index, and the search breadth by the model's number of
 # vectors (benchmarks/vector_index.py; benchmarks/results/README.md reads its results).
@@ -79,21 +88,30 @@ def _dicts(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
 
 def list_models(conn: psycopg.Connection[Any], name: str | None = None) -> list[ModelInfo]:
     """Every registered model (or the one named), the active one first, with its coverage."""
-    rows = _dicts(conn).execute(
-        """SELECT m.name, m.dims, m.provider, m.source, m.is_active, m.activated_at,
+    rows = (
+        _dicts(conn)
+        .execute(
+            """SELECT m.name, m.dims, m.provider, m.source, m.is_active, m.activated_at,
                   (SELECT count(*) FROM chunk_embeddings e WHERE e.model = m.name) AS vectors,
                   (SELECT count(*) FROM knowledge_chunks) AS passages,
                   (SELECT i.indexrelid::regclass::text FROM pg_index i
                     WHERE i.indexrelid = to_regclass(hq_embedding_index_name(m.name)) AND i.indisvalid) AS index
              FROM embedding_models m WHERE %(name)s::text IS NULL OR m.name = %(name)s
-            ORDER BY m.is_active DESC, m.name""", {"name": name}).fetchall()
+            ORDER BY m.is_active DESC, m.name""",
+            {"name": name},
+        )
+        .fetchall()
+    )
     return [ModelInfo(**row) for row in rows]
 
 
 def active_spec(conn: psycopg.Connection[Any]) -> ModelSpec | None:
     """How to load the active model, or None when no model is active."""
-    row = _dicts(conn).execute(
-        "SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active").fetchone()
+    row = (
+        _dicts(conn)
+        .execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active")
+        .fetchone()
+    )
     return spec_from_row(row) if row else None
 
 
@@ -113,19 +131,33 @@ def register_model(conn: psycopg.Connection[Any], spec: ModelSpec) -> None:
     for another model."""
     _dicts(conn).execute(
         "INSERT INTO embedding_models (name, dims, provider, source, max_tokens) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING", [spec.name, spec.dims, spec.provider, spec.source, spec.max_tokens])
-    row = _dicts(conn).execute("SELECT dims, provider, source FROM embedding_models WHERE name = %s",
-                               [spec.name]).fetchone()
+        " ON CONFLICT (name) DO NOTHING",
+        [spec.name, spec.dims, spec.provider, spec.source, spec.max_tokens],
+    )
+    row = (
+        _dicts(conn)
+        .execute("SELECT dims, provider, source FROM embedding_models WHERE name = %s", [spec.name])
+        .fetchone()
+    )
     assert row is not None
-    if (row["dims"], row["provider"]) != (spec.dims, spec.provider) or \
-            (spec.provider != "fake" and row["source"] not in (None, spec.source)):
-        raise Conflict(f"model name {spec.name!r} is registered for another model ({row['provider']}, "
-                       f"{row['dims']} dimensions, {row['source'] or 'no source'}): choose another name")
+    if (row["dims"], row["provider"]) != (spec.dims, spec.provider) or (
+        spec.provider != "fake" and row["source"] not in (None, spec.source)
+    ):
+        raise Conflict(
+            f"model name {spec.name!r} is registered for another model ({row['provider']}, "
+            f"{row['dims']} dimensions, {row['source'] or 'no source'}): choose another name"
+        )
     ensure_vector_index(conn, spec.name, spec.dims)
 
 
-def ensure_vector_index(conn: psycopg.Connection[Any], model: str, dims: int, *,
-                        m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION) -> str | None:
+def ensure_vector_index(
+    conn: psycopg.Connection[Any],
+    model: str,
+    dims: int,
+    *,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+) -> str | None:
     """Build `model`'s HNSW index unless a valid one exists (replacing one left invalid by
     an interrupted build), without blocking writes. Returns its name, or None for a model
     too wide to index (searching it scans). `conn` must be in autocommit mode."""
@@ -133,18 +165,24 @@ def ensure_vector_index(conn: psycopg.Connection[Any], model: str, dims: int, *,
         return None
     cur = _dicts(conn)
     name = cur.execute("SELECT hq_embedding_index_name(%s) AS n", [model]).fetchone()["n"]  # type: ignore[index]
-    state = cur.execute("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-                        [name]).fetchone()
+    state = cur.execute("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [name]).fetchone()
     if state is not None and state["indisvalid"]:
         return str(name)
     if state is not None:
         cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
-    cur.execute(sql.SQL(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON chunk_embeddings"
-        " USING hnsw ((embedding::vector({dims})) vector_cosine_ops)"
-        " WITH (m = {m}, ef_construction = {efc}) WHERE model = {model}").format(
-        name=sql.Identifier(name), dims=sql.Literal(dims), m=sql.Literal(m), efc=sql.Literal(ef_construction),
-        model=sql.Literal(model)))
+    cur.execute(
+        sql.SQL(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON chunk_embeddings"
+            " USING hnsw ((embedding::vector({dims})) vector_cosine_ops)"
+            " WITH (m = {m}, ef_construction = {efc}) WHERE model = {model}"
+        ).format(
+            name=sql.Identifier(name),
+            dims=sql.Literal(dims),
+            m=sql.Literal(m),
+            efc=sql.Literal(ef_construction),
+            model=sql.Literal(model),
+        )
+    )
     return str(name)
 
 
@@ -157,19 +195,29 @@ def activate_model(conn: psycopg.Connection[Any], name: str) -> ModelInfo:
         # Locks every model row: a worker writing vectors holds the active row FOR SHARE,
         # so its write and this switch happen one after the other, never across.
         _dicts(conn).execute("SELECT name FROM embedding_models ORDER BY name FOR UPDATE").fetchall()
-        counts = _dicts(conn).execute(
-            """SELECT count(*) AS passages,
+        counts = (
+            _dicts(conn)
+            .execute(
+                """SELECT count(*) AS passages,
                       count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM chunk_embeddings e
                                                           WHERE e.chunk_id = c.id AND e.model = %s)) AS missing
-                 FROM knowledge_chunks c""", [name]).fetchone()
+                 FROM knowledge_chunks c""",
+                [name],
+            )
+            .fetchone()
+        )
         assert counts is not None
         if counts["missing"]:
             have = counts["passages"] - counts["missing"]
-            raise Conflict(f"model {name!r} has vectors for {have} of {counts['passages']} passages: "
-                           f"finish its re-embed first (hq-knowledge reembed --model {name})")
+            raise Conflict(
+                f"model {name!r} has vectors for {have} of {counts['passages']} passages: "
+                f"finish its re-embed first (hq-knowledge reembed --model {name})"
+            )
         _dicts(conn).execute("UPDATE embedding_models SET is_active = false WHERE is_active AND name <> %s", [name])
-        _dicts(conn).execute("UPDATE embedding_models SET is_active = true, activated_at = now()"
-                             " WHERE name = %s AND NOT is_active", [name])
+        _dicts(conn).execute(
+            "UPDATE embedding_models SET is_active = true, activated_at = now() WHERE name = %s AND NOT is_active",
+            [name],
+        )
     return get_model(conn, name)
 
 
@@ -180,11 +228,14 @@ def drop_model(conn: psycopg.Connection[Any], name: str) -> int:
     info = get_model(conn, name)
     if info.is_active:
         raise Conflict(f"model {name!r} is the active model: activate another one before dropping it")
-    running = _dicts(conn).execute("SELECT id FROM reembed_jobs WHERE model = %s AND status = 'running'",
-                                   [name]).fetchone()
+    running = (
+        _dicts(conn).execute("SELECT id FROM reembed_jobs WHERE model = %s AND status = 'running'", [name]).fetchone()
+    )
     if running:
-        raise Conflict(f"model {name!r} is being built by re-embed job {running['id']}: "
-                       "let it finish (or cancel it) before dropping the model")
+        raise Conflict(
+            f"model {name!r} is being built by re-embed job {running['id']}: "
+            "let it finish (or cancel it) before dropping the model"
+        )
     index = _dicts(conn).execute("SELECT hq_embedding_index_name(%s) AS n", [name]).fetchone()
     assert index is not None
     _dicts(conn).execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(index["n"])))

@@ -16,8 +16,9 @@ class Advance(Protocol):
 
 
 @contextmanager
-def progress(total: int | None, label: str, *, unit: str = "item", every: float = 5.0,
-             initial: int = 0) -> Iterator[Advance]:
+def progress(
+    total: int | None, label: str, *, unit: str = "item", every: float = 5.0, initial: int = 0
+) -> Iterator[Advance]:
     """Yield `advance(note, n=1)`, to call as items finish. On a terminal (stderr) this
     draws a tqdm bar with rate and ETA; otherwise it prints a line (done, rate, ETA) at
     most every `every` seconds and one at the end, so logs stay readable. `initial`: items
@@ -25,8 +26,8 @@ def progress(total: int | None, label: str, *, unit: str = "item", every: float 
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        with tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                  initial=initial) as bar:
+        with tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True, initial=initial) as bar:
+
             def advance(note: str, n: int = 1) -> None:
                 bar.set_postfix_str(note[-40:], refresh=False)
                 bar.update(n)

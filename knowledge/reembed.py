@@ -39,15 +39,21 @@ class Selection:
     since: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"stale": self.stale, "tags": list(self.tags),
-                "folder": str(self.folder) if self.folder else None,
-                "since": self.since.isoformat() if self.since else None}
+        return {
+            "stale": self.stale,
+            "tags": list(self.tags),
+            "folder": str(self.folder) if self.folder else None,
+            "since": self.since.isoformat() if self.since else None,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Selection:
-        return cls(stale=bool(data.get("stale")), tags=tuple(data.get("tags") or ()),
-                   folder=uuid.UUID(data["folder"]) if data.get("folder") else None,
-                   since=datetime.fromisoformat(data["since"]) if data.get("since") else None)
+        return cls(
+            stale=bool(data.get("stale")),
+            tags=tuple(data.get("tags") or ()),
+            folder=uuid.UUID(data["folder"]) if data.get("folder") else None,
+            since=datetime.fromisoformat(data["since"]) if data.get("since") else None,
+        )
 
 
 @dataclass
@@ -75,13 +81,25 @@ class ReembedJob:
         seconds = max((end - self.created_at).total_seconds(), 1e-9)
         rate = self.embedded / seconds if self.embedded else 0.0
         left = max(self.total - self.done, 0)
-        return {"id": self.id, "model": self.model, "status": self.status, "activate": self.activate,
-                "total": self.total, "done": self.done, "embedded": self.embedded, "skipped": self.skipped,
-                "failed": self.failed, "progress": round(self.done / self.total, 4) if self.total else 1.0,
-                "passages_per_second": round(rate, 2),
-                "eta_seconds": round(left / rate, 1) if rate and self.status == "running" else None,
-                "error": self.error, "selection": self.selection, "created_at": self.created_at,
-                "updated_at": self.updated_at, "finished_at": self.finished_at}
+        return {
+            "id": self.id,
+            "model": self.model,
+            "status": self.status,
+            "activate": self.activate,
+            "total": self.total,
+            "done": self.done,
+            "embedded": self.embedded,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "progress": round(self.done / self.total, 4) if self.total else 1.0,
+            "passages_per_second": round(rate, 2),
+            "eta_seconds": round(left / rate, 1) if rate and self.status == "running" else None,
+            "error": self.error,
+            "selection": self.selection,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+        }
 
 
 def _dicts(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
@@ -97,10 +115,12 @@ def _selected(selection: Selection, *, stale: bool) -> tuple[sql.SQL, dict[str, 
         where.append("coalesce(d.tags, a.tags) && %(tags)s::text[]")
         params["tags"] = list(selection.tags)
     if selection.folder is not None:
-        ctes = ("WITH RECURSIVE fd AS (SELECT id FROM document_folders WHERE id = %(folder)s"
-                " UNION ALL SELECT f.id FROM document_folders f JOIN fd ON f.parent_id = fd.id),"
-                " fa AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
-                " UNION ALL SELECT f.id FROM asset_folders f JOIN fa ON f.parent_id = fa.id) ")
+        ctes = (
+            "WITH RECURSIVE fd AS (SELECT id FROM document_folders WHERE id = %(folder)s"
+            " UNION ALL SELECT f.id FROM document_folders f JOIN fd ON f.parent_id = fd.id),"
+            " fa AS (SELECT id FROM asset_folders WHERE id = %(folder)s"
+            " UNION ALL SELECT f.id FROM asset_folders f JOIN fa ON f.parent_id = fa.id) "
+        )
         where.append("(d.folder_id IN (SELECT id FROM fd) OR a.folder_id IN (SELECT id FROM fa))")
         params["folder"] = selection.folder
     if selection.since is not None:
@@ -108,19 +128,28 @@ def _selected(selection: Selection, *, stale: bool) -> tuple[sql.SQL, dict[str, 
         params["since"] = selection.since
     if stale:
         # passage_hash() of embeddings/chunking.py: sha256 of model, a NUL byte, the text.
-        where.append("NOT EXISTS (SELECT 1 FROM chunk_embeddings e WHERE e.chunk_id = c.id AND e.model = %(model)s"
-                     " AND e.content_hash = encode(sha256(convert_to(%(model)s, 'UTF8') || '\\x00'::bytea"
-                     " || convert_to(c.indexed_text, 'UTF8')), 'hex'))")
-    return sql.SQL(ctes + "{select} FROM knowledge_chunks c LEFT JOIN documents d ON d.id = c.document_id"
-                   " LEFT JOIN assets a ON a.id = c.asset_id WHERE " + " AND ".join(where)), params
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM chunk_embeddings e WHERE e.chunk_id = c.id AND e.model = %(model)s"
+            " AND e.content_hash = encode(sha256(convert_to(%(model)s, 'UTF8') || '\\x00'::bytea"
+            " || convert_to(c.indexed_text, 'UTF8')), 'hex'))"
+        )
+    return sql.SQL(
+        ctes + "{select} FROM knowledge_chunks c LEFT JOIN documents d ON d.id = c.document_id"
+        " LEFT JOIN assets a ON a.id = c.asset_id WHERE " + " AND ".join(where)
+    ), params
 
 
 def _check_folder(conn: psycopg.Connection[Any], folder: uuid.UUID | None) -> None:
     if folder is None:
         return
-    found = _dicts(conn).execute(
-        "SELECT 1 FROM document_folders WHERE id = %(f)s UNION ALL SELECT 1 FROM asset_folders WHERE id = %(f)s",
-        {"f": folder}).fetchone()
+    found = (
+        _dicts(conn)
+        .execute(
+            "SELECT 1 FROM document_folders WHERE id = %(f)s UNION ALL SELECT 1 FROM asset_folders WHERE id = %(f)s",
+            {"f": folder},
+        )
+        .fetchone()
+    )
     if not found:
         raise NotFound(f"folder: no document or asset folder has id {folder}")
 
@@ -129,13 +158,15 @@ def count_selection(conn: psycopg.Connection[Any], model: str, selection: Select
     """How many passages a job for `model` with `selection` would embed now."""
     _check_folder(conn, selection.folder)
     query, params = _selected(selection, stale=stale)
-    row = _dicts(conn).execute(query.format(select=sql.SQL("SELECT count(*) AS n")),
-                               params | {"model": model}).fetchone()
+    row = (
+        _dicts(conn).execute(query.format(select=sql.SQL("SELECT count(*) AS n")), params | {"model": model}).fetchone()
+    )
     return int(row["n"]) if row else 0
 
 
-def start_job(conn: psycopg.Connection[Any], spec: ModelSpec, selection: Selection, *,
-              activate: bool) -> tuple[ReembedJob, bool]:
+def start_job(
+    conn: psycopg.Connection[Any], spec: ModelSpec, selection: Selection, *, activate: bool
+) -> tuple[ReembedJob, bool]:
     """A job embedding `selection` with `spec`, registered (and its index created) first;
     or the running job for the same model and selection, to join. Returns (job, created).
     `conn` must be in autocommit mode. Raises Conflict when the name is registered for
@@ -147,20 +178,33 @@ def start_job(conn: psycopg.Connection[Any], spec: ModelSpec, selection: Selecti
     with conn.transaction():
         # One job per model and selection: two processes starting together must not both create one.
         _dicts(conn).execute("SELECT pg_advisory_xact_lock(hashtext('hq.reembed.' || %s))", [spec.name])
-        running = _dicts(conn).execute(
-            "SELECT id FROM reembed_jobs WHERE model = %s AND status = 'running' AND selection = %s"
-            " ORDER BY created_at LIMIT 1", [spec.name, Jsonb(selection.as_json())]).fetchone()
+        running = (
+            _dicts(conn)
+            .execute(
+                "SELECT id FROM reembed_jobs WHERE model = %s AND status = 'running' AND selection = %s"
+                " ORDER BY created_at LIMIT 1",
+                [spec.name, Jsonb(selection.as_json())],
+            )
+            .fetchone()
+        )
         if running:
             return get_job(conn, running["id"]), False
         job_id = uuid.uuid4()
         _dicts(conn).execute(
             "INSERT INTO reembed_jobs (id, model, selection, activate) VALUES (%s, %s, %s, %s)",
-            [job_id, spec.name, Jsonb(selection.as_json()), activate and not active])
+            [job_id, spec.name, Jsonb(selection.as_json()), activate and not active],
+        )
         query, params = _selected(selection, stale=stale)
-        added = _dicts(conn).execute(
-            sql.SQL("INSERT INTO reembed_items (job_id, chunk_id) {}").format(
-                query.format(select=sql.SQL("SELECT %(job)s::uuid, c.id"))),
-            params | {"model": spec.name, "job": job_id}).rowcount
+        added = (
+            _dicts(conn)
+            .execute(
+                sql.SQL("INSERT INTO reembed_items (job_id, chunk_id) {}").format(
+                    query.format(select=sql.SQL("SELECT %(job)s::uuid, c.id"))
+                ),
+                params | {"model": spec.name, "job": job_id},
+            )
+            .rowcount
+        )
         _dicts(conn).execute("UPDATE reembed_jobs SET total = %s WHERE id = %s", [added, job_id])
     return get_job(conn, job_id), True
 
@@ -171,10 +215,16 @@ def sweep(conn: psycopg.Connection[Any], job: ReembedJob) -> int:
     selection = Selection.from_json(job.selection)
     query, params = _selected(selection, stale=True)
     with conn.transaction():
-        added = _dicts(conn).execute(
-            sql.SQL("INSERT INTO reembed_items (job_id, chunk_id) {} ON CONFLICT DO NOTHING").format(
-                query.format(select=sql.SQL("SELECT %(job)s::uuid, c.id"))),
-            params | {"model": job.model, "job": job.id}).rowcount
+        added = (
+            _dicts(conn)
+            .execute(
+                sql.SQL("INSERT INTO reembed_items (job_id, chunk_id) {} ON CONFLICT DO NOTHING").format(
+                    query.format(select=sql.SQL("SELECT %(job)s::uuid, c.id"))
+                ),
+                params | {"model": job.model, "job": job.id},
+            )
+            .rowcount
+        )
         if added:
             _dicts(conn).execute("UPDATE reembed_jobs SET total = total + %s WHERE id = %s", [added, job.id])
     return added
@@ -182,9 +232,15 @@ def sweep(conn: psycopg.Connection[Any], job: ReembedJob) -> int:
 
 def get_job(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> ReembedJob:
     """The job `job_id`; raises NotFound."""
-    row = _dicts(conn).execute(
-        "SELECT id, model, status, activate, total, embedded, skipped, failed, error, created_at, updated_at,"
-        " finished_at, selection FROM reembed_jobs WHERE id = %s", [job_id]).fetchone()
+    row = (
+        _dicts(conn)
+        .execute(
+            "SELECT id, model, status, activate, total, embedded, skipped, failed, error, created_at, updated_at,"
+            " finished_at, selection FROM reembed_jobs WHERE id = %s",
+            [job_id],
+        )
+        .fetchone()
+    )
     if row is None:
         raise NotFound(f"re-embed job {job_id} does not exist")
     return ReembedJob(**row)

@@ -21,26 +21,30 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(commands: Any) -> None:
     p = commands.add_parser(
-        "reembed", help="re-embed passages (all, stale, failed or selected), or build another model's "
+        "reembed",
+        help="re-embed passages (all, stale, failed or selected), or build another model's "
         "vectors beside the active one and switch search to it when they are complete",
         description="Without --model: re-embed with the active model (everything, or what --stale, "
         "--tag, --folder, --since select). With --model: build that model's vectors while search keeps "
         "serving the active one, then switch to it atomically. A job survives interruptions: run the "
-        "same command again to resume it; several processes running it share the work.")
-    p.add_argument("--model", metavar="NAME|DIR",
-                   help="all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, a sentence-transformers model "
-                        "directory, or fake-hash-<dims> (tests)")
+        "same command again to resume it; several processes running it share the work.",
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help="all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, a sentence-transformers model "
+        "directory, or fake-hash-<dims> (tests)",
+    )
     p.add_argument("--name", help="register a model directory under this name (default: the directory's name)")
-    p.add_argument("--stale", action="store_true",
-                   help="only passages without a vector of the model's current text")
-    p.add_argument("--failed", action="store_true",
-                   help="retry documents and assets whose embedding failed, then exit")
+    p.add_argument("--stale", action="store_true", help="only passages without a vector of the model's current text")
+    p.add_argument("--failed", action="store_true", help="retry documents and assets whose embedding failed, then exit")
     p.add_argument("--tag", action="append", default=[], help="only items with this tag (repeatable: any)")
     p.add_argument("--folder", metavar="ID", help="only items in this document or asset folder and below")
     p.add_argument("--since", metavar="DATE", help="only items updated since (ISO date or date-time)")
     p.add_argument("--dry-run", action="store_true", help="say how many passages and how long; change nothing")
-    p.add_argument("--no-activate", action="store_true",
-                   help="with --model: build the vectors but keep searching the active model")
+    p.add_argument(
+        "--no-activate", action="store_true", help="with --model: build the vectors but keep searching the active model"
+    )
     p.add_argument("--batch", type=int, default=128, metavar="N", help="passages per transaction (default 128)")
     p.add_argument("--activate", metavar="MODEL", help="switch search to MODEL (it must cover every passage)")
     p.add_argument("--drop", metavar="MODEL", help="remove MODEL's vectors and index (not the active model)")
@@ -78,8 +82,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if len(actions) > 1 or (actions and building):
         raise InvalidInput("--activate, --drop and --status each go alone")
     if args.failed and (args.model or args.dry_run):
-        raise InvalidInput("--failed retries failed documents and assets with the active model: "
-                           "it takes no --model or --dry-run")
+        raise InvalidInput(
+            "--failed retries failed documents and assets with the active model: it takes no --model or --dry-run"
+        )
     selection = _selection(args)
     from .db import connect, database
     from .migrations import migrate
@@ -132,7 +137,8 @@ def _failed(conn: Any, url: str) -> int:
     for table in ("documents", "assets"):
         requeued += conn.execute(
             f"UPDATE {table} SET embedding_status = 'pending', embedding_attempts = 0, embedding_error = NULL,"
-            " embedding_next_attempt_at = NULL WHERE embedding_status = 'failed'").rowcount  # a fixed name
+            " embedding_next_attempt_at = NULL WHERE embedding_status = 'failed'"
+        ).rowcount  # a fixed name
     if not requeued:
         print("no document or asset has failed to embed")
         return 0
@@ -184,10 +190,14 @@ def _reembed(conn: Any, url: str, args: argparse.Namespace, selection: Any) -> i
         return _dry_run(conn, spec, selection, stale=selection.stale or not active)
     embedder = _load(spec)
     job, created = start_job(conn, spec, selection, activate=not args.no_activate)
-    print(f"{'started' if created else 'joined'} re-embed job {job.id}: {job.total} passages, "
-          f"{job.done} done, model {spec.name}" + ("" if active else f" (search keeps using the active model"
-                                                  f"{' until it is complete' if job.activate else ''})"),
-          file=sys.stderr)
+    print(
+        f"{'started' if created else 'joined'} re-embed job {job.id}: {job.total} passages, "
+        f"{job.done} done, model {spec.name}"
+        + (
+            "" if active else f" (search keeps using the active model{' until it is complete' if job.activate else ''})"
+        ),
+        file=sys.stderr,
+    )
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
 
@@ -199,17 +209,26 @@ def _reembed(conn: Any, url: str, args: argparse.Namespace, selection: Any) -> i
     signal.signal(signal.SIGINT, interrupt)
     try:
         with progress(job.total, "re-embedding", unit="passage", initial=job.done) as advance:
-            runner = ReembedRunner(url, job.id, embedder, batch=args.batch,
-                                   on_batch=lambda embedded, skipped, _job: advance(spec.name, embedded + skipped))
+            runner = ReembedRunner(
+                url,
+                job.id,
+                embedder,
+                batch=args.batch,
+                on_batch=lambda embedded, skipped, _job: advance(spec.name, embedded + skipped),
+            )
             stats = runner.run(stop)
     finally:
         signal.signal(signal.SIGINT, previous)
     final = stats.job
-    print(f"re-embedded {stats.embedded} passages in {stats.seconds:.1f} s ({stats.rate:.1f} passages/s; "
-          f"the model alone {stats.embedded / stats.seconds_embedding if stats.seconds_embedding else 0:.1f}/s)")
+    print(
+        f"re-embedded {stats.embedded} passages in {stats.seconds:.1f} s ({stats.rate:.1f} passages/s; "
+        f"the model alone {stats.embedded / stats.seconds_embedding if stats.seconds_embedding else 0:.1f}/s)"
+    )
     if final is not None:
-        print(f"job {final.id}: {final.status}, {final.done}/{final.total} passages "
-              f"({final.embedded} embedded, {final.skipped} skipped, {final.failed} failed)")
+        print(
+            f"job {final.id}: {final.status}, {final.done}/{final.total} passages "
+            f"({final.embedded} embedded, {final.skipped} skipped, {final.failed} failed)"
+        )
     if stop.is_set() and final is not None and final.status == "running":
         print(f"interrupted: run the same command again to resume job {final.id}", file=sys.stderr)
         return 130
@@ -226,8 +245,10 @@ def _dry_run(conn: Any, spec: Any, selection: Any, *, stale: bool) -> int:
     passages = count_selection(conn, spec.name, selection, stale=stale)
     line = f"would re-embed {passages} passages with {spec.name}"
     if passages:
-        sample = [r[0] for r in conn.execute(
-            "SELECT indexed_text FROM knowledge_chunks ORDER BY random() LIMIT 64").fetchall()]
+        sample = [
+            r[0]
+            for r in conn.execute("SELECT indexed_text FROM knowledge_chunks ORDER BY random() LIMIT 64").fetchall()
+        ]
         embedder = _load(spec)
         start = time.perf_counter()
         embedder.embed(sample)

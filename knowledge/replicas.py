@@ -42,8 +42,7 @@ POLL_INTERVAL = 0.5
 """Seconds between two reads of each server's WAL position."""
 _PRIMARY_POSITION = "SELECT pg_current_wal_lsn()::text"
 # A server out of recovery (a replica promoted, or the primary itself) has replayed what it wrote.
-_REPLAYED = ("SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-             " ELSE pg_current_wal_lsn() END)::text")
+_REPLAYED = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text"
 _KEPT_POSITIONS = 100_000
 """Primary positions remembered for replicas that have replayed none of them (down ones)."""
 
@@ -63,9 +62,14 @@ class ReplicaReport:
     detail: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"url": self.url, "state": self.state,
-                "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-                "replayed_lsn": self.replayed_lsn, "since": self.since.isoformat(), "detail": self.detail}
+        return {
+            "url": self.url,
+            "state": self.state,
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "replayed_lsn": self.replayed_lsn,
+            "since": self.since.isoformat(),
+            "detail": self.detail,
+        }
 
 
 class _Replica:
@@ -86,9 +90,16 @@ class ReadRouter:
     pool. `start()` starts the monitor threads and `close()` stops them; the pools stay the
     caller's to close."""
 
-    def __init__(self, primary_url: str, primary: ConnectionPool[Any],
-                 replicas: Sequence[tuple[str, ConnectionPool[Any]]] = (), *, max_lag: float = 5.0,
-                 health: Health | None = None, interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self,
+        primary_url: str,
+        primary: ConnectionPool[Any],
+        replicas: Sequence[tuple[str, ConnectionPool[Any]]] = (),
+        *,
+        max_lag: float = 5.0,
+        health: Health | None = None,
+        interval: float = POLL_INTERVAL,
+    ) -> None:
         self.primary = primary
         self.max_lag = max_lag
         self._primary_url = primary_url
@@ -114,11 +125,11 @@ class ReadRouter:
             return
         for replica in self._replicas:
             self._publish(replica)
-        self._threads = [threading.Thread(target=self._watch_primary, name="hq-knowledge-wal-primary",
-                                          daemon=True)]
-        self._threads += [threading.Thread(target=self._watch_replica, args=(r,), daemon=True,
-                                           name=f"hq-knowledge-wal-replica-{n}")
-                          for n, r in enumerate(self._replicas, start=1)]
+        self._threads = [threading.Thread(target=self._watch_primary, name="hq-knowledge-wal-primary", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._watch_replica, args=(r,), daemon=True, name=f"hq-knowledge-wal-replica-{n}")
+            for n, r in enumerate(self._replicas, start=1)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -130,9 +141,17 @@ class ReadRouter:
 
     def report(self) -> list[ReplicaReport]:
         with self._lock:
-            return [ReplicaReport(describe_url(r.url), r.state, r.lag,
-                                  None if r.replayed is None else format_lsn(r.replayed), r.since, r.detail)
-                    for r in self._replicas]
+            return [
+                ReplicaReport(
+                    describe_url(r.url),
+                    r.state,
+                    r.lag,
+                    None if r.replayed is None else format_lsn(r.replayed),
+                    r.since,
+                    r.detail,
+                )
+                for r in self._replicas
+            ]
 
     def write_position(self, conn: psycopg.Connection[Any] | None = None) -> str:
         """The primary's WAL position now (`pg_current_wal_lsn()`), read on `conn` (a connection
@@ -143,8 +162,13 @@ class ReadRouter:
             return _position(fresh, _PRIMARY_POSITION)
 
     @contextlib.contextmanager
-    def connection(self, min_lsn: int | None = None, *, primary_only: bool = False,
-                   on_replica_failure: Callable[[], None] | None = None) -> Iterator[psycopg.Connection[Any]]:
+    def connection(
+        self,
+        min_lsn: int | None = None,
+        *,
+        primary_only: bool = False,
+        on_replica_failure: Callable[[], None] | None = None,
+    ) -> Iterator[psycopg.Connection[Any]]:
         """A connection for a read-only block: from a replica that is up, at most `max_lag`
         behind and (with `min_lsn`) has replayed that WAL position; else from the primary.
         A replica that cannot give a connection is marked down and the next one (at last the
@@ -175,14 +199,16 @@ class ReadRouter:
         with pooled_connection(self.primary) as conn:
             yield conn
 
-    def run(self, work: Callable[[psycopg.Connection[Any]], T], min_lsn: int | None = None, *,
-            primary_only: bool = False) -> T:
+    def run(
+        self, work: Callable[[psycopg.Connection[Any]], T], min_lsn: int | None = None, *, primary_only: bool = False
+    ) -> T:
         """`work(conn)` on a `connection()`; when it failed because of its replica, once more on
         the primary. `work` must only read."""
         failed: list[bool] = []
         try:
-            with self.connection(min_lsn, primary_only=primary_only,
-                                 on_replica_failure=lambda: failed.append(True)) as conn:
+            with self.connection(
+                min_lsn, primary_only=primary_only, on_replica_failure=lambda: failed.append(True)
+            ) as conn:
                 return work(conn)
         except Exception:
             if not failed:
@@ -279,14 +305,21 @@ class ReadRouter:
             replica.replayed, replica.checked = replayed, now
             replica.lag = lag if known else None
         if not known:
-            self._set(replica, replica.state if replica.state != "ok" else "starting",
-                      "waiting for the primary's WAL position")
+            self._set(
+                replica,
+                replica.state if replica.state != "ok" else "starting",
+                "waiting for the primary's WAL position",
+            )
         elif lag <= self.max_lag:
             self._set(replica, "ok", f"replayed up to {format_lsn(replayed)}, {lag:.1f} s behind the primary")
         else:
-            self._set(replica, "lagging", f"{lag:.1f} s behind the primary (more than HQ_READ_MAX_LAG, "
-                                          f"{self.max_lag:g} s; replayed up to {format_lsn(replayed)}): "
-                                          "reads go to the primary or another replica")
+            self._set(
+                replica,
+                "lagging",
+                f"{lag:.1f} s behind the primary (more than HQ_READ_MAX_LAG, "
+                f"{self.max_lag:g} s; replayed up to {format_lsn(replayed)}): "
+                "reads go to the primary or another replica",
+            )
 
     def _failed(self, replica: _Replica, reason: str) -> None:
         self._set(replica, "down", f"unreachable ({reason}): reads go to the primary or another replica")
@@ -308,8 +341,7 @@ class ReadRouter:
 
     def _publish(self, replica: _Replica) -> None:
         if self._health is not None:
-            self._health.set(replica.name, replica.state, replica.detail,
-                             stale_after=max(10.0, 10 * self._interval))
+            self._health.set(replica.name, replica.state, replica.detail, stale_after=max(10.0, 10 * self._interval))
 
 
 def _fault(e: BaseException, conn: psycopg.Connection[Any]) -> str | None:
@@ -329,9 +361,17 @@ def _fault(e: BaseException, conn: psycopg.Connection[Any]) -> str | None:
 def _monitor_connection(url: str) -> psycopg.Connection[Any]:
     # Over TCP, a server that vanished without closing the connection (a host gone) fails the
     # next read within seconds instead of hanging the monitor (ignored on Unix sockets).
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=2, keepalives=1, keepalives_idle=2,
-                           keepalives_interval=1, keepalives_count=2, tcp_user_timeout=3000,
-                           application_name="hq-knowledge-replica-monitor")
+    conn = psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=2,
+        keepalives=1,
+        keepalives_idle=2,
+        keepalives_interval=1,
+        keepalives_count=2,
+        tcp_user_timeout=3000,
+        application_name="hq-knowledge-replica-monitor",
+    )
     conn.execute("SET statement_timeout = '2s'")
     return conn
 

@@ -129,16 +129,34 @@ class SearchResult:
         """The response body: plain values, UUIDs and datetimes (orjson encodes them); a hit's
         `explain` only when asked for. Built by hand: dataclasses.asdict is 3x slower."""
         return {
-            "hits": [{
-                "id": h.id, "kind": h.kind, "title": h.title, "folder_path": h.folder_path, "tags": h.tags,
-                "score": h.score, "snippet": h.snippet,
-                "passages": [{"chunk_id": p.chunk_id, "heading_path": p.heading_path, "content": p.content}
-                             for p in h.passages],
-                "source_path": h.source_path, "asset_type": h.asset_type, "pinned": h.pinned,
-                "updated_at": h.updated_at, **({"explain": h.explain} if explain else {}),
-            } for h in self.hits],
-            "mode": self.mode, "keyword_path": self.keyword_path, "model": self.model, "took_ms": self.took_ms,
-            "embed_ms": self.embed_ms, "candidates": self.candidates, "notes": self.notes,
+            "hits": [
+                {
+                    "id": h.id,
+                    "kind": h.kind,
+                    "title": h.title,
+                    "folder_path": h.folder_path,
+                    "tags": h.tags,
+                    "score": h.score,
+                    "snippet": h.snippet,
+                    "passages": [
+                        {"chunk_id": p.chunk_id, "heading_path": p.heading_path, "content": p.content}
+                        for p in h.passages
+                    ],
+                    "source_path": h.source_path,
+                    "asset_type": h.asset_type,
+                    "pinned": h.pinned,
+                    "updated_at": h.updated_at,
+                    **({"explain": h.explain} if explain else {}),
+                }
+                for h in self.hits
+            ],
+            "mode": self.mode,
+            "keyword_path": self.keyword_path,
+            "model": self.model,
+            "took_ms": self.took_ms,
+            "embed_ms": self.embed_ms,
+            "candidates": self.candidates,
+            "notes": self.notes,
         }
 
 
@@ -230,8 +248,10 @@ def _filtered_passages(doc: sql.Composable, asset: sql.Composable) -> sql.Compos
 
 def _semantic_leg(dims: int, row_filter: sql.Composable, filtered: bool) -> sql.Composable:
     distance = sql.SQL("e.embedding::vector({dims}) <=> %(qv)s").format(dims=sql.Literal(dims))
-    ranked = ("SELECT s.chunk_id, row_number() OVER (ORDER BY s.dist) AS rnk, 1 - s.dist AS score,"
-              " s.document_id, s.asset_id FROM ({}) s")
+    ranked = (
+        "SELECT s.chunk_id, row_number() OVER (ORDER BY s.dist) AS rnk, 1 - s.dist AS score,"
+        " s.document_id, s.asset_id FROM ({}) s"
+    )
     index_scan = sql.SQL(
         "SELECT e.chunk_id, {distance} AS dist, c.document_id, c.asset_id FROM chunk_embeddings e"
         " JOIN knowledge_chunks c ON c.id = e.chunk_id {owners}"
@@ -252,17 +272,22 @@ def _semantic_leg(dims: int, row_filter: sql.Composable, filtered: bool) -> sql.
         "  JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = %(model)s) x"
         " ORDER BY x.dist LIMIT %(n)s"
     ).format(distance=distance)
-    return sql.SQL(ranked).format(sql.SQL(
-        "SELECT * FROM ({exact}) ex WHERE (SELECT yes FROM selective)"
-        " UNION ALL SELECT * FROM ({index}) ix WHERE NOT (SELECT yes FROM selective)"
-    ).format(exact=exact_scan, index=index_scan))
+    return sql.SQL(ranked).format(
+        sql.SQL(
+            "SELECT * FROM ({exact}) ex WHERE (SELECT yes FROM selective)"
+            " UNION ALL SELECT * FROM ({index}) ix WHERE NOT (SELECT yes FROM selective)"
+        ).format(exact=exact_scan, index=index_scan)
+    )
 
 
 def _kept(row_filter: sql.Composable, filtered: bool) -> sql.Composable:
     """The filters on a keyword leg's top-k passage c: filtered, the kept items (fdocs/fassets)
     probed by hash; else the row filter on its owners."""
-    return sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))") \
-        if filtered else row_filter
+    return (
+        sql.SQL("(c.document_id IN (SELECT id FROM fdocs) OR c.asset_id IN (SELECT id FROM fassets))")
+        if filtered
+        else row_filter
+    )
 
 
 def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered: bool) -> sql.Composable:
@@ -280,8 +305,14 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered:
         # without any query term (score 0) after the matches: the lexeme test drops them, run
         # on the kept passages only when the last one fails it (bm25_all_match). Scores are
         # computed for the kept rows when explaining.
-        shown = sql.SQL("(SELECT -(x.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))"
-                        " FROM knowledge_chunks x WHERE x.id = c.id)") if explain else sql.SQL("NULL::float8")
+        shown = (
+            sql.SQL(
+                "(SELECT -(x.indexed_text <@> to_bm25query(%(q)s, 'knowledge_chunks_bm25_idx'))"
+                " FROM knowledge_chunks x WHERE x.id = c.id)"
+            )
+            if explain
+            else sql.SQL("NULL::float8")
+        )
         kept = _kept(row_filter, filtered)
         return sql.SQL(
             "SELECT c.id AS chunk_id, row_number() OVER (ORDER BY c.ord) AS rnk, {shown} AS score,"
@@ -308,16 +339,27 @@ def _keyword_leg(path: str, row_filter: sql.Composable, explain: bool, filtered:
     ).format(owners=_OWNERS, where=row_filter)
 
 
-def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asset: sql.Composable,
-               filtered: bool, has_folder: bool, explain: bool) -> sql.Composed:
-    empty = sql.SQL("SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score,"
-                    " NULL::uuid AS document_id, NULL::uuid AS asset_id WHERE false")
+def _statement(
+    mode: str,
+    path: str,
+    dims: int | None,
+    doc: sql.Composable,
+    asset: sql.Composable,
+    filtered: bool,
+    has_folder: bool,
+    explain: bool,
+) -> sql.Composed:
+    empty = sql.SQL(
+        "SELECT NULL::bigint AS chunk_id, NULL::bigint AS rnk, NULL::float8 AS score,"
+        " NULL::uuid AS document_id, NULL::uuid AS asset_id WHERE false"
+    )
     row_filter = _row_filter(doc, asset)
     sem = _semantic_leg(dims, row_filter, filtered) if mode != "keyword" and dims else empty
     kw = _keyword_leg(path, row_filter, explain, filtered) if mode != "semantic" else empty
     ctes = sql.SQL("{folders}{passages}").format(
         folders=sql.SQL(_FOLDER_SUBTREES) if has_folder else sql.SQL(""),
-        passages=_filtered_passages(doc, asset) if filtered else sql.SQL(""))
+        passages=_filtered_passages(doc, asset) if filtered else sql.SQL(""),
+    )
     exact = sql.SQL("(SELECT yes FROM selective)" if filtered and mode != "keyword" else "false")
     bm25 = sql.SQL(_BM25_TOP if path == "bm25" and mode != "semantic" else "")
     # The active model in the statement's own snapshot: a ranking made while another model
@@ -326,9 +368,12 @@ def _statement(mode: str, path: str, dims: int | None, doc: sql.Composable, asse
     active = sql.SQL("(SELECT name FROM embedding_models WHERE is_active)" if mode != "keyword" else "NULL::text")
     # Every CTE below but or_query, fdocs/fassets and selective is referenced once, so the
     # planner inlines it.
-    return sql.SQL("""
+    return sql.SQL(
+        """
 WITH RECURSIVE {ctes}
-or_query AS (SELECT """ + _OR_QUERY + """ AS query),{bm25}
+or_query AS (SELECT """
+        + _OR_QUERY
+        + """ AS query),{bm25}
 sem AS ({sem}),
 kw AS ({kw}),
 hits AS (
@@ -396,13 +441,20 @@ SELECT f.item_id, f.kind, f.score, f.sem_rank, f.sem_score, f.kw_rank, f.kw_scor
        WHERE up.depth < 10000)
     SELECT '/' || string_agg(up.name, '/' ORDER BY up.depth DESC) AS path FROM up) fp ON true
  ORDER BY f.score DESC, f.item_id
-""").format(ctes=ctes, bm25=bm25, sem=sem, kw=kw, exact=exact, active=active)
+"""
+    ).format(ctes=ctes, bm25=bm25, sem=sem, kw=kw, exact=exact, active=active)
 
 
-def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: str,
-           model: str | None, dims: int | None,
-           embed_query: Callable[[str], np.ndarray[Any, Any]] | None,
-           exact_below: int = EXACT_SCAN_BELOW) -> SearchResult:
+def search(
+    conn: psycopg.Connection[Any],
+    query: SearchQuery,
+    *,
+    keyword_path: str,
+    model: str | None,
+    dims: int | None,
+    embed_query: Callable[[str], np.ndarray[Any, Any]] | None,
+    exact_below: int = EXACT_SCAN_BELOW,
+) -> SearchResult:
     """Run `query`. `model`/`dims` name the active embedding model and `embed_query` embeds
     with it (both may be None in keyword mode). A filter keeping fewer than `exact_below`
     passages is searched exactly. Raises InvalidInput for a bad query."""
@@ -419,17 +471,21 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     n = passage_quota(q.limit, q.offset)
     # The English parser reads "<word>" as markup and drops what follows: angle brackets
     # mean nothing to keyword matching, so they become spaces there (not for embedding).
-    params |= {"q": q.q.replace("<", " ").replace(">", " "), "k": q.rrf_k,
-               "ws": q.semantic_weight if mode != "keyword" else 0.0,
-               "wk": q.keyword_weight if mode != "semantic" else 0.0}
+    params |= {
+        "q": q.q.replace("<", " ").replace(">", " "),
+        "k": q.rrf_k,
+        "ws": q.semantic_weight if mode != "keyword" else 0.0,
+        "wk": q.keyword_weight if mode != "semantic" else 0.0,
+    }
     embed_ms = 0.0
     if mode != "keyword":
         assert embed_query is not None
         embed_start = time.perf_counter()
         params["qv"] = np.asarray(embed_query(q.q), dtype=np.float32)
         embed_ms = (time.perf_counter() - embed_start) * 1000
-    statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None,
-                           q.explain).as_string(conn)
+    statement = _statement(mode, keyword_path, dims, doc, asset, filtered, q.folder is not None, q.explain).as_string(
+        conn
+    )
     # Unfiltered, the statement is prepared once per connection and shape: its generic plan
     # is as good as a fresh one and saves planning it (~3 ms at 100k passages). A filter's
     # best plan depends on its values (how many passages a tag holds), so filtered searches
@@ -438,8 +494,11 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     prepare = not filtered and conn.prepare_threshold is not None
     while True:
         kn = bm25_quota(n, filtered)
-        text = _inline(conn, statement, {"model": model, "n": n, "kn": kn, "limit": q.limit,
-                                         "offset": q.offset, "bound": exact_below})
+        text = _inline(
+            conn,
+            statement,
+            {"model": model, "n": n, "kn": kn, "limit": q.limit, "offset": q.offset, "bound": exact_below},
+        )
         rows = conn.cursor(row_factory=tuple_row).execute(text, params, prepare=prepare).fetchall()
         # A short page whose legs returned their whole quota of passages: the passages of a
         # few items crowded out the rest. Ask again for more passages (rarely needed).
@@ -454,8 +513,16 @@ def search(conn: psycopg.Connection[Any], query: SearchQuery, *, keyword_path: s
     hits = [_hit(row, highlighter) for row in rows]
     if rows and rows[0][8]:
         notes.append("selective filter: exact vector scan")
-    return SearchResult(hits, mode, keyword_path, model, (time.perf_counter() - start) * 1000,
-                        int(rows[0][7]) if rows else 0, notes, round(embed_ms, 3))
+    return SearchResult(
+        hits,
+        mode,
+        keyword_path,
+        model,
+        (time.perf_counter() - start) * 1000,
+        int(rows[0][7]) if rows else 0,
+        notes,
+        round(embed_ms, 3),
+    )
 
 
 def passage_quota(limit: int, offset: int) -> int:
@@ -486,14 +553,42 @@ def _active_model(conn: psycopg.Connection[Any]) -> str | None:
 
 
 def _hit(row: Any, highlighter: Highlighter) -> SearchHit:
-    (item_id, kind, score, sem_rank, sem_score, kw_rank, kw_score, _candidates, _exact, _sem_rows, _kw_rows,
-     title, folder_path, tags, pinned, updated_at, source_path, asset_type, passages, _active) = row
+    (
+        item_id,
+        kind,
+        score,
+        sem_rank,
+        sem_score,
+        kw_rank,
+        kw_score,
+        _candidates,
+        _exact,
+        _sem_rows,
+        _kw_rows,
+        title,
+        folder_path,
+        tags,
+        pinned,
+        updated_at,
+        source_path,
+        asset_type,
+        passages,
+        _active,
+    ) = row
     found = [Passage(p["chunk_id"], p["heading_path"] or [], p["content"]) for p in passages or []]
     return SearchHit(
-        id=item_id, kind=kind, title=title, folder_path=folder_path, tags=list(tags), score=float(score),
-        snippet=highlighter.snippet(found[0].content) if found else "", passages=found, source_path=source_path,
-        asset_type=asset_type, pinned=pinned, updated_at=updated_at,
+        id=item_id,
+        kind=kind,
+        title=title,
+        folder_path=folder_path,
+        tags=list(tags),
+        score=float(score),
+        snippet=highlighter.snippet(found[0].content) if found else "",
+        passages=found,
+        source_path=source_path,
+        asset_type=asset_type,
+        pinned=pinned,
+        updated_at=updated_at,
         # Each leg's rank comes with every search; the keyword leg's score only when explaining.
-        explain={"semantic": {"rank": sem_rank, "score": sem_score},
-                 "keyword": {"rank": kw_rank, "score": kw_score}})
-
+        explain={"semantic": {"rank": sem_rank, "score": sem_score}, "keyword": {"rank": kw_rank, "score": kw_score}},
+    )

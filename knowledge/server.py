@@ -35,11 +35,18 @@ def _prepare(url: str, *, sample: bool = False) -> None:
     with connect(url, autocommit=True) as conn:
         result = migrate(conn)
         if result.upgraded_from:
-            log.info("database %s upgraded from %s: every migration re-applied (they are idempotent)",
-                     describe_url(url), result.upgraded_from)
+            log.info(
+                "database %s upgraded from %s: every migration re-applied (they are idempotent)",
+                describe_url(url),
+                result.upgraded_from,
+            )
         else:
-            log.info("database %s: %d migration(s) applied, %d already there",
-                     describe_url(url), len(result.applied), len(result.skipped))
+            log.info(
+                "database %s: %d migration(s) applied, %d already there",
+                describe_url(url),
+                len(result.applied),
+                len(result.skipped),
+            )
         repair_bm25_index(conn)
         _log_keyword_path(conn)
         if sample:
@@ -47,8 +54,13 @@ def _prepare(url: str, *, sample: bool = False) -> None:
 
             import_sample_agents(conn)
             imported = import_folder(conn, sample_dir())
-            log.info("sample knowledge base: %d created, %d updated, %d unchanged, %d failed",
-                     imported.created, imported.updated, imported.unchanged, len(imported.errors))
+            log.info(
+                "sample knowledge base: %d created, %d updated, %d unchanged, %d failed",
+                imported.created,
+                imported.updated,
+                imported.unchanged,
+                len(imported.errors),
+            )
 
 
 def _log_keyword_path(conn: Any) -> None:
@@ -60,16 +72,25 @@ def _log_keyword_path(conn: Any) -> None:
     choice = keyword_index_setting()
     path = keyword_path(conn, choice)
     if choice == "pg_textsearch" and path != "bm25":
-        log.warning("HQ_KEYWORD_INDEX=pg_textsearch, but this database has no pg_textsearch BM25 index: "
-                    "keyword search uses %s", path)
+        log.warning(
+            "HQ_KEYWORD_INDEX=pg_textsearch, but this database has no pg_textsearch BM25 index: keyword search uses %s",
+            path,
+        )
     elif path == "ts_rank_cd":
         log.warning("keyword search ranks with ts_rank_cd: the SQL BM25 tables are missing (run db migrate)")
     else:
         log.info("keyword search: %s (HQ_KEYWORD_INDEX=%s)", path, choice)
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None,
-          worker: bool = True, sample: bool = False, mcp_read_only: bool = False) -> int:
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    worker: bool = True,
+    sample: bool = False,
+    mcp_read_only: bool = False,
+) -> int:
     """Run until SIGINT/SIGTERM; the embedded server (if used) is released on the way out.
 
     Returns 1 when the ingestion worker stopped on an error it cannot ride out: the service
@@ -86,21 +107,39 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     # so the embedded server is released instead of orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     address, port = host or settings.host, port or settings.port
-    access = AccessPolicy.for_bind(address, port, require_keys=settings.require_keys,
-                                   allowed_hosts=settings.allowed_hosts,
-                                   allowed_origins=settings.allowed_origins)
+    access = AccessPolicy.for_bind(
+        address,
+        port,
+        require_keys=settings.require_keys,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
     health = Health()
     with database(settings, health) as url:
         _prepare(url, sample=sample)
         _check_keys(url, address, access)
         warming = _warm_query_embedder(url)
-        app = create_app(url, mcp_read_only=mcp_read_only, host=address, port=port, access=access,
-                         health=health, read_urls=settings.read_database_urls,
-                         read_max_lag=settings.read_max_lag,
-                         admission=admission_for(settings.search_concurrency, settings.search_queue))
-        server = uvicorn.Server(uvicorn.Config(app, host=address, port=port, log_level="info",
-                                               access_log=settings.access_log,
-                                               h11_max_incomplete_event_size=MAX_HEADER_BYTES))
+        app = create_app(
+            url,
+            mcp_read_only=mcp_read_only,
+            host=address,
+            port=port,
+            access=access,
+            health=health,
+            read_urls=settings.read_database_urls,
+            read_max_lag=settings.read_max_lag,
+            admission=admission_for(settings.search_concurrency, settings.search_queue),
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=address,
+                port=port,
+                log_level="info",
+                access_log=settings.access_log,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            )
+        )
         stop = threading.Event()
         failed: list[BaseException] = []
 
@@ -120,8 +159,11 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
                 # (std::terminate), which would hide the exit status.
                 warming.join(timeout=60)
     if failed:
-        print(f"error: the ingestion worker stopped ({type(failed[0]).__name__}: {failed[0]}); "
-              "the service shut down so that it can be restarted", file=sys.stderr)
+        print(
+            f"error: the ingestion worker stopped ({type(failed[0]).__name__}: {failed[0]}); "
+            "the service shut down so that it can be restarted",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -136,10 +178,15 @@ def _check_keys(url: str, address: str, access: Any) -> None:
     with connect(url) as conn:
         if active_key_count(conn):
             return
-    why = ("HQ_REQUIRE_KEYS is set" if is_loopback(address)
-           else f"{address} is not a loopback address, so every request needs an API key,")
-    raise KnowledgeError(f"refusing to listen on {address}: {why} and no key exists; create one with "
-                         "`hq-knowledge keys create --scope admin` (or listen on 127.0.0.1)")
+    why = (
+        "HQ_REQUIRE_KEYS is set"
+        if is_loopback(address)
+        else f"{address} is not a loopback address, so every request needs an API key,"
+    )
+    raise KnowledgeError(
+        f"refusing to listen on {address}: {why} and no key exists; create one with "
+        "`hq-knowledge keys create --scope admin` (or listen on 127.0.0.1)"
+    )
 
 
 def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = None) -> int:
@@ -155,13 +202,16 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
         _prepare(url)
         _warm_query_embedder(url)
         pool = open_search_pool(url, max_size=4, application_name="hq-knowledge-mcp")
-        replicas = [(read_url, open_search_pool(read_url, max_size=4, application_name="hq-knowledge-mcp-read",
-                                                replica=True)) for read_url in settings.read_database_urls]
+        replicas = [
+            (read_url, open_search_pool(read_url, max_size=4, application_name="hq-knowledge-mcp-read", replica=True))
+            for read_url in settings.read_database_urls
+        ]
         reads = ReadRouter(url, pool, replicas, max_lag=settings.read_max_lag)
         reads.start()
         try:
-            build_mcp_server(lambda: pool, read_only=read_only, agent=agent,
-                             read_router=(lambda: reads) if replicas else None).run("stdio")
+            build_mcp_server(
+                lambda: pool, read_only=read_only, agent=agent, read_router=(lambda: reads) if replicas else None
+            ).run("stdio")
         finally:
             reads.close()
             for _url, replica_pool in replicas:
@@ -209,8 +259,9 @@ def _lower_priority(nice: int) -> None:
         log.warning("could not lower the worker's CPU priority: %s", e)
 
 
-def _start_worker(url: str, settings: Settings, stop: threading.Event, health: Health,
-                  on_failure: Callable[[BaseException], None]) -> threading.Thread:
+def _start_worker(
+    url: str, settings: Settings, stop: threading.Event, health: Health, on_failure: Callable[[BaseException], None]
+) -> threading.Thread:
     """The worker's thread, started. It rides out database outages by itself; on any other
     error it logs the traceback and calls `on_failure`, which must stop the process."""
     from embeddings.model import load_embedder
@@ -257,24 +308,29 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
                 " + (SELECT count(*) FROM assets WHERE embedding_status IN ('pending', 'processing'))"
             ).fetchone()
         with progress(pending[0] if once else None, "embedding", unit="record") as advance:
-            worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None,
-                            batch_records=batch,
-                            on_record=lambda kind, id_, outcome: advance(f"{kind} {outcome}"))
+            worker = Worker(
+                url,
+                load_embedder(settings.embedder) if settings.embedder else None,
+                batch_records=batch,
+                on_record=lambda kind, id_, outcome: advance(f"{kind} {outcome}"),
+            )
             error: Exception | None = None
             try:
                 stats = worker.run(once=once, stop=stop)
             except Exception as e:  # noqa: BLE001 - outages are ridden out inside: this is a bug
                 error = e
     if error is not None:
-        print(f"error: the ingestion worker stopped: {type(error).__name__}: {error} ({_where(error)})",
-              file=sys.stderr)
+        print(
+            f"error: the ingestion worker stopped: {type(error).__name__}: {error} ({_where(error)})", file=sys.stderr
+        )
         return 1
-    print(f"indexed {stats.indexed}, failed {stats.failed}, retrying {stats.retried}, "
-          f"superseded by edits {stats.stale}; passages embedded {stats.passages_embedded}, "
-          f"reused {stats.passages_reused}")
+    print(
+        f"indexed {stats.indexed}, failed {stats.failed}, retrying {stats.retried}, "
+        f"superseded by edits {stats.stale}; passages embedded {stats.passages_embedded}, "
+        f"reused {stats.passages_reused}"
+    )
     if stats.failed:
-        print(f"error: {stats.failed} record(s) failed to embed; their errors are in embedding_error",
-              file=sys.stderr)
+        print(f"error: {stats.failed} record(s) failed to embed; their errors are in embedding_error", file=sys.stderr)
         return 1
     return 0
 

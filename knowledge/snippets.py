@@ -116,7 +116,7 @@ class Highlighter:
         # Where a word with one of these stems may start: a stem keeps all but the last letter
         # of its word's start (studi: study, possibl: possibility; a few irregular words, such
         # as lying: lie, are the exceptions).
-        self._starts = sorted({s[:max(2, len(s) - 1)] for s in self.stems})
+        self._starts = sorted({s[: max(2, len(s) - 1)] for s in self.stems})
         self._seen: dict[str, str | None] = {}  # lowercased word -> its stem if the query's
 
     def stem_of(self, word: str) -> str | None:
@@ -152,7 +152,7 @@ class Highlighter:
         for begin, end in _fragments(text, hits):
             out: list[str] = []
             at = begin
-            for start, stop, _ in hits[bisect_left(hits, (begin,)):]:
+            for start, stop, _ in hits[bisect_left(hits, (begin,)) :]:
                 if stop > end:
                     break
                 out += (text[at:start], _OPEN, text[start:stop], _CLOSE)

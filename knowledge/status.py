@@ -63,6 +63,12 @@ def service_status(conn: psycopg.Connection[Any]) -> ServiceStatus:
     assert counts is not None  # an aggregate always returns a row
     with conn.cursor(row_factory=tuple_row) as cur:
         model = cur.execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
-    return ServiceStatus(documents=counts.documents, assets=counts.assets, passages=counts.passages,
-                         queue=counts.queue, failed=counts.failed,
-                         active_model=model[0] if model else None, keyword_path=keyword_path(conn))
+    return ServiceStatus(
+        documents=counts.documents,
+        assets=counts.assets,
+        passages=counts.passages,
+        queue=counts.queue,
+        failed=counts.failed,
+        active_model=model[0] if model else None,
+        keyword_path=keyword_path(conn),
+    )

@@ -51,25 +51,25 @@ def _table(kind: Kind) -> sql.Identifier:
 
 def _tags_of(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID) -> ItemTags:
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(sql.SQL("SELECT tags FROM {} WHERE id = %s").format(_table(kind)),
-                          [item_id]).fetchone()
+        row = cur.execute(sql.SQL("SELECT tags FROM {} WHERE id = %s").format(_table(kind)), [item_id]).fetchone()
     if row is None:
         raise NotFound(f"{kind} {item_id} not found")
     return ItemTags(id=item_id, kind=kind, tags=row[0])
 
 
-def _update(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, assignment: str,
-            condition: str, params: dict[str, Any]) -> ItemTags:
+def _update(
+    conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, assignment: str, condition: str, params: dict[str, Any]
+) -> ItemTags:
     """Run UPDATE ... SET tags = <assignment> WHERE id AND <condition>; an item the condition
     leaves alone is returned as it is."""
     statement = sql.SQL("UPDATE {} SET tags = {} WHERE id = %(id)s AND {} RETURNING tags").format(
-        _table(kind), sql.SQL(assignment), sql.SQL(condition))
+        _table(kind), sql.SQL(assignment), sql.SQL(condition)
+    )
     try:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             row = cur.execute(statement, {**params, "id": item_id}).fetchone()
     except pg.CheckViolation as e:
-        raise InvalidInput(f"tags: {kind} {item_id} would have more than {MAX_TAGS} tags; "
-                           "remove one first") from e
+        raise InvalidInput(f"tags: {kind} {item_id} would have more than {MAX_TAGS} tags; remove one first") from e
     if row is None:
         return _tags_of(conn, kind, item_id)
     return ItemTags(id=item_id, kind=kind, tags=row[0])
@@ -79,8 +79,9 @@ def add_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: str) 
     """Add the tag (NFKC) at the end unless the item has it. Returns the item's tags.
     Raises InvalidInput for a bad tag or a 101st tag, NotFound for an unknown item."""
     clean = normalize_tag(tag)
-    return _update(conn, kind, item_id, "array_append(tags, %(tag)s::text)",
-                   "NOT (%(tag)s::text = ANY(tags))", {"tag": clean})
+    return _update(
+        conn, kind, item_id, "array_append(tags, %(tag)s::text)", "NOT (%(tag)s::text = ANY(tags))", {"tag": clean}
+    )
 
 
 def remove_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: str) -> ItemTags:
@@ -96,16 +97,21 @@ def remove_tag(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tag: st
             raise
         spellings = [legacy]
     spellings.append(unicodedata.normalize("NFC", tag))
-    return _update(conn, kind, item_id, "array_remove(array_remove(tags, %(a)s::text), %(b)s::text)",
-                   "tags && ARRAY[%(a)s::text, %(b)s::text]", {"a": spellings[0], "b": spellings[-1]})
+    return _update(
+        conn,
+        kind,
+        item_id,
+        "array_remove(array_remove(tags, %(a)s::text), %(b)s::text)",
+        "tags && ARRAY[%(a)s::text, %(b)s::text]",
+        {"a": spellings[0], "b": spellings[-1]},
+    )
 
 
 def set_tags(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID, tags: Sequence[str]) -> ItemTags:
     """Replace the item's tags (normalised, duplicates dropped, order kept).
     Raises InvalidInput for a bad tag or more than 100, NotFound for an unknown item."""
     clean = normalize_tags(tags)
-    return _update(conn, kind, item_id, "%(tags)s::text[]", "tags IS DISTINCT FROM %(tags)s::text[]",
-                   {"tags": clean})
+    return _update(conn, kind, item_id, "%(tags)s::text[]", "tags IS DISTINCT FROM %(tags)s::text[]", {"tags": clean})
 
 
 def list_tags(conn: psycopg.Connection[Any], *, prefix: str | None = None) -> list[TagCount]:

@@ -64,8 +64,23 @@ TAG_RULE = (
 # Unicode's Default_Ignorable_Code_Point set (combining grapheme joiner, Hangul fillers,
 # Mongolian and variation selectors) and the blank Braille pattern.
 _INVISIBLE = frozenset(
-    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x2800, 0x3164,
-     0xFFA0, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+    [
+        0x034F,
+        0x115F,
+        0x1160,
+        0x17B4,
+        0x17B5,
+        0x180B,
+        0x180C,
+        0x180D,
+        0x180F,
+        0x2800,
+        0x3164,
+        0xFFA0,
+        *range(0xFE00, 0xFE10),
+        *range(0xE0100, 0xE01F0),
+    ]
+)
 # Explicit bidirectional embeddings, overrides and isolates: they reorder how the text
 # around them is displayed ("Trojan Source"). The marks LRM, RLM and ALM stay allowed.
 _BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
@@ -85,6 +100,7 @@ def char_class(refused: Callable[[str], bool]) -> str:
                 ranges[-1] = (ranges[-1][0], cp)
             else:
                 ranges.append((cp, cp))
+
     def literal(cp: int) -> str:
         return f"\\u{cp:04x}" if cp < 0xA0 else chr(cp)
 
@@ -96,8 +112,7 @@ def _refused_in_name(ch: str) -> bool:
 
 
 def _refused_in_tag(ch: str) -> bool:
-    return (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs", "Cf")
-            or ord(ch) in _INVISIBLE)
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs", "Cf") or ord(ch) in _INVISIBLE
 
 
 def _refused_in_tag_as_sent(ch: str) -> bool:
@@ -190,12 +205,12 @@ def check_name(field: str, value: str, *, max_chars: int) -> str:
         raise InvalidInput(
             f"{field} contains {what} ({_code_point(ch)}) at offset {i}; {field} must be one "
             "line of printable text, without control characters (ANSI escapes, BEL, tab, CR, "
-            "LF), line separators or bidirectional overrides")
+            "LF), line separators or bidirectional overrides"
+        )
     return value
 
 
-def check_json(field: str, value: Any, *, max_bytes: int | None = None,
-               max_depth: int = MAX_JSON_DEPTH) -> None:
+def check_json(field: str, value: Any, *, max_bytes: int | None = None, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise InvalidInput when `value` holds what jsonb refuses (NUL, lone surrogates, NaN or
     infinities) or nests deeper than `max_depth`; TooLarge when its compact JSON text is
     longer than `max_bytes` in UTF-8. The message gives the path, e.g. `content.content[2].text`."""
@@ -203,8 +218,7 @@ def check_json(field: str, value: Any, *, max_bytes: int | None = None,
     while stack:
         path, item, depth = stack.pop()
         if depth > max_depth:
-            raise InvalidInput(f"{field}: JSON nests deeper than {max_depth} levels "
-                               f"(at {_abbreviated(path)})")
+            raise InvalidInput(f"{field}: JSON nests deeper than {max_depth} levels (at {_abbreviated(path)})")
         if isinstance(item, str):
             problem = _unstorable(item)
             if problem:
@@ -238,8 +252,9 @@ def check_html(field: str, value: str) -> None:
         return
     depth = html_depth(value)
     if depth > MAX_HTML_DEPTH:
-        raise InvalidInput(f"{field}: HTML nests elements {depth} deep; the limit is "
-                           f"{MAX_HTML_DEPTH} (<html><body><p> is 3 deep)")
+        raise InvalidInput(
+            f"{field}: HTML nests elements {depth} deep; the limit is {MAX_HTML_DEPTH} (<html><body><p> is 3 deep)"
+        )
 
 
 def check_tiptap(field: str, doc: Any) -> None:
@@ -247,12 +262,14 @@ def check_tiptap(field: str, doc: Any) -> None:
     nested at most MAX_TIPTAP_DEPTH levels, whose structure `embeddings.extract.validate_tiptap`
     accepts. Raises InvalidInput with the path."""
     if not isinstance(doc, dict):
-        raise InvalidInput(f"{field} must be a TipTap JSON object like {{\"type\": \"doc\", \"content\": [...]}}")
+        raise InvalidInput(f'{field} must be a TipTap JSON object like {{"type": "doc", "content": [...]}}')
     depth = tiptap_depth(doc)  # before check_json, whose JSON depth limit it would hit first
     if depth > MAX_TIPTAP_DEPTH:
-        raise InvalidInput(f"{field}: TipTap nodes nest {depth} levels deep; the limit is "
-                           f"{MAX_TIPTAP_DEPTH} (the document is level 0, a paragraph in it level 1, "
-                           "that paragraph's text level 2)")
+        raise InvalidInput(
+            f"{field}: TipTap nodes nest {depth} levels deep; the limit is "
+            f"{MAX_TIPTAP_DEPTH} (the document is level 0, a paragraph in it level 1, "
+            "that paragraph's text level 2)"
+        )
     check_json(field, doc, max_bytes=MAX_CONTENT_BYTES, max_depth=_TIPTAP_JSON_DEPTH)
     try:
         validate_tiptap(doc)
@@ -270,8 +287,7 @@ def _check_tag_characters(field: str, value: str, where: str) -> None:
             what = "an invisible character"
         else:
             continue
-        raise InvalidInput(f"{field} {value!r} contains {what} ({_code_point(ch)}) at offset {i}"
-                           f"{where}; {TAG_RULE}")
+        raise InvalidInput(f"{field} {value!r} contains {what} ({_code_point(ch)}) at offset {i}{where}; {TAG_RULE}")
 
 
 def normalize_tag(tag: str, field: str = "tag") -> str:

@@ -49,9 +49,11 @@ def _accepted(if_match: str) -> frozenset[str] | None:
     for part in if_match.split(","):
         tag = _ENTITY_TAG.fullmatch(part.strip(" \t"))
         if tag is None:
-            raise PreconditionFailed(f"If-Match is {if_match[:100]!r}, which is not an ETag: nothing was "
-                                     "written; send the ETag a GET or a write answered, quoted as "
-                                     'sent (e.g. "1767225600000000"), or *')
+            raise PreconditionFailed(
+                f"If-Match is {if_match[:100]!r}, which is not an ETag: nothing was "
+                "written; send the ETag a GET or a write answered, quoted as "
+                'sent (e.g. "1767225600000000"), or *'
+            )
         if tag[1] is None:
             versions.add(tag[2])
     return frozenset(versions)
@@ -73,14 +75,17 @@ def lock_version(conn: psycopg.Connection[Any], spec: ItemSpec[Any], item_id: UU
         raise NotFound(f"{spec.kind} {item_id} not found")
     current = version_of(row[0])
     if accepted is not None and current not in accepted:
-        raise PreconditionFailed(f"{spec.kind} {item_id} changed since version {if_match.strip()[:200]} "
-                                 f'(now "{current}"): GET it again and reapply your change')
+        raise PreconditionFailed(
+            f"{spec.kind} {item_id} changed since version {if_match.strip()[:200]} "
+            f'(now "{current}"): GET it again and reapply your change'
+        )
     return current
 
 
 @contextmanager
-def if_matches(conn: psycopg.Connection[Any], spec: ItemSpec[Any], item_id: UUID,
-               if_match: str | None) -> Iterator[None]:
+def if_matches(
+    conn: psycopg.Connection[Any], spec: ItemSpec[Any], item_id: UUID, if_match: str | None
+) -> Iterator[None]:
     """Run the block in a transaction that first locks the item and checks `if_match` (see
     `lock_version`); without `if_match`, run it as it is (the last write wins)."""
     if if_match is None:

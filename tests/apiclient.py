@@ -21,9 +21,12 @@ def local_client(app: FastAPI, **kwargs: Any) -> TestClient:
 def rows_snapshot(conn: Any, tables: tuple[str, ...]) -> dict[str, Any]:
     """Row count and a hash of every row of `tables` (each with an `id`), to show that a
     refused request changed nothing."""
-    return {t: conn.execute(
-        f"SELECT count(*) AS n, md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) AS h FROM {t} x"
-    ).fetchone() for t in tables}
+    return {
+        t: conn.execute(
+            f"SELECT count(*) AS n, md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) AS h FROM {t} x"
+        ).fetchone()
+        for t in tables
+    }
 
 
 def error_message(response: Any) -> str:

@@ -99,8 +99,10 @@ def _own_bm25_index(url: str) -> None:
     template's OIDs: two copies would read each other's postings (timescale/pg_textsearch#464:
     "could not read blocks ... read only 0 of 8192 bytes")."""
     with psycopg.connect(url, autocommit=True) as conn:
-        definition = conn.execute("SELECT pg_get_indexdef('knowledge_chunks_bm25_idx'::regclass)"
-                                  " WHERE to_regclass('knowledge_chunks_bm25_idx') IS NOT NULL").fetchone()
+        definition = conn.execute(
+            "SELECT pg_get_indexdef('knowledge_chunks_bm25_idx'::regclass)"
+            " WHERE to_regclass('knowledge_chunks_bm25_idx') IS NOT NULL"
+        ).fetchone()
         if definition:
             conn.execute("DROP INDEX knowledge_chunks_bm25_idx")
             conn.execute(definition[0])

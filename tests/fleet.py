@@ -61,15 +61,40 @@ class Standby:
             for path in (self.pgdata, self.socket_dir):
                 shutil.chown(path, self.run_as["user"], self.run_as["group"])
         _pgserver().pg_basebackup(
-            ["-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast", "--no-sync",
-             "-h", str(self.primary.socket_dir), "-p", "5432", "-U", "postgres"], **self.run_as)
+            [
+                "-D",
+                str(self.pgdata),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-h",
+                str(self.primary.socket_dir),
+                "-p",
+                "5432",
+                "-U",
+                "postgres",
+            ],
+            **self.run_as,
+        )
 
     def start(self) -> None:
-        options = ["-c listen_addresses=''", f"-c port={self.port}",
-                   f"-c unix_socket_directories='{self.socket_dir}'", "-c unix_socket_permissions=0700",
-                   "-c shared_buffers=128MB", "-c hot_standby=on", "-c shared_preload_libraries=pg_textsearch"]
-        _pgserver().pg_ctl(["-w", "-t", "60", "-l", str(self.pgdata / "log"), "-o", " ".join(options), "start"],
-                           pgdata=self.pgdata, **self.run_as)
+        options = [
+            "-c listen_addresses=''",
+            f"-c port={self.port}",
+            f"-c unix_socket_directories='{self.socket_dir}'",
+            "-c unix_socket_permissions=0700",
+            "-c shared_buffers=128MB",
+            "-c hot_standby=on",
+            "-c shared_preload_libraries=pg_textsearch",
+        ]
+        _pgserver().pg_ctl(
+            ["-w", "-t", "60", "-l", str(self.pgdata / "log"), "-o", " ".join(options), "start"],
+            pgdata=self.pgdata,
+            **self.run_as,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop -m `mode` (`immediate`: as if the machine died); nothing when it is not running."""
@@ -106,8 +131,9 @@ class Standby:
             except psycopg.OperationalError:  # the database's creation not replayed yet
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"the standby did not replay up to {target} within {timeout} s: "
-                                     + self.log_tail())
+                raise AssertionError(
+                    f"the standby did not replay up to {target} within {timeout} s: " + self.log_tail()
+                )
             time.sleep(0.05)
 
     def log_tail(self) -> str:
@@ -141,14 +167,14 @@ def reap_standbys(root: Path) -> None:
             owner, socket_dir = 0, ""
         if owner != os.getpid() and (owner <= 0 or not psutil.pid_exists(owner)):
             _stop_postmaster(pid_file.parent)
-            if Path(socket_dir).parent == Path(tempfile.gettempdir()) and \
-                    Path(socket_dir).name.startswith(SOCKET_PREFIX):
+            if Path(socket_dir).parent == Path(tempfile.gettempdir()) and Path(socket_dir).name.startswith(
+                SOCKET_PREFIX
+            ):
                 shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def running_standby(primary: EmbeddedPostgres | None,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standby]:
+def running_standby(primary: EmbeddedPostgres | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standby]:
     """A running standby of the session's embedded server, stopped on exit."""
     if primary is None:
         pytest.skip("a standby is made of the embedded test server; HQ_TEST_DATABASE_URL names another")
@@ -171,8 +197,13 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        proc = subprocess.Popen([sys.executable, "-m", "knowledge", *args], cwd=ROOT,
-                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "knowledge", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.started.append((name, proc, log))
         return proc
 

@@ -30,15 +30,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_service(db_url: str, *, mcp_read_only: bool = False, require_keys: bool = False,
-                 health: Health | None = None, **config: Any) -> Iterator[str]:
+def http_service(
+    db_url: str, *, mcp_read_only: bool = False, require_keys: bool = False, health: Health | None = None, **config: Any
+) -> Iterator[str]:
     """The API (with /mcp) on a free local port, in this process; yields its base URL.
     `require_keys`: every request needs an API key; `health`: the components readiness
     reports; `config` goes to uvicorn."""
     port = free_port()
     access = AccessPolicy.for_bind("127.0.0.1", port, require_keys=require_keys)
-    app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access,
-                     health=health)
+    app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access, health=health)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -60,8 +60,15 @@ def stdio_params(db_url: str, *args: str) -> StdioServerParameters:
 
 
 @asynccontextmanager
-async def mcp_client(transport: str, db_url: str, *, base_url: str | None = None, agent: str | None = None,
-                     read_only: bool = False, key: str | None = None) -> AsyncIterator[Client]:
+async def mcp_client(
+    transport: str,
+    db_url: str,
+    *,
+    base_url: str | None = None,
+    agent: str | None = None,
+    read_only: bool = False,
+    key: str | None = None,
+) -> AsyncIterator[Client]:
     """An entered SDK client: over stdio a new `hq-knowledge mcp` process (bound to `agent`);
     over HTTP the service at `base_url` (the agent sent as the X-HQ-Agent header, `key` as
     `Authorization: Bearer`)."""
@@ -74,9 +81,10 @@ async def mcp_client(transport: str, db_url: str, *, base_url: str | None = None
     headers = {"X-HQ-Agent": agent} if agent else {}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    async with (httpx2.AsyncClient(headers=headers, timeout=60) as http,
-                Client(streamable_http_client(f"{base_url}/mcp", http_client=http),
-                       read_timeout_seconds=120) as client):
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(f"{base_url}/mcp", http_client=http), read_timeout_seconds=120) as client,
+    ):
         yield client
 
 

@@ -17,10 +17,13 @@ def schema_dump(url: str) -> str:
     """`pg_dump --schema-only`, normalised: no comments, blank lines or per-run restrict keys."""
     out = subprocess.run(
         [str(pg_bin("pg_dump")), "--schema-only", "--no-owner", "-d", url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     lines = [
-        line for line in out.splitlines()
+        line
+        for line in out.splitlines()
         if line.strip() and not line.startswith("--") and not re.match(r"\\(un)?restrict ", line)
     ]
     return "\n".join(lines)
@@ -30,5 +33,7 @@ def psql_file(url: str, path: Path) -> subprocess.CompletedProcess[str]:
     """Run an SQL file with psql, stopping at the first error, as an SQL editor would."""
     return subprocess.run(
         [str(pg_bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
-        check=False, capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )

@@ -140,9 +140,15 @@ def test_settings_read_the_bounds() -> None:
     assert Settings.from_env({}).search_concurrency is None
     assert Settings.from_env({"HQ_QUERY_BATCH": "8", "HQ_QUERY_CACHE": "0"}).query_batch == 8
     assert (Settings.from_env({}).access_log, Settings.from_env({"HQ_ACCESS_LOG": "yes"}).access_log) == (False, True)
-    for name, value in (("HQ_SEARCH_CONCURRENCY", "0"), ("HQ_SEARCH_CONCURRENCY", "many"),
-                        ("HQ_SEARCH_QUEUE", "-1"), ("HQ_SEARCH_QUEUE", "1e9"), ("HQ_QUERY_BATCH", "300"),
-                        ("HQ_QUERY_CACHE", "lots"), ("HQ_ACCESS_LOG", "verbose")):
+    for name, value in (
+        ("HQ_SEARCH_CONCURRENCY", "0"),
+        ("HQ_SEARCH_CONCURRENCY", "many"),
+        ("HQ_SEARCH_QUEUE", "-1"),
+        ("HQ_SEARCH_QUEUE", "1e9"),
+        ("HQ_QUERY_BATCH", "300"),
+        ("HQ_QUERY_CACHE", "lots"),
+        ("HQ_ACCESS_LOG", "verbose"),
+    ):
         with pytest.raises(InvalidInput, match=name):
             Settings.from_env({name: value})
 
@@ -177,16 +183,24 @@ def test_search_past_the_bound_is_a_503_with_retry_after(busy_app: tuple[TestCli
 def test_mcp_search_past_the_bound_is_a_tool_error_saying_to_retry(busy_app: tuple[TestClient, Admission]) -> None:
     client, adm = busy_app
     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     r = client.post("/mcp", json=init, headers=headers)
     assert r.status_code == 200, r.text
     session = r.headers.get("mcp-session-id")
     if session:
         headers["mcp-session-id"] = session
     client.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "search_knowledge", "arguments": {"query": "refund"}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "search_knowledge", "arguments": {"query": "refund"}},
+    }
 
     def result() -> dict[str, Any]:
         r = client.post("/mcp", json=call, headers=headers)
@@ -195,6 +209,7 @@ def test_mcp_search_past_the_bound_is_a_tool_error_saying_to_retry(busy_app: tup
         if body.startswith("event:") or "data:" in body:
             body = next(line[5:] for line in body.splitlines() if line.startswith("data:"))
         import json
+
         return json.loads(body)["result"]  # type: ignore[no-any-return]
 
     with adm.slot():

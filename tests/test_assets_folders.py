@@ -26,8 +26,9 @@ def client(db_url: str) -> Iterator[TestClient]:
         yield c
 
 
-def _item(client: TestClient, items: str, title: str, folder_id: str | None = None,
-          tags: list[str] | None = None) -> str:
+def _item(
+    client: TestClient, items: str, title: str, folder_id: str | None = None, tags: list[str] | None = None
+) -> str:
     body: dict[str, Any] = {"folder_id": folder_id, "tags": tags or []}
     if items == "/documents":
         body |= {"title": title, "content_text": "x"}
@@ -50,14 +51,27 @@ def _folder(client: TestClient, folders: str, name: str, parent_id: str | None =
 
 
 def test_asset_round_trip_and_partial_update(client: TestClient, conn: Conn) -> None:
-    created = client.post("/assets", json={
-        "name": "Logo", "asset_type": "image", "storage_path": "media/logo.png", "mime_type": "image/png",
-        "size_bytes": 12345, "description": "The logo, ✓", "tags": ["brand", "brand"], "metadata": {"w": 512},
-    })
+    created = client.post(
+        "/assets",
+        json={
+            "name": "Logo",
+            "asset_type": "image",
+            "storage_path": "media/logo.png",
+            "mime_type": "image/png",
+            "size_bytes": 12345,
+            "description": "The logo, ✓",
+            "tags": ["brand", "brand"],
+            "metadata": {"w": 512},
+        },
+    )
     assert created.status_code == 201, created.text
     asset = created.json()
     assert (asset["asset_type"], asset["size_bytes"], asset["tags"], asset["metadata"]) == (
-        "image", 12345, ["brand"], {"w": 512})
+        "image",
+        12345,
+        ["brand"],
+        {"w": 512},
+    )
     assert asset["folder_path"] == "/" and asset["embedding_status"] == "pending"
 
     conn.execute("UPDATE assets SET embedding_status = 'indexed' WHERE id = %s", [asset["id"]])
@@ -161,7 +175,8 @@ def test_rename_and_move(client: TestClient, tree: str, folders: str, items: str
 
 @pytest.mark.parametrize("tree, folders, items", TREES)
 def test_delete_folder_cascades_and_moves_items_to_the_root(
-        client: TestClient, conn: Conn, tree: str, folders: str, items: str) -> None:
+    client: TestClient, conn: Conn, tree: str, folders: str, items: str
+) -> None:
     ops = _folder(client, folders, "Ops")
     sales = _folder(client, folders, "Sales", ops)
     emea = _folder(client, folders, "EMEA", sales)

@@ -39,15 +39,29 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 TEN = "one two three four five six seven eight nine ten"
 """Ten words of one word piece each."""
-TIPTAP = {"type": "doc", "content": [
-    {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "Escalation"}]},
-    {"type": "paragraph", "content": [
-        {"type": "text", "text": "Call the "},
-        {"type": "text", "text": "on-call", "marks": [{"type": "bold"}]},
-        {"type": "text", "text": " engineer."}]},
-    {"type": "bulletList", "content": [{"type": "listItem", "content": [
-        {"type": "paragraph", "content": [{"type": "text", "text": "page them twice"}]}]}]},
-]}
+TIPTAP = {
+    "type": "doc",
+    "content": [
+        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "Escalation"}]},
+        {
+            "type": "paragraph",
+            "content": [
+                {"type": "text", "text": "Call the "},
+                {"type": "text", "text": "on-call", "marks": [{"type": "bold"}]},
+                {"type": "text", "text": " engineer."},
+            ],
+        },
+        {
+            "type": "bulletList",
+            "content": [
+                {
+                    "type": "listItem",
+                    "content": [{"type": "paragraph", "content": [{"type": "text", "text": "page them twice"}]}],
+                }
+            ],
+        },
+    ],
+}
 
 
 def agent(conn: Conn, slug: str) -> None:
@@ -96,13 +110,20 @@ def test_bundle_order_parts_pinned_folders_and_exclusions(conn: Conn, client: Te
     body = client.get("/boot/nova").json()
     assert titles(body) == [
         # boot:all: pinned first, then documents by folder in tree order, then title; assets last
-        "Pinned late", "Alpha", "Both tags", "zeta rules", "Ops notes", "Sub notes", "Team notes",
+        "Pinned late",
+        "Alpha",
+        "Both tags",
+        "zeta rules",
+        "Ops notes",
+        "Sub notes",
+        "Team notes",
         "All asset",
         # boot:nova
-        "Nova pinned", "Nova only", "Nova asset",
+        "Nova pinned",
+        "Nova only",
+        "Nova asset",
     ]
-    assert [i["folder_path"] for i in body["items"][:7]] == [
-        "/Ops/Sub", "/", "/", "/", "/Ops", "/Ops/Sub", "/Ops Team"]
+    assert [i["folder_path"] for i in body["items"][:7]] == ["/Ops/Sub", "/", "/", "/", "/Ops", "/Ops/Sub", "/Ops Team"]
     assert [i["kind"] for i in body["items"]][-4:] == ["asset", "document", "document", "asset"]
     assert body["omitted"] == [] and body["max_tokens"] is None
     assert body["tokens"] == sum(i["tokens"] for i in body["items"]) > 0
@@ -123,12 +144,17 @@ def test_items_are_markdown_with_title_heading(conn: Conn, client: TestClient) -
     agent(conn, "nova")
     create_document(conn, title="On-call runbook", content_format="tiptap", content=TIPTAP, tags=["boot:all"])
     doc(conn, "Html page", "boot:all", content_format="html", text="<h2>Prices</h2><p>Plan <b>Pro</b></p>")
-    create_asset(conn, name="Refund SOP", asset_type="sop", description="How refunds go.",
-                 content_text="1. Check the order.", tags=["boot:nova"])
+    create_asset(
+        conn,
+        name="Refund SOP",
+        asset_type="sop",
+        description="How refunds go.",
+        content_text="1. Check the order.",
+        tags=["boot:nova"],
+    )
     items = client.get("/boot/nova").json()["items"]
     page, runbook, sop = (i["markdown"] for i in items)  # by title within boot:all
-    assert runbook == ("# On-call runbook\n\n## Escalation\n\nCall the **on-call** engineer.\n\n"
-                       "- page them twice")
+    assert runbook == ("# On-call runbook\n\n## Escalation\n\nCall the **on-call** engineer.\n\n- page them twice")
     assert page == "# Html page\n\n## Prices\n\nPlan **Pro**"
     assert sop == "# Refund SOP\n\nType: SOP\n\nHow refunds go.\n\n1. Check the order."
     assert items[2]["kind"] == "asset"
@@ -181,9 +207,11 @@ def test_markdown_representation_by_accept(conn: Conn, client: TestClient) -> No
     assert response.headers["content-type"] == "text/markdown; charset=utf-8"
     assert response.headers["vary"] == "Accept"
     version = response.headers["etag"].strip('"')
-    assert response.text == (f"# Boot bundle: nova\n\nVersion {version}: 2 items, "
-                             f"{client.get('/boot/nova').json()['tokens']} tokens.\n\n"
-                             "# First\n\nFirst body.\n\n# Second\n\nSecond body.\n")
+    assert response.text == (
+        f"# Boot bundle: nova\n\nVersion {version}: 2 items, "
+        f"{client.get('/boot/nova').json()['tokens']} tokens.\n\n"
+        "# First\n\nFirst body.\n\n# Second\n\nSecond body.\n"
+    )
 
     def served(accept: str | None) -> str:
         headers = {"Accept": accept} if accept is not None else {}
@@ -202,8 +230,7 @@ def test_markdown_representation_by_accept(conn: Conn, client: TestClient) -> No
 
 
 def _long_text() -> str:
-    return (f"## First\n\nAlpha {TEN}\n\nBeta {TEN}\n\n"
-            f"## Second\n\nGamma {TEN}\n\n- delta {TEN}\n- epsilon {TEN}")
+    return f"## First\n\nAlpha {TEN}\n\nBeta {TEN}\n\n## Second\n\nGamma {TEN}\n\n- delta {TEN}\n- epsilon {TEN}"
 
 
 def test_budget_cuts_at_paragraph_and_lists_the_rest(conn: Conn, client: TestClient) -> None:
@@ -226,18 +253,29 @@ def test_budget_cuts_at_paragraph_and_lists_the_rest(conn: Conn, client: TestCli
     assert (intro_item["markdown"], intro_item["tokens"], intro_item["truncated"]) == (intro, 12, False)
     assert (long_item["markdown"], long_item["tokens"], long_item["truncated"]) == (cut, count(cut), True)
     assert body["tokens"] == 12 + count(cut) <= budget == body["max_tokens"]
-    assert body["omitted"] == [{"id": str(tail_id), "kind": "document", "title": "Tail",
-                                "tokens": count(f"# Tail\n\n{TEN}"), "reason": OVER_BUDGET}]
+    assert body["omitted"] == [
+        {
+            "id": str(tail_id),
+            "kind": "document",
+            "title": "Tail",
+            "tokens": count(f"# Tail\n\n{TEN}"),
+            "reason": OVER_BUDGET,
+        }
+    ]
 
     # Not even the first paragraph of Long and the note fit: Long is left out whole.
     small = client.get(f"/boot/nova?max_tokens={12 + 20}").json()
     assert titles(small) == ["Intro"]
     assert [(o["id"], o["tokens"]) for o in small["omitted"]] == [
-        (str(long_id), count(f"# Long\n\n{_long_text()}")), (str(tail_id), 12)]
+        (str(long_id), count(f"# Long\n\n{_long_text()}")),
+        (str(tail_id), 12),
+    ]
     long_tokens = small["omitted"][0]["tokens"]
     text = client.get(f"/boot/nova?max_tokens={12 + 20}", headers={"Accept": MARKDOWN}).text
-    assert text.endswith(f"# Left out\n\n- Long (document {long_id}, {long_tokens} tokens): over budget\n"
-                         f"- Tail (document {tail_id}, 12 tokens): over budget\n")
+    assert text.endswith(
+        f"# Left out\n\n- Long (document {long_id}, {long_tokens} tokens): over budget\n"
+        f"- Tail (document {tail_id}, 12 tokens): over budget\n"
+    )
 
 
 def test_every_budget_keeps_whole_blocks_within_the_budget(conn: Conn) -> None:
@@ -263,7 +301,7 @@ def test_every_budget_keeps_whole_blocks_within_the_budget(conn: Conn) -> None:
             assert item is bundle.items[-1]
             kept = item.markdown.removesuffix(f"\n\n{TRUNCATION_NOTE}")
             assert kept != item.markdown and whole[item.id].startswith(kept)
-            rest = whole[item.id][len(kept):]
+            rest = whole[item.id][len(kept) :]
             assert rest.startswith("\n\n"), f"cut inside a block at budget {budget}: {rest[:30]!r}"
             assert "```" not in kept or kept.count("```") % 2 == 0
             assert kept.strip() != kept.split("\n")[0]  # more than the title
@@ -336,8 +374,7 @@ def test_etag_differs_per_representation_and_budget(conn: Conn, client: TestClie
     assert len({as_json, as_markdown, budgeted}) == 3
     # One representation's ETag does not validate the other.
     assert client.get("/boot/nova", headers={"Accept": MARKDOWN, "If-None-Match": as_json}).status_code == 200
-    assert client.get("/boot/nova", headers={"Accept": MARKDOWN,
-                                             "If-None-Match": as_markdown}).status_code == 304
+    assert client.get("/boot/nova", headers={"Accept": MARKDOWN, "If-None-Match": as_markdown}).status_code == 304
     assert as_json == f'"{boot_version(conn, "nova")}"' == f'"{boot_bundle(conn, "nova").version}"'
     assert as_markdown == f'"{boot_version(conn, "nova", None, MARKDOWN)}"'
     assert f"Version {as_markdown.strip(chr(34))}:" in bundle_markdown(boot_bundle(conn, "nova", media_type=MARKDOWN))
@@ -349,8 +386,9 @@ def test_etag_differs_per_representation_and_budget(conn: Conn, client: TestClie
 def hq(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
     env["HQ_DATABASE_URL"] = db_url
-    return subprocess.run([sys.executable, "-m", "knowledge", *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_cli_boot(conn: Conn, db_url: str) -> None:

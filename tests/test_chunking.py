@@ -111,10 +111,7 @@ def count() -> Callable[[str], int]:
 def chunks(count: Callable[[str], int]) -> list[Chunk]:
     result = chunk_markdown(TITLE, DOC, count)
     sizes = [c.token_count for c in result]
-    print(
-        f"\n{len(result)} chunks, tokens min {min(sizes)} mean {sum(sizes) / len(sizes):.0f} "
-        f"max {max(sizes)}"
-    )
+    print(f"\n{len(result)} chunks, tokens min {min(sizes)} mean {sum(sizes) / len(sizes):.0f} max {max(sizes)}")
     return result
 
 
@@ -223,14 +220,10 @@ def test_long_blocks_are_cut_into_fitting_pieces(chunks: list[Chunk]) -> None:
     table = [c for c in chunks if c.heading_path[-1:] == ("Price table",)]
     assert len(table) >= 3
     for chunk in table:
-        assert all(
-            line.startswith("| ") and line.endswith(" |") for line in chunk.content.split("\n")
-        )
+        assert all(line.startswith("| ") and line.endswith(" |") for line in chunk.content.split("\n"))
 
 
-def test_split_sections_overlap_by_whole_sentences(
-    chunks: list[Chunk], count: Callable[[str], int]
-) -> None:
+def test_split_sections_overlap_by_whole_sentences(chunks: list[Chunk], count: Callable[[str], int]) -> None:
     refunds = [c for c in chunks if c.heading_path == ("Support handbook", "Refunds")]
     assert len(refunds) >= 8
     for before, after in pairwise(refunds):
@@ -258,9 +251,7 @@ def edited(markdown: str, needle: str, addition: str) -> str:
 
 
 @pytest.mark.parametrize("which", [2, 7, 12])
-def test_an_edit_changes_only_nearby_passages(
-    chunks: list[Chunk], count: Callable[[str], int], which: int
-) -> None:
+def test_an_edit_changes_only_nearby_passages(chunks: list[Chunk], count: Callable[[str], int], which: int) -> None:
     paragraphs = DOC.split("## Refunds\n\n")[1].split("\n\n")
     target = paragraphs[which]
     new_doc = edited(DOC, target[:60], " Refunds above five hundred euros need a second approval.")
@@ -334,9 +325,7 @@ def test_small_document_sections_and_heading_stack() -> None:
 
 
 def test_windows_line_endings() -> None:
-    result = chunk_markdown(
-        "T", "# Refunds\r\n\r\nWithin 30 days.\r\n\r\n## Late\r\nNever.\r\n", words
-    )
+    result = chunk_markdown("T", "# Refunds\r\n\r\nWithin 30 days.\r\n\r\n## Late\r\nNever.\r\n", words)
     assert [(c.heading_path, c.content) for c in result] == [
         (("Refunds",), "Within 30 days."),
         (("Refunds", "Late"), "Never."),

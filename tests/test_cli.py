@@ -27,8 +27,14 @@ from .pgtools import psql_file
 def hq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "knowledge", *args], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -131,15 +137,37 @@ def server_without_pgvector(tmp_path: Path) -> Iterator[str]:
         ensure_user_exists(user)
         ensure_prefix_permissions(data)
         shutil.chown(data, user, user)
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True, user=user)
-    subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                    "-o", f"-c listen_addresses='' -k {data}", "start"], check=True, capture_output=True, user=user)
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
+    subprocess.run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-c listen_addresses='' -k {data}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
     try:
         yield f"postgresql://postgres@/postgres?host={data}"
     finally:
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, user=user, check=False)
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            user=user,
+            check=False,
+        )
 
 
 def test_server_without_pgvector(server_without_pgvector: str, tmp_path: Path) -> None:
@@ -188,8 +216,13 @@ def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
     port = _free_port()
     env = {"HQ_DATA_DIR": str(tmp_path / "data"), "HQ_PORT": str(port)}
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "knowledge", "serve"], env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "knowledge", "serve"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         health = None
         deadline = time.monotonic() + 60

@@ -62,14 +62,20 @@ class KB:
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
         self.ops = create_folder(conn, "document", name="Operations").id
         self.ids["Quarterly review"] = create_document(
-            conn, title="Quarterly review", folder_id=self.ops, tags=["finance"],
+            conn,
+            title="Quarterly review",
+            folder_id=self.ops,
+            tags=["finance"],
             content_text="# Summary\n\nRevenue grew.\n\n## Churn\n\n"
-                         + "\n\n".join(f"Paragraph {i}: churn fell in the quarter." for i in range(20))
-                         + "\n\n## Hiring\n\nTwo engineers joined.").id
-        self.ids["Sales playbook"] = create_document(conn, title="Sales playbook", tags=["boot:closer"],
-                                                     content_text="Always ask for the budget first.").id
-        self.ids["House rules"] = create_document(conn, title="House rules", tags=["boot:all"], pinned=True,
-                                                  content_text="Be kind. Write things down.").id
+            + "\n\n".join(f"Paragraph {i}: churn fell in the quarter." for i in range(20))
+            + "\n\n## Hiring\n\nTwo engineers joined.",
+        ).id
+        self.ids["Sales playbook"] = create_document(
+            conn, title="Sales playbook", tags=["boot:closer"], content_text="Always ask for the budget first."
+        ).id
+        self.ids["House rules"] = create_document(
+            conn, title="House rules", tags=["boot:all"], pinned=True, content_text="Be kind. Write things down."
+        ).id
         index_with_fake(conn, url)
 
 
@@ -89,8 +95,10 @@ class Blocking:
 async def served(url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx.AsyncClient on the app in this process, inside the app's lifespan."""
     app = create_app(url)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url=LOCAL) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as http,
+    ):
         yield http
 
 
@@ -115,6 +123,7 @@ def make(request: pytest.FixtureRequest, kb: KB) -> Iterator[Callable[..., Any]]
             def make_client(agent: str | None = None) -> Any:
                 client = AsyncKnowledgeClient(http=ahttp, agent=agent)
                 return Blocking(portal, stack.enter_context(portal.wrap_async_context_manager(client)))
+
         yield make_client
 
 
@@ -125,16 +134,18 @@ def test_search(make: Callable[..., Any], kb: KB, conn: Conn, db_url: str) -> No
     hit = found.hits[0]
     assert hit.id == kb.ids["Refund policy"] and hit.title == "Refund policy" and hit.kind == "document"
     assert hit.folder_path == "/" and hit.tags == ["billing"] and hit.source_path is None
-    chunk = conn.execute("SELECT heading_path, content FROM knowledge_chunks WHERE document_id = %s",
-                         [hit.id]).fetchone()
+    chunk = conn.execute(
+        "SELECT heading_path, content FROM knowledge_chunks WHERE document_id = %s", [hit.id]
+    ).fetchone()
     assert chunk is not None and hit.passages == [(chunk["heading_path"], chunk["content"])]
     assert hit.passages[0][0] == ["Refunds"] and "<mark>refunded</mark>" in hit.snippet
-    assert [h.id for h in client.search("sun watering", tags_any=["garden", "nothing"]).hits] == [
-        kb.ids["Tomato care"]]
+    assert [h.id for h in client.search("sun watering", tags_any=["garden", "nothing"]).hits] == [kb.ids["Tomato care"]]
     assert [h.id for h in client.search("churn engineers", folder=kb.ops).hits] == [kb.ids["Quarterly review"]]
     assert client.search("refund", mode="keyword").mode == "keyword"
-    conn.execute("INSERT INTO assets (name, asset_type, content_text) VALUES "
-                 "('Refund calculator', 'spreadsheet', 'refund amount per plan')")
+    conn.execute(
+        "INSERT INTO assets (name, asset_type, content_text) VALUES "
+        "('Refund calculator', 'spreadsheet', 'refund amount per plan')"
+    )
     Worker(db_url, FakeEmbedder()).run(once=True)
     assets = client.search("refund", kind="asset").hits
     assert [(h.kind, h.title) for h in assets] == [("asset", "Refund calculator")]
@@ -186,21 +197,32 @@ def test_overview(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
 
 
 def test_save_document_records_the_agent(make: Callable[..., Any], conn: Conn, db_url: str) -> None:
-    saved = make(agent="closer").save_document("Competitor notes", "# Acme\n\nAcme cut its prices by a third.",
-                                               folder="/Research/Competitors", tags=["research", "acme"])
+    saved = make(agent="closer").save_document(
+        "Competitor notes",
+        "# Acme\n\nAcme cut its prices by a third.",
+        folder="/Research/Competitors",
+        tags=["research", "acme"],
+    )
     row = conn.execute(
         "SELECT d.title, d.content_format::text AS fmt, d.content_text, d.tags, a.slug, d.folder_id,"
         " document_folder_path(d.folder_id) AS path FROM documents d"
-        " LEFT JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s", [saved.id]).fetchone()
+        " LEFT JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s",
+        [saved.id],
+    ).fetchone()
     assert row is not None
-    assert saved == SavedDocument(id=saved.id, title="Competitor notes", folder_path="/Research/Competitors",
-                                  tags=["research", "acme"])
+    assert saved == SavedDocument(
+        id=saved.id, title="Competitor notes", folder_path="/Research/Competitors", tags=["research", "acme"]
+    )
     assert (row["title"], row["fmt"], row["tags"], row["slug"], row["path"]) == (
-        "Competitor notes", "markdown", ["research", "acme"], "closer", "/Research/Competitors")
+        "Competitor notes",
+        "markdown",
+        ["research", "acme"],
+        "closer",
+        "/Research/Competitors",
+    )
     assert row["content_text"] == "# Acme\n\nAcme cut its prices by a third."
     anonymous = make().save_document("Loose note", "Remember the milk.")
-    row = conn.execute("SELECT created_by_agent_id, folder_id FROM documents WHERE id = %s",
-                       [anonymous.id]).fetchone()
+    row = conn.execute("SELECT created_by_agent_id, folder_id FROM documents WHERE id = %s", [anonymous.id]).fetchone()
     assert row == {"created_by_agent_id": None, "folder_id": None} and anonymous.folder_path == "/"
     Worker(db_url, FakeEmbedder()).run(once=True)
     competitors = conn.execute("SELECT folder_id FROM documents WHERE id = %s", [saved.id]).fetchone()
@@ -212,16 +234,26 @@ def test_save_document_records_the_agent(make: Callable[..., Any], conn: Conn, d
 def test_update_document(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
     doc_id = kb.ids["Refund policy"]
     updated = make(agent="closer").update_document(doc_id, markdown="# Refunds\n\nNo refunds after 14 days.")
-    row = conn.execute("SELECT d.title, d.content_text, d.tags, d.content_version, a.slug FROM documents d"
-                       " LEFT JOIN agents a ON a.id = d.updated_by_agent_id WHERE d.id = %s", [doc_id]).fetchone()
+    row = conn.execute(
+        "SELECT d.title, d.content_text, d.tags, d.content_version, a.slug FROM documents d"
+        " LEFT JOIN agents a ON a.id = d.updated_by_agent_id WHERE d.id = %s",
+        [doc_id],
+    ).fetchone()
     assert row is not None
     assert updated == SavedDocument(id=doc_id, title="Refund policy", folder_path="/", tags=["billing"])
     assert (row["content_text"], row["title"], row["slug"], row["content_version"]) == (
-        "# Refunds\n\nNo refunds after 14 days.", "Refund policy", "closer", 2)
+        "# Refunds\n\nNo refunds after 14 days.",
+        "Refund policy",
+        "closer",
+        2,
+    )
     retitled = make().update_document(doc_id, title="Refunds", tags=["billing", "policy"])
     row = conn.execute("SELECT title, tags, content_text FROM documents WHERE id = %s", [doc_id]).fetchone()
-    assert row == {"title": "Refunds", "tags": ["billing", "policy"],
-                   "content_text": "# Refunds\n\nNo refunds after 14 days."}
+    assert row == {
+        "title": "Refunds",
+        "tags": ["billing", "policy"],
+        "content_text": "# Refunds\n\nNo refunds after 14 days.",
+    }
     assert retitled.title == "Refunds" and retitled.tags == ["billing", "policy"]
     with pytest.raises(InvalidInput) as e:
         make().update_document(doc_id)
@@ -237,7 +269,8 @@ def test_boot_unchanged_until_a_document_changes(make: Callable[..., Any], kb: K
     assert first.markdown.startswith("# Boot bundle: closer\n")
     assert "Be kind. Write things down." in first.markdown and "Always ask for the budget first." in first.markdown
     assert client.boot(known_version=first.version) == BootContext(
-        agent="closer", version=first.version, markdown="", unchanged=True)
+        agent="closer", version=first.version, markdown="", unchanged=True
+    )
     assert make().boot("closer", known_version=f'"{first.version}"').unchanged  # quoted as the ETag is
     client.update_document(kb.ids["Sales playbook"], markdown="Ask about the timeline first.")
     second = client.boot(known_version=first.version)
@@ -303,13 +336,16 @@ def test_unreachable_service() -> None:
     assert ae.value.message.startswith(expected)
 
 
-@pytest.mark.parametrize(("status", "body", "error"), [
-    (400, {"detail": "bad"}, InvalidInput),
-    (409, {"detail": "taken"}, Conflict),
-    (413, {"detail": "too big"}, TooLarge),
-    (503, {"detail": "the database is unavailable: down"}, DatabaseUnavailable),
-    (418, {"detail": "teapot"}, KnowledgeError),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (400, {"detail": "bad"}, InvalidInput),
+        (409, {"detail": "taken"}, Conflict),
+        (413, {"detail": "too big"}, TooLarge),
+        (503, {"detail": "the database is unavailable: down"}, DatabaseUnavailable),
+        (418, {"detail": "teapot"}, KnowledgeError),
+    ],
+)
 def test_status_picks_the_error(status: int, body: dict[str, str], error: type[KnowledgeError]) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
     with KnowledgeClient("http://kb", transport=transport) as client, pytest.raises(KnowledgeError) as e:
@@ -346,7 +382,8 @@ def test_a_callers_http_client_is_used_and_left_open(kb: KB, conn: Conn) -> None
         with KnowledgeClient("http://unused.invalid", http=http, agent="closer") as client:
             saved = client.save_document("Via my client", "Sent through the caller's httpx.Client.")
         assert not http.is_closed
-        row = conn.execute("SELECT a.slug FROM documents d JOIN agents a ON a.id = d.created_by_agent_id"
-                           " WHERE d.id = %s", [saved.id]).fetchone()
+        row = conn.execute(
+            "SELECT a.slug FROM documents d JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s", [saved.id]
+        ).fetchone()
         assert row == {"slug": "closer"}
         assert http.get(f"/documents/{saved.id}").status_code == 200

@@ -66,8 +66,7 @@ def race(work: Callable[[int, threading.Barrier], Any]) -> list[Any]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_write_with_the_read_etag_wins_and_a_stale_one_is_412(client: TestClient, conn: Conn,
-                                                                  kind: str) -> None:
+def test_a_write_with_the_read_etag_wins_and_a_stale_one_is_412(client: TestClient, conn: Conn, kind: str) -> None:
     created = client.post(f"/{kind}", json=KINDS[kind])
     item_id, path = created.json()["id"], f"/{kind}/{created.json()['id']}"
     read = etag(client, path)
@@ -84,8 +83,9 @@ def test_a_write_with_the_read_etag_wins_and_a_stale_one_is_412(client: TestClie
     r = client.patch(path, json={"tags": ["start", "second"]}, headers={"If-Match": read})
     assert r.status_code == 412, r.text
     singular = kind[:-1]
-    assert r.json()["detail"] == (f"{singular} {item_id} changed since version {read} (now {written}): "
-                                  "GET it again and reapply your change")
+    assert r.json()["detail"] == (
+        f"{singular} {item_id} changed since version {read} (now {written}): GET it again and reapply your change"
+    )
     assert row(conn, kind, item_id) == before
     assert client.get(path).json()["tags"] == ["start", "first"]
 
@@ -96,23 +96,27 @@ def test_a_write_with_the_read_etag_wins_and_a_stale_one_is_412(client: TestClie
     assert r.status_code == 200, r.text  # one of the listed versions is current
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("PATCH", "/documents/{id}", {"title": "Renamed"}),
-    ("PATCH", "/documents/{id}", {"pinned": True}),
-    ("PATCH", "/documents/{id}", {"metadata": {"owner": "ops"}}),
-    ("PATCH", "/documents/{id}/markdown", {"markdown": "Starter is $59."}),
-    ("POST", "/documents/{id}/archive", None),
-    ("PUT", "/documents/{id}/tags", {"tags": ["start", "put"]}),
-    ("POST", "/documents/{id}/tags/boot:all", None),
-    ("DELETE", "/documents/{id}/tags/start", None),
-    ("PATCH", "/assets/{id}", {"description": "The square one"}),
-    ("POST", "/assets/{id}/archive", None),
-    ("PUT", "/assets/{id}/tags", {"tags": ["put"]}),
-    ("POST", "/assets/{id}/tags/brand", None),
-    ("DELETE", "/assets/{id}/tags/start", None),
-])
-def test_every_write_moves_the_etag_and_refuses_a_stale_one(client: TestClient, conn: Conn, method: str,
-                                                            path: str, body: Any) -> None:
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("PATCH", "/documents/{id}", {"title": "Renamed"}),
+        ("PATCH", "/documents/{id}", {"pinned": True}),
+        ("PATCH", "/documents/{id}", {"metadata": {"owner": "ops"}}),
+        ("PATCH", "/documents/{id}/markdown", {"markdown": "Starter is $59."}),
+        ("POST", "/documents/{id}/archive", None),
+        ("PUT", "/documents/{id}/tags", {"tags": ["start", "put"]}),
+        ("POST", "/documents/{id}/tags/boot:all", None),
+        ("DELETE", "/documents/{id}/tags/start", None),
+        ("PATCH", "/assets/{id}", {"description": "The square one"}),
+        ("POST", "/assets/{id}/archive", None),
+        ("PUT", "/assets/{id}/tags", {"tags": ["put"]}),
+        ("POST", "/assets/{id}/tags/brand", None),
+        ("DELETE", "/assets/{id}/tags/start", None),
+    ],
+)
+def test_every_write_moves_the_etag_and_refuses_a_stale_one(
+    client: TestClient, conn: Conn, method: str, path: str, body: Any
+) -> None:
     kind = path.split("/")[1]
     item_id = create(client, kind)
     item = f"/{kind}/{item_id}"
@@ -193,11 +197,17 @@ def test_writes_without_if_match_still_win_and_answer_the_new_etag(client: TestC
 
 def test_openapi_documents_if_match_etag_and_412(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    writes = [("/documents/{document_id}", "patch"), ("/documents/{document_id}", "delete"),
-              ("/documents/{document_id}/archive", "post"), ("/documents/{document_id}/markdown", "patch"),
-              ("/documents/{document_id}/tags", "put"), ("/assets/{asset_id}", "patch"),
-              ("/assets/{asset_id}", "delete"), ("/assets/{asset_id}/unarchive", "post"),
-              ("/assets/{asset_id}/tags/{tag}", "post")]
+    writes = [
+        ("/documents/{document_id}", "patch"),
+        ("/documents/{document_id}", "delete"),
+        ("/documents/{document_id}/archive", "post"),
+        ("/documents/{document_id}/markdown", "patch"),
+        ("/documents/{document_id}/tags", "put"),
+        ("/assets/{asset_id}", "patch"),
+        ("/assets/{asset_id}", "delete"),
+        ("/assets/{asset_id}/unarchive", "post"),
+        ("/assets/{asset_id}/tags/{tag}", "post"),
+    ]
     for path, method in writes:
         operation = paths[path][method]
         headers = [p for p in operation["parameters"] if p["in"] == "header" and p["name"] == "If-Match"]
@@ -219,8 +229,9 @@ def test_of_twenty_writers_with_the_same_version_exactly_one_wins(client: TestCl
 
     def write(i: int, barrier: threading.Barrier) -> int:
         barrier.wait()
-        status: int = client.patch(path, json={"tags": [*tags, f"client-{i}"]},
-                                   headers={"If-Match": version}).status_code
+        status: int = client.patch(
+            path, json={"tags": [*tags, f"client-{i}"]}, headers={"If-Match": version}
+        ).status_code
         return status
 
     statuses = race(write)
@@ -241,8 +252,11 @@ def test_twenty_read_modify_write_clients_lose_no_update(client: TestClient, kin
         barrier.wait()
         for _ in range(10 * CLIENTS):
             version = read.headers.get("ETag")
-            r = client.patch(path, json={"tags": [*read.json()["tags"], f"client-{i}"]},
-                             headers={"If-Match": version} if version else {})
+            r = client.patch(
+                path,
+                json={"tags": [*read.json()["tags"], f"client-{i}"]},
+                headers={"If-Match": version} if version else {},
+            )
             if r.status_code != 412:
                 assert r.status_code == 200, r.text
                 return retries

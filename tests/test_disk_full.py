@@ -38,11 +38,13 @@ TABLES = ("documents", "knowledge_chunks", "assets")
 
 def _mount(path: Path) -> None:
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(path)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(path)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({done.stderr.strip() or done.returncode}): "
-                    "the disk-full tests need root")
+        pytest.skip(
+            f"cannot mount a tmpfs to fill ({done.stderr.strip() or done.returncode}): the disk-full tests need root"
+        )
 
 
 def _fill(path: Path) -> None:
@@ -71,11 +73,12 @@ def small_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, Path]]:
         url = server.start()
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             migrate(conn)
-            conn.execute("INSERT INTO documents (title, content_text) VALUES "
-                         "('Refunds', 'Customers get their refunds within 30 days.')")
+            conn.execute(
+                "INSERT INTO documents (title, content_text) VALUES "
+                "('Refunds', 'Customers get their refunds within 30 days.')"
+            )
             Worker(url, FakeEmbedder()).run(once=True)
-            conn.execute("UPDATE embedding_models SET is_active = (name = 'fake-hash-384'), "
-                         "activated_at = now()")
+            conn.execute("UPDATE embedding_models SET is_active = (name = 'fake-hash-384'), activated_at = now()")
             conn.execute("CHECKPOINT")  # which also makes the next WAL segment
         forget_setup()
         yield server, filler
@@ -90,8 +93,10 @@ def small_disk(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, Path]]:
 
 def _big_document(word: str) -> dict[str, Any]:
     """~260 kB that does not compress: new pages of the TOAST table, which a full disk refuses."""
-    return {"title": f"Handbook {word}", "content_text": f"{word} " + " ".join(
-        secrets.token_urlsafe(12) for _ in range(16000))}
+    return {
+        "title": f"Handbook {word}",
+        "content_text": f"{word} " + " ".join(secrets.token_urlsafe(12) for _ in range(16000)),
+    }
 
 
 def _components(client: TestClient) -> tuple[int, dict[str, dict[str, Any]], dict[str, Any]]:
@@ -101,11 +106,11 @@ def _components(client: TestClient) -> tuple[int, dict[str, dict[str, Any]], dic
 
 
 def test_a_full_disk_refuses_writes_with_507_and_recovers_when_space_is_freed(
-        small_disk: tuple[EmbeddedPostgres, Path]) -> None:
+    small_disk: tuple[EmbeddedPostgres, Path],
+) -> None:
     server, filler = small_disk
     postmaster = postmaster_pid(server.pgdata)
-    with local_client(create_app(server.url)) as client, \
-            psycopg.connect(server.url, autocommit=True) as conn:
+    with local_client(create_app(server.url)) as client, psycopg.connect(server.url, autocommit=True) as conn:
         assert client.get("/readyz").status_code == 200
         before = rows_snapshot(conn, TABLES)
 
@@ -140,7 +145,8 @@ def test_a_full_disk_refuses_writes_with_507_and_recovers_when_space_is_freed(
 
 
 def test_a_wal_segment_that_cannot_be_created_stops_the_server_until_space_is_freed(
-        small_disk: tuple[EmbeddedPostgres, Path]) -> None:
+    small_disk: tuple[EmbeddedPostgres, Path],
+) -> None:
     """PostgreSQL PANICs when it cannot create a WAL segment, and its crash recovery then
     fails for the same reason: the server stays down. The API answers 503, never 500; after
     space is freed and the server started again, it serves without a restart of its own, and
@@ -157,10 +163,12 @@ def test_a_wal_segment_that_cannot_be_created_stops_the_server_until_space_is_fr
         while postmaster_pid(server.pgdata) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert postmaster_pid(server.pgdata) is None
-        assert "PANIC:  could not write to file \"pg_wal/" in (server.pgdata / "log").read_text()
+        assert 'PANIC:  could not write to file "pg_wal/' in (server.pgdata / "log").read_text()
 
-        for attempt in client.get("/search", params={"q": "kept"}), client.post(
-                "/documents", json={"title": "Lost", "content_text": "x"}):
+        for attempt in (
+            client.get("/search", params={"q": "kept"}),
+            client.post("/documents", json={"title": "Lost", "content_text": "x"}),
+        ):
             assert attempt.status_code == 503, attempt.text
         status, parts, _ = _components(client)
         assert status == 503 and parts["database"]["state"] == "failed"

@@ -32,13 +32,23 @@ TIPTAP = {
     "type": "doc",
     "content": [
         {"type": "heading", "attrs": {"level": 1}, "content": [{"type": "text", "text": "Pricing"}]},
-        {"type": "paragraph", "content": [
-            {"type": "text", "text": "Starter is "},
-            {"type": "text", "text": "$49", "marks": [{"type": "bold"}]},
-            {"type": "text", "text": " a month, 0.5 % off — ünïcödé ✓"},
-        ]},
-        {"type": "bulletList", "content": [{"type": "listItem", "content": [
-            {"type": "paragraph", "content": [{"type": "text", "text": "nested"}]}]}]},
+        {
+            "type": "paragraph",
+            "content": [
+                {"type": "text", "text": "Starter is "},
+                {"type": "text", "text": "$49", "marks": [{"type": "bold"}]},
+                {"type": "text", "text": " a month, 0.5 % off — ünïcödé ✓"},
+            ],
+        },
+        {
+            "type": "bulletList",
+            "content": [
+                {
+                    "type": "listItem",
+                    "content": [{"type": "paragraph", "content": [{"type": "text", "text": "nested"}]}],
+                }
+            ],
+        },
     ],
 }
 MARKDOWN = "# Pricing\r\n\r\n* Starter: $49  \n* Pro: `$99`\t\n\n> ünïcödé ✓ 🚀\n\n\n"
@@ -52,18 +62,24 @@ def client(db_url: str) -> Iterator[TestClient]:
 
 
 def _mark_indexed(conn: Conn, doc_id: str | UUID) -> None:
-    conn.execute("UPDATE documents SET embedding_status = 'indexed', embedding_model = 'm', "
-                 "embedded_at = now(), embedding_attempts = 1 WHERE id = %s", [doc_id])
+    conn.execute(
+        "UPDATE documents SET embedding_status = 'indexed', embedding_model = 'm', "
+        "embedded_at = now(), embedding_attempts = 1 WHERE id = %s",
+        [doc_id],
+    )
 
 
 # ---- content round trips ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt, field, value", [
-    ("markdown", "content_text", MARKDOWN),
-    ("html", "content_text", HTML),
-    ("tiptap", "content", TIPTAP),
-])
+@pytest.mark.parametrize(
+    "fmt, field, value",
+    [
+        ("markdown", "content_text", MARKDOWN),
+        ("html", "content_text", HTML),
+        ("tiptap", "content", TIPTAP),
+    ],
+)
 def test_content_comes_back_unchanged(client: TestClient, fmt: str, field: str, value: Any) -> None:
     created = client.post("/documents", json={"title": "Pricing", "content_format": fmt, field: value})
     assert created.status_code == 201, created.text
@@ -101,8 +117,9 @@ def test_content_or_title_change_requeues_but_tags_do_not(client: TestClient, co
     doc = client.post("/documents", json={"title": "T", "content_text": "one"}).json()
     _mark_indexed(conn, doc["id"])
 
-    tags_only = client.patch(f"/documents/{doc['id']}",
-                             json={"tags": ["pricing"], "pinned": True, "metadata": {"k": 1}})
+    tags_only = client.patch(
+        f"/documents/{doc['id']}", json={"tags": ["pricing"], "pinned": True, "metadata": {"k": 1}}
+    )
     assert tags_only.json()["embedding_status"] == "indexed"
     assert tags_only.json()["embedding_attempts"] == 1
     added = client.post(f"/documents/{doc['id']}/tags/boot:all")
@@ -127,8 +144,11 @@ def test_retry_puts_a_failed_document_back_in_the_queue(client: TestClient, conn
     not_failed = client.post(f"/documents/{doc['id']}/retry")
     assert not_failed.status_code == 409 and "pending" in not_failed.json()["detail"]
 
-    conn.execute("UPDATE documents SET embedding_status = 'failed', embedding_attempts = 5, "
-                 "embedding_error = 'model exploded' WHERE id = %s", [doc["id"]])
+    conn.execute(
+        "UPDATE documents SET embedding_status = 'failed', embedding_attempts = 5, "
+        "embedding_error = 'model exploded' WHERE id = %s",
+        [doc["id"]],
+    )
     retried = client.post(f"/documents/{doc['id']}/retry")
     assert retried.status_code == 200
     body = retried.json()
@@ -141,8 +161,7 @@ def test_retry_puts_a_failed_document_back_in_the_queue(client: TestClient, conn
 
 
 def test_pagination_counts_and_order(client: TestClient) -> None:
-    ids = [client.post("/documents", json={"title": f"d{i}", "content_text": "x"}).json()["id"]
-           for i in range(7)]
+    ids = [client.post("/documents", json={"title": f"d{i}", "content_text": "x"}).json()["id"] for i in range(7)]
     pinned = ids[2]
     client.patch(f"/documents/{pinned}", json={"pinned": True})
     seen: list[str] = []
@@ -165,8 +184,13 @@ def test_folder_filter_takes_the_whole_subtree_and_root_means_unfiled(conn: Conn
     other = create_folder(conn, "document", name="Other")
     made = {
         name: create_document(conn, title=name, content_text="x", folder_id=folder)
-        for name, folder in [("in-ops", ops.id), ("in-sales", sales.id), ("in-emea", emea.id),
-                             ("in-other", other.id), ("unfiled", None)]
+        for name, folder in [
+            ("in-ops", ops.id),
+            ("in-sales", sales.id),
+            ("in-emea", emea.id),
+            ("in-other", other.id),
+            ("unfiled", None),
+        ]
     }
     assert made["in-emea"].folder_path == "/Ops/Sales/EMEA"
 
@@ -230,8 +254,12 @@ def test_unknown_folder_filter_is_a_404_naming_it(client: TestClient) -> None:
 def test_upsert_by_source_path_creates_updates_and_leaves_unchanged_rows_alone(conn: Conn) -> None:
     folder = create_folder(conn, "document", name="kb").id
     args: dict[str, Any] = {
-        "source_path": "kb/pricing.md", "title": "Pricing", "content_format": "markdown",
-        "content_text": "# Pricing\n", "folder_id": folder, "tags": ["pricing"],
+        "source_path": "kb/pricing.md",
+        "title": "Pricing",
+        "content_format": "markdown",
+        "content_text": "# Pricing\n",
+        "folder_id": folder,
+        "tags": ["pricing"],
         "metadata": {"front_matter": {"owner": "ops"}},
     }
     doc, outcome = upsert_document_by_source_path(conn, **args)
@@ -249,23 +277,41 @@ def test_upsert_by_source_path_creates_updates_and_leaves_unchanged_rows_alone(c
 
     _mark_indexed(conn, doc.id)
     retagged, outcome = upsert_document_by_source_path(
-        conn, **{**args, "content_text": "# Pricing v2\n", "tags": ["pricing", "boot:all"]})
+        conn, **{**args, "content_text": "# Pricing v2\n", "tags": ["pricing", "boot:all"]}
+    )
     assert outcome == "updated" and retagged.tags == ["pricing", "boot:all"]
     assert retagged.embedding_status == "indexed"  # tags alone do not re-embed
 
     moved, outcome = upsert_document_by_source_path(
-        conn, **{**args, "content_text": "# Pricing v2\n", "tags": ["pricing", "boot:all"], "folder_id": None})
+        conn, **{**args, "content_text": "# Pricing v2\n", "tags": ["pricing", "boot:all"], "folder_id": None}
+    )
     assert outcome == "updated" and moved.folder_id is None
     assert conn.execute("SELECT count(*) AS n FROM documents").fetchone() == {"n": 1}
 
 
 def test_upsert_rejects_bad_input_and_stores_nothing(conn: Conn) -> None:
     with pytest.raises(InvalidInput, match="tags"):
-        upsert_document_by_source_path(conn, source_path="kb/a.md", title="A", content_format="markdown",
-                                       content_text="x", folder_id=None, tags=["has space"], metadata={})
+        upsert_document_by_source_path(
+            conn,
+            source_path="kb/a.md",
+            title="A",
+            content_format="markdown",
+            content_text="x",
+            folder_id=None,
+            tags=["has space"],
+            metadata={},
+        )
     with pytest.raises(InvalidInput, match="content_text"):
-        upsert_document_by_source_path(conn, source_path="kb/a.md", title="A", content_format="markdown",
-                                       content_text="nul\x00", folder_id=None, tags=[], metadata={})
+        upsert_document_by_source_path(
+            conn,
+            source_path="kb/a.md",
+            title="A",
+            content_format="markdown",
+            content_text="nul\x00",
+            folder_id=None,
+            tags=[],
+            metadata={},
+        )
     assert conn.execute("SELECT count(*) AS n FROM documents").fetchone() == {"n": 0}
 
 

@@ -27,8 +27,9 @@ HOLDER = textwrap.dedent("""
 
 def _holder(data_dir: Path) -> subprocess.Popen[str]:
     """A process that starts (or joins) the server and holds it until its stdin gets a line."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(data_dir)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("postgresql://")
     return proc
@@ -92,8 +93,7 @@ def test_server_without_bm25_still_migrates_and_says_so(tmp_path: Path) -> None:
     from knowledge.migrations import migrate
     from knowledge.schema_check import check_database
 
-    with EmbeddedPostgres(tmp_path, preload=()) as server, \
-            psycopg.connect(server.url, autocommit=True) as conn:
+    with EmbeddedPostgres(tmp_path, preload=()) as server, psycopg.connect(server.url, autocommit=True) as conn:
         result = migrate(conn)
         assert any("pg_textsearch" in n for n in result.notices["001_extensions.sql"])
         assert any("BM25" in n for n in result.notices["011_assets_documents.sql"])

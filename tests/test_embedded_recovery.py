@@ -91,8 +91,10 @@ def test_watchdog_restarts_a_killed_server_while_requests_fail_fast(tmp_path: Pa
                 assert time.monotonic() - killed < 60, "the server did not come back"
                 time.sleep(0.02)
             recovered = time.monotonic() - killed
-            print(f"\nback after {recovered:.2f} s; {len(failures)} requests failed meanwhile, "
-                  f"the slowest in {max(failures, default=0) * 1000:.0f} ms")
+            print(
+                f"\nback after {recovered:.2f} s; {len(failures)} requests failed meanwhile, "
+                f"the slowest in {max(failures, default=0) * 1000:.0f} ms"
+            )
             assert rows == [(1,)]  # crash recovery kept the committed row
             assert recovered < 10
             assert failures and max(failures) < 2.5  # at once, or one probe: no 5 s pool waits
@@ -132,8 +134,10 @@ def test_keyword_search_works_after_the_watchdog_restarted_the_server(tmp_path: 
             if conn.execute("SELECT to_regclass(%s)", [BM25_INDEX]).fetchone() == (None,):
                 pytest.skip("this server has no pg_textsearch")
             for i in range(3):
-                conn.execute("INSERT INTO documents (title, content_text) VALUES (%s, %s)",
-                             [f"Refunds {i}", "Customers get their refunds within thirty days."])
+                conn.execute(
+                    "INSERT INTO documents (title, content_text) VALUES (%s, %s)",
+                    [f"Refunds {i}", "Customers get their refunds within thirty days."],
+                )
         Worker(url, FakeEmbedder()).run(once=True)
 
         def keyword_hits() -> int:
@@ -158,10 +162,8 @@ def test_keyword_search_works_after_the_watchdog_restarted_the_server(tmp_path: 
 def test_errors_inside_a_request_are_translated(db_url: str) -> None:
     pool = open_search_pool(db_url, max_size=2, application_name="hq-knowledge-test")
     try:
-        with pytest.raises(Conflict, match="conflicted with a concurrent change"), \
-                pooled_connection(pool) as conn:
-            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' "
-                         "USING ERRCODE = 'deadlock_detected'; END $$")
+        with pytest.raises(Conflict, match="conflicted with a concurrent change"), pooled_connection(pool) as conn:
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected'; END $$")
         with pytest.raises(psycopg.errors.DivisionByZero), pooled_connection(pool) as conn:
             conn.execute("SELECT 1 / 0")  # a bug, not the database's state: left as it is
         with pooled_connection(pool) as conn:
@@ -184,34 +186,50 @@ def test_requests_reuse_the_pools_connections(db_url: str) -> None:
 
 
 def _db_url(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "knowledge", "db", "url"], env=_env(HQ_DATA_DIR=str(data_dir)),
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge", "db", "url"],
+        env=_env(HQ_DATA_DIR=str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_a_data_dir_under_a_file_is_one_line_naming_it(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     result = _db_url(tmp_path / "file" / "data")
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [(
-        f"error: cannot use the data directory {tmp_path}/file/data: {tmp_path}/file is a file, not a "
-        "directory; set HQ_DATA_DIR to a directory this user can create and write, or fix that one's "
-        "permissions")]
+    assert result.stderr.splitlines() == [
+        (
+            f"error: cannot use the data directory {tmp_path}/file/data: {tmp_path}/file is a file, not a "
+            "directory; set HQ_DATA_DIR to a directory this user can create and write, or fix that one's "
+            "permissions"
+        )
+    ]
 
 
 def test_a_read_only_data_dir_is_one_line_naming_it(tmp_path: Path) -> None:
     mount = tmp_path / "ro"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                      capture_output=True, check=False).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a read-only file system here")
     try:
         result = _db_url(mount / "data")
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [(
-        f"error: cannot use the data directory {mount}/data: Read-only file system; set HQ_DATA_DIR to a "
-        "directory this user can create and write, or fix that one's permissions")]
+    assert result.stderr.splitlines() == [
+        (
+            f"error: cannot use the data directory {mount}/data: Read-only file system; set HQ_DATA_DIR to a "
+            "directory this user can create and write, or fix that one's permissions"
+        )
+    ]
 
 
 # -- the service survives a kill -9 of its database ------------------------------------------
@@ -228,11 +246,13 @@ class Sent:
     id: str | None
 
 
-def _request(method: str, url: str, body: dict[str, Any] | None = None,
-             timeout: float = 30) -> tuple[int, dict[str, Any] | None, str | None]:
+def _request(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, Any] | None, str | None]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"} if data else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null"), r.headers.get("Retry-After")
@@ -248,12 +268,20 @@ def _writer(base: str, sent: list[Sent], stop: threading.Event) -> None:
         content = f"# {title}\n\nbody {uuid.uuid4()} about lighthouses and tides, number {i}."
         began = time.monotonic()
         try:
-            status, doc, retry_after = _request("POST", f"{base}/documents",
-                                                {"title": title, "content_text": content})
+            status, doc, retry_after = _request("POST", f"{base}/documents", {"title": title, "content_text": content})
         except OSError:
             status, doc, retry_after = 0, None, None
-        sent.append(Sent(title, hashlib.sha256(content.encode()).hexdigest(), began, time.monotonic(),
-                         status, retry_after, doc["id"] if doc else None))
+        sent.append(
+            Sent(
+                title,
+                hashlib.sha256(content.encode()).hexdigest(),
+                began,
+                time.monotonic(),
+                status,
+                retry_after,
+                doc["id"] if doc else None,
+            )
+        )
         i += 1
         time.sleep(0.01)
 
@@ -291,9 +319,12 @@ def test_serve_survives_a_killed_database(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "knowledge", "serve"], stdout=out,
-                                stderr=subprocess.STDOUT,
-                                env=_env(HQ_DATA_DIR=str(data_dir), HQ_PORT=str(port), HQ_EMBEDDER="fake"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "knowledge", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(HQ_DATA_DIR=str(data_dir), HQ_PORT=str(port), HQ_EMBEDDER="fake"),
+        )
     sent: list[Sent] = []
     stop = threading.Event()
     writer = threading.Thread(target=_writer, args=(base, sent, stop), daemon=True)
@@ -315,8 +346,7 @@ def test_serve_survives_a_killed_database(tmp_path: Path) -> None:
             # one that began before the breaker tripped may instead wait out the outage in the
             # pool and then succeed. Either way the search is back once a 200 follows a refusal,
             # took the outage to come, or began with the server running again.
-            if status == 200 and (restarted or searches[-1][0] > 0.5
-                                  or any(st != 200 for _, st, _ in searches)):
+            if status == 200 and (restarted or searches[-1][0] > 0.5 or any(st != 200 for _, st, _ in searches)):
                 break
             assert time.monotonic() - killed < 60, "search did not come back:\n" + log.read_text()
             time.sleep(0.05)
@@ -327,12 +357,15 @@ def test_serve_survives_a_killed_database(tmp_path: Path) -> None:
 
         created = [s for s in sent if 200 <= s.status < 300]
         failed = [s for s in sent if not 200 <= s.status < 300]
-        unavailable = [(lat, st, ra) for lat, st, ra in searches if st != 200] + \
-            [(s.ended - s.began, s.status, s.retry_after) for s in failed]
+        unavailable = [(lat, st, ra) for lat, st, ra in searches if st != 200] + [
+            (s.ended - s.began, s.status, s.retry_after) for s in failed
+        ]
         slowest = max((lat for lat, _, _ in unavailable), default=0.0)
-        print(f"\nsearch back after {recovered:.2f} s; {len(created)} documents created, "
-              f"{len(failed)} refused; {len(unavailable)} requests failed during the outage, "
-              f"the slowest in {slowest * 1000:.0f} ms")
+        print(
+            f"\nsearch back after {recovered:.2f} s; {len(created)} documents created, "
+            f"{len(failed)} refused; {len(unavailable)} requests failed during the outage, "
+            f"the slowest in {slowest * 1000:.0f} ms"
+        )
         assert recovered < 10
         assert {(st, ra) for _, st, ra in unavailable} <= {(503, "2")}, unavailable
         assert slowest < 2.5  # at once, or one probe: no 5 s waits for a connection
@@ -347,7 +380,8 @@ def test_serve_survives_a_killed_database(tmp_path: Path) -> None:
             assert not [d for d in pending if d["embedding_status"] == "failed"], pending[:3]
             assert time.monotonic() - began < 120, (
                 f"{len(pending)} documents not indexed, e.g. {pending[0]['embedding_status']}:\n"
-                + log.read_text()[-3000:])
+                + log.read_text()[-3000:]
+            )
             time.sleep(0.5)
         print(f"all {len(docs)} documents indexed {time.monotonic() - began:.1f} s after the writes")
 

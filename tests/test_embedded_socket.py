@@ -38,9 +38,26 @@ def _psql_as_nobody(socket_dir: Path) -> subprocess.CompletedProcess[str]:
     """The bundled psql, run as `nobody`, asking for the superuser over `socket_dir`."""
     url = f"postgresql://postgres@/postgres?host={socket_dir}"
     return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         str(pg_bin("psql")), "-X", "-w", "-At", "-c", "SELECT 1", "-d", url],
-        check=False, capture_output=True, text=True, timeout=60, cwd="/", env={"HOME": "/"},
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            str(pg_bin("psql")),
+            "-X",
+            "-w",
+            "-At",
+            "-c",
+            "SELECT 1",
+            "-d",
+            url,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={"HOME": "/"},
     )
 
 
@@ -136,9 +153,7 @@ def test_socket_dir_of_another_user_is_refused(long_server: EmbeddedPostgres) ->
 
 
 @as_root
-def test_symlink_in_place_of_socket_dir_is_refused(
-    long_server: EmbeddedPostgres, data_root: Path
-) -> None:
+def test_symlink_in_place_of_socket_dir_is_refused(long_server: EmbeddedPostgres, data_root: Path) -> None:
     target = data_root / "elsewhere"
     target.mkdir(mode=0o755)
     long_server.socket_dir.symlink_to(target)

@@ -394,8 +394,7 @@ def test_asset_markdown_for_a_video_and_a_script() -> None:
         metadata={"duration": 3725, "transcript": "Hello and welcome."},
     )
     assert asset_markdown(video) == (
-        "Type: Video\nName: Demo\nFile type: video/mp4\nDuration: 1:02:05\n\n"
-        "## Transcript\n\nHello and welcome."
+        "Type: Video\nName: Demo\nFile type: video/mp4\nDuration: 1:02:05\n\n## Transcript\n\nHello and welcome."
     )
     script = asset(asset_type="script", content_text="# install\npip install x", metadata={})
     assert asset_markdown(script) == "Type: Script\n\n```\n# install\npip install x\n```"

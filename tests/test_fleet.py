@@ -28,18 +28,37 @@ from .fleet import Processes, Standby, running_standby
 
 pytestmark = pytest.mark.slow
 
-TOPICS = ["refunds", "invoices", "onboarding", "escalations", "pricing", "security reviews", "hiring",
-          "on-call handoffs", "travel expenses", "vendor contracts", "release notes", "data retention"]
-QUERIES = ["how are refunds for annual plans handled", "who approves vendor contracts",
-           "data retention for customer records", "on-call handoffs checklist", "pricing discounts"]
+TOPICS = [
+    "refunds",
+    "invoices",
+    "onboarding",
+    "escalations",
+    "pricing",
+    "security reviews",
+    "hiring",
+    "on-call handoffs",
+    "travel expenses",
+    "vendor contracts",
+    "release notes",
+    "data retention",
+]
+QUERIES = [
+    "how are refunds for annual plans handled",
+    "who approves vendor contracts",
+    "data retention for customer records",
+    "on-call handoffs checklist",
+    "pricing discounts",
+]
 
 
 def _document(n: int) -> dict[str, Any]:
     topic = TOPICS[n % len(TOPICS)]
-    text = (f"# {topic.title()} {n}\n\nThis note {n} explains {topic} for team {n % 5}: who owns it, "
-            f"what is checked first and where the record of each decision is kept.\n\n"
-            f"## Exceptions {n}\n\nAn exception to the {topic} rule {n} needs a second approver and a "
-            f"written reason; reviews happen every {n % 4 + 1} weeks.\n")
+    text = (
+        f"# {topic.title()} {n}\n\nThis note {n} explains {topic} for team {n % 5}: who owns it, "
+        f"what is checked first and where the record of each decision is kept.\n\n"
+        f"## Exceptions {n}\n\nAn exception to the {topic} rule {n} needs a second approver and a "
+        f"written reason; reviews happen every {n % 4 + 1} weeks.\n"
+    )
     return {"title": f"{topic.title()} note {n}", "content_text": text, "tags": [f"fleet-{n % 3}"]}
 
 
@@ -70,7 +89,8 @@ def _hits(body: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
-        conn: Any, db_url: str, standby: Standby, fleet: Processes, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: Any, db_url: str, standby: Standby, fleet: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dbname = str(conninfo_to_dict(db_url)["dbname"])
     register_model(conn, FakeEmbedder())
     with conn.transaction():  # the APIs embed queries with the model the workers embed passages with
@@ -88,8 +108,15 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
         for n in range(24):
             r = api1.post("/documents", json=_document(n))
             assert r.status_code == 201 and r.headers["HQ-Write-LSN"], r.text
-    _wait("every document indexed", lambda: conn.execute(
-        "SELECT count(*) FILTER (WHERE embedding_status = 'indexed') AS n FROM documents").fetchone()["n"] == 24)
+    _wait(
+        "every document indexed",
+        lambda: (
+            conn.execute("SELECT count(*) FILTER (WHERE embedding_status = 'indexed') AS n FROM documents").fetchone()[
+                "n"
+            ]
+            == 24
+        ),
+    )
     standby.wait_until_replayed(db_url, dbname)
 
     # Searched through API 2 (on the standby): the primary's answers.
@@ -106,8 +133,13 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
     forget_setup()
 
     # Each passage embedded exactly once, and no document claimed twice.
-    assert conn.execute("SELECT count(*) AS n FROM knowledge_chunks c WHERE (SELECT count(*) FROM chunk_embeddings e"
-                        " WHERE e.chunk_id = c.id AND e.model = 'fake-hash-384') <> 1").fetchone()["n"] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) AS n FROM knowledge_chunks c WHERE (SELECT count(*) FROM chunk_embeddings e"
+            " WHERE e.chunk_id = c.id AND e.model = 'fake-hash-384') <> 1"
+        ).fetchone()["n"]
+        == 0
+    )
     passages = conn.execute("SELECT count(*) AS n FROM knowledge_chunks").fetchone()["n"]
     assert passages >= 48 and conn.execute("SELECT count(*) AS n FROM chunk_embeddings").fetchone()["n"] == passages
     assert conn.execute("SELECT array_agg(DISTINCT embedding_attempts) AS a FROM documents").fetchone()["a"] == [1]
@@ -138,8 +170,10 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
         thread.join(timeout=60)
 
     after_kill = [a for a in answers if a[1] > killed_at[0]]
-    print(f"\n{len(answers)} searches through 2 APIs, {len(after_kill)} after the standby was killed; "
-          f"{sum(a[2] != 200 for a in answers)} not 200")
+    print(
+        f"\n{len(answers)} searches through 2 APIs, {len(after_kill)} after the standby was killed; "
+        f"{sum(a[2] != 200 for a in answers)} not 200"
+    )
     assert [a for a in answers if a[2] != 200] == []
     for api in (0, 1):
         before = [a[3] for a in answers if a[0] == api and a[1] < killed_at[0]]

@@ -53,16 +53,22 @@ def _all_at_once(calls: list[Callable[[], tuple[int, str]]]) -> list[tuple[int, 
 
 
 def test_80_opposite_moves_over_http_answer_200_or_409_and_leave_no_loop(
-        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
     with local_client(create_app(db_url)) as client:
-        pairs = [(client.post("/document-folders", json={"name": f"A{i}"}).json()["id"],
-                  client.post("/document-folders", json={"name": f"B{i}"}).json()["id"])
-                 for i in range(PAIRS)]
+        pairs = [
+            (
+                client.post("/document-folders", json={"name": f"A{i}"}).json()["id"],
+                client.post("/document-folders", json={"name": f"B{i}"}).json()["id"],
+            )
+            for i in range(PAIRS)
+        ]
 
         def move(folder: str, into: str) -> Callable[[], tuple[int, str]]:
             def call() -> tuple[int, str]:
                 r = client.patch(f"/document-folders/{folder}", json={"parent_id": into})
                 return r.status_code, r.json().get("detail", "") if r.status_code >= 400 else ""
+
             return call
 
         answers = _all_at_once([move(a, b) for a, b in pairs] + [move(b, a) for a, b in pairs])
@@ -76,19 +82,20 @@ def test_80_opposite_moves_over_http_answer_200_or_409_and_leave_no_loop(
     assert sum(status == 200 for status, _ in answers) >= PAIRS - 2  # a pair's first move stands
     parents = _parents(conn)
     assert not _loops(parents)
-    assert sum(parent is not None for parent in parents.values()) == sum(
-        status == 200 for status, _ in answers)
+    assert sum(parent is not None for parent in parents.values()) == sum(status == 200 for status, _ in answers)
 
 
 @pytest.mark.parametrize("tree", ["document", "asset"])
 def test_moves_deletes_and_renames_racing_in_one_tree_answer_2xx_409_or_404(
-        tree: str, db_url: str, conn: psycopg.Connection[Any]) -> None:
+    tree: str, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
     """Separate connections, no pool between them and the database: the domain functions
     alone keep a mixed burst free of deadlock errors."""
     tree_ = "document" if tree == "document" else "asset"
     ids = [create_folder(conn, tree_, name=f"F{i}").id for i in range(24)]
     connections = [psycopg.connect(db_url, autocommit=True) for _ in range(72)]
     try:
+
         def call(n: int) -> Callable[[], tuple[int, str]]:
             c, me, other = connections[n], ids[n % 24], ids[(n * 7 + 5) % 24]
 
@@ -105,6 +112,7 @@ def test_moves_deletes_and_renames_racing_in_one_tree_answer_2xx_409_or_404(
                     return e.status, e.message
                 except psycopg.Error as e:
                     return 500, f"{type(e).__name__}: {e}"
+
             return run
 
         answers = _all_at_once([call(n) for n in range(72)])
@@ -112,13 +120,13 @@ def test_moves_deletes_and_renames_racing_in_one_tree_answer_2xx_409_or_404(
         for c in connections:
             c.close()
     assert all(status in (200, 404, 409, 422) for status, _ in answers), [
-        a for a in answers if a[0] not in (200, 404, 409, 422)]
+        a for a in answers if a[0] not in (200, 404, 409, 422)
+    ]
     assert Counter(status for status, _ in answers)[200] > 0
     assert not _loops(_parents(conn, f"{tree_}_folders"))
 
 
-def test_a_move_that_loses_a_deadlock_runs_again_and_succeeds(
-        db_url: str, conn: psycopg.Connection[Any]) -> None:
+def test_a_move_that_loses_a_deadlock_runs_again_and_succeeds(db_url: str, conn: psycopg.Connection[Any]) -> None:
     """Another transaction holds the folder's row and then wants the tree's lock, which the
     move holds while it waits for that row: PostgreSQL aborts the move (it waited first, so
     its deadlock check runs first); the move runs again once the other has committed."""
@@ -135,8 +143,9 @@ def test_a_move_that_loses_a_deadlock_runs_again_and_succeeds(
             try:
                 # Wait until the move holds the tree lock and waits for the row.
                 while not conn.execute(
-                        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s",
-                        [mover.info.backend_pid]).fetchone():
+                    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s",
+                    [mover.info.backend_pid],
+                ).fetchone():
                     threading.Event().wait(0.01)
                 other.execute("SELECT pg_advisory_xact_lock(hashtext('hq.folders.document_folders'))")
                 other.commit()

@@ -50,8 +50,10 @@ def chain(conn: Conn, table: str, length: int) -> list[UUID]:
     SQL as rows from before the depth limit would be. Returns their ids, top first."""
     ids = [uuid4() for _ in range(length)]
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(f"INSERT INTO {table} (id, parent_id, name) VALUES (%s, %s, %s)",
-                        [(folder_id, ids[i - 1] if i else None, f"f{i}") for i, folder_id in enumerate(ids)])
+        cur.executemany(
+            f"INSERT INTO {table} (id, parent_id, name) VALUES (%s, %s, %s)",
+            [(folder_id, ids[i - 1] if i else None, f"f{i}") for i, folder_id in enumerate(ids)],
+        )
     return ids
 
 
@@ -70,70 +72,159 @@ class Case:
 
 CASES = [
     # folders nest at most 64 levels
-    Case("folder-under-level-64", "POST", "/document-folders", {"name": "x", "parent_id": "{level64}"},
-         ("parent_id", "{level64}", "level 64", "at most 64 levels")),
-    Case("asset-folder-under-level-64", "POST", "/asset-folders", {"name": "x", "parent_id": "{alevel64}"},
-         ("parent_id", "at most 64 levels")),
-    Case("folder-move-to-level-65", "PATCH", "/document-folders/{top}", {"parent_id": "{level63}"},
-         ("parent_id", "{top}", "level 65", "at most 64 levels")),
-    Case("folder-move-and-rename", "PATCH", "/document-folders/{top}", {"name": "Y", "parent_id": "{level64}"},
-         ("parent_id", "at most 64 levels")),
+    Case(
+        "folder-under-level-64",
+        "POST",
+        "/document-folders",
+        {"name": "x", "parent_id": "{level64}"},
+        ("parent_id", "{level64}", "level 64", "at most 64 levels"),
+    ),
+    Case(
+        "asset-folder-under-level-64",
+        "POST",
+        "/asset-folders",
+        {"name": "x", "parent_id": "{alevel64}"},
+        ("parent_id", "at most 64 levels"),
+    ),
+    Case(
+        "folder-move-to-level-65",
+        "PATCH",
+        "/document-folders/{top}",
+        {"parent_id": "{level63}"},
+        ("parent_id", "{top}", "level 65", "at most 64 levels"),
+    ),
+    Case(
+        "folder-move-and-rename",
+        "PATCH",
+        "/document-folders/{top}",
+        {"name": "Y", "parent_id": "{level64}"},
+        ("parent_id", "at most 64 levels"),
+    ),
     # HTML and TipTap deeper than the converters render
-    Case("html-300-deep", "POST", "/documents",
-         {"title": "T", "content_format": "html", "content_text": DEEP_HTML},
-         ("content_text", "HTML", "301 deep", "limit is 100")),
-    Case("html-patch", "PATCH", "/documents/{doc}", {"content_format": "html", "content_text": DEEP_HTML},
-         ("content_text", "limit is 100")),
-    Case("html-unclosed", "POST", "/documents",
-         {"title": "T", "content_format": "html", "content_text": "<li><span>" * 60 + "x"},
-         ("content_text", "120 deep")),
-    Case("markdown-to-html", "PATCH", "/documents/{markup_doc}", {"content_format": "html"},
-         ("content_text", "limit is 100")),
-    Case("tiptap-300-deep", "POST", "/documents",
-         {"title": "T", "content_format": "tiptap", "content": tiptap(300)},
-         ("content", "300 levels", "limit is 100")),
-    Case("tiptap-patch", "PATCH", "/documents/{doc}", {"content_format": "tiptap", "content": tiptap(101)},
-         ("content", "limit is 100")),
+    Case(
+        "html-300-deep",
+        "POST",
+        "/documents",
+        {"title": "T", "content_format": "html", "content_text": DEEP_HTML},
+        ("content_text", "HTML", "301 deep", "limit is 100"),
+    ),
+    Case(
+        "html-patch",
+        "PATCH",
+        "/documents/{doc}",
+        {"content_format": "html", "content_text": DEEP_HTML},
+        ("content_text", "limit is 100"),
+    ),
+    Case(
+        "html-unclosed",
+        "POST",
+        "/documents",
+        {"title": "T", "content_format": "html", "content_text": "<li><span>" * 60 + "x"},
+        ("content_text", "120 deep"),
+    ),
+    Case(
+        "markdown-to-html",
+        "PATCH",
+        "/documents/{markup_doc}",
+        {"content_format": "html"},
+        ("content_text", "limit is 100"),
+    ),
+    Case(
+        "tiptap-300-deep",
+        "POST",
+        "/documents",
+        {"title": "T", "content_format": "tiptap", "content": tiptap(300)},
+        ("content", "300 levels", "limit is 100"),
+    ),
+    Case(
+        "tiptap-patch",
+        "PATCH",
+        "/documents/{doc}",
+        {"content_format": "tiptap", "content": tiptap(101)},
+        ("content", "limit is 100"),
+    ),
     # tags that would only look like another tag
-    Case("tag-zero-width-space", "POST", "/documents",
-         {"title": "T", "content_text": "x", "tags": ["pricing", "boot:\u200ball"]},
-         ("tags[1]", "invisible", "U+200B", "offset 5")),
-    Case("tag-bidi-override", "PUT", "/documents/{doc}/tags", {"tags": ["boot:all\u202e"]},
-         ("tags[0]", "U+202E")),
-    Case("tag-bom-in-path", "POST", "/documents/{doc}/tags/" + quote("\ufeffboot:all"), None,
-         ("tag", "U+FEFF")),
-    Case("tag-zwj-asset", "POST", "/assets", {"name": "A", "tags": ["boot\u200d:all"]},
-         ("tags[0]", "U+200D")),
-    Case("tag-zwnj-patch", "PATCH", "/assets/{asset}", {"tags": ["boot:al\u200cl"]},
-         ("tags[0]", "U+200C")),
-    Case("tag-variation-selector", "POST", "/assets/{asset}/tags/" + quote("boot:all\ufe0f"), None,
-         ("tag", "U+FE0F")),
-    Case("tag-filter-invisible", "GET", "/documents?tags_any=" + quote("boot:\u2060all"), None,
-         ("tags_any[0]", "U+2060")),
+    Case(
+        "tag-zero-width-space",
+        "POST",
+        "/documents",
+        {"title": "T", "content_text": "x", "tags": ["pricing", "boot:\u200ball"]},
+        ("tags[1]", "invisible", "U+200B", "offset 5"),
+    ),
+    Case("tag-bidi-override", "PUT", "/documents/{doc}/tags", {"tags": ["boot:all\u202e"]}, ("tags[0]", "U+202E")),
+    Case("tag-bom-in-path", "POST", "/documents/{doc}/tags/" + quote("\ufeffboot:all"), None, ("tag", "U+FEFF")),
+    Case("tag-zwj-asset", "POST", "/assets", {"name": "A", "tags": ["boot\u200d:all"]}, ("tags[0]", "U+200D")),
+    Case("tag-zwnj-patch", "PATCH", "/assets/{asset}", {"tags": ["boot:al\u200cl"]}, ("tags[0]", "U+200C")),
+    Case("tag-variation-selector", "POST", "/assets/{asset}/tags/" + quote("boot:all\ufe0f"), None, ("tag", "U+FE0F")),
+    Case(
+        "tag-filter-invisible", "GET", "/documents?tags_any=" + quote("boot:\u2060all"), None, ("tags_any[0]", "U+2060")
+    ),
     # titles and names that would drive a terminal
-    Case("title-ansi-escape", "POST", "/documents", {"title": "a\x1b[31mred", "content_text": "x"},
-         ("title", "control character", "U+001B", "offset 1")),
+    Case(
+        "title-ansi-escape",
+        "POST",
+        "/documents",
+        {"title": "a\x1b[31mred", "content_text": "x"},
+        ("title", "control character", "U+001B", "offset 1"),
+    ),
     Case("title-bel", "PATCH", "/documents/{doc}", {"title": "bell\x07"}, ("title", "U+0007", "offset 4")),
-    Case("title-carriage-return", "POST", "/documents", {"title": "ok\rEVIL", "content_text": "x"},
-         ("title", "U+000D")),
-    Case("asset-name-bidi-override", "POST", "/assets", {"name": "invoice\u202efdp.exe"},
-         ("name", "U+202E", "bidirectional")),
+    Case(
+        "title-carriage-return", "POST", "/documents", {"title": "ok\rEVIL", "content_text": "x"}, ("title", "U+000D")
+    ),
+    Case(
+        "asset-name-bidi-override",
+        "POST",
+        "/assets",
+        {"name": "invoice\u202efdp.exe"},
+        ("name", "U+202E", "bidirectional"),
+    ),
     Case("folder-name-newline", "POST", "/document-folders", {"name": "a\nb"}, ("name", "U+000A")),
-    Case("folder-rename-escape", "PATCH", "/asset-folders/{alevel64}", {"name": "\x1b]0;pwned\x07"},
-         ("name", "U+001B", "offset 0")),
+    Case(
+        "folder-rename-escape",
+        "PATCH",
+        "/asset-folders/{alevel64}",
+        {"name": "\x1b]0;pwned\x07"},
+        ("name", "U+001B", "offset 0"),
+    ),
     # a server path as a model tells nothing about the server's disk: it is only an unknown name
-    Case("reembed-server-path", "POST", "/reembed", {"model": "/etc", "dry_run": True},
-         ("model", "'/etc' is not a model name this service knows"), status=404),
-    Case("reembed-register-directory", "POST", "/reembed", {"model": "/tmp", "name": "mine"},
-         ("name", "command line")),
+    Case(
+        "reembed-server-path",
+        "POST",
+        "/reembed",
+        {"model": "/etc", "dry_run": True},
+        ("model", "'/etc' is not a model name this service knows"),
+        status=404,
+    ),
+    Case("reembed-register-directory", "POST", "/reembed", {"model": "/tmp", "name": "mine"}, ("name", "command line")),
     # concurrent edits: a stale or malformed If-Match writes nothing
-    Case("stale-if-match", "PATCH", "/documents/{doc}", {"title": "Mine"}, ("changed since", '"1"'),
-         status=412, headers={"If-Match": '"1"'}),
-    Case("malformed-if-match", "DELETE", "/assets/{asset}", None, ("If-Match", "not an ETag"),
-         status=412, headers={"If-Match": "0"}),
+    Case(
+        "stale-if-match",
+        "PATCH",
+        "/documents/{doc}",
+        {"title": "Mine"},
+        ("changed since", '"1"'),
+        status=412,
+        headers={"If-Match": '"1"'},
+    ),
+    Case(
+        "malformed-if-match",
+        "DELETE",
+        "/assets/{asset}",
+        None,
+        ("If-Match", "not an ETag"),
+        status=412,
+        headers={"If-Match": "0"},
+    ),
     # headers beyond 16 KiB
-    Case("headers-over-16-kib", "POST", "/documents", {"title": "T", "content_text": "x"},
-         ("request headers are", "the limit is 16384"), status=431, headers={"X-Padding": "p" * 17_000}),
+    Case(
+        "headers-over-16-kib",
+        "POST",
+        "/documents",
+        {"title": "T", "content_text": "x"},
+        ("request headers are", "the limit is 16384"),
+        status=431,
+        headers={"X-Padding": "p" * 17_000},
+    ),
 ]
 
 
@@ -148,6 +239,7 @@ def ids(client: TestClient, conn: Conn) -> Ids:
     """A document, a markdown document whose text is deep HTML, an asset; in each tree a chain
     of 64 folders whose last level is made through the API (level 64 is allowed); and a
     top-level document folder with one subfolder (a subtree two levels high)."""
+
     def post(path: str, body: dict[str, Any]) -> str:
         r = client.post(path, json=body)
         assert r.status_code == 201, r.text
@@ -181,13 +273,15 @@ def fill(value: Any, ids: Ids) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input_is_refused_and_stores_nothing(client: TestClient, conn: Conn, ids: Ids,
-                                                     case: Case) -> None:
+def test_hostile_input_is_refused_and_stores_nothing(client: TestClient, conn: Conn, ids: Ids, case: Case) -> None:
     before = snapshot(conn)
     body = fill(case.body, ids)
     path = case.path.format(**ids)
-    response = client.request(case.method, path, json=body, headers=case.headers) if body is not None else \
-        client.request(case.method, path, headers=case.headers)
+    response = (
+        client.request(case.method, path, json=body, headers=case.headers)
+        if body is not None
+        else client.request(case.method, path, headers=case.headers)
+    )
     assert response.status_code == case.status, response.text[:2000]
     text = message(response)
     for name in case.names:
@@ -236,7 +330,7 @@ def test_a_tree_256_deep_from_before_the_limit_renders(client: TestClient, conn:
 
 def test_the_tree_json_is_what_the_schema_says(client: TestClient) -> None:
     """The hand-written tree JSON matches the pydantic rendering it replaced, key for key."""
-    top = client.post("/document-folders", json={"name": "Ops \"ü\" ✓"}).json()["id"]
+    top = client.post("/document-folders", json={"name": 'Ops "ü" ✓'}).json()["id"]
     client.post("/document-folders", json={"name": "Sales", "parent_id": top})
     client.post("/document-folders", json={"name": "EMEA", "parent_id": top})
     client.post("/document-folders", json={"name": "Archive"})
@@ -244,7 +338,7 @@ def test_the_tree_json_is_what_the_schema_says(client: TestClient) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     parsed = FolderTreePublic.model_validate_json(response.content)
     assert response.json() == parsed.model_dump(mode="json")
-    assert [n.name for n in parsed.data] == ["Archive", "Ops \"ü\" ✓"]
+    assert [n.name for n in parsed.data] == ["Archive", 'Ops "ü" ✓']
     assert [n.name for n in parsed.data[1].children] == ["EMEA", "Sales"]
 
 
@@ -273,8 +367,7 @@ def test_the_depth_check_and_a_concurrent_create_do_not_race(conn: Conn, connect
         deadline = time.monotonic() + 10
         waiting = None
         while time.monotonic() < deadline and thread.is_alive():
-            waiting = conn.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
-                                   [mover_pid]).fetchone()
+            waiting = conn.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [mover_pid]).fetchone()
             if waiting and waiting["wait_event"] == "advisory":
                 break
             time.sleep(0.02)
@@ -290,21 +383,24 @@ def test_the_depth_check_and_a_concurrent_create_do_not_race(conn: Conn, connect
 
 
 def test_look_alike_tags_are_one_tag_and_old_spellings_can_be_removed(client: TestClient, conn: Conn) -> None:
-    created = client.post("/documents", json={"title": "Boot", "content_text": "x",
-                                              "tags": ["boot\uff1aall", "boot:all", "\uff50ricing"]})
+    created = client.post(
+        "/documents", json={"title": "Boot", "content_text": "x", "tags": ["boot\uff1aall", "boot:all", "\uff50ricing"]}
+    )
     assert created.status_code == 201, created.text
     doc = created.json()
     assert doc["tags"] == ["boot:all", "pricing"]
-    assert client.post(f"/documents/{doc['id']}/tags/" + quote("\uff42oot:all")).json()["tags"] == \
-        ["boot:all", "pricing"]
+    assert client.post(f"/documents/{doc['id']}/tags/" + quote("\uff42oot:all")).json()["tags"] == [
+        "boot:all",
+        "pricing",
+    ]
     found = client.get("/documents", params={"tags_all": "boot\uff1aall"}).json()
     assert [d["id"] for d in found["data"]] == [doc["id"]]
-    assert [t["tag"] for t in client.get("/tags", params={"prefix": "boot\uff1a"}).json()["data"]] == \
-        ["boot:all"]
+    assert [t["tag"] for t in client.get("/tags", params={"prefix": "boot\uff1a"}).json()["data"]] == ["boot:all"]
 
     # Tags stored before the rule keep working: removable by the spelling they were stored in.
-    conn.execute("UPDATE documents SET tags = %s WHERE id = %s",
-                 [["boot:\u200ball", "boot\uff1aall", "pricing"], doc["id"]])
+    conn.execute(
+        "UPDATE documents SET tags = %s WHERE id = %s", [["boot:\u200ball", "boot\uff1aall", "pricing"], doc["id"]]
+    )
     first = client.delete(f"/documents/{doc['id']}/tags/" + quote("boot:\u200ball"))
     assert first.status_code == 200 and first.json()["tags"] == ["boot\uff1aall", "pricing"], first.text
     second = client.delete(f"/documents/{doc['id']}/tags/" + quote("boot\uff1aall"))
@@ -316,20 +412,27 @@ def test_look_alike_tags_are_one_tag_and_old_spellings_can_be_removed(client: Te
 # ---- what the ingestion worker is given -------------------------------------------------------
 
 
-def test_markup_at_the_limits_and_deep_html_from_before_them_is_indexed(client: TestClient, conn: Conn,
-                                                                       db_url: str) -> None:
+def test_markup_at_the_limits_and_deep_html_from_before_them_is_indexed(
+    client: TestClient, conn: Conn, db_url: str
+) -> None:
     """HTML and TipTap at the write limits convert; an asset's HTML (not checked at write time)
     and a document stored before the limits, both 300 levels deep, are indexed with their text
     instead of failing on RecursionError."""
     html_100 = "<ul><li>" * 50 + "htmlneedle" + "</li></ul>" * 50
-    for body in ({"title": "H", "content_format": "html", "content_text": html_100},
-                 {"title": "J", "content_format": "tiptap", "content": tiptap(100)}):
+    for body in (
+        {"title": "H", "content_format": "html", "content_text": html_100},
+        {"title": "J", "content_format": "tiptap", "content": tiptap(100)},
+    ):
         assert client.post("/documents", json=body).status_code == 201
     deep = "<ul><li>" * 150 + "assetneedle <b>bold</b>" + "</li></ul>" * 150
-    conn.execute("INSERT INTO assets (name, asset_type, mime_type, content_text) "
-                 "VALUES ('Deep', 'other', 'text/html', %s)", [deep])
-    conn.execute("INSERT INTO documents (title, content_format, content_text) VALUES ('Old', 'html', %s)",
-                 [deep.replace("assetneedle", "oldneedle")])
+    conn.execute(
+        "INSERT INTO assets (name, asset_type, mime_type, content_text) VALUES ('Deep', 'other', 'text/html', %s)",
+        [deep],
+    )
+    conn.execute(
+        "INSERT INTO documents (title, content_format, content_text) VALUES ('Old', 'html', %s)",
+        [deep.replace("assetneedle", "oldneedle")],
+    )
 
     stats = Worker(db_url, FakeEmbedder()).run(once=True)
 

@@ -35,12 +35,18 @@ class KB:
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
         ops = create_folder(conn, "document", name="Operations").id
         self.ids["Quarterly review"] = create_document(
-            conn, title="Quarterly review", folder_id=ops, tags=["finance"],
-            content_text=f"# Summary\n\nRevenue grew.\n\n## Churn\n\n{LONG}\n\n## Hiring\n\nTwo engineers joined.").id
-        self.ids["Sales playbook"] = create_document(conn, title="Sales playbook", tags=["boot:closer"],
-                                                     content_text="Always ask for the budget first.").id
-        self.ids["House rules"] = create_document(conn, title="House rules", tags=["boot:all"], pinned=True,
-                                                  content_text="Be kind. Write things down.").id
+            conn,
+            title="Quarterly review",
+            folder_id=ops,
+            tags=["finance"],
+            content_text=f"# Summary\n\nRevenue grew.\n\n## Churn\n\n{LONG}\n\n## Hiring\n\nTwo engineers joined.",
+        ).id
+        self.ids["Sales playbook"] = create_document(
+            conn, title="Sales playbook", tags=["boot:closer"], content_text="Always ask for the budget first."
+        ).id
+        self.ids["House rules"] = create_document(
+            conn, title="House rules", tags=["boot:all"], pinned=True, content_text="Be kind. Write things down."
+        ).id
         index_with_fake(conn, url)
 
 
@@ -76,8 +82,14 @@ def session(request: pytest.FixtureRequest, kb: KB) -> Callable[..., Any]:
 
 def test_tools_are_listed_with_schemas_and_descriptions(session: Callable[..., Any]) -> None:
     tools = {t.name: t for t in session(lambda c: c.list_tools()).tools}
-    assert set(tools) == {"search_knowledge", "get_document", "boot_context", "list_knowledge", "save_document",
-                          "update_document"}
+    assert set(tools) == {
+        "search_knowledge",
+        "get_document",
+        "boot_context",
+        "list_knowledge",
+        "save_document",
+        "update_document",
+    }
     for tool in tools.values():
         assert tool.description and len(tool.description) > 150, tool.name
         assert tool.input_schema["type"] == "object"
@@ -93,10 +105,12 @@ def test_tools_are_listed_with_schemas_and_descriptions(session: Callable[..., A
 
 def test_search_knowledge(session: Callable[..., Any], kb: KB) -> None:
     async def calls(c: Any) -> tuple[Any, Any, Any, Any]:
-        return (await c.call_tool("search_knowledge", {"query": "how much discount can a sales rep give"}),
-                await c.call_tool("search_knowledge", {"query": "xylophone zebra", "mode": "keyword"}),
-                await c.call_tool("search_knowledge", {"query": "watering", "tags_any": ["garden"], "limit": 50}),
-                await c.call_tool("search_knowledge", {"query": "churn", "folder": "/operations"}))
+        return (
+            await c.call_tool("search_knowledge", {"query": "how much discount can a sales rep give"}),
+            await c.call_tool("search_knowledge", {"query": "xylophone zebra", "mode": "keyword"}),
+            await c.call_tool("search_knowledge", {"query": "watering", "tags_any": ["garden"], "limit": 50}),
+            await c.call_tool("search_knowledge", {"query": "churn", "folder": "/operations"}),
+        )
 
     found, nothing, tagged, in_folder = session(calls)
     hits = structured(found)["hits"]
@@ -115,9 +129,11 @@ def test_get_document(session: Callable[..., Any], kb: KB, conn: Conn) -> None:
     doc_id = str(kb.ids["Quarterly review"])
 
     async def calls(c: Any) -> tuple[Any, Any, Any]:
-        return (await c.call_tool("get_document", {"id": doc_id}),
-                await c.call_tool("get_document", {"id": doc_id, "section": "hiring"}),
-                await c.call_tool("get_document", {"id": doc_id, "max_tokens": 120}))
+        return (
+            await c.call_tool("get_document", {"id": doc_id}),
+            await c.call_tool("get_document", {"id": doc_id, "section": "hiring"}),
+            await c.call_tool("get_document", {"id": doc_id, "max_tokens": 120}),
+        )
 
     whole, section, cut = session(calls)
     stored = conn.execute("SELECT content_text FROM documents WHERE id = %s", [doc_id]).fetchone()
@@ -162,8 +178,10 @@ def test_boot_context(session: Callable[..., Any], kb: KB, conn: Conn) -> None:
 
 def test_list_knowledge(session: Callable[..., Any], kb: KB, conn: Conn) -> None:
     async def calls(c: Any) -> tuple[Any, Any]:
-        return (await c.call_tool("list_knowledge", {}),
-                await c.call_tool("list_knowledge", {"folder": "/Operations", "tag": "finance"}))
+        return (
+            await c.call_tool("list_knowledge", {}),
+            await c.call_tool("list_knowledge", {"folder": "/Operations", "tag": "finance"}),
+        )
 
     everything, narrowed = session(calls)
     counts = conn.execute("SELECT count(*) AS n FROM documents WHERE archived_at IS NULL").fetchone()
@@ -179,19 +197,36 @@ def test_list_knowledge(session: Callable[..., Any], kb: KB, conn: Conn) -> None
 
 def test_save_and_update_document(session: Callable[..., Any], conn: Conn) -> None:
     async def save(c: Any) -> Any:
-        return await c.call_tool("save_document", {"title": "Competitor pricing", "markdown": "Acme charges $9.",
-                                                   "folder": "/Research/Competitors", "tags": ["pricing"]})
+        return await c.call_tool(
+            "save_document",
+            {
+                "title": "Competitor pricing",
+                "markdown": "Acme charges $9.",
+                "folder": "/Research/Competitors",
+                "tags": ["pricing"],
+            },
+        )
 
     saved = structured(session(save))
-    row = conn.execute("SELECT d.title, d.content_text, d.tags, d.embedding_status::text AS status,"
-                       " document_folder_path(d.folder_id) AS path, a.slug FROM documents d"
-                       " JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s", [saved["id"]]).fetchone()
-    assert row == {"title": "Competitor pricing", "content_text": "Acme charges $9.", "tags": ["pricing"],
-                   "status": "pending", "path": "/Research/Competitors", "slug": "closer"}
+    row = conn.execute(
+        "SELECT d.title, d.content_text, d.tags, d.embedding_status::text AS status,"
+        " document_folder_path(d.folder_id) AS path, a.slug FROM documents d"
+        " JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s",
+        [saved["id"]],
+    ).fetchone()
+    assert row == {
+        "title": "Competitor pricing",
+        "content_text": "Acme charges $9.",
+        "tags": ["pricing"],
+        "status": "pending",
+        "path": "/Research/Competitors",
+        "slug": "closer",
+    }
 
     async def update(c: Any) -> Any:
-        return await c.call_tool("update_document", {"id": saved["id"], "markdown": "Acme charges $12.",
-                                                     "tags": ["pricing", "acme"]})
+        return await c.call_tool(
+            "update_document", {"id": saved["id"], "markdown": "Acme charges $12.", "tags": ["pricing", "acme"]}
+        )
 
     structured(session(update))
     row = conn.execute("SELECT content_text, tags, title FROM documents WHERE id = %s", [saved["id"]]).fetchone()
@@ -242,9 +277,11 @@ def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(session: Cal
 def test_read_only_server_offers_no_write_tools(transport: str, kb: KB) -> None:
     async def main(base: str | None) -> tuple[Any, Any, Any]:
         async with mcp_client(transport, kb.url, base_url=base, read_only=True) as c:
-            return (await c.list_tools(),
-                    await c.call_tool("save_document", {"title": "t", "markdown": "m"}),
-                    await c.call_tool("search_knowledge", {"query": "refund"}))
+            return (
+                await c.list_tools(),
+                await c.call_tool("save_document", {"title": "t", "markdown": "m"}),
+                await c.call_tool("search_knowledge", {"query": "refund"}),
+            )
 
     if transport == "http":
         with http_service(kb.url, mcp_read_only=True) as base:
@@ -264,8 +301,12 @@ def test_search_answer_size_on_the_sample_knowledge_base(conn: Conn, db_url: str
     import_folder(conn, sample_dir())
     index_with_fake(conn, db_url)
     count = default_token_counter()
-    queries = ["what do we do when a customer wants their data deleted", "refund policy for annual plans",
-               "how is the on-call rotation organised", "pricing discounts"]
+    queries = [
+        "what do we do when a customer wants their data deleted",
+        "refund policy for annual plans",
+        "how is the on-call rotation organised",
+        "pricing discounts",
+    ]
 
     async def main() -> list[Any]:
         async with mcp_client("stdio", db_url) as c:
@@ -277,4 +318,3 @@ def test_search_answer_size_on_the_sample_knowledge_base(conn: Conn, db_url: str
         sizes.append(count(text(answer)))
         print(f"search_knowledge limit=10 {q!r}: {sizes[-1]} tokens, {len(text(answer))} characters")
     assert max(sizes) < SEARCH_ANSWER_TOKENS
-

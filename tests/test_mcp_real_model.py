@@ -20,8 +20,10 @@ from .test_search import DOCS, add
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-NOTE = ("Travel expenses: employees must hand in the receipts for a business trip within 30 days of coming "
-        "back. Claims that arrive later are not reimbursed, whatever the amount.")
+NOTE = (
+    "Travel expenses: employees must hand in the receipts for a business trip within 30 days of coming "
+    "back. Claims that arrive later are not reimbursed, whatever the amount."
+)
 
 
 @pytest.mark.slow
@@ -36,10 +38,13 @@ def test_agent_saves_finds_and_boots_through_mcp(conn: Conn, db_url: str) -> Non
     worker.run(once=True)
 
     with http_service(db_url) as base:
+
         async def save() -> Any:
             async with mcp_client("http", db_url, base_url=base, agent="closer") as c:
-                return await c.call_tool("save_document", {"title": "Expense claims", "markdown": NOTE,
-                                                           "folder": "/Finance", "tags": ["boot:closer"]})
+                return await c.call_tool(
+                    "save_document",
+                    {"title": "Expense claims", "markdown": NOTE, "folder": "/Finance", "tags": ["boot:closer"]},
+                )
 
         saved = structured(anyio.run(save))
         before = worker.stats.indexed  # the worker's counts add up over its runs
@@ -47,8 +52,9 @@ def test_agent_saves_finds_and_boots_through_mcp(conn: Conn, db_url: str) -> Non
 
         async def use(known: str | None = None) -> tuple[Any, Any]:
             async with mcp_client("http", db_url, base_url=base, agent="closer") as c:
-                found = await c.call_tool("search_knowledge", {"query": "how long do I have to turn in my "
-                                                                        "receipts after a work trip?"})
+                found = await c.call_tool(
+                    "search_knowledge", {"query": "how long do I have to turn in my receipts after a work trip?"}
+                )
                 boot = await c.call_tool("boot_context", {"known_version": known} if known else {})
                 return found, boot
 
@@ -67,11 +73,14 @@ def test_agent_saves_finds_and_boots_through_mcp(conn: Conn, db_url: str) -> Non
 
         async def edit() -> Any:
             async with mcp_client("http", db_url, base_url=base, agent="closer") as c:
-                return await c.call_tool("update_document", {"id": saved["id"],
-                                                             "markdown": NOTE + " Ask finance for exceptions."})
+                return await c.call_tool(
+                    "update_document", {"id": saved["id"], "markdown": NOTE + " Ask finance for exceptions."}
+                )
 
         structured(anyio.run(edit))
         _, changed = anyio.run(use, version)
         assert structured(changed)["unchanged"] is False and "Ask finance for exceptions." in text(changed)
-        assert httpx.get(f"{base}/boot/closer", headers={"Accept": "text/markdown"}).headers["ETag"] == \
-            f'"{structured(changed)["version"]}"'
+        assert (
+            httpx.get(f"{base}/boot/closer", headers={"Accept": "text/markdown"}).headers["ETag"]
+            == f'"{structured(changed)["version"]}"'
+        )

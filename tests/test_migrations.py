@@ -18,13 +18,30 @@ from .conftest import Server
 from .pgtools import psql_file, schema_dump
 
 SEED_NAMES = [
-    "001_extensions.sql", "002_enums.sql", "003_shared_functions.sql", "004_workspace.sql",
-    "005_crm.sql", "006_gateways.sql", "007_agents.sql", "008_interactions.sql",
-    "009_tasks_streams.sql", "010_comments_attachments.sql", "011_assets_documents.sql",
-    "012_audit_notifications.sql", "013_agent_inbox.sql", "014_agent_commands.sql",
-    "015_usage_budgets.sql", "016_rls_realtime_storage.sql", "017_setup_wizard.sql",
+    "001_extensions.sql",
+    "002_enums.sql",
+    "003_shared_functions.sql",
+    "004_workspace.sql",
+    "005_crm.sql",
+    "006_gateways.sql",
+    "007_agents.sql",
+    "008_interactions.sql",
+    "009_tasks_streams.sql",
+    "010_comments_attachments.sql",
+    "011_assets_documents.sql",
+    "012_audit_notifications.sql",
+    "013_agent_inbox.sql",
+    "014_agent_commands.sql",
+    "015_usage_budgets.sql",
+    "016_rls_realtime_storage.sql",
+    "017_setup_wizard.sql",
 ]
-ALL_NAMES = [*SEED_NAMES, "018_api_keys.sql", "019_release_catch_up.sql", "020_sql_bm25.sql"]  # the seed's 17, then one file per later change
+ALL_NAMES = [
+    *SEED_NAMES,
+    "018_api_keys.sql",
+    "019_release_catch_up.sql",
+    "020_sql_bm25.sql",
+]  # the seed's 17, then one file per later change
 
 
 def _migrate(url: str, **kwargs: Any) -> Any:
@@ -55,9 +72,7 @@ def test_second_migrate_changes_nothing(empty_db_url: str) -> None:
     assert "CREATE TABLE public.documents" in before
 
 
-def test_bundle_in_one_transaction_equals_migrate(
-    pg_server: Server, empty_db_url: str, tmp_path: Path
-) -> None:
+def test_bundle_in_one_transaction_equals_migrate(pg_server: Server, empty_db_url: str, tmp_path: Path) -> None:
     _migrate(empty_db_url)
     other = pg_server.create_db()
     try:
@@ -76,8 +91,9 @@ def test_bundle_in_one_transaction_equals_migrate(
 
 
 def test_bundle_that_fails_applies_nothing(empty_db_url: str, tmp_path: Path) -> None:
-    text = bundle().replace("-- ==== 011_assets_documents.sql ====",
-                            "SELECT 1 / 0;\n-- ==== 011_assets_documents.sql ====")
+    text = bundle().replace(
+        "-- ==== 011_assets_documents.sql ====", "SELECT 1 / 0;\n-- ==== 011_assets_documents.sql ===="
+    )
     script = tmp_path / "broken.sql"
     script.write_text(text)
     result = psql_file(empty_db_url, script)
@@ -90,9 +106,13 @@ def test_failed_file_is_rolled_back_and_earlier_files_stay(empty_db_url: str, tm
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
     (folder / "021_broken.sql").write_text(
-        "-- 021_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n")
+        "-- 021_broken: a table, then an error\nCREATE TABLE half_done (id int);\nSELECT missing_function();\n"
+    )
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match=r"021_broken\.sql failed and was rolled back: function missing_function\(\) does not exist"):
+        with pytest.raises(
+            MigrationError,
+            match=r"021_broken\.sql failed and was rolled back: function missing_function\(\) does not exist",
+        ):
             migrate(conn, load_migrations(folder))
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
         names = [r[0] for r in conn.execute(f"SELECT name FROM {LEDGER} ORDER BY name")]
@@ -157,9 +177,13 @@ def supabase_like_url(pg_server: Server) -> Iterator[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE PUBLICATION supabase_realtime")
         conn.execute("CREATE SCHEMA storage")
-        conn.execute("CREATE TABLE storage.buckets (id text PRIMARY KEY, name text NOT NULL, public boolean DEFAULT false)")
-        conn.execute("CREATE TABLE storage.objects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
-                     "bucket_id text REFERENCES storage.buckets (id), name text, owner uuid)")
+        conn.execute(
+            "CREATE TABLE storage.buckets (id text PRIMARY KEY, name text NOT NULL, public boolean DEFAULT false)"
+        )
+        conn.execute(
+            "CREATE TABLE storage.objects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+            "bucket_id text REFERENCES storage.buckets (id), name text, owner uuid)"
+        )
         conn.execute("ALTER TABLE storage.objects ENABLE ROW LEVEL SECURITY")
     try:
         yield url
@@ -174,19 +198,28 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
     result = _migrate(supabase_like_url)
     assert result.applied == ALL_NAMES
     with psycopg.connect(supabase_like_url, autocommit=True) as conn:
-        secured = dict(conn.execute(
-            "SELECT c.relname, c.relrowsecurity FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
-            "AND c.relkind = 'r'").fetchall())
-        policies = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_policies WHERE schemaname = 'public' AND policyname = 'hq_authenticated_all' "
-            "AND 'authenticated' = ANY (roles)")}
+        secured = dict(
+            conn.execute(
+                "SELECT c.relname, c.relrowsecurity FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                "AND c.relkind = 'r'"
+            ).fetchall()
+        )
+        policies = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_policies WHERE schemaname = 'public' AND policyname = 'hq_authenticated_all' "
+                "AND 'authenticated' = ANY (roles)"
+            )
+        }
         for table in TABLES:
             assert secured[table], table
             # api_keys and the BM25 tables: RLS with no policy, so Supabase's REST roles never
             # read the key hashes or the keyword index's statistics
             assert (table in policies) == (table not in PRIVATE_TABLES), table
-        members = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'")}
+        members = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'")
+        }
         assert {"agent_commands", "agent_inbox_items"} <= members
         buckets = {r[0] for r in conn.execute("SELECT id FROM storage.buckets")}
         assert {"assets", "attachments"} <= buckets
@@ -201,8 +234,9 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
             conn.execute("SET LOCAL ROLE authenticated")
             assert conn.execute("SELECT slug FROM agents").fetchall() == [("scout",)]
             conn.execute("INSERT INTO tags (name) VALUES ('vip')")
-        conn.execute("INSERT INTO api_keys (name, prefix, key_hash, scope) "
-                     "VALUES ('ops', 'hqk_abcd', sha256('x'), 'admin')")
+        conn.execute(
+            "INSERT INTO api_keys (name, prefix, key_hash, scope) VALUES ('ops', 'hqk_abcd', sha256('x'), 'admin')"
+        )
         for role in ("authenticated",):
             with conn.transaction():
                 conn.execute(f"SET LOCAL ROLE {role}")
@@ -222,6 +256,11 @@ def test_plain_postgres_skips_supabase_parts_with_notices(empty_db_url: str) -> 
     assert "supabase_realtime not found" in notes and "storage schema not found" in notes
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'public'").fetchone() == (0,)
-        secured = [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relrowsecurity "
-                                              "AND relnamespace = 'public'::regnamespace AND relkind = 'r'")]
+        secured = [
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relrowsecurity "
+                "AND relnamespace = 'public'::regnamespace AND relkind = 'r'"
+            )
+        ]
         assert sorted(secured) == sorted(PRIVATE_TABLES)  # on everywhere: only the service reads them

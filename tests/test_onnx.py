@@ -29,9 +29,27 @@ from embeddings.onnx import (
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["incident", "escalation", "refund", "invoice", "schedule", "rotation", "deploy", "rollback",
-         "customer", "latency", "database", "replica", "backup", "restore", "agent", "prompt",
-         "budget", "quota", "policy"]
+WORDS = [
+    "incident",
+    "escalation",
+    "refund",
+    "invoice",
+    "schedule",
+    "rotation",
+    "deploy",
+    "rollback",
+    "customer",
+    "latency",
+    "database",
+    "replica",
+    "backup",
+    "restore",
+    "agent",
+    "prompt",
+    "budget",
+    "quota",
+    "policy",
+]
 
 
 def _passage(words: int, seed: int) -> str:
@@ -69,8 +87,11 @@ TEXTS = [
     _passage(252, 4),
     _passage(254, 5),  # exactly 256 with [CLS]/[SEP]
     _passage(400, 6),  # truncated, as the torch model truncates it
-    ("Microstructural development of human newborn cerebral white matter assessed in vivo "
-     "by diffusion tensor magnetic resonance imaging. ") * 12,
+    (
+        "Microstructural development of human newborn cerebral white matter assessed in vivo "
+        "by diffusion tensor magnetic resonance imaging. "
+    )
+    * 12,
     "the the the the the",
     "1234567890 3.14159 2025-11-25T12:00:00Z",
 ]
@@ -108,8 +129,7 @@ def torch_model() -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder()
 
 
-def test_onnx_vectors_match_the_torch_model(onnx: OnnxEmbedder,
-                                            torch_model: SentenceTransformerEmbedder) -> None:
+def test_onnx_vectors_match_the_torch_model(onnx: OnnxEmbedder, torch_model: SentenceTransformerEmbedder) -> None:
     assert len(TEXTS) >= 30
     assert max(onnx.count_tokens(t) for t in TEXTS) > 256  # some are truncated
     expected = torch_model.embed(TEXTS)
@@ -123,8 +143,12 @@ def test_onnx_vectors_match_the_torch_model(onnx: OnnxEmbedder,
 
 def test_related_texts_rank_above_unrelated(onnx: OnnxEmbedder) -> None:
     query = onnx.embed_query("how do I get my money back?")
-    passages = onnx.embed(["Refunds are paid to the original card within 5 days.",
-                           "The on-call engineer acknowledges alerts within five minutes."])
+    passages = onnx.embed(
+        [
+            "Refunds are paid to the original card within 5 days.",
+            "The on-call engineer acknowledges alerts within five minutes.",
+        ]
+    )
     assert passages[0] @ query > passages[1] @ query
 
 
@@ -139,8 +163,7 @@ def test_shapes_dtype_and_norms(onnx: OnnxEmbedder) -> None:
     assert (onnx.name, onnx.dims, onnx.max_tokens, onnx.provider) == ("all-MiniLM-L6-v2", 384, 254, "onnx")
 
 
-def test_the_export_is_reused_by_the_next_start(onnx: OnnxEmbedder, cache_dir: Path,
-                                                exports: list[Path]) -> None:
+def test_the_export_is_reused_by_the_next_start(onnx: OnnxEmbedder, cache_dir: Path, exports: list[Path]) -> None:
     path = onnx.onnx_path
     assert path.parent == cache_dir and path.is_file()
     assert re.fullmatch(r"all-MiniLM-L6-v2-[0-9a-f]{12}-fused\.onnx", path.name), path.name
@@ -182,7 +205,8 @@ def test_concurrent_starts_export_once(tmp_path: Path, exports: list[Path]) -> N
 
 
 def test_query_cache_returns_equal_vectors_the_caller_cannot_change(
-        onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded: list[str] = []
     real = onnx.embed
 
@@ -204,8 +228,7 @@ def test_query_cache_returns_equal_vectors_the_caller_cannot_change(
     assert len(embedded) == 2
 
 
-def test_query_cache_evicts_the_least_recently_used(onnx: OnnxEmbedder,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_query_cache_evicts_the_least_recently_used(onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     small = OnnxEmbedder(cache_dir=onnx.onnx_path.parent, cache_size=2)
     seen: list[str] = []
     real = small.embed
@@ -242,8 +265,9 @@ def test_default_cache_dir_follows_hq_data_dir(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "models").exists()
 
 
-def _fallback(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-              cache_dir: Path) -> CachedQueryEmbedder:
+def _fallback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, cache_dir: Path
+) -> CachedQueryEmbedder:
     monkeypatch.setattr(onnx_module, "_query_embedders", {})
     with caplog.at_level(logging.WARNING, logger="hq_knowledge.onnx"):
         embedder = load_query_embedder(cache_dir=cache_dir)
@@ -255,8 +279,8 @@ def _fallback(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 
 
 def test_falls_back_to_torch_when_the_export_fails(
-        tmp_path: Path, onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("exporter exploded")
 
@@ -272,14 +296,16 @@ def test_falls_back_to_torch_when_the_export_fails(
 
 
 def test_falls_back_to_torch_without_onnxruntime(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
     _fallback(monkeypatch, caplog, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing exported for a runtime that is missing
 
 
-def test_load_query_embedder_is_process_wide(cache_dir: Path, onnx: OnnxEmbedder,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_query_embedder_is_process_wide(
+    cache_dir: Path, onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(onnx_module, "_query_embedders", {})
     first = load_query_embedder(cache_dir=cache_dir)
     assert isinstance(first, OnnxEmbedder)
@@ -288,7 +314,6 @@ def test_load_query_embedder_is_process_wide(cache_dir: Path, onnx: OnnxEmbedder
     assert fake.provider == "fake" and fake.embed_query("x").shape == (fake.dims,)
     with pytest.raises(ValueError, match="unknown embedding model 'nope'"):
         load_query_embedder("nope")
-
 
 
 def test_queries_embedded_together_equal_each_embedded_alone(onnx: OnnxEmbedder) -> None:
@@ -394,7 +419,13 @@ def test_the_worker_and_the_query_export_import_transformers_at_the_same_time(tm
     on the imports, `from transformers import AutoModel` failed every time."""
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", RACE, str(tmp_path / "model.onnx")], cwd=Path(__file__).parents[1],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", RACE, str(tmp_path / "model.onnx")],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.stdout.strip().splitlines()[-1:] == ["ok"], result.stdout + result.stderr
     assert (tmp_path / "model.onnx").is_file()

@@ -24,16 +24,20 @@ def _operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]
     return [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("PATCH", "/documents/markdown", "POST"),  # a literal path, not /documents/{document_id}
-    ("GET", "/documents/markdown", "POST"),
-    ("OPTIONS", "/documents", "GET, HEAD, POST"),
-    ("PUT", "/documents/5f0c2b9e-7d41-4c1e-9a57-3d2f9b7c1a10", "DELETE, GET, HEAD, PATCH"),
-    ("DELETE", "/search", "GET, HEAD"),
-    ("POST", "/documents/5f0c2b9e-7d41-4c1e-9a57-3d2f9b7c1a10/tags/a", "DELETE, POST"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PATCH", "/documents/markdown", "POST"),  # a literal path, not /documents/{document_id}
+        ("GET", "/documents/markdown", "POST"),
+        ("OPTIONS", "/documents", "GET, HEAD, POST"),
+        ("PUT", "/documents/5f0c2b9e-7d41-4c1e-9a57-3d2f9b7c1a10", "DELETE, GET, HEAD, PATCH"),
+        ("DELETE", "/search", "GET, HEAD"),
+        ("POST", "/documents/5f0c2b9e-7d41-4c1e-9a57-3d2f9b7c1a10/tags/a", "DELETE, POST"),
+    ],
+)
 def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(
-        client: TestClient, method: str, path: str, allow: str) -> None:
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
     if method == "POST" and "/tags/" in path:  # taken: answered by the route (404 for this id)
         assert client.request(method, path).status_code == 404
         return

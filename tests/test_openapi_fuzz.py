@@ -27,15 +27,40 @@ def fuzz(base: str, key: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     report = tmp_path / "report"
     assert SCHEMATHESIS is not None, "schemathesis comes with the test extra: pip install -e '.[test]'"
     return subprocess.run(
-        [SCHEMATHESIS, "--config-file", str(CONFIG), "run", f"{base}/openapi.json", "--url", base,
-         "--phases", "examples,coverage,fuzzing", "--checks", "all",
-         "--max-examples", "10", "--seed", "42", "--workers", "1",
-         "--header", f"Authorization: Bearer {key}",
-         "--report", "junit", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=900,
+        [
+            SCHEMATHESIS,
+            "--config-file",
+            str(CONFIG),
+            "run",
+            f"{base}/openapi.json",
+            "--url",
+            base,
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--checks",
+            "all",
+            "--max-examples",
+            "10",
+            "--seed",
+            "42",
+            "--workers",
+            "1",
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
         # In the test's directory: schemathesis keeps a cache of past runs in its working
         # directory, and replays its failures first; each run starts from the seed alone.
-        cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"}, check=False)
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
 
 
 def test_every_answer_is_what_the_openapi_document_says(db_url: str, tmp_path: Path) -> None:

@@ -81,8 +81,7 @@ def add_contact(conn: Conn, first: str | None, last: str | None, **cols: Any) ->
     values = [first, last, *cols.values()]
     return scalar(  # type: ignore[no-any-return]
         conn,
-        f"INSERT INTO contacts ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
-        " RETURNING id",
+        f"INSERT INTO contacts ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) RETURNING id",
         tuple(values),
     )
 
@@ -93,8 +92,7 @@ def add_rule(conn: Conn, event: str, target: UUID | None = None, **cols: Any) ->
         cols["conditions"] = Jsonb(cols["conditions"])
     return scalar(  # type: ignore[no-any-return]
         conn,
-        f"INSERT INTO automation_rules ({', '.join(cols)})"
-        f" VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
+        f"INSERT INTO automation_rules ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
         tuple(cols.values()),
     )
 
@@ -155,12 +153,8 @@ def inbox(conn: Conn, agent_id: UUID, kind: str | None = None) -> list[dict[str,
     ).fetchall()
 
 
-def lease_items(
-    conn: Conn, agent_id: UUID, owner: str = "worker", limit: int = 1
-) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT * FROM lease_inbox_item(%s, %s, 300, %s)", (agent_id, owner, limit)
-    ).fetchall()
+def lease_items(conn: Conn, agent_id: UUID, owner: str = "worker", limit: int = 1) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM lease_inbox_item(%s, %s, 300, %s)", (agent_id, owner, limit)).fetchall()
 
 
 def expire_lease(conn: Conn, table: str, row_id: UUID) -> None:
@@ -210,9 +204,7 @@ def assert_leased_once(leased: list[list[UUID]], expected: set[UUID]) -> None:
 # ---- 014: agent commands -------------------------------------------------------------------------
 
 
-def test_concurrent_lease_command_hands_out_every_command_exactly_once(
-    conn: Conn, connect: Connect
-) -> None:
+def test_concurrent_lease_command_hands_out_every_command_exactly_once(conn: Conn, connect: Connect) -> None:
     """Four gateway workers leasing at once never get the same command, and together they
     lease all 200 commands, each with one attempt."""
     gw = add_gateway(conn)
@@ -230,8 +222,7 @@ def test_concurrent_lease_command_hands_out_every_command_exactly_once(
 
     assert_leased_once(lease_concurrently(connect, 4, lease), ids)
     states = conn.execute(
-        "SELECT status, attempts, lease_owner, count(*) AS n FROM agent_commands"
-        " GROUP BY 1, 2, 3"
+        "SELECT status, attempts, lease_owner, count(*) AS n FROM agent_commands GROUP BY 1, 2, 3"
     ).fetchall()
     assert states == [{"status": "leased", "attempts": 1, "lease_owner": gw, "n": 200}]
 
@@ -457,20 +448,21 @@ def test_enqueue_stores_what_it_was_given(conn: Conn) -> None:
     """enqueue_inbox_item returns the id of a pending item holding the given fields."""
     agent = add_agent(conn, "worker")
     item_id = new_item(
-        conn, agent, "Read this", p_payload={"doc": 1}, p_priority=7, p_max_attempts=5,
+        conn,
+        agent,
+        "Read this",
+        p_payload={"doc": 1},
+        p_priority=7,
+        p_max_attempts=5,
         p_source_type="document",
     )
     row = item(conn, item_id)
-    assert (row["agent_id"], row["kind"], row["title"], row["payload"]) == (
-        agent, "test.work", "Read this", {"doc": 1})
-    assert (row["status"], row["priority"], row["max_attempts"], row["attempts"]) == (
-        "pending", 7, 5, 0)
+    assert (row["agent_id"], row["kind"], row["title"], row["payload"]) == (agent, "test.work", "Read this", {"doc": 1})
+    assert (row["status"], row["priority"], row["max_attempts"], row["attempts"]) == ("pending", 7, 5, 0)
     assert row["source_type"] == "document"
 
 
-def test_concurrent_lease_inbox_item_hands_out_every_item_exactly_once(
-    conn: Conn, connect: Connect
-) -> None:
+def test_concurrent_lease_inbox_item_hands_out_every_item_exactly_once(conn: Conn, connect: Connect) -> None:
     """Four dispatchers leasing one agent's inbox at once never get the same item, and
     together they lease all 200 items, each once, as the owner that leased it."""
     agent = add_agent(conn, "busy")
@@ -491,14 +483,11 @@ def test_concurrent_lease_inbox_item_hands_out_every_item_exactly_once(
 
     assert_leased_once(leased, ids)
     owners = {
-        r["id"]: r["lease_owner"]
-        for r in conn.execute("SELECT id, lease_owner FROM agent_inbox_items").fetchall()
+        r["id"]: r["lease_owner"] for r in conn.execute("SELECT id, lease_owner FROM agent_inbox_items").fetchall()
     }
     for n, batch in enumerate(leased):
         assert {owners[i] for i in batch} <= {f"w{n}"}
-    assert scalar(
-        conn, "SELECT count(*) FROM agent_inbox_items WHERE status = 'leased' AND attempts = 1"
-    ) == 200
+    assert scalar(conn, "SELECT count(*) FROM agent_inbox_items WHERE status = 'leased' AND attempts = 1") == 200
 
 
 def test_lease_inbox_item_takes_the_highest_priority_first(conn: Conn) -> None:
@@ -552,9 +541,7 @@ def test_inbox_retries_count_leases_back_off_and_end_failed(conn: Conn) -> None:
     for attempt in (1, 2, 3):
         [leased] = lease_items(conn, agent)
         assert leased["attempts"] == attempt
-        row = one(
-            conn, "SELECT * FROM fail_inbox_item(%s, %s, 'worker', 5)", (item_id, f"err {attempt}")
-        )
+        row = one(conn, "SELECT * FROM fail_inbox_item(%s, %s, 'worker', 5)", (item_id, f"err {attempt}"))
         assert row["status"] == "pending" and row["attempts"] == attempt
         assert row["last_error"] == f"err {attempt}" and row["lease_owner"] is None
         delays.append(back_off(row))
@@ -695,14 +682,11 @@ def test_comment_mentions_notify_each_mentioned_agent(conn: Conn) -> None:
     that are no agent are skipped); a mentioned assignee gets the mention, not a second item."""
     assignee, b, c = add_agent(conn, "assignee"), add_agent(conn, "b"), add_agent(conn, "c")
     task = add_task(conn, "Plan", assignee=assignee)
-    comment = add_comment(
-        conn, task, "@b @c @assignee @nobody", author=c, mentions=[b, c, assignee, uuid.uuid4()]
-    )
+    comment = add_comment(conn, task, "@b @c @assignee @nobody", author=c, mentions=[b, c, assignee, uuid.uuid4()])
 
     for agent in (b, assignee):
         [row] = inbox(conn, agent, "comment.mention")
-        assert row["payload"] == {
-            "comment_id": str(comment), "entity_type": "task", "entity_id": str(task)}
+        assert row["payload"] == {"comment_id": str(comment), "entity_type": "task", "entity_id": str(task)}
         assert (row["source_type"], row["source_id"]) == ("comment", comment)
     assert inbox(conn, c) == []
     assert inbox(conn, assignee, "task.comment") == []
@@ -725,8 +709,15 @@ def test_task_rule_enqueues_an_item_for_its_target(conn: Conn) -> None:
     agent, titled from title_template, with the event and the task in the payload, and counts
     the firing on the rule."""
     triage = add_agent(conn, "triage")
-    rule = add_rule(conn, "task.created", triage, name="triage new tasks", item_kind="task.triage",
-                    title_template="[{event}] {title} #{id}", priority=4)
+    rule = add_rule(
+        conn,
+        "task.created",
+        triage,
+        name="triage new tasks",
+        item_kind="task.triage",
+        title_template="[{event}] {title} #{id}",
+        priority=4,
+    )
     task = add_task(conn, "Fix login")
 
     [row] = inbox(conn, triage)
@@ -736,8 +727,11 @@ def test_task_rule_enqueues_an_item_for_its_target(conn: Conn) -> None:
     assert (row["source_type"], row["source_id"], row["rule_id"]) == ("task", task, rule)
     payload = row["payload"]
     assert {k: payload[k] for k in ("event", "entity_type", "entity_id", "rule")} == {
-        "event": "task.created", "entity_type": "task", "entity_id": str(task),
-        "rule": "triage new tasks"}
+        "event": "task.created",
+        "entity_type": "task",
+        "entity_id": str(task),
+        "rule": "triage new tasks",
+    }
     assert payload["record"]["title"] == "Fix login" and payload["record"]["id"] == str(task)
     fired = one(conn, "SELECT fire_count, last_fired_at FROM automation_rules WHERE id = %s", (rule,))
     assert fired["fire_count"] == 1 and fired["last_fired_at"] is not None
@@ -815,15 +809,13 @@ def test_contact_rule_is_titled_with_the_contacts_name(conn: Conn) -> None:
     """A contact.created rule's {title} is the contact's name, not its job title (the title
     column), or its email when it has no name; contacts not matching the conditions are skipped."""
     sdr = add_agent(conn, "sdr")
-    add_rule(conn, "contact.created", sdr, item_kind="crm.new_contact",
-             conditions={"pipeline_stage": "lead"})
+    add_rule(conn, "contact.created", sdr, item_kind="crm.new_contact", conditions={"pipeline_stage": "lead"})
     contact = add_contact(conn, "Ada", "Lovelace", title="CTO", pipeline_stage="lead")
     add_contact(conn, "Not", "Alead", pipeline_stage="won")
     add_contact(conn, None, None, email="grace@example.com", pipeline_stage="lead")
 
     rows = inbox(conn, sdr)
-    assert [r["title"] for r in rows] == [
-        "contact.created: Ada Lovelace", "contact.created: grace@example.com"]
+    assert [r["title"] for r in rows] == ["contact.created: Ada Lovelace", "contact.created: grace@example.com"]
     assert rows[0]["kind"] == "crm.new_contact"
     assert rows[0]["payload"]["entity_type"] == "contact"
     assert rows[0]["payload"]["entity_id"] == str(contact)
@@ -856,8 +848,7 @@ def test_interaction_sync_does_not_fire_contact_updated_rules(conn: Conn) -> Non
 
     interaction = scalar(
         conn,
-        "INSERT INTO interactions (contact_id, kind, subject) VALUES (%s, 'call', 'Intro call')"
-        " RETURNING id",
+        "INSERT INTO interactions (contact_id, kind, subject) VALUES (%s, 'call', 'Intro call') RETURNING id",
         (contact,),
     )
 

@@ -36,8 +36,9 @@ def health() -> Health:
 @pytest.fixture
 def client(db_url: str, health: Health) -> Iterator[TestClient]:
     """Keys required: /healthz and /readyz answer without one."""
-    with local_client(create_app(db_url, health=health, access=AccessPolicy.for_bind(
-            "127.0.0.1", 8765, require_keys=True))) as c:
+    with local_client(
+        create_app(db_url, health=health, access=AccessPolicy.for_bind("127.0.0.1", 8765, require_keys=True))
+    ) as c:
         yield c
 
 
@@ -56,8 +57,13 @@ def test_ready_without_a_worker_in_this_process(client: TestClient) -> None:
         assert parts[name]["state"] == "ok" and parts[name]["required"] is True
         datetime.fromisoformat(parts[name]["since"])
     assert "PostgreSQL" in parts["database"]["detail"]
-    assert parts["worker"] == {"name": "worker", "state": "not run", "required": False, "since": None,
-                               "detail": parts["worker"]["detail"]}
+    assert parts["worker"] == {
+        "name": "worker",
+        "state": "not run",
+        "required": False,
+        "since": None,
+        "detail": parts["worker"]["detail"],
+    }
     assert "--no-worker" in parts["worker"]["detail"]
     assert client.get("/status").status_code == 401  # the counts still need a key
 
@@ -151,8 +157,9 @@ def test_the_openapi_document_says_readyz_may_answer_503(client: TestClient) -> 
     assert schema["paths"]["/healthz"]["get"]["security"] == []
 
 
-def test_status_against_the_database(db_url: str, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_against_the_database(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HQ_DATABASE_URL", db_url)
     assert main(["status"]) == 0
     out = capsys.readouterr().out

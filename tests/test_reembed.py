@@ -46,8 +46,12 @@ OLD, NEW = "fake-hash-384", "fake-hash-256"
 
 
 def _vocabulary() -> list[str]:
-    words = {w.lower() for f in sorted((ROOT / "samples" / "knowledge-base").rglob("*.md"))
-             for w in f.read_text().split() if w.isalpha() and len(w) > 3}
+    words = {
+        w.lower()
+        for f in sorted((ROOT / "samples" / "knowledge-base").rglob("*.md"))
+        for w in f.read_text().split()
+        if w.isalpha() and len(w) > 3
+    }
     return sorted(words)
 
 
@@ -83,9 +87,17 @@ def build_base(conn: Conn, url: str, docs: int, sections: int = 10) -> int:
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO documents (title, content_text, tags) VALUES (%s, %s, %s)",
-            [(f"Study {d}", "\n".join(f"## {texts[d * sections + s][0]}\n\n{texts[d * sections + s][1]}\n"
-                                       for s in range(sections)), ["even" if d % 2 == 0 else "odd"])
-             for d in range(docs)])
+            [
+                (
+                    f"Study {d}",
+                    "\n".join(
+                        f"## {texts[d * sections + s][0]}\n\n{texts[d * sections + s][1]}\n" for s in range(sections)
+                    ),
+                    ["even" if d % 2 == 0 else "odd"],
+                )
+                for d in range(docs)
+            ],
+        )
     Worker(url, FakeEmbedder(OLD)).run(once=True)
     activate_model(conn, OLD)
     forget_setup()
@@ -112,7 +124,9 @@ def cosine_scores(conn: Conn, model: str, query: str, item: str) -> list[float]:
     q = FakeEmbedder(name=model, dims=dims).embed([query])[0]
     rows = conn.execute(
         "SELECT e.embedding::text AS v FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
-        " WHERE e.model = %s AND c.document_id = %s", [model, item]).fetchall()
+        " WHERE e.model = %s AND c.document_id = %s",
+        [model, item],
+    ).fetchall()
     return [float(np.dot(q, np.array(json.loads(r["v"]), dtype=np.float32))) for r in rows]
 
 
@@ -148,8 +162,10 @@ def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
         thread.join()
     assert runner.stats.activated and finished
     by_model = collections.Counter(body["model"] for _, _, body in results)
-    print(f"searches by model: {dict(by_model)}; started after the switch: "
-          f"{sum(1 for started, _, _ in results if started > finished[0])}")
+    print(
+        f"searches by model: {dict(by_model)}; started after the switch: "
+        f"{sum(1 for started, _, _ in results if started > finished[0])}"
+    )
     assert set(by_model) == {OLD, NEW} and min(by_model.values()) >= 20, by_model
     for started, query, body in results:
         if started > finished[0]:
@@ -194,8 +210,10 @@ def write_counter(conn: Conn) -> Iterator[None]:
     conn.execute("""CREATE FUNCTION count_vector_write() RETURNS trigger LANGUAGE plpgsql AS $$
                     BEGIN IF NEW.model = 'fake-hash-256' THEN INSERT INTO vector_writes (chunk_id)
                     VALUES (NEW.chunk_id); END IF; RETURN NEW; END $$""")
-    conn.execute("CREATE TRIGGER count_vector_write AFTER INSERT OR UPDATE ON chunk_embeddings"
-                 " FOR EACH ROW EXECUTE FUNCTION count_vector_write()")
+    conn.execute(
+        "CREATE TRIGGER count_vector_write AFTER INSERT OR UPDATE ON chunk_embeddings"
+        " FOR EACH ROW EXECUTE FUNCTION count_vector_write()"
+    )
     yield
 
 
@@ -206,8 +224,9 @@ def wait_until(condition: Any, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def test_killed_at_half_then_resumed_embeds_each_passage_once(conn: Conn, db_url: str, tmp_path: Path,
-                                                              write_counter: None) -> None:
+def test_killed_at_half_then_resumed_embeds_each_passage_once(
+    conn: Conn, db_url: str, tmp_path: Path, write_counter: None
+) -> None:
     """Must-show 2: kill -9 at about 50%, run again: every passage embedded exactly once
     (completed embed calls counted by the model, vector writes by a trigger)."""
     total = build_base(conn, db_url, docs=40)
@@ -227,29 +246,39 @@ def test_killed_at_half_then_resumed_embeds_each_passage_once(conn: Conn, db_url
     first.wait()
     at_kill = get_job(conn, job.id)
     assert at_kill.status == "running" and total // 2 <= at_kill.embedded < total
-    second = subprocess.run([sys.executable, str(script), db_url, str(job.id), str(log)], env=env, timeout=120,
-                            check=False)
+    second = subprocess.run(
+        [sys.executable, str(script), db_url, str(job.id), str(log)], env=env, timeout=120, check=False
+    )
     assert second.returncode == 0
     final = get_job(conn, job.id)
     assert (final.status, final.embedded, final.skipped, final.failed) == ("completed", total, 0, 0)
-    embedded = collections.Counter(line.split()[1] for line in log.read_text().split("\n")
-                                   if line.startswith("done "))
-    texts = [hashlib.sha1(r["t"].encode()).hexdigest()
-             for r in conn.execute("SELECT indexed_text AS t FROM knowledge_chunks")]
+    embedded = collections.Counter(line.split()[1] for line in log.read_text().split("\n") if line.startswith("done "))
+    texts = [
+        hashlib.sha1(r["t"].encode()).hexdigest()
+        for r in conn.execute("SELECT indexed_text AS t FROM knowledge_chunks")
+    ]
     assert len(set(texts)) == total
     assert sorted(embedded) == sorted(texts) and set(embedded.values()) == {1}
     writes = conn.execute("SELECT chunk_id, count(*) AS n FROM vector_writes GROUP BY chunk_id").fetchall()
     assert len(writes) == total and {w["n"] for w in writes} == {1}
-    print(f"{total} passages; killed at {at_kill.embedded} embedded; embed calls completed per passage: "
-          f"{dict(collections.Counter(embedded.values()))}; vector writes per passage: "
-          f"{dict(collections.Counter(w['n'] for w in writes))}")
+    print(
+        f"{total} passages; killed at {at_kill.embedded} embedded; embed calls completed per passage: "
+        f"{dict(collections.Counter(embedded.values()))}; vector writes per passage: "
+        f"{dict(collections.Counter(w['n'] for w in writes))}"
+    )
     assert [m.name for m in list_models(conn) if m.is_active] == [NEW]
 
 
 def hq(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
-    return subprocess.run([sys.executable, "-m", "knowledge", *args], env=full, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_cli_reembed_killed_and_run_again(conn: Conn, db_url: str, write_counter: None) -> None:
@@ -257,9 +286,12 @@ def test_cli_reembed_killed_and_run_again(conn: Conn, db_url: str, write_counter
     finishes it; each passage's vector is written once; then search uses the new model."""
     total = build_base(conn, db_url, docs=100)
     env = {"HQ_DATABASE_URL": db_url}
-    first = subprocess.Popen([sys.executable, "-m", "knowledge", "reembed", "--model", NEW, "--batch", "5"],
-                             env={k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "knowledge", "reembed", "--model", NEW, "--batch", "5"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
     def half() -> bool:
         row = conn.execute("SELECT count(*) AS n FROM vector_writes").fetchone()
@@ -332,9 +364,13 @@ def test_worker_follows_the_switch(conn: Conn, db_url: str) -> None:
     conn.execute("INSERT INTO documents (title, content_text) VALUES ('Late note', 'Arrived after the switch.')")
     stats = Worker(db_url, None).run(once=True)
     assert stats.indexed == 1
-    models = {r["model"] for r in conn.execute(
-        "SELECT e.model FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
-        " JOIN documents d ON d.id = c.document_id WHERE d.title = 'Late note'")}
+    models = {
+        r["model"]
+        for r in conn.execute(
+            "SELECT e.model FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
+            " JOIN documents d ON d.id = c.document_id WHERE d.title = 'Late note'"
+        )
+    }
     assert models == {NEW}
 
 
@@ -365,17 +401,23 @@ def test_activate_and_drop_refusals_keep_the_active_model(conn: Conn, db_url: st
     index = list_models(conn, OLD)[0].index
     assert index is not None
     assert drop_model(conn, OLD) == 30
-    assert list_models(conn, OLD) == [] and conn.execute(
-        "SELECT to_regclass(%s) AS i", [index]).fetchone() == {"i": None}
+    assert list_models(conn, OLD) == [] and conn.execute("SELECT to_regclass(%s) AS i", [index]).fetchone() == {
+        "i": None
+    }
 
 
 def fake_model_dir(root: Path, *, weights: bool) -> Path:
     """A directory that looks like a sentence-transformers model; with weights=False it has
     the configuration files only."""
     root.mkdir()
-    (root / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (root / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
     (root / "1_Pooling").mkdir()
     (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 384}))
@@ -448,7 +490,10 @@ def test_api_starts_a_job_and_reports_progress(conn: Conn, db_url: str) -> None:
         assert (body["status"], body["done"], body["total"], body["progress"]) == ("completed", total, total, 1.0)
         models = client.get("/models").json()
         assert [(m["name"], m["is_active"], m["complete"]) for m in models] == [
-            (NEW, True, True), ("all-MiniLM-L6-v2", False, False), (OLD, False, True)]
+            (NEW, True, True),
+            ("all-MiniLM-L6-v2", False, False),
+            (OLD, False, True),
+        ]
 
 
 def test_dry_run_counts_and_estimates_without_changing_anything(conn: Conn, db_url: str) -> None:
@@ -459,7 +504,9 @@ def test_dry_run_counts_and_estimates_without_changing_anything(conn: Conn, db_u
     assert result.stdout.startswith(f"would re-embed {total} passages with {NEW}: about ")
     assert "passages/s (timed on" in result.stdout
     assert conn.execute("SELECT count(*) AS n FROM chunk_embeddings").fetchone() == before
-    assert list_models(conn, NEW) == [] and conn.execute("SELECT count(*) AS n FROM reembed_jobs").fetchone() == {"n": 0}
+    assert list_models(conn, NEW) == [] and conn.execute("SELECT count(*) AS n FROM reembed_jobs").fetchone() == {
+        "n": 0
+    }
 
 
 def test_progress_lines_off_a_terminal(conn: Conn, db_url: str) -> None:
@@ -487,13 +534,19 @@ def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
     edits = 0
     while runner_thread.is_alive() or edits < 30:
         doc = docs[edits % len(docs)]
-        conn.execute("UPDATE documents SET content_text = content_text || %s WHERE id = %s",
-                     [f"\n\n## Addendum {edits}\n\nA late paragraph about outcome {edits}.\n", doc])
+        conn.execute(
+            "UPDATE documents SET content_text = content_text || %s WHERE id = %s",
+            [f"\n\n## Addendum {edits}\n\nA late paragraph about outcome {edits}.\n", doc],
+        )
         edits += 1
         time.sleep(0.05)
     runner_thread.join()
-    wait_until(lambda: conn.execute("SELECT count(*) AS n FROM documents WHERE embedding_status <> 'indexed'"
-                                    ).fetchone() == {"n": 0})
+    wait_until(
+        lambda: (
+            conn.execute("SELECT count(*) AS n FROM documents WHERE embedding_status <> 'indexed'").fetchone()
+            == {"n": 0}
+        )
+    )
     stop.set()
     worker_thread.join()
     assert runner.stats.activated and get_job(conn, job.id).status == "completed"

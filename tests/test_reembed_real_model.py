@@ -37,8 +37,14 @@ def test_switch_to_the_int8_export(conn: Conn, db_url: str) -> None:
     Worker(db_url, SentenceTransformerEmbedder()).run(once=True)
     forget_setup()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | {"HQ_DATABASE_URL": db_url}
-    done = subprocess.run([sys.executable, "-m", "knowledge", "reembed", "--model", "all-MiniLM-L6-v2-int8"],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "knowledge", "reembed", "--model", "all-MiniLM-L6-v2-int8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "search now uses all-MiniLM-L6-v2-int8" in done.stdout
     active = [m for m in list_models(conn) if m.is_active]

@@ -100,21 +100,27 @@ def _boot_titles(client: TestClient, **headers: str) -> list[str]:
 
 
 def test_reads_go_to_the_standby_writes_to_the_primary_and_a_write_position_reads_it_back(
-        db_url: str, replica: str, standby: Standby) -> None:
+    db_url: str, replica: str, standby: Standby
+) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
     standby.wait_until_replayed(db_url, _dbname(db_url))
     with _served(db_url, replica) as client:
         assert _keyword_path(client) == "sql-bm25"
         standby.replay(_dbname(db_url), PAUSE)
-        r = client.post("/documents", json={"title": "Replica note", "content_text": "Replicas replay WAL.",
-                                            "tags": ["boot:all"]})
+        r = client.post(
+            "/documents", json={"title": "Replica note", "content_text": "Replicas replay WAL.", "tags": ["boot:all"]}
+        )
         assert r.status_code == 201, r.text
         doc_id, lsn = r.json()["id"], r.headers["HQ-Write-LSN"]
         assert parse_lsn(lsn) is not None
         cookie = r.headers["set-cookie"]
-        assert cookie.startswith(f"hq_write_lsn={lsn};") and "SameSite=Strict" in cookie and "HttpOnly" in cookie \
+        assert (
+            cookie.startswith(f"hq_write_lsn={lsn};")
+            and "SameSite=Strict" in cookie
+            and "HttpOnly" in cookie
             and "Max-Age=60" in cookie
+        )
         with psycopg.connect(db_url) as conn:  # written on the primary
             assert conn.execute("SELECT title FROM documents WHERE id = %s", [doc_id]).fetchone() == ("Replica note",)
 
@@ -143,12 +149,14 @@ def test_reads_go_to_the_standby_writes_to_the_primary_and_a_write_position_read
 
 
 def test_a_standby_lagging_more_than_the_limit_is_skipped_and_said_so(
-        db_url: str, replica: str, standby: Standby, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, replica: str, standby: Standby, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="hq_knowledge.db")
     with _served(db_url, replica, max_lag=1.0) as client, psycopg.connect(db_url, autocommit=True) as conn:
         standby.replay(_dbname(db_url), PAUSE)
-        doc_id = conn.execute("INSERT INTO documents (title, content_text) VALUES ('Lag', 'x') RETURNING id"
-                              ).fetchone()[0]  # type: ignore[index]
+        doc_id = conn.execute(
+            "INSERT INTO documents (title, content_text) VALUES ('Lag', 'x') RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
         lagging = _wait_for(client, "lagging")
         assert lagging["lag_seconds"] > 1.0 and "HQ_READ_MAX_LAG" in lagging["detail"]
         ready = client.get("/readyz")
@@ -170,7 +178,8 @@ def test_a_standby_lagging_more_than_the_limit_is_skipped_and_said_so(
 
 
 def test_clients_send_the_position_of_their_last_write_and_read_it_back(
-        db_url: str, replica: str, standby: Standby) -> None:
+    db_url: str, replica: str, standby: Standby
+) -> None:
     standby.replay(_dbname(db_url), PAUSE)
     with _served(db_url, replica) as client:
         http = cast(httpx.Client, client)  # the TestClient speaks httpx.Client's interface
@@ -195,7 +204,8 @@ def test_clients_send_the_position_of_their_last_write_and_read_it_back(
 
 
 def test_a_read_whose_standby_dies_mid_request_runs_again_on_the_primary(
-        db_url: str, replica: str, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, replica: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO")
     app = create_app(db_url, read_urls=[replica])
     ran_on: list[bool] = []
@@ -233,7 +243,8 @@ def _in_recovery(conn: psycopg.Connection[Any]) -> bool:
 
 
 def test_a_stopped_standby_sends_reads_to_the_primary_without_a_5xx(
-        db_url: str, replica: str, standby: Standby, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, replica: str, standby: Standby, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="hq_knowledge.db")
     with _served(db_url, replica) as client:
         doc_id = client.post("/documents", json={"title": "Replicas", "content_text": "x"}).json()["id"]
@@ -246,9 +257,15 @@ def test_a_stopped_standby_sends_reads_to_the_primary_without_a_5xx(
         answers: list[tuple[int, str]] = []
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            for path, params in (("/search", {"q": "replicas", "mode": "keyword"}), (f"/documents/{doc_id}", {}),
-                                 ("/document-folders", {}), ("/tags", {}), ("/overview", {}),
-                                 ("/boot/closer", {}), ("/documents", {})):
+            for path, params in (
+                ("/search", {"q": "replicas", "mode": "keyword"}),
+                (f"/documents/{doc_id}", {}),
+                ("/document-folders", {}),
+                ("/tags", {}),
+                ("/overview", {}),
+                ("/boot/closer", {}),
+                ("/documents", {}),
+            ):
                 r = client.get(path, params=params)
                 answers.append((r.status_code, r.json()["keyword_path"] if path == "/search" else ""))
         stop.join()
@@ -302,13 +319,20 @@ def test_without_replicas_nothing_changes(db_url: str) -> None:
 
 
 def test_read_replica_settings() -> None:
-    urls = Settings.from_env({"HQ_READ_DATABASE_URL": " postgresql://r:pw@a:5432,b:5433/hq, postgres://r@c/hq\n"
-                                                      "postgresql://d/hq", "HQ_READ_MAX_LAG": "0.5"})
+    urls = Settings.from_env(
+        {
+            "HQ_READ_DATABASE_URL": " postgresql://r:pw@a:5432,b:5433/hq, postgres://r@c/hq\npostgresql://d/hq",
+            "HQ_READ_MAX_LAG": "0.5",
+        }
+    )
     assert urls.read_database_urls == ("postgresql://r:pw@a:5432,b:5433/hq", "postgres://r@c/hq", "postgresql://d/hq")
     assert urls.read_max_lag == 0.5
     assert Settings.from_env({}).read_database_urls == () and Settings.from_env({}).read_max_lag == 5.0
-    with pytest.raises(InvalidInput, match=r"^HQ_READ_DATABASE_URL: 'mysql://r:\*\*\*@a/hq' is not a PostgreSQL URL; "
-                                           r"give one or more postgresql://"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"^HQ_READ_DATABASE_URL: 'mysql://r:\*\*\*@a/hq' is not a PostgreSQL URL; "
+        r"give one or more postgresql://",
+    ):
         Settings.from_env({"HQ_READ_DATABASE_URL": "mysql://r:secret@a/hq"})
     for value in ("0", "-1", "soon", "inf"):
         with pytest.raises(InvalidInput, match=r"^HQ_READ_MAX_LAG must be a number of seconds greater than 0"):
@@ -317,7 +341,13 @@ def test_read_replica_settings() -> None:
 
 
 def test_a_bad_replica_url_is_one_line_naming_the_variable() -> None:
-    out = subprocess.run([sys.executable, "-m", "knowledge", "db", "url"], capture_output=True, text=True,
-                         env={"HQ_READ_DATABASE_URL": "db.example:5432", "PATH": ""}, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "knowledge", "db", "url"],
+        capture_output=True,
+        text=True,
+        env={"HQ_READ_DATABASE_URL": "db.example:5432", "PATH": ""},
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 1 and out.stderr.startswith("error: HQ_READ_DATABASE_URL: 'db.example:5432' "), out
     assert "Traceback" not in out.stderr

@@ -55,9 +55,7 @@ def wait_until_blocked(observer: Conn, pid: int, timeout: float = 10.0) -> None:
     """Return once backend `pid` waits on a lock (row, transaction or advisory)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = observer.execute(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]
-        ).fetchone()
+        row = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
         if row is not None and row["wait_event_type"] == "Lock":
             return
         time.sleep(0.005)
@@ -118,24 +116,17 @@ def agents_snapshot(conn: Conn) -> list[dict[str, Any]]:
 
 
 def insert_contact(conn: Conn, first_name: str) -> UUID:
-    return insert_returning_id(
-        conn, "INSERT INTO contacts (first_name) VALUES (%s) RETURNING id", [first_name]
-    )
+    return insert_returning_id(conn, "INSERT INTO contacts (first_name) VALUES (%s) RETURNING id", [first_name])
 
 
 def insert_organization(conn: Conn, name: str) -> UUID:
-    return insert_returning_id(
-        conn, "INSERT INTO organizations (name) VALUES (%s) RETURNING id", [name]
-    )
+    return insert_returning_id(conn, "INSERT INTO organizations (name) VALUES (%s) RETURNING id", [name])
 
 
-def add_interaction(
-    conn: Conn, contact: UUID, occurred_at: datetime, organization: UUID | None = None
-) -> UUID:
+def add_interaction(conn: Conn, contact: UUID, occurred_at: datetime, organization: UUID | None = None) -> UUID:
     return insert_returning_id(
         conn,
-        "INSERT INTO interactions (contact_id, organization_id, occurred_at) "
-        "VALUES (%s, %s, %s) RETURNING id",
+        "INSERT INTO interactions (contact_id, organization_id, occurred_at) VALUES (%s, %s, %s) RETURNING id",
         [contact, organization, occurred_at],
     )
 
@@ -152,8 +143,7 @@ def contact_stats(conn: Conn, contact: UUID) -> tuple[datetime | None, int]:
 def contact_truth(conn: Conn, contact: UUID) -> tuple[datetime | None, int]:
     row = one(
         conn,
-        "SELECT max(occurred_at) AS last, count(*)::integer AS n FROM interactions "
-        "WHERE contact_id = %s",
+        "SELECT max(occurred_at) AS last, count(*)::integer AS n FROM interactions WHERE contact_id = %s",
         [contact],
     )
     return row["last"], row["n"]
@@ -250,8 +240,7 @@ def check_budget(conn: Conn, agent: UUID) -> dict[str, Any]:
 def insert_document(conn: Conn, title: str = "Playbook", text: str = "# Hello") -> UUID:
     return insert_returning_id(
         conn,
-        "INSERT INTO documents (title, content_format, content_text) "
-        "VALUES (%s, 'markdown', %s) RETURNING id",
+        "INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s) RETURNING id",
         [title, text],
     )
 
@@ -277,8 +266,7 @@ def vector_literal(dims: int, value: float = 0.1) -> str:
 
 def insert_embedding(conn: Conn, chunk: int, model: str, dims: int) -> None:
     conn.execute(
-        "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) "
-        "VALUES (%s, %s, %s::vector, 'h')",
+        "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) VALUES (%s, %s, %s::vector, 'h')",
         [chunk, model, vector_literal(dims)],
     )
 
@@ -332,8 +320,7 @@ def test_create_gateway_token_stores_only_the_sha256_of_the_token(conn: Conn) ->
     assert token.startswith("hqgw_") and len(token) >= 60
     assert token != other
     rows = conn.execute(
-        "SELECT t.*, row_to_json(t)::text AS as_text FROM gateway_registration_tokens t "
-        "ORDER BY created_at"
+        "SELECT t.*, row_to_json(t)::text AS as_text FROM gateway_registration_tokens t ORDER BY created_at"
     ).fetchall()
     assert len(rows) == 2
     hashes = {r["token_hash"] for r in rows}
@@ -400,9 +387,7 @@ def test_consume_wrong_gateway_token_raises(conn: Conn, wrong: str | None) -> No
     assert consume(conn, token)["name"] == "gw-1"
 
 
-def test_concurrent_consumers_of_one_token_register_one_gateway(
-    conn: Conn, connect: Connect
-) -> None:
+def test_concurrent_consumers_of_one_token_register_one_gateway(conn: Conn, connect: Connect) -> None:
     """Of several callers released at once with the same token, exactly one succeeds."""
     token = create_token(conn)
     n = 4
@@ -418,9 +403,7 @@ def test_concurrent_consumers_of_one_token_register_one_gateway(
     assert scalar(conn, "SELECT gateway_id FROM gateway_registration_tokens") == succeeded[0]["id"]
 
 
-def test_consumer_waiting_on_a_claimed_token_fails_once_the_claim_commits(
-    conn: Conn, connect: Connect
-) -> None:
+def test_consumer_waiting_on_a_claimed_token_fails_once_the_claim_commits(conn: Conn, connect: Connect) -> None:
     """A second consumer blocked behind an uncommitted claim re-checks the token and fails."""
     token = create_token(conn)
     first, second = connect(), connect()
@@ -612,9 +595,7 @@ def test_deleting_an_organization_or_contact_with_interactions(conn: Conn) -> No
 
 
 @pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
-def test_concurrent_interactions_keep_counts_right(
-    conn: Conn, connect: Connect, isolation: str
-) -> None:
+def test_concurrent_interactions_keep_counts_right(conn: Conn, connect: Connect, isolation: str) -> None:
     """Two overlapping transactions add interactions for one contact and one organization.
 
     Whatever commits, the contact's count and last_interaction_at and the organization's
@@ -656,9 +637,7 @@ def test_spawn_due_task_series_creates_owed_tasks_once(conn: Conn) -> None:
     assert spawn(conn, now) == 3
 
     assert series_runs(conn, series) == [T0, T0 + HOUR, T0 + 2 * HOUR]
-    tasks = conn.execute(
-        "SELECT * FROM tasks WHERE series_id = %s ORDER BY series_run_at", [series]
-    ).fetchall()
+    tasks = conn.execute("SELECT * FROM tasks WHERE series_id = %s ORDER BY series_run_at", [series]).fetchall()
     assert all(t["title"] == "Weekly report" for t in tasks)
     assert all(t["assignee_agent_id"] == worker for t in tasks)
     assert all(t["scheduled_for"] == t["series_run_at"] for t in tasks)
@@ -785,13 +764,9 @@ def test_tasks_track_status_sets_started_and_completed(conn: Conn) -> None:
     ("status", "started", "completed"),
     [("todo", False, False), ("in_progress", True, False), ("done", False, True)],
 )
-def test_tasks_track_status_on_insert(
-    conn: Conn, status: str, started: bool, completed: bool
-) -> None:
+def test_tasks_track_status_on_insert(conn: Conn, status: str, started: bool, completed: bool) -> None:
     """A task created directly in a status gets the matching timestamps."""
-    task = scalar(
-        conn, "INSERT INTO tasks (title, status) VALUES ('Write', %s) RETURNING id", [status]
-    )
+    task = scalar(conn, "INSERT INTO tasks (title, status) VALUES ('Write', %s) RETURNING id", [status])
     started_at, completed_at = task_times(conn, task)
     assert (started_at is not None, completed_at is not None) == (started, completed)
 
@@ -846,10 +821,7 @@ def test_budget_warns_once_and_exceeds_once(conn: Conn, limit_source: str) -> No
     b = budget(conn, agent)
     assert b["status"] == "exceeded" and b["exceeded_at"] is not None
     assert b["period_cost_usd"] == Decimal("16.5")
-    severity = {
-        r["kind"]: r["severity"]
-        for r in conn.execute("SELECT kind, severity FROM notifications").fetchall()
-    }
+    severity = {r["kind"]: r["severity"] for r in conn.execute("SELECT kind, severity FROM notifications").fetchall()}
     assert severity == {"budget.warned": "warning", "budget.exceeded": "error"}
 
 
@@ -886,9 +858,7 @@ def test_new_month_resets_the_period_and_can_warn_again(conn: Conn) -> None:
     add_usage(conn, agent, "3", input_tokens=7, output_tokens=1, occurred_at=next_month)
 
     b = budget(conn, agent)
-    assert b["period_start"] == scalar(
-        conn, "SELECT (date_trunc('month', now()) + interval '1 month')::date AS d"
-    )
+    assert b["period_start"] == scalar(conn, "SELECT (date_trunc('month', now()) + interval '1 month')::date AS d")
     assert b["period_cost_usd"] == Decimal(3)
     assert (b["period_input_tokens"], b["period_output_tokens"], b["period_calls"]) == (7, 1, 1)
     assert (b["status"], b["warned_at"], b["exceeded_at"]) == ("ok", None, None)
@@ -944,7 +914,9 @@ def test_budget_months_follow_the_workspace_time_zone(conn: Conn) -> None:
     agent = insert_agent(conn, "writer")
     conn.execute(
         "INSERT INTO agent_usage (agent_id, provider, model, cost_usd, occurred_at) "
-        "VALUES (%s, 'p', 'm', 1, '2031-01-31 23:30:00+00')", [agent])
+        "VALUES (%s, 'p', 'm', 1, '2031-01-31 23:30:00+00')",
+        [agent],
+    )
     assert budget(conn, agent)["period_start"].isoformat() == "2031-02-01"
     conn.execute("UPDATE workspace SET timezone = 'UTC' WHERE id = 1")
     assert scalar(conn, "SELECT hq_month_start('2031-01-31 23:30:00+00')").isoformat() == "2031-01-01"
@@ -1233,9 +1205,7 @@ def test_document_folder_path_names_the_folders_from_the_root(conn: Conn) -> Non
 # ---- 011 knowledge: documents and embeddings ----------------------------------------------
 
 
-def test_document_content_change_requeues_embedding_and_notifies(
-    conn: Conn, connect: Connect
-) -> None:
+def test_document_content_change_requeues_embedding_and_notifies(conn: Conn, connect: Connect) -> None:
     """A title or content change bumps content_version, resets to pending, NOTIFYs hq_embedding."""
     listener = connect()
     listener.execute("LISTEN hq_embedding")
@@ -1275,8 +1245,7 @@ def test_document_tag_or_pin_change_does_not_requeue(conn: Conn, connect: Connec
     drain_until_sentinel(listener, conn, "hq_embedding")
 
     conn.execute(
-        "UPDATE documents SET tags = ARRAY['boot:all'], pinned = true, metadata = '{\"a\": 1}' "
-        "WHERE id = %s",
+        "UPDATE documents SET tags = ARRAY['boot:all'], pinned = true, metadata = '{\"a\": 1}' WHERE id = %s",
         [doc],
     )
 
@@ -1349,9 +1318,7 @@ def test_default_model_embedding_inserts_and_has_a_partial_hnsw_index(conn: Conn
     assert "WHERE (model = 'all-MiniLM-L6-v2'::text)" in indexes[name]
     assert uses_index(conn, "all-MiniLM-L6-v2", 384, name)
     with pytest.raises(psycopg.errors.DataException):
-        insert_embedding(
-            conn, insert_chunk(conn, insert_document(conn, "Other"), 0), "all-MiniLM-L6-v2", 383
-        )
+        insert_embedding(conn, insert_chunk(conn, insert_document(conn, "Other"), 0), "all-MiniLM-L6-v2", 383)
 
 
 def test_ensure_embedding_index_for_a_new_model_creates_its_own_partial_index(

@@ -30,8 +30,11 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 DOCS = [
     ("Refund policy", "# Refunds\n\nAnnual plans are refunded pro rata within 30 days of renewal.", ["billing"]),
-    ("Discount approvals", "# Discounts\n\nA sales rep may give up to 10% without approval; more needs the CFO.",
-     ["sales", "pricing"]),
+    (
+        "Discount approvals",
+        "# Discounts\n\nA sales rep may give up to 10% without approval; more needs the CFO.",
+        ["sales", "pricing"],
+    ),
     ("On-call handoff", "# Handoff\n\nThe outgoing engineer writes open incidents in the channel.", ["engineering"]),
     ("Tomato care", "# Garden\n\nTomatoes need six hours of sun and regular watering.", ["garden"]),
 ]
@@ -41,7 +44,8 @@ def add(conn: Conn, title: str, text: str, tags: list[str], **extra: Any) -> uui
     cols = ["title", "content_text", "tags", *extra]
     row = conn.execute(
         f"INSERT INTO documents ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
-        [title, text, tags, *extra.values()]).fetchone()
+        [title, text, tags, *extra.values()],
+    ).fetchone()
     assert row is not None
     return row["id"]  # type: ignore[no-any-return]
 
@@ -70,8 +74,9 @@ def titles(response: Any) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["hybrid", "semantic", "keyword"])
 def test_each_mode_finds_the_document(client: TestClient, mode: str) -> None:
-    got = titles(client.get("/search", params={"q": "how much discount can a sales rep give without approval",
-                                               "mode": mode}))
+    got = titles(
+        client.get("/search", params={"q": "how much discount can a sales rep give without approval", "mode": mode})
+    )
     assert got[0] == "Discount approvals"
 
 
@@ -100,14 +105,28 @@ def test_html_in_documents_and_queries_comes_back_escaped(conn: Conn, db_url: st
 
 def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
     folder = conn.execute("INSERT INTO document_folders (name) VALUES ('Ops') RETURNING id").fetchone()["id"]  # type: ignore[index]
-    sub = conn.execute("INSERT INTO document_folders (name, parent_id) VALUES ('Sales', %s) RETURNING id",
-                       [folder]).fetchone()["id"]  # type: ignore[index]
-    add(conn, "Discount ladder (archived)", "Discount approval ladder for sales reps.", ["sales"],
-        archived_at="2030-01-01")
-    add(conn, "Discount FAQ", "Questions about discount approval for sales reps.", ["sales", "faq"],
-        folder_id=sub, pinned=True)
-    conn.execute("INSERT INTO assets (name, asset_type, content_text, tags) VALUES "
-                 "('Discount calculator', 'spreadsheet', 'discount approval sales rep percent', '{sales}')")
+    sub = conn.execute(
+        "INSERT INTO document_folders (name, parent_id) VALUES ('Sales', %s) RETURNING id", [folder]
+    ).fetchone()["id"]  # type: ignore[index]
+    add(
+        conn,
+        "Discount ladder (archived)",
+        "Discount approval ladder for sales reps.",
+        ["sales"],
+        archived_at="2030-01-01",
+    )
+    add(
+        conn,
+        "Discount FAQ",
+        "Questions about discount approval for sales reps.",
+        ["sales", "faq"],
+        folder_id=sub,
+        pinned=True,
+    )
+    conn.execute(
+        "INSERT INTO assets (name, asset_type, content_text, tags) VALUES "
+        "('Discount calculator', 'spreadsheet', 'discount approval sales rep percent', '{sales}')"
+    )
     Worker(db_url, FakeEmbedder()).run(once=True)
     q = "discount approval sales rep"
 
@@ -127,8 +146,9 @@ def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
 
 def test_hits_carry_their_folder_paths(conn: Conn, db_url: str, client: TestClient) -> None:
     def folder(table: str, name: str, parent: uuid.UUID | None = None) -> uuid.UUID:
-        row = conn.execute(f"INSERT INTO {table} (name, parent_id) VALUES (%s, %s) RETURNING id", [name, parent]
-                           ).fetchone()
+        row = conn.execute(
+            f"INSERT INTO {table} (name, parent_id) VALUES (%s, %s) RETURNING id", [name, parent]
+        ).fetchone()
         assert row is not None
         return row["id"]  # type: ignore[no-any-return]
 
@@ -137,15 +157,20 @@ def test_hits_carry_their_folder_paths(conn: Conn, db_url: str, client: TestClie
     add(conn, "Ledger close", "The ledger close checklist for month end.", [], folder_id=deep)
     add(conn, "Ledger basics", "What the ledger holds and who owns it.", [], folder_id=ops)
     shared = folder("asset_folders", "Shared")
-    conn.execute("INSERT INTO assets (name, asset_type, content_text, folder_id) VALUES"
-                 " ('Ledger template', 'template', 'A ledger template for month end.', %s)",
-                 [folder("asset_folders", "Finance", shared)])
+    conn.execute(
+        "INSERT INTO assets (name, asset_type, content_text, folder_id) VALUES"
+        " ('Ledger template', 'template', 'A ledger template for month end.', %s)",
+        [folder("asset_folders", "Finance", shared)],
+    )
     Worker(db_url, FakeEmbedder()).run(once=True)
     for mode in ("hybrid", "keyword"):
         hits = client.get("/search", params={"q": "ledger month end", "mode": mode}).json()["hits"]
         paths = {h["title"]: h["folder_path"] for h in hits if h["title"].startswith("Ledger")}
-        assert paths == {"Ledger close": "/Ops/Revenue/EMEA", "Ledger basics": "/Ops",
-                         "Ledger template": "/Shared/Finance"}, mode
+        assert paths == {
+            "Ledger close": "/Ops/Revenue/EMEA",
+            "Ledger basics": "/Ops",
+            "Ledger template": "/Shared/Finance",
+        }, mode
         # as the items' own pages give them
         for hit in hits:
             item = client.get(f"/{hit['kind']}s/{hit['id']}").json()
@@ -159,16 +184,25 @@ def test_one_percent_filter_returns_the_full_limit(
     """1,000 passages, 10 of them tagged: both the HNSW path (iterative scan) and the exact
     path return all 10, every hit matching."""
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO documents (title, content_text, tags) VALUES (%s, %s, %s)",
-                        [(f"Note {i}", f"Operations note {i} about shipping rates and carriers.",
-                          ["rare"] if i % 100 == 0 else ["common"]) for i in range(1000)])
+        cur.executemany(
+            "INSERT INTO documents (title, content_text, tags) VALUES (%s, %s, %s)",
+            [
+                (
+                    f"Note {i}",
+                    f"Operations note {i} about shipping rates and carriers.",
+                    ["rare"] if i % 100 == 0 else ["common"],
+                )
+                for i in range(1000)
+            ],
+        )
     index_with_fake(conn, db_url)
     monkeypatch.setattr(models, "EXACT_SCAN_FLOOR", exact_below)
     monkeypatch.setattr(models, "EXACT_SCAN_SHARE", 0.0)
     with local_client(create_app(db_url)) as c:
         for mode in ("semantic", "hybrid"):
-            body = c.get("/search", params={"q": "shipping carriers", "tags_any": "rare", "limit": 10,
-                                            "mode": mode}).json()
+            body = c.get(
+                "/search", params={"q": "shipping carriers", "tags_any": "rare", "limit": 10, "mode": mode}
+            ).json()
             assert len(body["hits"]) == 10, (mode, body)
             assert all(h["tags"] == ["rare"] for h in body["hits"])
             assert ("selective filter: exact vector scan" in body["notes"]) == (exact_below > 0)
@@ -178,9 +212,10 @@ def test_semantic_leg_is_read_from_the_models_hnsw_index(conn: Conn, db_url: str
     """The semantic leg orders by the expression of the model's HNSW index (011), so the index
     can serve it: with every other plan disabled, a search scans that index."""
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO documents (title, content_text) VALUES (%s, %s)",
-                        [(f"Note {i}", f"Operations note {i}: carrier {i % 37} ships on weekday {i % 5}.")
-                         for i in range(300)])
+        cur.executemany(
+            "INSERT INTO documents (title, content_text) VALUES (%s, %s)",
+            [(f"Note {i}", f"Operations note {i}: carrier {i % 37} ships on weekday {i % 5}.") for i in range(300)],
+        )
     index_with_fake(conn, db_url)
     name = conn.execute("SELECT hq_embedding_index_name('fake-hash-384') AS n").fetchone()["n"]  # type: ignore[index]
     with psycopg.connect(db_url, autocommit=True) as search_conn:
@@ -188,8 +223,10 @@ def test_semantic_leg_is_read_from_the_models_hnsw_index(conn: Conn, db_url: str
         for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):  # the index whenever it can serve
             search_conn.execute(f"SET {setting} = off")
         with search_conn.transaction():
-            result = search_active(search_conn, SearchQuery("Operations note 123: carrier 12 ships on weekday 3.",
-                                                            mode="semantic", limit=3))
+            result = search_active(
+                search_conn,
+                SearchQuery("Operations note 123: carrier 12 ships on weekday 3.", mode="semantic", limit=3),
+            )
             scans = search_conn.execute("SELECT pg_stat_get_xact_numscans(to_regclass(%s))", [name]).fetchone()
     assert scans is not None and scans[0] >= 1
     assert result.hits[0].title == "Note 123"
@@ -214,9 +251,21 @@ BAD = [
     ({"q": "refund", "tags_any": "x" * 101}, 422, "tags_any"),
     ({"q": "refund", "k": 0}, 422, "rrf_k"),
 ]
-SANE = ["!&|():*'\\<>-\"", "refund & | ! ( ) : * ' \\ < > - \"", "'; DROP TABLE documents; --",
-        "1' OR '1'='1", "refund) OR 1=1 --", "knowledge_chunks_bm25_idx:refund", "\ufffd\ufffd", "é ü ß 中文",
-        "-", "*", ":", "<->", "a:* & b"]
+SANE = [
+    "!&|():*'\\<>-\"",
+    "refund & | ! ( ) : * ' \\ < > - \"",
+    "'; DROP TABLE documents; --",
+    "1' OR '1'='1",
+    "refund) OR 1=1 --",
+    "knowledge_chunks_bm25_idx:refund",
+    "\ufffd\ufffd",
+    "é ü ß 中文",
+    "-",
+    "*",
+    ":",
+    "<->",
+    "a:* & b",
+]
 
 
 def test_bad_input_is_a_clear_4xx_and_odd_queries_are_sane(client: TestClient, conn: Conn) -> None:
@@ -270,7 +319,8 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
 
 
 def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
-        conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """HQ_KEYWORD_INDEX=sql on a server with pg_textsearch: the same ranking from the tables."""
     for title, text, tags in DOCS:
         add(conn, title, text, tags)
@@ -372,8 +422,10 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
     words = ["refund", "discount", "invoice", "approval", "annual", "plan", "policy", "ledger"]
 
     def long_notes(conn: Conn, n: int) -> list[uuid.UUID]:  # ~6 kB of text each: stored out of line
-        return [add(conn, f"Long note {i}", " ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(600)),
-                    []) for i in range(n)]
+        return [
+            add(conn, f"Long note {i}", " ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(600)), [])
+            for i in range(n)
+        ]
 
     def deleted_then_restarted() -> None:
         with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
@@ -389,8 +441,10 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
         assert r.status_code == 200, r.text
         return [h["title"] for h in r.json()["hits"]]
 
-    bm25 = ("SELECT count(*) FROM (SELECT id FROM knowledge_chunks ORDER BY indexed_text <@>"
-            " to_bm25query('discount approval', 'knowledge_chunks_bm25_idx') LIMIT 10) t")
+    bm25 = (
+        "SELECT count(*) FROM (SELECT id FROM knowledge_chunks ORDER BY indexed_text <@>"
+        " to_bm25query('discount approval', 'knowledge_chunks_bm25_idx') LIMIT 10) t"
+    )
     server = EmbeddedPostgres(tmp_path)
     server.start()
     try:
@@ -406,8 +460,10 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
             assert repair_bm25_index(plain) is False
         assert keyword_titles()[0] == "Discount approvals"
         deleted_then_restarted()
-        with psycopg.connect(server.url, autocommit=True) as plain, \
-                pytest.raises(psycopg.errors.DataCorrupted, match="missing chunk number 0 for toast value"):
+        with (
+            psycopg.connect(server.url, autocommit=True) as plain,
+            pytest.raises(psycopg.errors.DataCorrupted, match="missing chunk number 0 for toast value"),
+        ):
             plain.execute(bm25)  # the upstream behaviour repaired above
     finally:
         server.stop()
@@ -415,7 +471,8 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
 
 
 def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_restarts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """When the BM25 index is still broken after its rebuilds (pg_textsearch 1.0 once kept a
     few passages through every REINDEX until the server restarted), searches take the SQL
     keyword index until the server restarts, and say so."""
@@ -428,7 +485,9 @@ def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_res
         with _migrated_and_indexed(server.url) as conn:
             assert keyword_path(conn, "auto") == "bm25"
             rebuilds = []
-            monkeypatch.setattr(keyword_index, "_bm25_problem", lambda c: rebuilds.append(1) or "counts 1 of 4 passages")
+            monkeypatch.setattr(
+                keyword_index, "_bm25_problem", lambda c: rebuilds.append(1) or "counts 1 of 4 passages"
+            )
             assert repair_bm25_index(conn) is True
             assert len(rebuilds) == 1 + keyword_index.REBUILDS
             assert "searches use the SQL keyword index" in caplog.text
@@ -449,7 +508,8 @@ def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_res
 
 
 def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """On the embedded server, a BM25 index that rebuilding does not mend (pg_textsearch 1.0
     until the server restarts, here made so for the first server only) gets the server
     restarted at start, once: searches then use BM25."""
@@ -469,8 +529,11 @@ def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
     broken_for: list[str] = []
 
     def broken_until_restarted(conn: psycopg.Connection[Any]) -> str | None:
-        started = conn.cursor(row_factory=psycopg.rows.tuple_row).execute(
-            "SELECT pg_postmaster_start_time()::text").fetchone()[0]  # type: ignore[index]
+        started = (
+            conn.cursor(row_factory=psycopg.rows.tuple_row)
+            .execute("SELECT pg_postmaster_start_time()::text")
+            .fetchone()[0]
+        )  # type: ignore[index]
         if not broken_for:
             broken_for.append(started)
         return "counts 1 of 4 passages" if started == broken_for[0] else real(conn)
@@ -505,8 +568,10 @@ def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Con
     for i in range(12):
         add(conn, f"Note {i}", f"apple orchard harvest, and also tractors, weather, markets and prices {i}", ["farm"])
     index_with_fake(conn, db_url)
-    passages = conn.execute("SELECT count(*) AS n FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
-                            " WHERE d.title = 'Orchard'").fetchone()
+    passages = conn.execute(
+        "SELECT count(*) AS n FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
+        " WHERE d.title = 'Orchard'"
+    ).fetchone()
     assert passages is not None and passages["n"] == 60
     with local_client(create_app(db_url)) as client:
         got = titles(client.get("/search", params={"q": "apple orchard harvest", "mode": "semantic", "limit": 12}))
@@ -526,14 +591,31 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
         add(conn, title, text, tags)
     topics = ["refund", "discount", "incident", "tomato", "invoice", "renewal", "approval", "watering"]
     for i in range(40):
-        add(conn, f"Note {i}", f"{topics[i % 8]} notes {i}: {topics[(i * 3) % 8]} and {topics[(i * 5) % 8]} review",
-            ["notes"])
+        add(
+            conn,
+            f"Note {i}",
+            f"{topics[i % 8]} notes {i}: {topics[(i * 3) % 8]} and {topics[(i * 5) % 8]} review",
+            ["notes"],
+        )
     index_with_fake(conn, db_url)
-    queries = ["refund annual plan", "discount approval", "open incidents", "tomato sun", "invoice review",
-               "renewal notes", "approval by the CFO", "watering tomatoes", "incident handoff", "discount notes",
-               "refund review", "sales rep"]
-    with psycopg.connect(db_url, autocommit=True) as prepared, \
-            psycopg.connect(db_url, autocommit=True, prepare_threshold=None) as planned:
+    queries = [
+        "refund annual plan",
+        "discount approval",
+        "open incidents",
+        "tomato sun",
+        "invoice review",
+        "renewal notes",
+        "approval by the CFO",
+        "watering tomatoes",
+        "incident handoff",
+        "discount notes",
+        "refund review",
+        "sales rep",
+    ]
+    with (
+        psycopg.connect(db_url, autocommit=True) as prepared,
+        psycopg.connect(db_url, autocommit=True, prepare_threshold=None) as planned,
+    ):
         configure_for_search(prepared)
         configure_for_search(planned)
         for mode in MODES:
@@ -541,8 +623,9 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
                 a = search_active(prepared, SearchQuery(q=text, mode=mode))
                 b = search_active(planned, SearchQuery(q=text, mode=mode))
                 assert a.hits, (mode, text)
-                assert [(h.id, round(h.score, 9), h.snippet, h.explain) for h in a.hits] == \
-                       [(h.id, round(h.score, 9), h.snippet, h.explain) for h in b.hits], (mode, text)
+                assert [(h.id, round(h.score, 9), h.snippet, h.explain) for h in a.hits] == [
+                    (h.id, round(h.score, 9), h.snippet, h.explain) for h in b.hits
+                ], (mode, text)
         plans = prepared.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements").fetchall()
         assert len(plans) == len(MODES), plans  # one statement per mode, reused for every query
         assert all(generic + custom == len(queries) and generic > 0 for generic, custom in plans), plans

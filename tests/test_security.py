@@ -30,17 +30,30 @@ from knowledge.keys import SCOPES, create_key, revoke_key
 from .apiclient import LOCAL, local_client
 from .mcp_clients import free_port, http_service, mcp_client, structured, text
 
-TABLES = ("documents", "assets", "document_folders", "asset_folders", "knowledge_chunks", "embedding_models",
-          "reembed_jobs", "agents", "api_keys")
+TABLES = (
+    "documents",
+    "assets",
+    "document_folders",
+    "asset_folders",
+    "knowledge_chunks",
+    "embedding_models",
+    "reembed_jobs",
+    "agents",
+    "api_keys",
+)
 
 
 def state(url: str) -> dict[str, str | None]:
     """An md5 of every row of each knowledge table (api_keys without last_used_at, which a
     refused request with a live key may touch)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        return {t: conn.execute(f"SELECT md5(string_agg((to_jsonb(t) - 'last_used_at')::text, ',' "
-                                f"ORDER BY to_jsonb(t)::text)) FROM {t} t").fetchone()[0]  # type: ignore[index]
-                for t in TABLES}
+        return {
+            t: conn.execute(
+                f"SELECT md5(string_agg((to_jsonb(t) - 'last_used_at')::text, ',' "
+                f"ORDER BY to_jsonb(t)::text)) FROM {t} t"
+            ).fetchone()[0]  # type: ignore[index]
+            for t in TABLES
+        }
 
 
 @dataclass
@@ -91,8 +104,9 @@ ROUTES = [
 ]
 
 
-def _send(client: TestClient, route: tuple[str, str, Any, str], kb: Keyed,
-          headers: dict[str, str] | None = None) -> httpx.Response:
+def _send(
+    client: TestClient, route: tuple[str, str, Any, str], kb: Keyed, headers: dict[str, str] | None = None
+) -> httpx.Response:
     method, path, body, _ = route
     return client.request(method, path.format(doc=kb.doc, key=kb.key_id), json=body, headers=headers or {})
 
@@ -116,7 +130,7 @@ def test_each_route_needs_a_live_key_with_its_scope(keyed: Keyed, route: tuple[s
             assert r.status_code == 401, (why, r.status_code, r.text)
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
             assert r.json()["detail"], why
-        for scope in SCOPES[:SCOPES.index(needed)]:  # each scope below the one needed
+        for scope in SCOPES[: SCOPES.index(needed)]:  # each scope below the one needed
             r = _send(client, route, keyed, _bearer(keyed.keys[scope]))
             assert r.status_code == 403, (scope, r.status_code, r.text)
             assert f"needs a key with the {needed} scope" in r.json()["detail"]
@@ -146,28 +160,37 @@ def test_keys_are_shown_once_and_stored_as_hashes(keyed: Keyed) -> None:
         ghost = client.post("/keys", json={"scope": "read", "agent": "ghost"}, headers=_bearer(keyed.keys["admin"]))
         assert ghost.status_code == 404 and "agent: no agent has the slug 'ghost'" in ghost.json()["detail"]
     with psycopg.connect(keyed.url) as conn:
-        stored = conn.execute("SELECT string_agg(encode(key_hash, 'escape') || prefix || name, '') "
-                              "FROM api_keys").fetchone()
+        stored = conn.execute(
+            "SELECT string_agg(encode(key_hash, 'escape') || prefix || name, '') FROM api_keys"
+        ).fetchone()
         assert stored is not None and secret not in stored[0] and secret[12:] not in stored[0]
 
 
 def _agent_of(url: str, doc_id: str) -> str | None:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT a.slug FROM documents d LEFT JOIN agents a ON a.id = d.created_by_agent_id "
-                           "WHERE d.id = %s", (doc_id,)).fetchone()
+        row = conn.execute(
+            "SELECT a.slug FROM documents d LEFT JOIN agents a ON a.id = d.created_by_agent_id WHERE d.id = %s",
+            (doc_id,),
+        ).fetchone()
     assert row is not None
     return row[0]
 
 
 def test_an_agent_key_fixes_the_writer_whatever_the_header_says(keyed: Keyed) -> None:
     with keyed_client(keyed.url) as client:
-        r = client.post("/documents/markdown", json={"title": "Call notes", "markdown": "Asked about plans."},
-                        headers={**_bearer(keyed.keys["closer"]), "X-HQ-Agent": "scout"})
+        r = client.post(
+            "/documents/markdown",
+            json={"title": "Call notes", "markdown": "Asked about plans."},
+            headers={**_bearer(keyed.keys["closer"]), "X-HQ-Agent": "scout"},
+        )
         assert r.status_code == 201, r.text
         assert _agent_of(keyed.url, r.json()["id"]) == "closer"
         # an unbound write key may name the writer
-        r = client.post("/documents/markdown", json={"title": "Scouting", "markdown": "Found a lead."},
-                        headers={**_bearer(keyed.keys["write"]), "X-HQ-Agent": "scout"})
+        r = client.post(
+            "/documents/markdown",
+            json={"title": "Scouting", "markdown": "Found a lead."},
+            headers={**_bearer(keyed.keys["write"]), "X-HQ-Agent": "scout"},
+        )
         assert _agent_of(keyed.url, r.json()["id"]) == "scout"
         # GET /boot: the key's agent's bundle, named in X-HQ-Agent
         boot = client.get("/boot", headers={**_bearer(keyed.keys["closer"]), "Accept": "text/markdown"})
@@ -186,25 +209,32 @@ def test_an_agent_key_writes_only_as_its_own_agent_by_id(keyed: Keyed) -> None:
     closer, scout = _bearer(keyed.keys["closer"]), str(ids["scout"])
     before = state(keyed.url)
     with keyed_client(keyed.url) as client:
-        for path, body in (("/documents", {"title": "Forged", "content_text": "x"}),
-                           ("/assets", {"name": "Forged", "asset_type": "link", "url": "https://example.com"})):
+        for path, body in (
+            ("/documents", {"title": "Forged", "content_text": "x"}),
+            ("/assets", {"name": "Forged", "asset_type": "link", "url": "https://example.com"}),
+        ):
             forged = client.post(path, json={**body, "created_by_agent_id": scout}, headers=closer)
             assert forged.status_code == 403, forged.text
             assert "created_by_agent_id" in forged.json()["detail"] and "closer" in forged.json()["detail"]
-        forged = client.patch(f"/documents/{keyed.doc}", json={"title": "Forged", "updated_by_agent_id": scout},
-                              headers=closer)
+        forged = client.patch(
+            f"/documents/{keyed.doc}", json={"title": "Forged", "updated_by_agent_id": scout}, headers=closer
+        )
         assert forged.status_code == 403, forged.text
         assert state(keyed.url) == before  # nothing written
         # left out: recorded as the key's agent; an unbound key may still name any agent
         made = client.post("/documents", json={"title": "Mine", "content_text": "x"}, headers=closer).json()
         assert made["created_by_agent_id"] == made["updated_by_agent_id"] == str(ids["closer"])
-        asset = client.post("/assets", json={"name": "Mine", "asset_type": "link", "url": "https://example.com"},
-                            headers=closer).json()
+        asset = client.post(
+            "/assets", json={"name": "Mine", "asset_type": "link", "url": "https://example.com"}, headers=closer
+        ).json()
         assert asset["created_by_agent_id"] == str(ids["closer"])
         edited = client.patch(f"/documents/{keyed.doc}", json={"title": "Refunds"}, headers=closer).json()
         assert edited["updated_by_agent_id"] == str(ids["closer"])
-        named = client.post("/documents", json={"title": "Theirs", "content_text": "x", "created_by_agent_id": scout},
-                            headers=_bearer(keyed.keys["write"])).json()
+        named = client.post(
+            "/documents",
+            json={"title": "Theirs", "content_text": "x", "created_by_agent_id": scout},
+            headers=_bearer(keyed.keys["write"]),
+        ).json()
         assert named["created_by_agent_id"] == scout
 
 
@@ -250,17 +280,27 @@ def test_mcp_over_http_needs_a_key_and_the_write_scope_to_write(keyed: Keyed) ->
 
 # --- DNS rebinding and cross-site requests, on the keyless loopback default ----------------
 
+
 def _state_changing_routes() -> list[tuple[str, str]]:
     """Every REST route that changes state, with its path parameters filled in."""
     paths = create_app("postgresql:///unused").openapi()["paths"]
-    return [(method.upper(), path) for path, operations in paths.items()
-            for method in operations if method.upper() not in ("GET", "HEAD", "OPTIONS")]
+    return [
+        (method.upper(), path)
+        for path, operations in paths.items()
+        for method in operations
+        if method.upper() not in ("GET", "HEAD", "OPTIONS")
+    ]
 
 
 def _fill(path: str, kb_doc: uuid.UUID) -> str:
-    return (path.replace("{document_id}", str(kb_doc)).replace("{asset_id}", str(uuid.uuid4()))
-            .replace("{folder_id}", str(uuid.uuid4())).replace("{key_id}", str(uuid.uuid4()))
-            .replace("{tag:path}", "urgent").replace("{tag}", "urgent"))
+    return (
+        path.replace("{document_id}", str(kb_doc))
+        .replace("{asset_id}", str(uuid.uuid4()))
+        .replace("{folder_id}", str(uuid.uuid4()))
+        .replace("{key_id}", str(uuid.uuid4()))
+        .replace("{tag:path}", "urgent")
+        .replace("{tag}", "urgent")
+    )
 
 
 STATE_CHANGING = _state_changing_routes()
@@ -280,8 +320,9 @@ def local(db_url: str) -> Iterator[tuple[TestClient, uuid.UUID]]:
 
 
 @pytest.mark.parametrize(("method", "path"), STATE_CHANGING, ids=lambda v: str(v))
-def test_a_foreign_origin_cannot_change_anything(local: tuple[TestClient, uuid.UUID], db_url: str,
-                                                 method: str, path: str) -> None:
+def test_a_foreign_origin_cannot_change_anything(
+    local: tuple[TestClient, uuid.UUID], db_url: str, method: str, path: str
+) -> None:
     client, doc = local
     before = state(db_url)
     for origin in ("http://evil.example", "null", "http://localhost:3000", "http://127.0.0.1:8766"):
@@ -300,14 +341,19 @@ def test_the_services_own_page_may_change_state(local: tuple[TestClient, uuid.UU
     assert client.post(f"/documents/{doc}/unarchive").status_code == 200  # no Origin: not a browser
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1:9999", "localhost",
-                                  "127.0.0.2:8765", ""])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8765", "127.0.0.1:9999", "localhost", "127.0.0.2:8765", ""]
+)
 def test_a_foreign_host_is_misdirected(local: tuple[TestClient, uuid.UUID], db_url: str, host: str) -> None:
     client, doc = local
     before = state(db_url)
-    for method, path, body in (("GET", f"/documents/{doc}", None), ("GET", "/search?q=refunds", None),
-                               ("POST", "/documents", {"title": "Planted", "content_text": "x"}),
-                               ("DELETE", f"/documents/{doc}", None), ("GET", "/", None)):
+    for method, path, body in (
+        ("GET", f"/documents/{doc}", None),
+        ("GET", "/search?q=refunds", None),
+        ("POST", "/documents", {"title": "Planted", "content_text": "x"}),
+        ("DELETE", f"/documents/{doc}", None),
+        ("GET", "/", None),
+    ):
         r = client.request(method, path, json=body, headers={"Host": host})
         assert r.status_code == 421, (method, path, r.status_code, r.text)
         assert "HQ_ALLOWED_HOSTS" in r.json()["detail"]
@@ -317,26 +363,39 @@ def test_a_foreign_host_is_misdirected(local: tuple[TestClient, uuid.UUID], db_u
 
 
 def test_allowed_hosts_and_origins_serve_a_proxy(db_url: str) -> None:
-    access = AccessPolicy.for_bind("127.0.0.1", 8765, allowed_hosts=["kb.example.com"],
-                                   allowed_origins=["https://hq.example.com"])
+    access = AccessPolicy.for_bind(
+        "127.0.0.1", 8765, allowed_hosts=["kb.example.com"], allowed_origins=["https://hq.example.com"]
+    )
     with TestClient(create_app(db_url, access=access), base_url="https://kb.example.com") as client:
         assert client.get("/documents").status_code == 200
-        made = client.post("/documents", json={"title": "Via proxy", "content_text": "x"},
-                           headers={"Origin": "https://hq.example.com"})
+        made = client.post(
+            "/documents", json={"title": "Via proxy", "content_text": "x"}, headers={"Origin": "https://hq.example.com"}
+        )
         assert made.status_code == 201, made.text
-        assert client.post("/documents", json={"title": "x", "content_text": "x"},
-                           headers={"Origin": "https://evil.example"}).status_code == 403
+        assert (
+            client.post(
+                "/documents", json={"title": "x", "content_text": "x"}, headers={"Origin": "https://evil.example"}
+            ).status_code
+            == 403
+        )
 
 
 def test_mcp_refuses_foreign_hosts_and_origins(db_url: str) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     with http_service(db_url) as base, httpx.Client(base_url=base, timeout=30) as http:
         port = base.rsplit(":", 1)[1]
         before = state(db_url)
-        for headers, status in (({"Origin": "http://localhost:3000"}, 403), ({"Origin": "http://evil.example"}, 403),
-                                ({"Host": f"evil.example:{port}"}, 421)):
+        for headers, status in (
+            ({"Origin": "http://localhost:3000"}, 403),
+            ({"Origin": "http://evil.example"}, 403),
+            ({"Host": f"evil.example:{port}"}, 421),
+        ):
             r = http.post("/mcp", json=init, headers={**accept, **headers})
             assert r.status_code == status, (headers, r.status_code, r.text)
         assert state(db_url) == before
@@ -352,11 +411,15 @@ def test_headers_over_the_limit_get_431(local: tuple[TestClient, uuid.UUID]) -> 
 
 # --- Binding beyond loopback --------------------------------------------------------------
 
+
 def _serve(db_url: str, port: int, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "knowledge", "serve", "--no-worker", "--port", str(port)],
         env={**os.environ, "HQ_DATABASE_URL": db_url, "HQ_EMBEDDER": "fake", **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_binding_beyond_loopback_without_keys_refuses_to_start(db_url: str) -> None:
@@ -390,27 +453,30 @@ def test_binding_beyond_loopback_with_a_key_serves_only_with_keys(keyed: Keyed) 
 
 
 def test_oversized_headers_and_a_client_gone_mid_body_on_a_real_server(
-        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     import socket
     import time
 
     with http_service(db_url) as base, caplog.at_level("INFO"):
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(f"GET /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 1_000_000}\r\n\r\n"
-                      .encode())
+            s.sendall(f"GET /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {'a' * 1_000_000}\r\n\r\n".encode())
             assert s.recv(200).startswith(b"HTTP/1.1 431 ")
         before = state(db_url)
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(f"POST /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: 1000\r\n\r\n{{\"title\": \"Half".encode())
+            s.sendall(
+                f"POST /documents HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f'Content-Length: 1000\r\n\r\n{{"title": "Half'.encode()
+            )
             time.sleep(0.3)
         deadline = time.monotonic() + 10
         while "went away" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
     gone = [r for r in caplog.records if "went away" in r.getMessage()]
     assert len(gone) == 1 and gone[0].getMessage() == (
-        "POST /documents: the client went away before sending the whole request body")
+        "POST /documents: the client went away before sending the whole request body"
+    )
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
     assert "Exception in ASGI application" not in caplog.text
     assert state(db_url) == before

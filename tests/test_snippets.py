@@ -25,33 +25,62 @@ Conn = psycopg.Connection[dict[str, Any]]
 SYNTAX = re.compile(r"\*\*|__|~~|`|\]\(|!\[|\||^#|\s#+\s|^>|^[-*+]\s|---", re.MULTILINE)
 
 PASSAGES = {  # name: (passage, query, snippet)
-    "bold": ("Monthly **plans** can be cancelled at any time. 2. **Annual** **plans** are refunded pro rata.",
-             "annual plans",
-             ("Monthly <mark>plans</mark> can be cancelled at any time. 2. <mark>Annual</mark> "
-              "<mark>plans</mark> are refunded pro rata.")),
-    "italics": ("Refunds are *always* issued to the _original_ card, ***never*** as credit.", "refund card",
-                "<mark>Refunds</mark> are always issued to the original <mark>card</mark>, never as credit."),
-    "links": (("See the [pricing and discount policy](../Policies/pricing-and-discount-policy.md) and "
-               "![the ladder](img/ladder.png) or <https://example.com/discounts>."),
-              "discount policy",
-              ("See the pricing and <mark>discount</mark> <mark>policy</mark> and the ladder or "
-               "https://example.com/<mark>discounts</mark>.")),
-    "table": (("| Credit | Who approves |\n|---|:---:|\n| Goodwill credit above that | up to $2,000 |\n"
-               "| **15%** discount | the CFO |"),
-              "credit approves",
-              ("<mark>Credit</mark>; Who <mark>approves</mark>; Goodwill <mark>credit</mark> above that; "
-               "up to $2,000; 15% discount; the CFO;")),
-    "code": (("Run `hq-knowledge reembed` after a switch:\n\n```bash\nhq-knowledge reembed --all\n```\n\n"
-              "~~Old step~~ no longer needed."),
-             "reembed step",
-             ("Run hq-knowledge <mark>reembed</mark> after a switch: hq-knowledge <mark>reembed</mark> --all Old "
-              "<mark>step</mark> no longer needed.")),
-    "headings": (("# Escalations\n\n## On call\n\n> Page the **on-call** engineer.\n\n- first: ack\n"
-                  "* then: fix\n+ [x] done"),
-                 "escalations engineer",
-                 "<mark>Escalations</mark> On call Page the on-call <mark>engineer</mark>. first: ack then: fix done"),
-    "text kept": ("snake_case_name stays, 2 * 3 = 6, ~5 s, and <b>html</b> is text.", "html name",
-                  "snake_case_name stays, 2 * 3 = 6, ~5 s, and &lt;b&gt;<mark>html</mark>&lt;/b&gt; is text."),
+    "bold": (
+        "Monthly **plans** can be cancelled at any time. 2. **Annual** **plans** are refunded pro rata.",
+        "annual plans",
+        (
+            "Monthly <mark>plans</mark> can be cancelled at any time. 2. <mark>Annual</mark> "
+            "<mark>plans</mark> are refunded pro rata."
+        ),
+    ),
+    "italics": (
+        "Refunds are *always* issued to the _original_ card, ***never*** as credit.",
+        "refund card",
+        "<mark>Refunds</mark> are always issued to the original <mark>card</mark>, never as credit.",
+    ),
+    "links": (
+        (
+            "See the [pricing and discount policy](../Policies/pricing-and-discount-policy.md) and "
+            "![the ladder](img/ladder.png) or <https://example.com/discounts>."
+        ),
+        "discount policy",
+        (
+            "See the pricing and <mark>discount</mark> <mark>policy</mark> and the ladder or "
+            "https://example.com/<mark>discounts</mark>."
+        ),
+    ),
+    "table": (
+        (
+            "| Credit | Who approves |\n|---|:---:|\n| Goodwill credit above that | up to $2,000 |\n"
+            "| **15%** discount | the CFO |"
+        ),
+        "credit approves",
+        (
+            "<mark>Credit</mark>; Who <mark>approves</mark>; Goodwill <mark>credit</mark> above that; "
+            "up to $2,000; 15% discount; the CFO;"
+        ),
+    ),
+    "code": (
+        (
+            "Run `hq-knowledge reembed` after a switch:\n\n```bash\nhq-knowledge reembed --all\n```\n\n"
+            "~~Old step~~ no longer needed."
+        ),
+        "reembed step",
+        (
+            "Run hq-knowledge <mark>reembed</mark> after a switch: hq-knowledge <mark>reembed</mark> --all Old "
+            "<mark>step</mark> no longer needed."
+        ),
+    ),
+    "headings": (
+        ("# Escalations\n\n## On call\n\n> Page the **on-call** engineer.\n\n- first: ack\n* then: fix\n+ [x] done"),
+        "escalations engineer",
+        "<mark>Escalations</mark> On call Page the on-call <mark>engineer</mark>. first: ack then: fix done",
+    ),
+    "text kept": (
+        "snake_case_name stays, 2 * 3 = 6, ~5 s, and <b>html</b> is text.",
+        "html name",
+        "snake_case_name stays, 2 * 3 = 6, ~5 s, and &lt;b&gt;<mark>html</mark>&lt;/b&gt; is text.",
+    ),
 }
 
 

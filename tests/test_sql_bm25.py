@@ -30,8 +30,12 @@ RECOUNT = """
 
 def _texts(n: int, seed: int = 3) -> list[str]:
     """`n` paragraphs of the sample knowledge base (real prose, markdown included), shuffled."""
-    paragraphs = [p.strip() for f in sorted(SAMPLES.rglob("*.md"))
-                  for p in f.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80]
+    paragraphs = [
+        p.strip()
+        for f in sorted(SAMPLES.rglob("*.md"))
+        for p in f.read_text(encoding="utf-8").split("\n\n")
+        if len(p.strip()) > 80
+    ]
     return random.Random(seed).sample(paragraphs, n)
 
 
@@ -73,18 +77,25 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
                         op = "create"
                     try:
                         if op == "create":
-                            row = c.execute("INSERT INTO documents (title, content_text) VALUES (%s, %s) RETURNING id",
-                                            [f"w{seed} doc {len(mine)}", "\n\n".join(pick.sample(texts, 2))]).fetchone()
+                            row = c.execute(
+                                "INSERT INTO documents (title, content_text) VALUES (%s, %s) RETURNING id",
+                                [f"w{seed} doc {len(mine)}", "\n\n".join(pick.sample(texts, 2))],
+                            ).fetchone()
                             mine.append(row[0])  # type: ignore[index]
                         elif op == "edit":
-                            c.execute("UPDATE documents SET content_text = %s WHERE id = %s",
-                                      ["\n\n".join(pick.sample(texts, pick.randint(1, 3))), pick.choice(mine)])
+                            c.execute(
+                                "UPDATE documents SET content_text = %s WHERE id = %s",
+                                ["\n\n".join(pick.sample(texts, pick.randint(1, 3))), pick.choice(mine)],
+                            )
                         elif op == "delete":
                             c.execute("DELETE FROM documents WHERE id = %s", [mine.pop(pick.randrange(len(mine)))])
                         else:  # a passage's text rewritten in place: the UPDATE trigger's path
-                            c.execute("UPDATE knowledge_chunks SET indexed_text = %s"
-                                      " WHERE id = (SELECT id FROM knowledge_chunks WHERE document_id = ANY(%s)"
-                                      " ORDER BY random() LIMIT 1)", [pick.choice(texts), mine])
+                            c.execute(
+                                "UPDATE knowledge_chunks SET indexed_text = %s"
+                                " WHERE id = (SELECT id FROM knowledge_chunks WHERE document_id = ANY(%s)"
+                                " ORDER BY random() LIMIT 1)",
+                                [pick.choice(texts), mine],
+                            )
                     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                         op = f"{op} (conflict, rolled back)"
                     with lock:
@@ -117,8 +128,10 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
     assert sum(n for op, n in counts.items() if op != "indexed while writing") == 4 * edits_per_writer
     assert counts["indexed while writing"] > 50, counts
     assert counts["create"] > 100 and counts["edit"] > 50 and counts["delete"] > 30 and counts["rewrite"] > 10, counts
-    stats = conn.execute("SELECT count(*) AS passages, (SELECT count(*) FROM bm25_postings) AS postings,"
-                         " (SELECT count(*) FROM bm25_corpus) AS slots FROM knowledge_chunks").fetchone()
+    stats = conn.execute(
+        "SELECT count(*) AS passages, (SELECT count(*) FROM bm25_postings) AS postings,"
+        " (SELECT count(*) FROM bm25_corpus) AS slots FROM knowledge_chunks"
+    ).fetchone()
     assert stats["passages"] > 100 and stats["postings"] > 3_000, stats
     assert stats["slots"] > 1, stats  # the writers really added to different slots
     print(dict(counts), stats)
@@ -126,13 +139,17 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
     # Deleting everything leaves nothing behind.
     conn.execute("DELETE FROM documents")
     assert conn.execute("SELECT count(*) AS n FROM bm25_postings").fetchone()["n"] == 0
-    assert conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone() == \
-        {"n": 0, "len": 0}
+    assert conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone() == {
+        "n": 0,
+        "len": 0,
+    }
 
 
 def test_the_differences_check_sees_a_wrong_statistic(db_url: str, conn: Any) -> None:
     """The recount comparison above can fail: one changed posting or total shows."""
-    conn.execute("INSERT INTO documents (title, content_text) VALUES ('Tides', 'The moon pulls the tides twice a day.')")
+    conn.execute(
+        "INSERT INTO documents (title, content_text) VALUES ('Tides', 'The moon pulls the tides twice a day.')"
+    )
     Worker(db_url, FakeEmbedder()).run(once=True)
     assert set(_differences(conn).values()) == {0}
     conn.execute("UPDATE bm25_postings SET tf = tf + 1 WHERE term = 'moon'")
@@ -169,9 +186,13 @@ def test_scores_are_bm25_as_pg_textsearch_defines_it(db_url: str, conn: Any) -> 
     for p in postings:
         by_term.setdefault(p["term"], {})[p["chunk_id"]] = p["tf"]
     for query in ("refund for an annual plan", "discount discount approval by the sales lead", "escalation"):
-        qtf = Counter(r["lexeme"] for r in conn.execute(
-            "SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) u, generate_series(1, array_length(u.positions, 1))",
-            [query]).fetchall())
+        qtf = Counter(
+            r["lexeme"]
+            for r in conn.execute(
+                "SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) u, generate_series(1, array_length(u.positions, 1))",
+                [query],
+            ).fetchall()
+        )
         expected: dict[int, float] = {}
         for term, count in qtf.items():
             docs = by_term.get(term, {})

@@ -29,11 +29,25 @@ def client(db_url: str) -> Iterator[TestClient]:
 def test_status_counts_stored_items_and_queue(conn: Conn, client: TestClient) -> None:
     empty = client.get("/status").json()
     searches = empty.pop("searches")
-    assert empty == {"documents": 0, "assets": 0, "passages": 0, "queue": 0, "failed": 0,
-                     "active_model": "all-MiniLM-L6-v2", "keyword_path": keyword_path(conn)}
-    assert searches == {"limit": default_limit(), "queue": default_queue(default_limit()), "in_flight": 0,
-                        "admitted": 0, "queued": 0, "refused": 0, "timed_out": 0,
-                        "query_batches": searches["query_batches"]}
+    assert empty == {
+        "documents": 0,
+        "assets": 0,
+        "passages": 0,
+        "queue": 0,
+        "failed": 0,
+        "active_model": "all-MiniLM-L6-v2",
+        "keyword_path": keyword_path(conn),
+    }
+    assert searches == {
+        "limit": default_limit(),
+        "queue": default_queue(default_limit()),
+        "in_flight": 0,
+        "admitted": 0,
+        "queued": 0,
+        "refused": 0,
+        "timed_out": 0,
+        "query_batches": searches["query_batches"],
+    }
 
     first = create_document(conn, title="Refunds", content_text="Refund within 30 days.")
     create_document(conn, title="Pricing", content_text="Plans and prices.")
@@ -41,8 +55,7 @@ def test_status_counts_stored_items_and_queue(conn: Conn, client: TestClient) ->
     status = client.get("/status").json()
     assert (status["documents"], status["assets"], status["queue"], status["failed"]) == (2, 1, 3, 0)
 
-    conn.execute("UPDATE documents SET embedding_status = 'failed', embedding_error = 'boom' "
-                 "WHERE id = %s", [first.id])
+    conn.execute("UPDATE documents SET embedding_status = 'failed', embedding_error = 'boom' WHERE id = %s", [first.id])
     archive_document(conn, first.id)
     status = client.get("/status").json()
     assert (status["documents"], status["queue"], status["failed"]) == (1, 2, 1)
@@ -58,16 +71,23 @@ def test_agents_are_listed_by_slug(conn: Conn, client: TestClient) -> None:
     for slug, name in [("scout", "Scout"), ("closer", "Closer"), ("builder", "Builder")]:
         conn.execute("INSERT INTO agents (slug, name) VALUES (%s, %s)", [slug, name])
     assert client.get("/agents").json() == [
-        {"slug": "builder", "name": "Builder"}, {"slug": "closer", "name": "Closer"},
-        {"slug": "scout", "name": "Scout"}]
+        {"slug": "builder", "name": "Builder"},
+        {"slug": "closer", "name": "Closer"},
+        {"slug": "scout", "name": "Scout"},
+    ]
 
 
 def test_page_and_its_files_are_served_from_the_package(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    for needle in ('id="q"', 'id="results"', 'src="/static/app.js"', 'src="/static/markdown.js"',
-                   'href="/static/app.css"'):
+    for needle in (
+        'id="q"',
+        'id="results"',
+        'src="/static/app.js"',
+        'src="/static/markdown.js"',
+        'href="/static/app.css"',
+    ):
         assert needle in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
 

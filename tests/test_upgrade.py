@@ -47,12 +47,19 @@ BEFORE_UPGRADE_FIX = "8e75917"  # 2026-12-01: its database made later releases r
 
 def _release_tree(commit: str, dest: Path) -> Path:
     """The package as it was at `commit`, extracted into `dest`."""
-    if shutil.which("git") is None or subprocess.run(
-            ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"],
-            capture_output=True, check=False).returncode != 0:
+    if (
+        shutil.which("git") is None
+        or subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         pytest.skip(f"needs this repository's history (commit {commit}); a shallow copy lacks it")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit,
-                              "knowledge", "embeddings", "db"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "knowledge", "embeddings", "db"],
+        capture_output=True,
+        check=True,
+    ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
     return dest
@@ -61,19 +68,26 @@ def _release_tree(commit: str, dest: Path) -> Path:
 def _run_old(tree: Path, url: str, code: str) -> None:
     """Run `code` with the old release's packages first on the path."""
     env = {**os.environ, "PYTHONPATH": str(tree), "HQ_DATABASE_URL": url, "HQ_EMBEDDER": "fake"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _old_database(tree: Path, url: str, *, index: bool) -> None:
     """Migrate with the old runner; add documents; with `index`, embed them with the old worker."""
-    _run_old(tree, url, "import os, psycopg, knowledge.migrations as m; "
-                        "m.migrate(psycopg.connect(os.environ['HQ_DATABASE_URL'], autocommit=True))")
+    _run_old(
+        tree,
+        url,
+        "import os, psycopg, knowledge.migrations as m; "
+        "m.migrate(psycopg.connect(os.environ['HQ_DATABASE_URL'], autocommit=True))",
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         for i, (title, text) in enumerate(DOCUMENTS):
-            conn.execute("INSERT INTO documents (title, content_format, content_text, tags) "
-                         "VALUES (%s, 'markdown', %s, %s)", [title, text, [f"upgrade-{i}"]])
+            conn.execute(
+                "INSERT INTO documents (title, content_format, content_text, tags) VALUES (%s, 'markdown', %s, %s)",
+                [title, text, [f"upgrade-{i}"]],
+            )
     if index:
         _run_old(tree, url, "import sys; from knowledge.cli import main; sys.exit(main(['worker', '--once']))")
 
@@ -110,7 +124,8 @@ def test_the_newest_release_is_these_files() -> None:
     changed = sorted(name for name in files if newest.get(name) != files[name])
     assert not changed, (
         f"{', '.join(changed)} changed since release {releases[-1].number}: add a release to "
-        f"{migrations_dir().name}/releases.json with these checksums: {json.dumps(files, indent=1)}")
+        f"{migrations_dir().name}/releases.json with these checksums: {json.dumps(files, indent=1)}"
+    )
     assert newest.keys() == files.keys()
     assert [r.number for r in releases] == list(range(1, len(releases) + 1))
     assert current_release(load_migrations(), releases) == releases[-1].number
@@ -118,7 +133,8 @@ def test_the_newest_release_is_these_files() -> None:
 
 @pytest.mark.parametrize("commit", [FIRST, BEFORE_UPGRADE_FIX])
 def test_migrate_upgrades_an_earlier_release_to_a_fresh_install(
-        commit: str, pg_server: Server, empty_db_url: str, tmp_path: Path) -> None:
+    commit: str, pg_server: Server, empty_db_url: str, tmp_path: Path
+) -> None:
     tree = _release_tree(commit, tmp_path / "release")
     _old_database(tree, empty_db_url, index=False)
     before = _rows(empty_db_url)
@@ -163,15 +179,21 @@ def served(tmp_path: Path) -> Iterator[Any]:
         port = free_port()
         env = {**os.environ, "HQ_DATABASE_URL": url, "HQ_EMBEDDER": "fake"}
         log = open(tmp_path / f"serve-{port}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "knowledge", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "knowledge", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         procs.append(proc)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"serve exited with {proc.returncode}: "
-                                     + (tmp_path / f"serve-{port}.log").read_text()[-3000:])
+                raise AssertionError(
+                    f"serve exited with {proc.returncode}: " + (tmp_path / f"serve-{port}.log").read_text()[-3000:]
+                )
             try:
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     return base
@@ -191,25 +213,32 @@ def served(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize(("commit", "indexed_by_old_worker"), [(FIRST, False), (BEFORE_UPGRADE_FIX, True)])
 def test_serve_starts_on_a_database_of_an_earlier_release(
-        commit: str, indexed_by_old_worker: bool, empty_db_url: str, tmp_path: Path, served: Any) -> None:
+    commit: str, indexed_by_old_worker: bool, empty_db_url: str, tmp_path: Path, served: Any
+) -> None:
     tree = _release_tree(commit, tmp_path / "release")
     _old_database(tree, empty_db_url, index=indexed_by_old_worker)
     if indexed_by_old_worker:
         with psycopg.connect(empty_db_url) as conn:
-            assert conn.execute("SELECT count(*) FROM documents WHERE embedding_status = 'indexed'"
-                                ).fetchone() == (len(DOCUMENTS),)
+            assert conn.execute("SELECT count(*) FROM documents WHERE embedding_status = 'indexed'").fetchone() == (
+                len(DOCUMENTS),
+            )
 
     base = served(empty_db_url)
 
-    check = subprocess.run([sys.executable, "-m", "knowledge", "db", "check"], capture_output=True, text=True,
-                           env={**os.environ, "HQ_DATABASE_URL": empty_db_url}, timeout=60, check=False)
+    check = subprocess.run(
+        [sys.executable, "-m", "knowledge", "db", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HQ_DATABASE_URL": empty_db_url},
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"database at release {load_releases()[-1].number}" in check.stdout
     deadline = time.monotonic() + 60
     for i, (title, _) in enumerate(DOCUMENTS):
         while True:
-            hits = httpx.get(f"{base}/search", params={"q": title, "tags_any": f"upgrade-{i}"},
-                             timeout=30).json()
+            hits = httpx.get(f"{base}/search", params={"q": title, "tags_any": f"upgrade-{i}"}, timeout=30).json()
             if any(h["title"] == title for h in hits["hits"]):
                 break
             assert time.monotonic() < deadline, f"{title!r} not found after the upgrade: {hits}"

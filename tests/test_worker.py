@@ -23,14 +23,28 @@ from embeddings.worker import Worker
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-TOPICS = ["refunds", "pricing", "onboarding", "security", "invoices", "outages", "hiring", "roadmap",
-          "analytics", "support", "contracts", "partners"]
+TOPICS = [
+    "refunds",
+    "pricing",
+    "onboarding",
+    "security",
+    "invoices",
+    "outages",
+    "hiring",
+    "roadmap",
+    "analytics",
+    "support",
+    "contracts",
+    "partners",
+]
 
 
 def add_document(conn: Conn, title: str, markdown: str, tags: Sequence[str] = ()) -> uuid.UUID:
     row = conn.execute(
         "INSERT INTO documents (title, content_format, content_text, tags) VALUES (%s, 'markdown', %s, %s) "
-        "RETURNING id", [title, markdown, list(tags)]).fetchone()
+        "RETURNING id",
+        [title, markdown, list(tags)],
+    ).fetchone()
     assert row is not None
     return row["id"]  # type: ignore[no-any-return]
 
@@ -52,7 +66,9 @@ def passages(conn: Conn, doc: uuid.UUID) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT c.id, c.chunk_index, c.content, c.content_hash, e.model, e.content_hash AS embedded_hash "
         "FROM knowledge_chunks c LEFT JOIN chunk_embeddings e ON e.chunk_id = c.id "
-        "WHERE c.document_id = %s ORDER BY c.chunk_index", [doc]).fetchall()
+        "WHERE c.document_id = %s ORDER BY c.chunk_index",
+        [doc],
+    ).fetchall()
 
 
 def test_worker_indexes_documents_and_assets(conn: Conn, db_url: str) -> None:
@@ -71,11 +87,13 @@ def test_worker_indexes_documents_and_assets(conn: Conn, db_url: str) -> None:
     assert "pro rata" in row["extracted_text"]
     got = passages(conn, doc)
     assert got and all(p["model"] == fake.name and p["embedded_hash"] == p["content_hash"] for p in got)
-    asset_text = conn.execute("SELECT string_agg(indexed_text, ' ') AS t FROM knowledge_chunks WHERE asset_id = %s",
-                              [asset]).fetchone()
+    asset_text = conn.execute(
+        "SELECT string_agg(indexed_text, ' ') AS t FROM knowledge_chunks WHERE asset_id = %s", [asset]
+    ).fetchone()
     assert asset_text is not None and "status.example.com" in asset_text["t"]
-    assert conn.execute("SELECT embedding_status FROM assets WHERE id = %s", [asset]).fetchone() == \
-        {"embedding_status": "indexed"}
+    assert conn.execute("SELECT embedding_status FROM assets WHERE id = %s", [asset]).fetchone() == {
+        "embedding_status": "indexed"
+    }
 
 
 def test_editing_one_paragraph_reembeds_only_the_changed_passages(conn: Conn, db_url: str) -> None:
@@ -141,8 +159,7 @@ class EditingEmbedder(FakeEmbedder):
         if not self.edited:
             self.edited = True
             with psycopg.connect(self.url, autocommit=True) as other:
-                other.execute("UPDATE documents SET content_text = '# New\n\nThe new text.' WHERE id = %s",
-                              [self.doc])
+                other.execute("UPDATE documents SET content_text = '# New\n\nThe new text.' WHERE id = %s", [self.doc])
         return super().embed(texts)
 
 
@@ -177,8 +194,11 @@ def test_a_failing_document_retries_then_fails_and_the_rest_is_indexed(conn: Con
     assert row is not None
     assert row["embedding_status"] == "pending" and row["embedding_attempts"] == 1
     assert "the model choked" in row["embedding_error"] and row["embedding_next_attempt_at"] is not None
-    assert all(conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [g]).fetchone()
-               == {"embedding_status": "indexed"} for g in good)
+    assert all(
+        conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [g]).fetchone()
+        == {"embedding_status": "indexed"}
+        for g in good
+    )
 
     worker.run(once=True)
     row = conn.execute("SELECT * FROM documents WHERE id = %s", [bad]).fetchone()
@@ -198,8 +218,9 @@ def test_worker_wakes_on_insert_without_waiting_for_the_poll(conn: Conn, db_url:
         doc = add_document(conn, "Fresh", "Just written.")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [doc]).fetchone() == \
-                    {"embedding_status": "indexed"}:
+            if conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [doc]).fetchone() == {
+                "embedding_status": "indexed"
+            }:
                 break
             time.sleep(0.05)
         else:
@@ -230,8 +251,9 @@ SLOW_WORKER = textwrap.dedent("""
 
 
 def _slow_worker(db_url: str, delay: float, batch: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, db_url, str(delay), str(batch)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, db_url, str(delay), str(batch)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("embedding")  # mid-batch from here on
     return proc
@@ -261,8 +283,9 @@ def test_sigterm_finishes_the_batch_and_exits(conn: Conn, db_url: str) -> None:
     assert proc.returncode == 0
     assert out.strip().splitlines()[-1] == "stopped 3"
     assert statuses(conn) == {"indexed": 3, "pending": 3}
-    assert conn.execute("SELECT count(*) AS n FROM documents WHERE embedding_lease_owner IS NOT NULL").fetchone() \
-        == {"n": 0}
+    assert conn.execute("SELECT count(*) AS n FROM documents WHERE embedding_lease_owner IS NOT NULL").fetchone() == {
+        "n": 0
+    }
 
 
 def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_path: Any) -> None:
@@ -274,10 +297,12 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
     (folder / "Policies").mkdir(parents=True)
     (folder / "Policies" / "refunds.md").write_text(
         "---\ntags: [billing, boot:all]\n---\n# Refund policy\n\nCustomers on annual plans can ask for their "
-        "money back within 30 days of renewal. After that we refund the unused months pro rata.\n")
+        "money back within 30 days of renewal. After that we refund the unused months pro rata.\n"
+    )
     (folder / "Policies" / "security.html").write_text(
         "<html><head><title>Password rules</title></head><body><h1>Password rules</h1><p>Agents never store "
-        "credentials in documents. Rotate API keys every 90 days.</p></body></html>")
+        "credentials in documents. Rotate API keys every 90 days.</p></body></html>"
+    )
     (folder / "garden.txt").write_text("Tomatoes need six hours of sun and regular watering in summer.\n")
     env = {"HQ_DATABASE_URL": db_url}
     imported = cli("import", str(folder), env=env)
@@ -304,7 +329,8 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
         "SELECT d.title, 1 - (e.embedding::vector(384) <=> %s) AS similarity FROM chunk_embeddings e "
         "JOIN knowledge_chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id "
         "WHERE e.model = 'all-MiniLM-L6-v2' ORDER BY e.embedding::vector(384) <=> %s",
-        [query, query]).fetchall()
+        [query, query],
+    ).fetchall()
     assert ranked[0]["title"] == "Refund policy"
     assert ranked[0]["similarity"] > ranked[-1]["similarity"] + 0.2
     assert float(np.linalg.norm(query)) == pytest.approx(1.0, abs=1e-4)
@@ -314,5 +340,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
-    return subprocess.run([sys.executable, "-m", "knowledge", *args], env=full, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "knowledge", *args], env=full, capture_output=True, text=True, timeout=300, check=False
+    )

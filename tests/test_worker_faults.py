@@ -58,6 +58,7 @@ def _indexed(url: str, n: int) -> Callable[[], bool]:
         except psycopg.OperationalError:
             return False
         return row is not None and row[0] == n
+
     return check
 
 
@@ -78,9 +79,14 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
         with psycopg.connect(url, autocommit=True) as c:
             migrate(c)
         with log_file.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "knowledge", "worker"], cwd=ROOT,
-                                    env=_env(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
-                                    stdout=out, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "knowledge", "worker"],
+                cwd=ROOT,
+                env=_env(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         try:
             _add(url, 5, "Before")
             _until(_indexed(url, 5), 60, "the first documents indexed")
@@ -115,8 +121,9 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
         assert output.count("the database is back after") == 1, output
         assert "Traceback" not in output, output
         with psycopg.connect(url) as c:
-            assert c.execute("SELECT count(*) FROM documents WHERE embedding_lease_owner IS NOT NULL"
-                             ).fetchone() == (0,)
+            assert c.execute("SELECT count(*) FROM documents WHERE embedding_lease_owner IS NOT NULL").fetchone() == (
+                0,
+            )
     finally:
         server.stop()
 
@@ -142,8 +149,9 @@ HOLDING_WORKER = textwrap.dedent("""
 def test_a_batch_of_a_worker_killed_with_9_is_indexed_at_once_by_the_next(conn: Conn, db_url: str) -> None:
     for i in range(64):
         add_document(conn, f"Doc {i}", f"# Doc {i}\n\nParagraph {i} of the batch.")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDING_WORKER, db_url], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_WORKER, db_url], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None
     assert holder.stdout.readline().startswith("embedding")
     assert statuses(conn) == {"processing": 64}
@@ -153,9 +161,15 @@ def test_a_batch_of_a_worker_killed_with_9_is_indexed_at_once_by_the_next(conn: 
     holder.wait(timeout=10)
 
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "knowledge", "worker", "--once"], cwd=ROOT,
-                            env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "knowledge", "worker", "--once"],
+        cwd=ROOT,
+        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     seconds = time.monotonic() - start
     print(f"\nnew worker started to 64 records indexed: {seconds:.2f} s")
     assert result.returncode == 0, result.stderr
@@ -173,8 +187,10 @@ def test_a_batch_of_a_worker_killed_with_9_is_indexed_at_once_by_the_next(conn: 
 
 
 def _owners(conn: Conn) -> dict[str | None, int]:
-    rows = conn.execute("SELECT embedding_lease_owner AS o, count(*) AS n FROM documents"
-                        " WHERE embedding_status = 'processing' GROUP BY 1").fetchall()
+    rows = conn.execute(
+        "SELECT embedding_lease_owner AS o, count(*) AS n FROM documents"
+        " WHERE embedding_status = 'processing' GROUP BY 1"
+    ).fetchall()
     return {r["o"]: r["n"] for r in rows}
 
 
@@ -189,30 +205,46 @@ def test_only_leases_of_dead_processes_of_this_host_are_reclaimed(conn: Conn, db
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=30)  # exited and reaped: its pid runs nothing (or something unrelated)
     node = node_name()
-    owners = {"live": f"{node}:{alive.pid}:aaaaaa", "dead": f"{node}:{dead.pid}:bbbbbb",
-              "elsewhere": f"another-host:{dead.pid}:cccccc", "odd": "not a worker id"}
+    owners = {
+        "live": f"{node}:{alive.pid}:aaaaaa",
+        "dead": f"{node}:{dead.pid}:bbbbbb",
+        "elsewhere": f"another-host:{dead.pid}:cccccc",
+        "odd": "not a worker id",
+    }
     try:
         for owner in owners.values():
             conn.execute(
                 "UPDATE documents SET embedding_status = 'processing', embedding_lease_owner = %s,"
                 " embedding_lease_expires_at = now() + interval '1 hour', embedding_attempts = 1"
-                " WHERE id IN (SELECT id FROM documents WHERE embedding_status = 'pending' LIMIT 1)", [owner])
+                " WHERE id IN (SELECT id FROM documents WHERE embedding_status = 'pending' LIMIT 1)",
+                [owner],
+            )
         before = _owners(conn)
         assert before == {holder.worker_id: 2} | {o: 1 for o in owners.values()}
 
         assert reaper._reclaim_dead() == 1
-        assert _owners(conn) == {holder.worker_id: 2, owners["live"]: 1, owners["elsewhere"]: 1,
-                                 owners["odd"]: 1}
+        assert _owners(conn) == {holder.worker_id: 2, owners["live"]: 1, owners["elsewhere"]: 1, owners["odd"]: 1}
 
         alive.kill()
         alive.wait(timeout=10)
         assert reaper._reclaim_dead() == 1
         assert owners["live"] not in _owners(conn)
-        released = conn.execute("SELECT embedding_attempts, embedding_lease_owner, embedding_error"
-                                " FROM documents WHERE embedding_status = 'pending'"
-                                " AND embedding_error IS NOT NULL").fetchall()
-        assert released == [{"embedding_attempts": 1, "embedding_lease_owner": None, "embedding_error":
-                             "its worker stopped while embedding it (process gone)"}] * 2
+        released = conn.execute(
+            "SELECT embedding_attempts, embedding_lease_owner, embedding_error"
+            " FROM documents WHERE embedding_status = 'pending'"
+            " AND embedding_error IS NOT NULL"
+        ).fetchall()
+        assert (
+            released
+            == [
+                {
+                    "embedding_attempts": 1,
+                    "embedding_lease_owner": None,
+                    "embedding_error": "its worker stopped while embedding it (process gone)",
+                }
+            ]
+            * 2
+        )
     finally:
         alive.kill()
         alive.wait(timeout=10)
@@ -224,17 +256,22 @@ def test_only_leases_of_dead_processes_of_this_host_are_reclaimed(conn: Conn, db
 
 
 def _worker_backends(conn: Conn) -> list[int]:
-    return [r["pid"] for r in conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'hq-knowledge-worker'"
-        " AND datname = current_database()").fetchall()]
+    return [
+        r["pid"]
+        for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'hq-knowledge-worker'"
+            " AND datname = current_database()"
+        ).fetchall()
+    ]
 
 
 def _new_backends(conn: Conn, old: list[int], n: int) -> Callable[[], bool]:
     return lambda: len(set(_worker_backends(conn)) - set(old)) == n
 
 
-def test_worker_survives_its_connections_being_terminated(conn: Conn, db_url: str,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_worker_survives_its_connections_being_terminated(
+    conn: Conn, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     health = Health()
     stop = threading.Event()
     # A poll of two minutes: only a NOTIFY on the re-opened LISTEN connection wakes it in time.
@@ -250,8 +287,9 @@ def test_worker_survives_its_connections_being_terminated(conn: Conn, db_url: st
             assert len(backends) == 2  # the work connection and the LISTEN connection
             for pid in backends:
                 conn.execute("SELECT pg_terminate_backend(%s)", [pid])
-            _until(lambda: (c := health.get("worker")) is not None and c.state == "recovering", 20,
-                   "the worker noticing")
+            _until(
+                lambda: (c := health.get("worker")) is not None and c.state == "recovering", 20, "the worker noticing"
+            )
             _until(_new_backends(conn, backends, 2), 20, "the worker reconnecting both connections")
             _until(lambda: (c := health.get("worker")) is not None and c.state == "ok", 20, "the worker ok")
             add_document(conn, f"After outage {outage}", "Written once the worker is back.")
@@ -264,9 +302,9 @@ def test_worker_survives_its_connections_being_terminated(conn: Conn, db_url: st
     component = health.get("worker")
     assert component is not None and component.state == "stopped"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and all("trying again until the database is back" in r.getMessage()
-                                      for r in warnings), \
-        [r.getMessage() for r in warnings]
+    assert len(warnings) == 2 and all("trying again until the database is back" in r.getMessage() for r in warnings), [
+        r.getMessage() for r in warnings
+    ]
     assert sum("the database is back after" in r.getMessage() for r in caplog.records) == 2
     assert not any(r.exc_info for r in caplog.records)
 
@@ -274,16 +312,18 @@ def test_worker_survives_its_connections_being_terminated(conn: Conn, db_url: st
 def test_worker_beats_while_idle(db_url: str) -> None:
     health = Health()
     stop = threading.Event()
-    thread = threading.Thread(target=Worker(db_url, FakeEmbedder(), poll_seconds=60, health=health).run,
-                              kwargs={"stop": stop})
+    thread = threading.Thread(
+        target=Worker(db_url, FakeEmbedder(), poll_seconds=60, health=health).run, kwargs={"stop": stop}
+    )
     thread.start()
     try:
         _until(lambda: (c := health.get("worker")) is not None and c.state == "ok", 20, "the worker ok")
         first = health.get("worker")
         assert first is not None and first.last_beat is not None
         beat = first.last_beat
-        _until(lambda: (c := health.get("worker")) is not None and (c.last_beat or 0) > beat + 1, 10,
-               "a beat while idle")
+        _until(
+            lambda: (c := health.get("worker")) is not None and (c.last_beat or 0) > beat + 1, 10, "a beat while idle"
+        )
         component = health.get("worker")
         assert component is not None and not component.stuck
     finally:
@@ -329,9 +369,15 @@ BROKEN_WORKER = textwrap.dedent("""
 
 def test_the_worker_command_exits_non_zero_on_a_programming_error(conn: Conn, db_url: str) -> None:
     add_document(conn, "Doc", "Some text.")
-    result = subprocess.run([sys.executable, "-c", BROKEN_WORKER, "worker"], cwd=ROOT,
-                            env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_WORKER, "worker"],
+        cwd=ROOT,
+        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the ingestion worker stopped: TypeError: unsupported operand"), result.stderr
@@ -346,9 +392,15 @@ def _serve_with(script: str, conn: Conn, db_url: str) -> subprocess.CompletedPro
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return subprocess.run([sys.executable, "-c", script, "serve", "--port", str(port)], cwd=ROOT,
-                          env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", script, "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> None:
@@ -391,8 +443,9 @@ def _embedded_beyond(conn: Conn, job_id: Any, done: int) -> Callable[[], bool]:
     return lambda: get_job(conn, job_id).embedded > done
 
 
-def test_reembed_runner_survives_its_connection_being_terminated(conn: Conn, db_url: str,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_reembed_runner_survives_its_connection_being_terminated(
+    conn: Conn, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from embeddings.reembed import ReembedRunner
     from embeddings.registry import resolve_model
     from knowledge.reembed import Selection, get_job, start_job
@@ -409,9 +462,11 @@ def test_reembed_runner_survives_its_connection_being_terminated(conn: Conn, db_
         for _ in range(2):
             done = get_job(conn, job.id).embedded
             _until(_embedded_beyond(conn, job.id, done), 30, "the runner embedding")
-            killed = conn.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-                                  " WHERE application_name = 'hq-knowledge-reembed'"
-                                  " AND datname = current_database()").fetchone()
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+                " WHERE application_name = 'hq-knowledge-reembed'"
+                " AND datname = current_database()"
+            ).fetchone()
             assert killed == {"n": 1}
     finally:
         thread.join(timeout=120)
@@ -421,13 +476,15 @@ def test_reembed_runner_survives_its_connection_being_terminated(conn: Conn, db_
     assert runner.stats.activated
     vectors = conn.execute("SELECT count(*) AS n FROM chunk_embeddings WHERE model = %s", [NEW]).fetchone()
     assert vectors == {"n": total}
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING and r.name == "hq_knowledge.reembed"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "hq_knowledge.reembed"
+    ]
     assert len(warnings) == 2 and all("trying again until the database is back" in w for w in warnings), warnings
 
 
-def test_a_lost_race_while_writing_gives_the_batch_back_uncounted(conn: Conn, db_url: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_race_while_writing_gives_the_batch_back_uncounted(
+    conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(4):
         add_document(conn, f"Doc {i}", f"Text {i}.")
     worker = Worker(db_url, FakeEmbedder())

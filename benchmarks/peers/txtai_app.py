@@ -49,7 +49,7 @@ def build(data: Path, index: Path, texts: list[str]) -> None:
         """txtai encodes the passages in the order they are indexed: their rows, in order."""
         nonlocal done
         done += len(batch)
-        return vectors[done - len(batch):done]
+        return vectors[done - len(batch) : done]
 
     embeddings = Embeddings(hybrid=True, transform=precomputed, backend="faiss", content=False)
     embeddings.index((row, text, None) for row, text in enumerate(texts))
@@ -70,8 +70,7 @@ def main() -> None:
     if not (index / "config.json").exists():
         started = time.perf_counter()
         build(args.data, index, [p["text"] for p in passages])
-        print(f"txtai index of {len(docs)} passages built in {time.perf_counter() - started:.1f} s",
-              flush=True)
+        print(f"txtai index of {len(docs)} passages built in {time.perf_counter() - started:.1f} s", flush=True)
     del passages
     embeddings = Embeddings()
     embeddings.load(str(index), config={"transform": embed})

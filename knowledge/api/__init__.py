@@ -41,10 +41,19 @@ from .shedding import Shedding
 __all__ = ["AccessPolicy", "create_app"]
 
 
-def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = False,
-               host: str = "127.0.0.1", port: int = 8765, access: AccessPolicy | None = None,
-               health: Health | None = None, read_urls: Sequence[str] = (),
-               read_max_lag: float = 5.0, admission: Admission | None = None) -> FastAPI:
+def create_app(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    mcp_read_only: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    access: AccessPolicy | None = None,
+    health: Health | None = None,
+    read_urls: Sequence[str] = (),
+    read_max_lag: float = 5.0,
+    admission: Admission | None = None,
+) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
     shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
     says who may call it (knowledge.api.security); by default, that of a service listening
@@ -63,12 +72,19 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
 
     policy = access or AccessPolicy.for_bind(host, port)
     admission = admission or admission_for()
-    mcp = build_mcp_server(lambda: app.state.pool, read_only=mcp_read_only,
-                           read_router=lambda: app.state.reads, admission=lambda: app.state.admission)
+    mcp = build_mcp_server(
+        lambda: app.state.pool,
+        read_only=mcp_read_only,
+        read_router=lambda: app.state.reads,
+        admission=lambda: app.state.admission,
+    )
     # The Gate checks Host and Origin for /mcp as for every route (the SDK's own check would
     # accept any localhost origin and know nothing of HQ_ALLOWED_HOSTS).
-    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=(
-        TransportSecuritySettings(enable_dns_rebinding_protection=False)))
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path="/mcp",
+        host=host,
+        transport_security=(TransportSecuritySettings(enable_dns_rebinding_protection=False)),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,8 +97,10 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
         report_searches_in_flight(lambda: admission.in_flight)  # the query embedder's threads follow it
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
         # A replica that is down when the service starts is read from once it is up.
-        replicas = [(url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read",
-                                           replica=True)) for url in read_urls]
+        replicas = [
+            (url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read", replica=True))
+            for url in read_urls
+        ]
         reads = ReadRouter(database_url, pool, replicas, max_lag=read_max_lag, health=app.state.health)
         app.state.reads = reads
         reads.start()
@@ -99,8 +117,7 @@ def create_app(database_url: str, *, pool_size: int = 10, mcp_read_only: bool = 
                 replica_pool.close()
             pool.close()
 
-    app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan,
-                  dependencies=[Depends(authorize)])
+    app = FastAPI(title="HQ Knowledge", version=__version__, lifespan=lifespan, dependencies=[Depends(authorize)])
     if read_urls:
         app.add_middleware(ReadRouting, reads=lambda: app.state.reads)
     app.add_middleware(MethodTable, paths=lambda: app.openapi()["paths"])

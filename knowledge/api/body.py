@@ -26,9 +26,11 @@ document larger than its content, and a document at the limit must still fit."""
 
 
 def _too_large(size: int | str) -> TooLarge:
-    return TooLarge(f"request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes "
-                    f"({MAX_BODY_BYTES // (1024 * 1024)} MiB; a document's content may be at most "
-                    f"{MAX_CONTENT_BYTES // (1024 * 1024)} MiB)")
+    return TooLarge(
+        f"request body is {size} bytes; the limit is {MAX_BODY_BYTES} bytes "
+        f"({MAX_BODY_BYTES // (1024 * 1024)} MiB; a document's content may be at most "
+        f"{MAX_CONTENT_BYTES // (1024 * 1024)} MiB)"
+    )
 
 
 def _printable(value: Any) -> Any:
@@ -87,7 +89,8 @@ class CheckedBodyRoute(APIRoute):
                 except UnicodeDecodeError as e:
                     raise InvalidInput(
                         f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset "
-                        f"{e.start}): send JSON encoded as UTF-8, text fields as JSON strings") from e
+                        f"{e.start}): send JSON encoded as UTF-8, text fields as JSON strings"
+                    ) from e
             return await handler(limited)
 
         return checked

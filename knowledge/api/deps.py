@@ -18,8 +18,19 @@ from ..replicas import ReadRouter
 from .fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
 from .reads import Reads, read_target, required_lsn, routing_of
 
-__all__ = ["BY_AGENT_RULE", "AgentStamp", "Conn", "Filters", "ReadConn", "ReadTarget", "Writer", "get_conn",
-           "get_read_conn", "item_filters", "writer"]
+__all__ = [
+    "BY_AGENT_RULE",
+    "AgentStamp",
+    "Conn",
+    "Filters",
+    "ReadConn",
+    "ReadTarget",
+    "Writer",
+    "get_conn",
+    "get_read_conn",
+    "item_filters",
+    "writer",
+]
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:
@@ -41,9 +52,11 @@ def get_read_conn(request: Request) -> Iterator[psycopg.Connection[Any]]:
     else from the primary (knowledge.api.reads). The request must not write on it."""
     routing = routing_of(request)
     reads: ReadRouter = request.app.state.reads
-    with reads.connection(required_lsn(request) if routing else None,
-                          primary_only=routing is None or routing.primary_only,
-                          on_replica_failure=routing.failed if routing else None) as conn:
+    with reads.connection(
+        required_lsn(request) if routing else None,
+        primary_only=routing is None or routing.primary_only,
+        on_replica_failure=routing.failed if routing else None,
+    ) as conn:
         yield conn
 
 
@@ -53,20 +66,27 @@ ReadTarget = Annotated[Reads, Depends(read_target)]
 
 
 def item_filters(
-    folder_id: Annotated[str | None, Query(description=(
-        "A folder's id: items in it and in all its subfolders. `root`: items in no folder."),
-        json_schema_extra=FOLDER_ID)] = None,
-    tags_any: Annotated[list[str], Query(description=(
-        "Items with at least one of these tags (repeat the parameter)."),
-        json_schema_extra=TAG)] = [],  # noqa: B006
-    tags_all: Annotated[list[str], Query(description=(
-        "Items with all of these tags (repeat the parameter)."), json_schema_extra=TAG)] = [],  # noqa: B006
-    pinned: Annotated[bool | None, Query(description=(
-        "Only pinned (true) or unpinned (false) items."))] = None,
-    archived: Annotated[Archived, Query(description=(
-        "`false` (default): archived items left out; `true`: only archived; `any`: both."))] = "false",
-    embedding_status: Annotated[EmbeddingStatus | None, Query(description=(
-        "Only items in this embedding state."))] = None,
+    folder_id: Annotated[
+        str | None,
+        Query(
+            description=("A folder's id: items in it and in all its subfolders. `root`: items in no folder."),
+            json_schema_extra=FOLDER_ID,
+        ),
+    ] = None,
+    tags_any: Annotated[
+        list[str],
+        Query(description=("Items with at least one of these tags (repeat the parameter)."), json_schema_extra=TAG),
+    ] = [],  # noqa: B006
+    tags_all: Annotated[
+        list[str], Query(description=("Items with all of these tags (repeat the parameter)."), json_schema_extra=TAG)
+    ] = [],  # noqa: B006
+    pinned: Annotated[bool | None, Query(description=("Only pinned (true) or unpinned (false) items."))] = None,
+    archived: Annotated[
+        Archived, Query(description=("`false` (default): archived items left out; `true`: only archived; `any`: both."))
+    ] = "false",
+    embedding_status: Annotated[
+        EmbeddingStatus | None, Query(description=("Only items in this embedding state."))
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1..{MAX_LIMIT}.")] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> ItemFilters:
@@ -78,15 +98,25 @@ def item_filters(
         if not re.fullmatch(FOLDER_ID_PATTERN, folder_id):
             raise InvalidInput(f"folder_id is {folder_id[:100]!r}; give a folder's UUID or 'root'")
         folder = UUID(folder_id)
-    return ItemFilters(folder_id=folder, tags_any=tags_any, tags_all=tags_all, pinned=pinned,
-                       archived=archived, embedding_status=embedding_status, limit=limit, offset=offset)
+    return ItemFilters(
+        folder_id=folder,
+        tags_any=tags_any,
+        tags_all=tags_all,
+        pinned=pinned,
+        archived=archived,
+        embedding_status=embedding_status,
+        limit=limit,
+        offset=offset,
+    )
 
 
 Filters = Annotated[ItemFilters, Depends(item_filters)]
 
 
-BY_AGENT_RULE = ("The writing agent's id. With an API key bound to an agent it is that agent, "
-                 "whether given or not; another agent's id is refused with 403.")
+BY_AGENT_RULE = (
+    "The writing agent's id. With an API key bound to an agent it is that agent, "
+    "whether given or not; another agent's id is refused with 403."
+)
 
 
 def bound_agent_id(request: Request, conn: Conn) -> UUID | None:
@@ -113,8 +143,10 @@ class AgentStamp:
         if self.agent_id is None:
             return given
         if given is not None and given != self.agent_id:
-            raise Forbidden(f"{field} is {given}, but the key {self.key!r} writes only as its own "
-                            f"agent ({self.agent_id}); leave {field} out or give that id")
+            raise Forbidden(
+                f"{field} is {given}, but the key {self.key!r} writes only as its own "
+                f"agent ({self.agent_id}); leave {field} out or give that id"
+            )
         return self.agent_id
 
 

@@ -15,8 +15,26 @@ from typing import Any
 
 from ..validation import MAX_TAG_CHARS, char_class, name_pattern, tag_pattern
 
-__all__ = ["COMPONENTS", "FOLDER_ID", "FOLDER_ID_PATTERN", "IF_MATCH", "JSON_OBJECT", "NOT_BLANK", "SLUG", "TAG",
-           "TEXT", "TIPTAP", "combined", "content_formats", "drop_null", "name", "no_null", "not_blank_pattern", "rule", "string_rule"]
+__all__ = [
+    "COMPONENTS",
+    "FOLDER_ID",
+    "FOLDER_ID_PATTERN",
+    "IF_MATCH",
+    "JSON_OBJECT",
+    "NOT_BLANK",
+    "SLUG",
+    "TAG",
+    "TEXT",
+    "TIPTAP",
+    "combined",
+    "content_formats",
+    "drop_null",
+    "name",
+    "no_null",
+    "not_blank_pattern",
+    "rule",
+    "string_rule",
+]
 
 Schema = dict[str, Any]
 
@@ -117,30 +135,50 @@ _STORABLE = "^[^\\u0000]*$"
 COMPONENTS: dict[str, Schema] = {
     "JsonValue": {
         "description": "Any JSON value PostgreSQL's jsonb stores: no NUL in strings or keys.",
-        "anyOf": [{"type": "string", "pattern": _STORABLE}, {"type": "number"}, {"type": "boolean"},
-                  {"type": "null"}, {"type": "array", "items": _ref("JsonValue")}, _ref("JsonObject")]},
+        "anyOf": [
+            {"type": "string", "pattern": _STORABLE},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": _ref("JsonValue")},
+            _ref("JsonObject"),
+        ],
+    },
     "JsonObject": {
-        "type": "object", "propertyNames": {"pattern": _STORABLE},
-        "additionalProperties": _ref("JsonValue")},
+        "type": "object",
+        "propertyNames": {"pattern": _STORABLE},
+        "additionalProperties": _ref("JsonValue"),
+    },
     "TipTapNode": {
         "description": "A TipTap/ProseMirror node: a non-empty string type; a text node has text; "
-                       "content lists nodes; attrs is an object; marks are objects with a type.",
-        "type": "object", "required": ["type"],
+        "content lists nodes; attrs is an object; marks are objects with a type.",
+        "type": "object",
+        "required": ["type"],
         "properties": {
             "type": {"type": "string", "minLength": 1, "pattern": _STORABLE},
             "text": {"type": "string", "pattern": _STORABLE},
             "attrs": _ref("JsonObject"),
-            "marks": {"type": "array", "items": {
-                "type": "object", "required": ["type"], "propertyNames": {"pattern": _STORABLE},
-                "properties": {"type": {"type": "string", "pattern": _STORABLE}, "attrs": _ref("JsonObject")},
-                "additionalProperties": _ref("JsonValue")}},
-            "content": {"type": "array", "items": _ref("TipTapNode")}},
+            "marks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type"],
+                    "propertyNames": {"pattern": _STORABLE},
+                    "properties": {"type": {"type": "string", "pattern": _STORABLE}, "attrs": _ref("JsonObject")},
+                    "additionalProperties": _ref("JsonValue"),
+                },
+            },
+            "content": {"type": "array", "items": _ref("TipTapNode")},
+        },
         "propertyNames": {"pattern": _STORABLE},
         "additionalProperties": _ref("JsonValue"),
-        "if": {"properties": {"type": {"const": "text"}}}, "then": {"required": ["text"]}},
+        "if": {"properties": {"type": {"const": "text"}}},
+        "then": {"required": ["text"]},
+    },
     "TipTapDocument": {
         "description": "A TipTap document: a node of type doc, nested at most 100 levels.",
-        "allOf": [_ref("TipTapNode"), {"properties": {"type": {"const": "doc"}}}]},
+        "allOf": [_ref("TipTapNode"), {"properties": {"type": {"const": "doc"}}}],
+    },
 }
 """Schemas the rules below refer to; knowledge.api.openapi adds them to the document."""
 
@@ -159,15 +197,18 @@ def content_formats(*, partial: bool) -> Callable[[Schema], None]:
     def given(*formats: str) -> Schema:
         return {"properties": {"content_format": {"enum": list(formats)}}, "required": ["content_format"]}
 
-    doc: Schema = {"required": ["content"], "properties": {
-        "content": {"type": "object"}, "content_text": {"type": "null"}}}
-    text: Schema = {"required": ["content_text"], "properties": {
-        "content_text": {"type": "string"}, "content": {"type": "null"}}}
+    doc: Schema = {
+        "required": ["content"],
+        "properties": {"content": {"type": "object"}, "content_text": {"type": "null"}},
+    }
+    text: Schema = {
+        "required": ["content_text"],
+        "properties": {"content_text": {"type": "string"}, "content": {"type": "null"}},
+    }
 
     def apply(schema: Schema) -> None:
         if partial:
-            schema["allOf"] = [{"if": given("tiptap"), "then": doc},
-                               {"if": given("markdown", "html"), "then": text}]
+            schema["allOf"] = [{"if": given("tiptap"), "then": doc}, {"if": given("markdown", "html"), "then": text}]
         else:
             schema["allOf"] = [{"if": given("tiptap"), "then": doc, "else": text}]
 

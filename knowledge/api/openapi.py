@@ -22,9 +22,13 @@ from .fields import COMPONENTS, drop_null
 __all__ = ["ERROR_SCHEMA", "MethodTable", "document_errors"]
 
 ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object", "title": "Error", "required": ["detail"],
-    "properties": {"detail": {"type": "string", "description": "What went wrong, naming the field "
-                                                                 "or item and what is accepted."}}}
+    "type": "object",
+    "title": "Error",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"type": "string", "description": "What went wrong, naming the field or item and what is accepted."}
+    },
+}
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _WRITES = frozenset({"post", "put", "patch", "delete"})
 
@@ -32,13 +36,13 @@ _STATUSES: dict[str, str] = {
     "400": "The request body could not be read as the content type it names.",
     "401": "No API key where one is needed, or a key that is unknown or revoked.",
     "403": "The key lacks the scope this route needs, writes as another agent than its own, or the "
-           "request came from another site.",
+    "request came from another site.",
     "404": "An item this request names (in the path or the body) does not exist.",
     "409": "The change conflicts with what is stored: a name or source path taken, a folder moved "
-           "into itself, a retry of an item that has not failed, a model in use.",
+    "into itself, a retry of an item that has not failed, a model in use.",
     "413": "The request body or the content is larger than the service accepts.",
     "422": "A parameter or field is invalid: FastAPI's list of validation errors, or one message "
-           "naming the field and what is accepted.",
+    "naming the field and what is accepted.",
     "503": "The database is unreachable or the service is not ready: retry later.",
 }
 
@@ -58,8 +62,7 @@ def _merged(standard: dict[str, Any], documented: dict[str, Any]) -> dict[str, A
         merged["description"] = documented["description"]
     example = documented.get("content", {}).get("application/json", {}).get("example")
     if example is not None:
-        merged["content"] = {"application/json": {**standard["content"]["application/json"],
-                                                  "example": example}}
+        merged["content"] = {"application/json": {**standard["content"]["application/json"], "example": example}}
     return merged
 
 
@@ -71,10 +74,16 @@ def document_errors(schema: dict[str, Any], public: Callable[[str], bool]) -> di
     path but those `public` accepts."""
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {}).update({"Error": ERROR_SCHEMA, **COMPONENTS})
-    components["securitySchemes"] = {"apiKey": {
-        "type": "http", "scheme": "bearer", "description": (
-            "An API key (`hq-knowledge keys create`) as `Authorization: Bearer <key>`. A service "
-            "on a loopback address without keys answers its local operator without one.")}}
+    components["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "An API key (`hq-knowledge keys create`) as `Authorization: Bearer <key>`. A service "
+                "on a loopback address without keys answers its local operator without one."
+            ),
+        }
+    }
     schema["security"] = [{"apiKey": []}]
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
@@ -158,7 +167,15 @@ class MethodTable:
     async def _refuse(method: str, path: str, allowed: frozenset[str], send: Send) -> None:
         names = ", ".join(sorted(allowed))
         body = json.dumps({"detail": f"{path} does not take {method}: it takes {names}"}).encode()
-        await send({"type": "http.response.start", "status": 405, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"allow", names.encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 405,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"allow", names.encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

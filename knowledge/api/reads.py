@@ -29,8 +29,7 @@ from ..errors import KnowledgeError, first_line
 from ..lsn import parse_lsn
 from ..replicas import ReadRouter
 
-__all__ = ["WRITE_LSN_COOKIE", "WRITE_LSN_HEADER", "ReadRouting", "Reads", "Routing", "read_target",
-           "routing_of"]
+__all__ = ["WRITE_LSN_COOKIE", "WRITE_LSN_HEADER", "ReadRouting", "Reads", "Routing", "read_target", "routing_of"]
 
 log = logging.getLogger("hq_knowledge")
 T = TypeVar("T")
@@ -93,8 +92,11 @@ async def read_target(request: Request) -> Reads:
     """A dependency: where this request's reads go (async: it does no I/O, and costs no hop to
     a worker thread)."""
     routing = routing_of(request)
-    return Reads(request.app.state.reads, required_lsn(request) if routing else None,
-                 primary_only=routing is None or routing.primary_only)
+    return Reads(
+        request.app.state.reads,
+        required_lsn(request) if routing else None,
+        primary_only=routing is None or routing.primary_only,
+    )
 
 
 class ReadRouting:
@@ -122,11 +124,17 @@ class ReadRouting:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 position = await anyio.to_thread.run_sync(self._position, routing)
                 if position:
-                    cookie = (f"{WRITE_LSN_COOKIE}={position}; Max-Age={COOKIE_MAX_AGE}; Path=/; "
-                              "SameSite=Strict; HttpOnly")
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (WRITE_LSN_HEADER.lower().encode(), position.encode()),
-                                                      (b"set-cookie", cookie.encode())]}
+                    cookie = (
+                        f"{WRITE_LSN_COOKIE}={position}; Max-Age={COOKIE_MAX_AGE}; Path=/; SameSite=Strict; HttpOnly"
+                    )
+                    message = {
+                        **message,
+                        "headers": [
+                            *message.get("headers", []),
+                            (WRITE_LSN_HEADER.lower().encode(), position.encode()),
+                            (b"set-cookie", cookie.encode()),
+                        ],
+                    }
             await send(message)
 
         await self.app({**scope, _ROUTING: routing}, receive, send_position)
@@ -139,8 +147,11 @@ class ReadRouting:
         try:
             return self.reads().write_position(conn if usable else None) or None
         except (psycopg.Error, KnowledgeError) as e:
-            log.warning("could not read the primary's WAL position after a write (%s): the answer "
-                        "has no %s", first_line(e), WRITE_LSN_HEADER)
+            log.warning(
+                "could not read the primary's WAL position after a write (%s): the answer has no %s",
+                first_line(e),
+                WRITE_LSN_HEADER,
+            )
             return None
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,8 +167,7 @@ class ReadRouting:
 
         async def guarded(message: Message) -> None:
             nonlocal withheld, sent
-            if message["type"] == "http.response.start" and routing.replica_failed \
-                    and message["status"] >= 400:
+            if message["type"] == "http.response.start" and routing.replica_failed and message["status"] >= 400:
                 withheld = True
             if withheld:
                 return  # this answer is replaced by the primary's

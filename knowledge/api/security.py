@@ -60,8 +60,7 @@ VISITOR = Caller(scope="read", key="(none)")
 """A caller without a key where keys are required: it reaches only the PUBLIC_PATHS."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
-                          "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 """What a browser needs before it has a key (the page asks for one), liveness and readiness."""
 ADMIN_SUFFIXES = ("/archive", "/unarchive")
 
@@ -92,22 +91,35 @@ class AccessPolicy:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def for_bind(cls, host: str, port: int, *, require_keys: bool = False,
-                 allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> AccessPolicy:
+    def for_bind(
+        cls,
+        host: str,
+        port: int,
+        *,
+        require_keys: bool = False,
+        allowed_hosts: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
+    ) -> AccessPolicy:
         """The policy of a service listening on `host:port`. On a loopback address it answers
         to that address and `localhost` at that port (and to `allowed_hosts`), without a key
         unless `require_keys`; anywhere else keys are always required, and any Host is
         answered unless `allowed_hosts` names them."""
         extra = {_host_entry(h) for h in allowed_hosts if h.strip()}
         if not is_loopback(host):
-            return cls(require_keys=True, allowed_hosts=frozenset(extra),
-                       allowed_origins=frozenset(o.strip().rstrip("/").lower() for o in allowed_origins))
+            return cls(
+                require_keys=True,
+                allowed_hosts=frozenset(extra),
+                allowed_origins=frozenset(o.strip().rstrip("/").lower() for o in allowed_origins),
+            )
         names = {"localhost", _bracketed(host)}
         if host.strip().lower() == "localhost":
             names |= {"127.0.0.1", "[::1]"}
         hosts = {f"{n}:{port}" for n in names} | ({*names} if port == 80 else set())
-        return cls(require_keys=require_keys, allowed_hosts=frozenset(hosts | extra),
-                   allowed_origins=frozenset(o.strip().rstrip("/").lower() for o in allowed_origins))
+        return cls(
+            require_keys=require_keys,
+            allowed_hosts=frozenset(hosts | extra),
+            allowed_origins=frozenset(o.strip().rstrip("/").lower() for o in allowed_origins),
+        )
 
     def host_allowed(self, host: str) -> bool:
         if not self.allowed_hosts or "*" in self.allowed_hosts:
@@ -155,17 +167,18 @@ def authorize(request: Request) -> None:
     path = getattr(route, "path", request.url.path)
     needed = required_scope(request.method, path)
     if not allows(caller.scope, needed):
-        raise Forbidden(f"{request.method} {path} needs a key with the {needed} scope; "
-                        f"{caller.describe()} may not: create one with "
-                        f"`hq-knowledge keys create --scope {needed}`")
+        raise Forbidden(
+            f"{request.method} {path} needs a key with the {needed} scope; "
+            f"{caller.describe()} may not: create one with "
+            f"`hq-knowledge keys create --scope {needed}`"
+        )
 
 
 class Gate:
     """The ASGI middleware described in the module docstring. `pool` returns the pool that
     keys are looked up on."""
 
-    def __init__(self, app: ASGIApp, *, policy: AccessPolicy,
-                 pool: Callable[[], ConnectionPool[Any]]) -> None:
+    def __init__(self, app: ASGIApp, *, policy: AccessPolicy, pool: Callable[[], ConnectionPool[Any]]) -> None:
         self.app = app
         self.policy = policy
         self.pool = pool
@@ -182,8 +195,9 @@ class Gate:
         try:
             await self.app(scope, receive, send)
         except ClientDisconnect:
-            log.info("%s %s: the client went away before sending the whole request body",
-                     scope["method"], scope["path"])
+            log.info(
+                "%s %s: the client went away before sending the whole request body", scope["method"], scope["path"]
+            )
 
     async def _admit(self, scope: Scope) -> Caller:
         headers: dict[str, str] = {}
@@ -198,14 +212,17 @@ class Gate:
             raise _Misdirected(
                 f"Host {host[:100]!r} is not a name this service answers to: it answers "
                 f"{', '.join(sorted(self.policy.allowed_hosts))}; set HQ_ALLOWED_HOSTS to serve "
-                "another name (a proxy's)")
+                "another name (a proxy's)"
+            )
         path, method = scope["path"], scope["method"]
         if method not in SAFE_METHODS or path == "/mcp" or path.startswith("/mcp/"):
             origin = headers.get("origin")
             if origin is not None and not self.policy.origin_allowed(origin, host):
-                raise Forbidden(f"Origin {origin[:100]!r} may not {method} {path}: requests that change "
-                                "the knowledge base are taken only from this service's own page "
-                                "(set HQ_ALLOWED_ORIGINS to allow another)")
+                raise Forbidden(
+                    f"Origin {origin[:100]!r} may not {method} {path}: requests that change "
+                    "the knowledge base are taken only from this service's own page "
+                    "(set HQ_ALLOWED_ORIGINS to allow another)"
+                )
             if origin is None and headers.get("sec-fetch-site") in ("cross-site", "same-site"):
                 raise Forbidden(f"a cross-site request may not {method} {path}")
         authorization = headers.get("authorization")
@@ -214,15 +231,18 @@ class Gate:
                 return OPERATOR
             if method in ("GET", "HEAD") and is_public(path):
                 return VISITOR
-            raise Unauthorized("this service needs an API key: send `Authorization: Bearer <key>` "
-                               "(the operator creates one with `hq-knowledge keys create`)")
+            raise Unauthorized(
+                "this service needs an API key: send `Authorization: Bearer <key>` "
+                "(the operator creates one with `hq-knowledge keys create`)"
+            )
         scheme, _, secret = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthorized("Authorization must be `Bearer <key>`")
         caller = await anyio.to_thread.run_sync(self._identify, secret.strip())
         if caller is None:
-            raise Unauthorized("the API key is not valid: unknown or revoked "
-                               "(`hq-knowledge keys list` shows the live keys)")
+            raise Unauthorized(
+                "the API key is not valid: unknown or revoked (`hq-knowledge keys list` shows the live keys)"
+            )
         return caller
 
     def _identify(self, secret: str) -> Caller | None:

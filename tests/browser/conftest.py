@@ -28,9 +28,14 @@ from ..test_search import index_with_fake
 
 CHROMIUM = Path(os.environ.get("HQ_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
     # A closed network refuses Chromium's own background connections: keep it from making them.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -40,12 +45,20 @@ FAILED_ERROR = "extract failed: test"
 
 # Assets added next to the sample's documents, so that kind=asset has something to keep.
 ASSETS: list[dict[str, Any]] = [
-    {"name": "Competitor pricing tracker", "asset_type": "spreadsheet", "tags": ["research", "pricing"],
-     "description": "Spreadsheet of competitor pricing: plans, seats, discounts and annual prepay terms.",
-     "content_text": "Competitor, plan, list price per seat, annual discount, notes on pricing changes."},
-    {"name": "Discount approval form", "asset_type": "link", "url": "https://example.com/forms/discount",
-     "tags": ["sales", "pricing", "discount"],
-     "description": "The form a sales rep fills in to ask for a discount above the pricing policy's limit."},
+    {
+        "name": "Competitor pricing tracker",
+        "asset_type": "spreadsheet",
+        "tags": ["research", "pricing"],
+        "description": "Spreadsheet of competitor pricing: plans, seats, discounts and annual prepay terms.",
+        "content_text": "Competitor, plan, list price per seat, annual discount, notes on pricing changes.",
+    },
+    {
+        "name": "Discount approval form",
+        "asset_type": "link",
+        "url": "https://example.com/forms/discount",
+        "tags": ["sales", "pricing", "discount"],
+        "description": "The form a sales rep fills in to ask for a discount above the pricing policy's limit.",
+    },
 ]
 
 
@@ -96,11 +109,14 @@ def site(pg_server: Server, template_db: str) -> Iterator[Site]:
             index_with_fake(conn, url)
             failed = conn.execute(
                 "UPDATE documents SET embedding_status = 'failed', embedding_error = %s WHERE title = %s RETURNING id",
-                [FAILED_ERROR, FAILED_TITLE]).fetchall()
+                [FAILED_ERROR, FAILED_TITLE],
+            ).fetchall()
             assert len(failed) == 1, f"the sample has no single document titled {FAILED_TITLE!r}"
             doc_ids = {r["title"]: str(r["id"]) for r in conn.execute("SELECT id, title FROM documents")}
-            unindexed = conn.execute("SELECT title FROM documents WHERE embedding_status NOT IN ('indexed', 'failed')"
-                                     " UNION ALL SELECT name FROM assets WHERE embedding_status <> 'indexed'").fetchall()
+            unindexed = conn.execute(
+                "SELECT title FROM documents WHERE embedding_status NOT IN ('indexed', 'failed')"
+                " UNION ALL SELECT name FROM assets WHERE embedding_status <> 'indexed'"
+            ).fetchall()
             assert not unindexed, f"not indexed: {unindexed}"
         with http_service(url) as base:
             yield Site(base=base, db_url=url, doc_ids=doc_ids, asset_ids=asset_ids, failed_id=str(failed[0]["id"]))
@@ -149,10 +165,18 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-    pg.on("console", lambda msg: problems.append(f"console.{msg.type}: {msg.text} ({msg.location.get('url')})")
-          if msg.type in ("error", "warning") else None)
-    pg.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.request.method} {r.url}")
-          if r.status >= 400 else None)
+    pg.on(
+        "console",
+        lambda msg: (
+            problems.append(f"console.{msg.type}: {msg.text} ({msg.location.get('url')})")
+            if msg.type in ("error", "warning")
+            else None
+        ),
+    )
+    pg.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status}: {r.request.method} {r.url}") if r.status >= 400 else None,
+    )
     try:
         yield pg
     finally:

@@ -66,7 +66,8 @@ def wait_render(page: Page, query: str, after: float = -1) -> dict[str, Any]:
     """Wait for window.hqLastRender to be the rendering of `query` painted after `after`."""
     page.wait_for_function(
         "([q, after]) => window.hqLastRender && window.hqLastRender.query === q && window.hqLastRender.at > after",
-        arg=[query, after])
+        arg=[query, after],
+    )
     render: dict[str, Any] = page.evaluate("window.hqLastRender")
     return render
 
@@ -105,8 +106,10 @@ def api_ids(site: Site, query: str, **params: Any) -> list[str]:
 
 def last_search_request(page: Page) -> dict[str, list[str]]:
     """The query parameters of the page's latest GET /search (from Resource Timing)."""
-    url = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)"
-                        ".filter(n => new URL(n).pathname === '/search').pop() || ''")
+    url = page.evaluate(
+        "performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => new URL(n).pathname === '/search').pop() || ''"
+    )
     assert url, "the page made no GET /search"
     return parse_qs(urlparse(url).query)
 
@@ -121,8 +124,9 @@ def replayed_ids(site: Site, page: Page) -> list[str]:
 
 def doc_status(site: Site, doc_id: str) -> dict[str, Any]:
     with site.db() as conn:
-        row = conn.execute("SELECT embedding_status, embedding_error, embedding_attempts FROM documents"
-                           " WHERE id = %s", [doc_id]).fetchone()
+        row = conn.execute(
+            "SELECT embedding_status, embedding_error, embedding_attempts FROM documents WHERE id = %s", [doc_id]
+        ).fetchone()
     assert row is not None
     return row
 
@@ -305,8 +309,9 @@ def test_the_boot_preview_is_the_agents_bundle(site: Site, page: Page) -> None:
         tokens = page.locator("#boot-tokens")
         expect(tokens).to_contain_text(re.compile(r"\d"))
         shown = re.search(r"\d[\d,.\u202f\u00a0 ]*", tokens.inner_text())
-        assert shown and re.sub(r"\D", "", shown.group()) == str(bundle["tokens"]), \
+        assert shown and re.sub(r"\D", "", shown.group()) == str(bundle["tokens"]), (
             f"#boot-tokens {tokens.inner_text()!r}, the bundle has {bundle['tokens']}"
+        )
 
 
 def test_a_result_url_shows_the_same_hits_after_a_reload(site: Site, page: Page) -> None:
@@ -385,11 +390,26 @@ def test_the_status_strip(site: Site, page: Page) -> None:
 
 
 LATENCY_QUERIES = [
-    "refund annual plans", "data deletion request", "discount approval limit", "incident response runbook",
-    "release checklist steps", "security questionnaire answers", "outage status page", "invoice dunning emails",
-    "monthly close checklist", "code review guidelines", "competitor pricing snapshot", "customer interview notes",
-    "business hours holidays", "tone of voice", "escalation policy approvals", "severity response times",
-    "ticket triage rules", "database migration checklist", "lead qualification questions", "market sizing logistics",
+    "refund annual plans",
+    "data deletion request",
+    "discount approval limit",
+    "incident response runbook",
+    "release checklist steps",
+    "security questionnaire answers",
+    "outage status page",
+    "invoice dunning emails",
+    "monthly close checklist",
+    "code review guidelines",
+    "competitor pricing snapshot",
+    "customer interview notes",
+    "business hours holidays",
+    "tone of voice",
+    "escalation policy approvals",
+    "severity response times",
+    "ticket triage rules",
+    "database migration checklist",
+    "lead qualification questions",
+    "market sizing logistics",
 ]
 
 

@@ -18,7 +18,11 @@ class AgentPublic(BaseModel):
     name: str
 
 
-@router.get("/agents", response_model=list[AgentPublic], summary="List agents",
-            description="Every agent's slug and name, ordered by slug.")
+@router.get(
+    "/agents",
+    response_model=list[AgentPublic],
+    summary="List agents",
+    description="Every agent's slug and name, ordered by slug.",
+)
 def get_agents(conn: Conn) -> list[AgentPublic]:
     return [AgentPublic.model_validate(a) for a in list_agents(conn)]

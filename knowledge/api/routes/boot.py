@@ -41,8 +41,9 @@ class BootItemPublic(BaseModel):
     updated_at: datetime
     tokens: int = Field(description="Tokens of `markdown` (the model's word pieces).")
     markdown: str = Field(description="`# <title>`, a blank line, then the body as markdown.")
-    truncated: bool = Field(description="Cut at a paragraph or section boundary to fit max_tokens; "
-                                        "the markdown ends with a note saying so.")
+    truncated: bool = Field(
+        description="Cut at a paragraph or section boundary to fit max_tokens; the markdown ends with a note saying so."
+    )
 
 
 class BootOmittedPublic(BaseModel):
@@ -85,9 +86,12 @@ def negotiate(accept: str | None) -> str:
 
     def rating(offered: str) -> tuple[float, int]:
         kind = offered.split("/")[0]
-        matches = [(q, specificity) for media, q in ranges
-                   for specificity, pattern in ((2, offered), (1, f"{kind}/*"), (0, "*/*"))
-                   if media == pattern]
+        matches = [
+            (q, specificity)
+            for media, q in ranges
+            for specificity, pattern in ((2, offered), (1, f"{kind}/*"), (0, "*/*"))
+            if media == pattern
+        ]
         if not matches:
             return 0.0, -1
         specificity = max(s for _, s in matches)  # the most specific range decides the q
@@ -106,10 +110,14 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get(
-    "/boot/{agent_slug}", response_model=BootBundlePublic, summary="An agent's boot bundle",
-    responses={200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
-               304: {"description": "Not modified: If-None-Match holds the current ETag."},
-               404: {"description": "No agent with this slug."}},
+    "/boot/{agent_slug}",
+    response_model=BootBundlePublic,
+    summary="An agent's boot bundle",
+    responses={
+        200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified: If-None-Match holds the current ETag."},
+        404: {"description": "No agent with this slug."},
+    },
     description=(
         "Every unarchived document and asset tagged `boot:all`, then those tagged `boot:<agent_slug>` "
         "(an item with both appears once, in the first part). Within each part: pinned first, then "
@@ -124,15 +132,21 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
         "Caching: a strong ETag, different for the JSON and the markdown representation and for each "
         "max_tokens (the media type is part of what is hashed), and `Cache-Control: no-cache`. Send it "
         "back in If-None-Match: 304 without a body while no candidate item was edited, retagged, pinned "
-        "or unpinned, moved, archived or deleted and no item gained a boot tag."),
+        "or unpinned, moved, archived or deleted and no item gained a boot tag."
+    ),
 )
 def get_boot_bundle(
     agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.", json_schema_extra=SLUG)],
     conn: ReadConn,
-    max_tokens: Annotated[int | None, Query(
-        ge=1, le=MAX_TOKENS_LIMIT,
-        description=f"Token budget, 1..{MAX_TOKENS_LIMIT}, in word pieces of the embedding model's "
-                    "tokenizer; none: everything.")] = None,
+    max_tokens: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_TOKENS_LIMIT,
+            description=f"Token budget, 1..{MAX_TOKENS_LIMIT}, in word pieces of the embedding model's "
+            "tokenizer; none: everything.",
+        ),
+    ] = None,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -153,26 +167,34 @@ def get_boot_bundle(
 
 
 @router.get(
-    "/boot", response_model=BootBundlePublic, summary="The calling agent's boot bundle",
-    responses={200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
-               304: {"description": "Not modified: If-None-Match holds the current ETag."},
-               403: {"description": "The key is bound to no agent: use /boot/{agent_slug}."}},
-    description=("As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
-                 "the `X-HQ-Agent` response header names it."),
+    "/boot",
+    response_model=BootBundlePublic,
+    summary="The calling agent's boot bundle",
+    responses={
+        200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified: If-None-Match holds the current ETag."},
+        403: {"description": "The key is bound to no agent: use /boot/{agent_slug}."},
+    },
+    description=(
+        "As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
+        "the `X-HQ-Agent` response header names it."
+    ),
 )
 def get_own_boot_bundle(
     request: Request,
     conn: ReadConn,
-    max_tokens: Annotated[int | None, Query(
-        ge=1, le=MAX_TOKENS_LIMIT, description=f"Token budget, 1..{MAX_TOKENS_LIMIT}.")] = None,
+    max_tokens: Annotated[
+        int | None, Query(ge=1, le=MAX_TOKENS_LIMIT, description=f"Token budget, 1..{MAX_TOKENS_LIMIT}.")
+    ] = None,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     caller = caller_of(request)
     if caller is None or not caller.agent:
-        raise Forbidden("this request's key is bound to no agent, so /boot has no agent to answer for: ask for /boot/{agent_slug}, "
-                           "or use a key created with `hq-knowledge keys create --agent SLUG`")
+        raise Forbidden(
+            "this request's key is bound to no agent, so /boot has no agent to answer for: ask for /boot/{agent_slug}, "
+            "or use a key created with `hq-knowledge keys create --agent SLUG`"
+        )
     response = get_boot_bundle(caller.agent, conn, max_tokens, accept, if_none_match)
     response.headers["X-HQ-Agent"] = caller.agent
     return response
-

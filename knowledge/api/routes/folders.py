@@ -39,10 +39,14 @@ from ..fields import name, no_null
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
-NAME_RULE = (f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/' and no control "
-             "characters; unique among its siblings ignoring case (409 otherwise).")
-DEPTH_RULE = (f"Folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1); "
-              "a create or move that would go deeper is a 422 naming parent_id.")
+NAME_RULE = (
+    f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/' and no control "
+    "characters; unique among its siblings ignoring case (409 otherwise)."
+)
+DEPTH_RULE = (
+    f"Folders nest at most {MAX_FOLDER_DEPTH} levels (a top-level folder is level 1); "
+    "a create or move that would go deeper is a 422 naming parent_id."
+)
 
 
 class FolderCreate(BaseModel):
@@ -59,7 +63,8 @@ class FolderUpdate(BaseModel):
 
     name: str | None = Field(None, description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS, also="/"))
     parent_id: UUID | None = Field(
-        None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409.")
+        None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409."
+    )
 
     @field_validator("name", mode="before")
     @classmethod
@@ -115,8 +120,7 @@ def _tree_json(found: FolderTree) -> bytes:
     of nesting recurses: each node is its FolderNodeFields JSON with `"children":[` appended
     in place of the closing brace, and `]}` pushed to close it after its children."""
     out = ['{"data":[']
-    stack: list[tuple[FolderNode, bool] | str] = [
-        (node, i == 0) for i, node in reversed(list(enumerate(found.roots)))]
+    stack: list[tuple[FolderNode, bool] | str] = [(node, i == 0) for i, node in reversed(list(enumerate(found.roots)))]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -136,45 +140,69 @@ def _tree_json(found: FolderTree) -> bytes:
 def _routes(tree: Kind, prefix: str, items: str) -> None:
     tag: list[str | Enum] = [prefix.strip("/")]
 
-    @router.post(prefix, status_code=status.HTTP_201_CREATED, response_model=FolderPublic, tags=tag,
-                 summary=f"Create a {tree} folder", name=f"create_{tree}_folder",
-                 description=f"Name: {NAME_RULE} {DEPTH_RULE} An unknown parent_id is a 404.")
+    @router.post(
+        prefix,
+        status_code=status.HTTP_201_CREATED,
+        response_model=FolderPublic,
+        tags=tag,
+        summary=f"Create a {tree} folder",
+        name=f"create_{tree}_folder",
+        description=f"Name: {NAME_RULE} {DEPTH_RULE} An unknown parent_id is a 404.",
+    )
     def create(body: FolderCreate, request: Request) -> FolderPublic:
         with pooled_connection(request.app.state.pool) as conn:
-            return FolderPublic.model_validate(
-                create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
+            return FolderPublic.model_validate(create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
 
-    @router.get(prefix, response_model=FolderTreePublic, tags=tag, summary=f"The {tree} folder tree",
-                name=f"{tree}_folder_tree",
-                description=f"Nested folders with counts of the unarchived {items} in each, "
-                            "however deep the tree is.")
+    @router.get(
+        prefix,
+        response_model=FolderTreePublic,
+        tags=tag,
+        summary=f"The {tree} folder tree",
+        name=f"{tree}_folder_tree",
+        description=f"Nested folders with counts of the unarchived {items} in each, however deep the tree is.",
+    )
     def tree_(conn: ReadConn) -> Response:
         return Response(_tree_json(folder_tree(conn, tree)), media_type="application/json")
 
-    @router.get(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
-                summary=f"Get a {tree} folder", name=f"get_{tree}_folder")
+    @router.get(
+        prefix + "/{folder_id}",
+        response_model=FolderPublic,
+        tags=tag,
+        summary=f"Get a {tree} folder",
+        name=f"get_{tree}_folder",
+    )
     def get(folder_id: UUID, conn: ReadConn) -> FolderPublic:
         return FolderPublic.model_validate(get_folder(conn, tree, folder_id))
 
-    @router.patch(prefix + "/{folder_id}", response_model=FolderPublic, tags=tag,
-                  summary=f"Rename or move a {tree} folder", name=f"update_{tree}_folder",
-                  description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
-                              f"both folders; an unknown parent_id is a 404. {DEPTH_RULE} A move "
-                              "that leaves the moved folders no deeper than they were is allowed.")
+    @router.patch(
+        prefix + "/{folder_id}",
+        response_model=FolderPublic,
+        tags=tag,
+        summary=f"Rename or move a {tree} folder",
+        name=f"update_{tree}_folder",
+        description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
+        f"both folders; an unknown parent_id is a 404. {DEPTH_RULE} A move "
+        "that leaves the moved folders no deeper than they were is allowed.",
+    )
     def update(folder_id: UUID, body: FolderUpdate, request: Request) -> FolderPublic:
         with pooled_connection(request.app.state.pool) as conn:
             return FolderPublic.model_validate(
-                update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True)))
+                update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True))
+            )
 
-    @router.delete(prefix + "/{folder_id}", response_model=FolderDeletionPublic, tags=tag,
-                   summary=f"Delete a {tree} folder", name=f"delete_{tree}_folder",
-                   description=f"Deletes the folder and its subfolders; the {items} in them move to "
-                               "the root (nothing is lost). Says how many of each.")
+    @router.delete(
+        prefix + "/{folder_id}",
+        response_model=FolderDeletionPublic,
+        tags=tag,
+        summary=f"Delete a {tree} folder",
+        name=f"delete_{tree}_folder",
+        description=f"Deletes the folder and its subfolders; the {items} in them move to "
+        "the root (nothing is lost). Says how many of each.",
+    )
     def delete(folder_id: UUID, request: Request) -> FolderDeletionPublic:
         with pooled_connection(request.app.state.pool) as conn:
             done = delete_folder(conn, tree, folder_id)
-        return FolderDeletionPublic(folders_deleted=done.folders_deleted,
-                                    items_moved_to_root=done.items_moved_to_root)
+        return FolderDeletionPublic(folders_deleted=done.folders_deleted, items_moved_to_root=done.items_moved_to_root)
 
 
 _routes("document", "/document-folders", "documents")

@@ -25,13 +25,19 @@ log = logging.getLogger("hq_knowledge.reembed")
 class ReembedCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, max_length=4096, description=(
-        "A model name: one registered (GET /models), all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, or "
-        "fake-hash-<dims>; default: the active model. Model directories are registered on the "
-        "command line only."))
+    model: str | None = Field(
+        None,
+        max_length=4096,
+        description=(
+            "A model name: one registered (GET /models), all-MiniLM-L6-v2, all-MiniLM-L6-v2-int8, or "
+            "fake-hash-<dims>; default: the active model. Model directories are registered on the "
+            "command line only."
+        ),
+    )
     stale: bool = Field(False, description="Only passages without a vector of their current text.")
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        default_factory=list, max_length=100, description="Only items with any of these tags.")
+        default_factory=list, max_length=100, description="Only items with any of these tags."
+    )
     folder: UUID | None = Field(None, description="Only items in this document or asset folder and below.")
     since: datetime | None = Field(None, description="Only items updated since.")
     activate: bool = Field(True, description="For another model: switch search to it once it covers every passage.")
@@ -41,8 +47,10 @@ class ReembedCreate(BaseModel):
     @classmethod
     def _no_name(cls, data: Any) -> Any:
         if isinstance(data, dict) and "name" in data:
-            raise InvalidInput("name: only for registering a model directory, which is done on the "
-                               "command line (`hq-knowledge reembed --model PATH --name NAME`)")
+            raise InvalidInput(
+                "name: only for registering a model directory, which is done on the "
+                "command line (`hq-knowledge reembed --model PATH --name NAME`)"
+            )
         return data
 
 
@@ -89,29 +97,35 @@ def _spec(conn: Conn, body: ReembedCreate) -> Any:
     from embeddings.registry import PACKAGED, ModelError, resolve_model, spec_from_row
 
     if body.model is not None:
-        row = conn.execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models "
-                           "WHERE name = %s", (body.model,)).fetchone()
+        row = conn.execute(
+            "SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE name = %s", (body.model,)
+        ).fetchone()
         if row is not None:
-            return spec_from_row(dict(zip(("name", "dims", "provider", "source", "max_tokens"),
-                                          row, strict=True)))
+            return spec_from_row(dict(zip(("name", "dims", "provider", "source", "max_tokens"), row, strict=True)))
         if body.model in PACKAGED or body.model.startswith("fake-hash-"):
             try:
                 return resolve_model(body.model)
             except ModelError as e:
                 raise InvalidInput(f"model: {e}") from None
         registered = [r[0] for r in conn.execute("SELECT name FROM embedding_models ORDER BY name")]
-        raise NotFound(f"model: {body.model[:200]!r} is not a model name this service knows; give "
-                           f"one of {', '.join(dict.fromkeys([*registered, *PACKAGED]))} or fake-hash-<dims> "
-                           "(a model directory is registered on the command line: "
-                           "`hq-knowledge reembed --model PATH`)")
+        raise NotFound(
+            f"model: {body.model[:200]!r} is not a model name this service knows; give "
+            f"one of {', '.join(dict.fromkeys([*registered, *PACKAGED]))} or fake-hash-<dims> "
+            "(a model directory is registered on the command line: "
+            "`hq-knowledge reembed --model PATH`)"
+        )
     spec = active_spec(conn)
     if spec is None:
         raise InvalidInput("model: no model is active; name one")
     return spec
 
 
-@router.post("/reembed", status_code=202, response_model=ReembedPublic | ReembedPlan,
-             responses={200: {"model": ReembedPlan, "description": "dry_run: what the job would do"}})
+@router.post(
+    "/reembed",
+    status_code=202,
+    response_model=ReembedPublic | ReembedPlan,
+    responses={200: {"model": ReembedPlan, "description": "dry_run: what the job would do"}},
+)
 def create_reembed(body: ReembedCreate, conn: Conn, request: Request, response: Response) -> Any:
     """Start a re-embed job in this service (or join the running one for the same model and
     selection) and return it at once; follow it at the Location given."""
@@ -122,8 +136,9 @@ def create_reembed(body: ReembedCreate, conn: Conn, request: Request, response: 
     active = any(m.is_active for m in list_models(conn, spec.name))
     if body.dry_run:
         response.status_code = 200
-        return ReembedPlan(model=spec.name, passages=count_selection(
-            conn, spec.name, selection, stale=body.stale or not active))
+        return ReembedPlan(
+            model=spec.name, passages=count_selection(conn, spec.name, selection, stale=body.stale or not active)
+        )
     try:
         embedder = probe_model(spec)
     except ModelError as e:
@@ -143,8 +158,19 @@ def read_reembed(job_id: Annotated[UUID, Path(description="The job's id.")], con
 @router.get("/models", response_model=list[ModelPublic])
 def read_models(conn: Conn) -> Any:
     """The embedding models, the active one first, with how many passages each covers."""
-    return [ModelPublic(name=m.name, dims=m.dims, provider=m.provider, is_active=m.is_active, vectors=m.vectors,
-                        passages=m.passages, complete=m.complete, index=m.index) for m in list_models(conn)]
+    return [
+        ModelPublic(
+            name=m.name,
+            dims=m.dims,
+            provider=m.provider,
+            is_active=m.is_active,
+            vectors=m.vectors,
+            passages=m.passages,
+            complete=m.complete,
+            index=m.index,
+        )
+        for m in list_models(conn)
+    ]
 
 
 def _run_in_background(request: Request, job_id: UUID, embedder: Any) -> None:

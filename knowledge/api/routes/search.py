@@ -27,14 +27,17 @@ _ASSET_TYPE = string_rule(enum=list(ASSET_TYPES))
 router = APIRouter(tags=["search"])
 
 
-@router.get("/search", summary="Search documents and assets",
-            description=f"Hybrid retrieval: HNSW over passage embeddings and BM25 (pg_textsearch, or "
-                        f"the SQL keyword index where it is not installed or not replicated), fused per item by weighted reciprocal "
-                        f"rank (score = w_s/(k + rank_s) + w_k/(k + rank_k)). `q` is 1 to {MAX_QUERY_CHARS} "
-                        "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
-                        "matched terms in <mark>. Archived items are left out unless `archived=true|any`. "
-                        "Searches run a few at a time (HQ_SEARCH_CONCURRENCY) with a short queue "
-                        "(HQ_SEARCH_QUEUE); past it the answer is 503 with Retry-After: retry then.")
+@router.get(
+    "/search",
+    summary="Search documents and assets",
+    description=f"Hybrid retrieval: HNSW over passage embeddings and BM25 (pg_textsearch, or "
+    f"the SQL keyword index where it is not installed or not replicated), fused per item by weighted reciprocal "
+    f"rank (score = w_s/(k + rank_s) + w_k/(k + rank_k)). `q` is 1 to {MAX_QUERY_CHARS} "
+    "characters; `limit` 1-100; `offset` 0-1000. Snippets are HTML-escaped text with "
+    "matched terms in <mark>. Archived items are left out unless `archived=true|any`. "
+    "Searches run a few at a time (HQ_SEARCH_CONCURRENCY) with a short queue "
+    "(HQ_SEARCH_QUEUE); past it the answer is 503 with Retry-After: retry then.",
+)
 async def search_route(
     request: Request,
     reads: ReadTarget,
@@ -55,10 +58,24 @@ async def search_route(
     semantic_weight: Annotated[float, Query(json_schema_extra=rule("number", minimum=0))] = 1.0,
     keyword_weight: Annotated[float, Query(json_schema_extra=rule("number", minimum=0))] = 1.0,
 ) -> Response:
-    query = SearchQuery(q=q, limit=limit, offset=offset, mode=mode, tags_any=tuple(tags_any or ()),
-                        tags_all=tuple(tags_all or ()), folder=folder, kind=kind, asset_type=asset_type,
-                        pinned=pinned, archived=archived, updated_since=updated_since, explain=explain,
-                        rrf_k=k, semantic_weight=semantic_weight, keyword_weight=keyword_weight).validated()
+    query = SearchQuery(
+        q=q,
+        limit=limit,
+        offset=offset,
+        mode=mode,
+        tags_any=tuple(tags_any or ()),
+        tags_all=tuple(tags_all or ()),
+        folder=folder,
+        kind=kind,
+        asset_type=asset_type,
+        pinned=pinned,
+        archived=archived,
+        updated_since=updated_since,
+        explain=explain,
+        rrf_k=k,
+        semantic_weight=semantic_weight,
+        keyword_weight=keyword_weight,
+    ).validated()
     # One hop to a worker thread for the connection, the query embedding and the statement
     # (a sync route with a connection dependency takes three: ~0.5 ms more a search). On a read
     # replica when one may serve it; again on the primary if the replica fails meanwhile.

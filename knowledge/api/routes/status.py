@@ -24,8 +24,9 @@ class SearchLoadPublic(BaseModel):
     queued: int = Field(description="Of those, searches that waited for a slot first.")
     refused: int = Field(description="Searches refused with 503 because the queue was full.")
     timed_out: int = Field(description="Searches refused with 503 after waiting too long for a slot.")
-    query_batches: dict[int, int] = Field(description="Query embedding model runs by the number of queries "
-                                                      "embedded together in one run.")
+    query_batches: dict[int, int] = Field(
+        description="Query embedding model runs by the number of queries embedded together in one run."
+    )
 
 
 class StatusPublic(BaseModel):
@@ -45,7 +46,14 @@ class StatusPublic(BaseModel):
 def get_status(conn: Conn, request: Request) -> StatusPublic:
     admission: Admission = request.app.state.admission
     stats = admission.stats
-    load = SearchLoadPublic(limit=admission.limit, queue=admission.queue, in_flight=admission.in_flight,
-                            admitted=stats.admitted, queued=stats.queued, refused=stats.refused,
-                            timed_out=stats.timed_out, query_batches=query_batch_sizes())
+    load = SearchLoadPublic(
+        limit=admission.limit,
+        queue=admission.queue,
+        in_flight=admission.in_flight,
+        admitted=stats.admitted,
+        queued=stats.queued,
+        refused=stats.refused,
+        timed_out=stats.timed_out,
+        query_batches=query_batch_sizes(),
+    )
     return StatusPublic.model_validate({**asdict(service_status(conn)), "searches": load})

@@ -23,16 +23,19 @@ from .documents import WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
-RULES = (f"Tag rule: {TAG_RULE}. Tags are compared and stored after NFC normalisation, case kept "
-         f"(`Pricing` and `pricing` are two tags); an item holds each tag once and at most {MAX_TAGS}. "
-         "A tag with whitespace or over 100 characters is a 422.")
+RULES = (
+    f"Tag rule: {TAG_RULE}. Tags are compared and stored after NFC normalisation, case kept "
+    f"(`Pricing` and `pricing` are two tags); an item holds each tag once and at most {MAX_TAGS}. "
+    "A tag with whitespace or over 100 characters is a 422."
+)
 
 
 class TagsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tags: list[str] = Field(description=f"The item's new tags; duplicates dropped, order kept. {TAG_RULE}",
-                            json_schema_extra=TAG)
+    tags: list[str] = Field(
+        description=f"The item's new tags; duplicates dropped, order kept. {TAG_RULE}", json_schema_extra=TAG
+    )
 
 
 class ItemTagsPublic(BaseModel):
@@ -54,18 +57,29 @@ class TagsPublic(BaseModel):
     count: int
 
 
-@router.get("/tags", response_model=TagsPublic, tags=["tags"], summary="All tags with counts",
-            description="Every tag on an unarchived document or asset, in tag order, with the number "
-                        "of documents and of assets carrying it. " + RULES)
-def all_tags(conn: ReadConn, prefix: Annotated[str | None, Query(
-        description="Only tags starting with this, case-sensitive (e.g. `boot:`).")] = None) -> TagsPublic:
+@router.get(
+    "/tags",
+    response_model=TagsPublic,
+    tags=["tags"],
+    summary="All tags with counts",
+    description="Every tag on an unarchived document or asset, in tag order, with the number "
+    "of documents and of assets carrying it. " + RULES,
+)
+def all_tags(
+    conn: ReadConn,
+    prefix: Annotated[
+        str | None, Query(description="Only tags starting with this, case-sensitive (e.g. `boot:`).")
+    ] = None,
+) -> TagsPublic:
     found = list_tags(conn, prefix=prefix)
-    return TagsPublic(data=[TagCountPublic(tag=t.tag, documents=t.documents, assets=t.assets) for t in found],
-                      count=len(found))
+    return TagsPublic(
+        data=[TagCountPublic(tag=t.tag, documents=t.documents, assets=t.assets) for t in found], count=len(found)
+    )
 
 
-def _written(conn: Conn, kind: Kind, item_id: UUID, if_match: str | None, response: Response,
-             write: Callable[[], ItemTags]) -> ItemTagsPublic:
+def _written(
+    conn: Conn, kind: Kind, item_id: UUID, if_match: str | None, response: Response, write: Callable[[], ItemTags]
+) -> ItemTagsPublic:
     """Run `write` in one transaction: after checking If-Match under the item's lock when it is
     given, and before reading the item's new version for the response's ETag."""
     lock = lock_document if kind == "document" else lock_asset
@@ -80,30 +94,52 @@ def _written(conn: Conn, kind: Kind, item_id: UUID, if_match: str | None, respon
 def _routes(kind: Kind, prefix: str) -> None:
     id_name = f"{kind}_id"
     ItemId = Annotated[UUID, Path(alias=id_name, description=f"The {kind}'s id.")]
-    Tag = Annotated[str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).",
-                              json_schema_extra=TAG)]
+    Tag = Annotated[
+        str, Path(description="The tag; URL-encode it (`boot%3Aall` or `boot:all`).", json_schema_extra=TAG)
+    ]
     base = f"{prefix}/{{{id_name}}}/tags"
     group: list[str | Enum] = [prefix.strip("/")]
-    conditional = (f" With If-Match, only if the {kind} is still at that version (412 otherwise); the "
-                   f"ETag answered is the {kind}'s new version. ")
+    conditional = (
+        f" With If-Match, only if the {kind} is still at that version (412 otherwise); the "
+        f"ETag answered is the {kind}'s new version. "
+    )
 
-    @router.post(base + "/{tag:path}", response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
-                 name=f"add_{kind}_tag", summary=f"Add a tag to a {kind}",
-                 description="Adding a tag it has changes nothing." + conditional + RULES)
+    @router.post(
+        base + "/{tag:path}",
+        response_model=ItemTagsPublic,
+        responses=WRITE_RESPONSES,
+        tags=group,
+        name=f"add_{kind}_tag",
+        summary=f"Add a tag to a {kind}",
+        description="Adding a tag it has changes nothing." + conditional + RULES,
+    )
     def add(item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None) -> ItemTagsPublic:
         return _written(conn, kind, item_id, if_match, response, lambda: add_tag(conn, kind, item_id, tag))
 
-    @router.delete(base + "/{tag:path}", response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
-                   name=f"remove_{kind}_tag", summary=f"Remove a tag from a {kind}",
-                   description="Removing a tag it does not have changes nothing." + conditional + RULES)
-    def remove(item_id: ItemId, tag: Tag, conn: Conn, response: Response,
-               if_match: IfMatch = None) -> ItemTagsPublic:
+    @router.delete(
+        base + "/{tag:path}",
+        response_model=ItemTagsPublic,
+        responses=WRITE_RESPONSES,
+        tags=group,
+        name=f"remove_{kind}_tag",
+        summary=f"Remove a tag from a {kind}",
+        description="Removing a tag it does not have changes nothing." + conditional + RULES,
+    )
+    def remove(item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None) -> ItemTagsPublic:
         return _written(conn, kind, item_id, if_match, response, lambda: remove_tag(conn, kind, item_id, tag))
 
-    @router.put(base, response_model=ItemTagsPublic, responses=WRITE_RESPONSES, tags=group,
-                name=f"set_{kind}_tags", summary=f"Replace a {kind}'s tags", description=conditional[1:] + RULES)
-    def replace(item_id: ItemId, body: TagsUpdate, conn: Conn, response: Response,
-                if_match: IfMatch = None) -> ItemTagsPublic:
+    @router.put(
+        base,
+        response_model=ItemTagsPublic,
+        responses=WRITE_RESPONSES,
+        tags=group,
+        name=f"set_{kind}_tags",
+        summary=f"Replace a {kind}'s tags",
+        description=conditional[1:] + RULES,
+    )
+    def replace(
+        item_id: ItemId, body: TagsUpdate, conn: Conn, response: Response, if_match: IfMatch = None
+    ) -> ItemTagsPublic:
         return _written(conn, kind, item_id, if_match, response, lambda: set_tags(conn, kind, item_id, body.tags))
 
 
