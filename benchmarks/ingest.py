@@ -108,10 +108,9 @@ def measure_latency(url: str, model: SentenceTransformerEmbedder, runs: int) -> 
             doc = conn.execute(
                 "INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s) RETURNING id",
                 [f"Incident response {i}", ONE_PAGE.format(n=f"Run {i}.")],
-            ).fetchone()[0]  # type: ignore[index]
-            while (
-                conn.execute("SELECT embedding_status FROM documents WHERE id = %s", [doc]).fetchone()[0] != "indexed"
-            ):  # type: ignore[index]
+            ).fetchall()[0][0]
+            status = "SELECT embedding_status FROM documents WHERE id = %s"
+            while conn.execute(status, [doc]).fetchall()[0][0] != "indexed":
                 time.sleep(0.002)
             times.append(time.perf_counter() - start)
     stop.set()

@@ -486,7 +486,8 @@ def sql_keyword_index(url: str) -> dict[str, Any]:
         took = time.perf_counter() - started
         found = conn.execute(
             "SELECT (SELECT count(*) FROM bm25_postings), pg_total_relation_size('bm25_postings'),"
-            " (SELECT relallvisible::float8 / greatest(relpages, 1) FROM pg_class WHERE oid = 'bm25_postings'::regclass)"
+            " (SELECT relallvisible::float8 / greatest(relpages, 1) FROM pg_class"
+            "   WHERE oid = 'bm25_postings'::regclass)"
         ).fetchone()
         assert found is not None
     info = {
@@ -845,7 +846,8 @@ def main() -> None:
         )
         for at_size, c in parts.items():
             print(
-                f"  {at_size} passages: {c['hybrid_p50_ms']:.1f} ms against {c['embedding_ms']:.1f} + {c['hnsw_ms']:.1f}"
+                f"  {at_size} passages: {c['hybrid_p50_ms']:.1f} ms against {c['embedding_ms']:.1f}"
+                f" + {c['hnsw_ms']:.1f}"
                 f" + {c['bm25_ms']:.1f} + {PARTS_SLACK_MS:g} = {c['bound_ms']:.1f} ms {'PASS' if c['pass'] else 'FAIL'}"
             )
     print(f"benchmark run: {time.perf_counter() - started:.0f} s")

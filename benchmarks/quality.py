@@ -115,7 +115,8 @@ def dense_runs(url: str, queries: dict[str, str]) -> dict[str, list[str]]:
 
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT d.source_path, e.embedding::text FROM chunk_embeddings e JOIN knowledge_chunks c ON c.id = e.chunk_id"
+            "SELECT d.source_path, e.embedding::text FROM chunk_embeddings e"
+            " JOIN knowledge_chunks c ON c.id = e.chunk_id"
             " JOIN documents d ON d.id = c.document_id WHERE e.model = 'all-MiniLM-L6-v2'"
         ).fetchall()
     owners = [Path(r[0]).stem for r in rows]
@@ -233,11 +234,8 @@ def server_without_pg_textsearch(data_dir: Path, source: str) -> tuple[Any, str]
                 raise SystemExit("the second server has pg_textsearch: it must run without it")
             models = [r[0] for r in conn.execute("SELECT name FROM embedding_models")]
             for model in models:  # built once after the copy, not row by row during it
-                conn.execute(
-                    sql.SQL("DROP INDEX IF EXISTS {}").format(
-                        sql.Identifier(conn.execute("SELECT hq_embedding_index_name(%s)", [model]).fetchone()[0])
-                    )
-                )  # type: ignore[index]
+                index = conn.execute("SELECT hq_embedding_index_name(%s)", [model]).fetchall()[0][0]
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index)))
         started = time.perf_counter()
         copied = copy_search_rows(source, url)
         print(f"server without pg_textsearch: copied {copied} in {time.perf_counter() - started:.0f} s", flush=True)

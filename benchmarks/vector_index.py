@@ -80,14 +80,14 @@ def real_vectors() -> tuple[Vectors, str]:
     WORK.mkdir(parents=True, exist_ok=True)
     try:
         vectors, label = _from_latency_database(), "real"
-    except Exception as e:  # noqa: BLE001 - absent on a fresh machine: embed SciFact here
+    except Exception as e:
         print(f"latency database unavailable ({e}); embedding SciFact passages", flush=True)
         try:
             from embeddings.model import load_embedder
 
             texts = [f"{title}\n\n{text}" for title, text in common.read_corpus(DATASETS / "scifact").values()]
             vectors, label = np.asarray(load_embedder(MODEL).embed(texts), dtype=np.float32), "real"
-        except Exception as e2:  # noqa: BLE001 - no model available: label the data synthetic
+        except Exception as e2:
             print(f"could not embed ({e2}); SYNTHETIC clustered vectors instead", flush=True)
             rng = np.random.default_rng(3)
             centres = _unit(rng.normal(0, 1, (300, DIMS)))
@@ -225,17 +225,15 @@ def start_server(shared_buffers: str) -> tuple[Any, str]:
 
 
 def server_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    show = {
-        name: conn.execute(f"SHOW {name}").fetchone()[0]
-        for name in (  # type: ignore[index]
-            "shared_buffers",
-            "maintenance_work_mem",
-            "max_parallel_maintenance_workers",
-            "work_mem",
-            "max_parallel_workers_per_gather",
-            "effective_cache_size",
-        )
-    }
+    names = (
+        "shared_buffers",
+        "maintenance_work_mem",
+        "max_parallel_maintenance_workers",
+        "work_mem",
+        "max_parallel_workers_per_gather",
+        "effective_cache_size",
+    )
+    show = {name: conn.execute(f"SELECT current_setting('{name}')").fetchall()[0][0] for name in names}
     versions = dict(
         conn.execute(
             "SELECT name, default_version FROM pg_available_extensions"
@@ -544,7 +542,8 @@ def run_size(
         print(
             f"  {n:>8} {method:8} {json.dumps(params):62} {row['filter'] or '-':3} {iterative or '-':13}"
             f" p50 {row['p50_ms']:8.2f}  p99 {row['p99_ms']:8.2f}  recall {row['recall@10']:.3f}"
-            f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}  steal {row['steal_cores']}",
+            f"  rows {row['returned_mean']:5.2f}  plan_ok {row['plan_ok']}  others {row['other_cpu_cores']}"
+            f"  steal {row['steal_cores']}",
             flush=True,
         )
 
@@ -732,7 +731,8 @@ def markdown(result: dict[str, Any]) -> str:
             if (r["filter"] is not None) == filtered:
                 spread = f" ({min(r['round_p50_ms'])}-{max(r['round_p50_ms'])})" if "round_p50_ms" in r else ""
                 lines.append(
-                    f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'} | {r['p50_ms']}{spread}"
+                    f"| {r['vectors']} | {r['data']} | {label(r)} | {knob(r)} | {r['iterative_scan'] or '-'}"
+                    f" | {r['p50_ms']}{spread}"
                     f" | {r['p99_ms']} | {r['recall@10']} | {r['returned_mean']} | {r['plan_ok']}"
                     f" | {r['other_cpu_cores']} | {r['loadavg'][0]}→{r['loadavg'][1]} |"
                 )

@@ -138,7 +138,7 @@ class QueryBatcher:
     def _run(self, batch: list[_Request]) -> None:
         try:
             vectors = np.asarray(self._embed([r.text for r in batch]), dtype=np.float32)
-        except BaseException as e:  # noqa: BLE001 - handed to every caller of this batch
+        except BaseException as e:
             for request in batch:
                 request.error = e
                 request.done.set()

@@ -23,7 +23,7 @@ _ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?$")
 _SETEXT_UNDERLINE = re.compile(r" {0,3}(=+|-+)[ \t]*$")
 _NOT_SETEXT_TEXT = re.compile(r" {0,3}(?:[-*+>|]|\d{1,9}[.)](?:\s|$))| {4}")
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)|[。！？]+")
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)|[。！？]+")  # noqa: RUF001 - CJK full stops
 _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]+")
 

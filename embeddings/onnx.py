@@ -97,7 +97,7 @@ def _fuse_transformer_ops(path: Path, config: Any) -> None:
                 opt_level=1,
             )
         fused.save_model_to_file(str(path))
-    except Exception as e:  # noqa: BLE001 - the unfused graph computes the same vectors
+    except Exception as e:
         log.warning("ONNX transformer fusions skipped (%s: %s)", type(e).__name__, e)
 
 
@@ -203,7 +203,7 @@ class _QueryCache:
         if started is not None:
             try:
                 vector = started.result()
-            except Exception:  # noqa: BLE001 - embedded again below, where the error reaches the caller
+            except Exception:
                 vector = None
         if vector is None:
             vector = np.array(embed([text])[0], dtype=np.float32)
@@ -326,7 +326,7 @@ class OnnxEmbedder:
                 self._export(model_dir, path, replace=False)
             try:
                 session = open_session(threads)
-            except Exception as e:  # noqa: BLE001 - damaged, or written by another onnx version
+            except Exception as e:
                 log.warning("cannot open %s (%s); exporting it again", path, e)
                 self._export(model_dir, path, replace=True)
                 session = open_session(threads)
@@ -373,10 +373,7 @@ class OnnxEmbedder:
             return np.zeros((0, self.dims), dtype=np.float32)
         self.load()
         texts = list(texts)
-        if len(texts) == 1:
-            encodings = [self._tokenizer.encode(texts[0])]
-        else:
-            encodings = self._tokenizer.encode_batch(texts)
+        encodings = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
         out = np.empty((len(texts), self.dims), dtype=np.float32)
         # Longest first, as sentence-transformers does: each batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
@@ -545,7 +542,7 @@ def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
     embedder = OnnxEmbedder(name=name, cache_dir=cache_dir, cache_size=size, query_batch=batch)
     try:
         embedder.load()
-    except Exception as e:  # noqa: BLE001 - a failure here only costs speed: torch gives the same vectors
+    except Exception as e:
         log.warning("ONNX query embedding unavailable (%s: %s); using the torch model instead", type(e).__name__, e)
         return CachedQueryEmbedder(load_embedder(name), cache_size=size, query_batch=batch)
     return embedder

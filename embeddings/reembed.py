@@ -158,7 +158,7 @@ class ReembedRunner:
         start = time.perf_counter()
         try:
             vectors = self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dims), np.float32)
-        except Exception as e:  # noqa: BLE001 - counted per item; after MAX_ATTEMPTS the item fails
+        except Exception as e:
             log.warning("embedding %d passages failed: %s: %s", len(texts), type(e).__name__, e)
             self._failed_round(ids, f"{type(e).__name__}: {e}")
             return None

@@ -18,6 +18,7 @@ the slowest batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -224,10 +225,8 @@ class Worker:
         """After a transient error: give back what can be given back, drop both connections,
         and wait the back-off (or until `stop`)."""
         if self._conn is not None and not self._conn.closed:
-            try:
+            with contextlib.suppress(psycopg.Error):  # else given back after reconnecting, or by their lease expiring
                 self._release_mine()
-            except psycopg.Error:
-                pass  # given back after reconnecting, or by their lease expiring
         self.close()
         delay = self._outage.failed(e)
         self._state("recovering", describe(e))
@@ -401,7 +400,7 @@ class Worker:
                 record.title, record.markdown, self.embedder.count_tokens, max_tokens=self.embedder.max_tokens
             )
             record.hashes = [passage_hash(c.indexed_text, self.embedder.name) for c in record.chunks]
-        except Exception as e:  # noqa: BLE001 - one bad record must not stop the batch
+        except Exception as e:
             record.error = f"text extraction failed: {type(e).__name__}: {e}"
 
     def _embed(self, records: list[_Record]) -> dict[str, np.ndarray[Any, Any]]:
@@ -419,12 +418,12 @@ class Worker:
                 self._batch_beat()
         except psycopg.Error:
             raise  # the database, not the model: run() decides
-        except Exception:  # noqa: BLE001 - retried record by record below
+        except Exception:
             for record in records:
                 todo = [h for h in dict.fromkeys(record.hashes) if h not in vectors]
                 try:
                     vectors.update(self._encode(todo, wanted))
-                except Exception as e:  # noqa: BLE001 - the model failed on this record
+                except Exception as e:
                     record.error = f"embedding failed: {type(e).__name__}: {e}"
                 self._batch_beat()
         return vectors

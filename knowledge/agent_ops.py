@@ -245,7 +245,8 @@ def knowledge_overview(
             scope
             + """,
           up AS (SELECT f.id AS folder_id, f.id AS ancestor, f.parent_id FROM document_folders f
-                 UNION ALL SELECT up.folder_id, p.id, p.parent_id FROM up JOIN document_folders p ON p.id = up.parent_id)
+                 UNION ALL SELECT up.folder_id, p.id, p.parent_id
+                             FROM up JOIN document_folders p ON p.id = up.parent_id)
           SELECT document_folder_path(up.ancestor) AS path, count(*)::int AS documents
             FROM docs JOIN up ON up.folder_id = docs.folder_id
            WHERE %(root)s::uuid IS NULL OR up.ancestor IN (SELECT id FROM tree)

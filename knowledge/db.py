@@ -106,10 +106,8 @@ def configure_for_search(conn: psycopg.Connection[Any]) -> None:
     # ef_search 100 until the first search sets the value for the active model's index size
     # (knowledge.models.EF_SEARCH_BY_SIZE, from benchmarks/vector_index.py).
     for setting in ("SET hnsw.iterative_scan = relaxed_order", "SET hnsw.ef_search = 100"):
-        try:
+        with contextlib.suppress(psycopg.errors.UndefinedObject):
             conn.execute(setting)
-        except psycopg.errors.UndefinedObject:
-            pass
 
 
 def prepare_threshold(env: Mapping[str, str] | None = None) -> int | None:

@@ -202,13 +202,13 @@ def update_document(
     *,
     title: str | Unset = UNSET,
     content_format: str | Unset = UNSET,
-    content: dict[str, Any] | None | Unset = UNSET,
-    content_text: str | None | Unset = UNSET,
-    folder_id: UUID | None | Unset = UNSET,
+    content: dict[str, Any] | Unset | None = UNSET,
+    content_text: str | Unset | None = UNSET,
+    folder_id: UUID | Unset | None = UNSET,
     tags: Sequence[str] | Unset = UNSET,
     pinned: bool | Unset = UNSET,
     metadata: dict[str, Any] | Unset = UNSET,
-    updated_by_agent_id: UUID | None | Unset = UNSET,
+    updated_by_agent_id: UUID | Unset | None = UNSET,
     if_match: str | None = None,
 ) -> Document:
     """Change the given fields; UNSET leaves a field as it is, folder_id=None moves the

@@ -199,7 +199,7 @@ def update_folder(
     folder_id: UUID,
     *,
     name: str | Unset = UNSET,
-    parent_id: UUID | None | Unset = UNSET,
+    parent_id: UUID | Unset | None = UNSET,
 ) -> Folder:
     """Rename and/or move the folder (parent_id=None: to the root). Raises NotFound for an
     unknown folder or parent, Conflict for a sibling with the name or a move into the

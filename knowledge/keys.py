@@ -45,8 +45,8 @@ Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 KEY_PREFIX = "hqk_"
 _SHOWN = 12  # characters of a key kept in clear (its prefix), enough to tell keys apart in a list
-_LAST_USED_EVERY = "1 minute"
-CALLER_KEY = "hq_caller"  # where the API's gate leaves the Caller in a request's ASGI scope  # last_used_at is written at most this often per key
+_LAST_USED_EVERY = "1 minute"  # last_used_at is written at most this often per key
+CALLER_KEY = "hq_caller"  # where the API's gate leaves the Caller in a request's ASGI scope
 
 
 @dataclass(frozen=True)

@@ -392,8 +392,9 @@ def build_mcp_server(
 ) -> MCPServer:
     """The MCP server, its tools using connections from `pool()` (configured by
     `configure_for_search`); search_knowledge runs on `read_router()` (read replicas) when
-    given, and holds a slot of `admission()` (the service's bound on searches in flight). `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides
-    it per HTTP request). Raises InvalidInput for a bad slug."""
+    given, and holds a slot of `admission()` (the service's bound on searches in flight).
+    `agent` binds every session to that agent's slug (the X-HQ-Agent header overrides it per
+    HTTP request). Raises InvalidInput for a bad slug."""
     tools = _Tools(pool, agent=agent, reads=read_router, admission=admission)
     server = _Server(
         "hq-knowledge", title="HQ Knowledge", version=__version__, instructions=INSTRUCTIONS, read_only=read_only

@@ -317,7 +317,7 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
             error: Exception | None = None
             try:
                 stats = worker.run(once=once, stop=stop)
-            except Exception as e:  # noqa: BLE001 - outages are ridden out inside: this is a bug
+            except Exception as e:
                 error = e
     if error is not None:
         print(

@@ -244,7 +244,7 @@ def _concurrently(batcher: QueryBatcher, texts: list[str]) -> dict[str, Any]:
     def one(text: str) -> None:
         try:
             out[text] = batcher.embed_one(text)
-        except Exception as e:  # noqa: BLE001 - recorded for the assertions
+        except Exception as e:
             out[text] = e
 
     threads = [threading.Thread(target=one, args=(t,)) for t in texts]

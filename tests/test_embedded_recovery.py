@@ -46,7 +46,7 @@ def _kill_postmaster(pgdata: Path) -> int:
 
 def _running(proc: psutil.Process) -> bool:
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE  # exited: its parent reaps it when it can
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)  # exited: its parent reaps it when it can
     except psutil.NoSuchProcess:
         return False
 

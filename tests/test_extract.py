@@ -130,7 +130,7 @@ See the [refund form](https://example.com/refunds) or run `hq refunds list`.
 
 > Never refund twice.
 >
-> *Ask a lead*  
+> *Ask a lead*\x20\x20
 > when unsure
 
 ```python

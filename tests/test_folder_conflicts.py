@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
@@ -31,7 +31,8 @@ def _loops(parents: dict[UUID, UUID | None]) -> list[UUID]:
     """Folders from which walking up never reaches the root."""
     looped = []
     for start in parents:
-        seen, node = set(), start
+        seen: set[UUID] = set()
+        node: UUID | None = start
         while node is not None and node not in seen:
             seen.add(node)
             node = parents.get(node)
@@ -91,7 +92,7 @@ def test_moves_deletes_and_renames_racing_in_one_tree_answer_2xx_409_or_404(
 ) -> None:
     """Separate connections, no pool between them and the database: the domain functions
     alone keep a mixed burst free of deadlock errors."""
-    tree_ = "document" if tree == "document" else "asset"
+    tree_: Literal["document", "asset"] = "document" if tree == "document" else "asset"
     ids = [create_folder(conn, tree_, name=f"F{i}").id for i in range(24)]
     connections = [psycopg.connect(db_url, autocommit=True) for _ in range(72)]
     try:

@@ -73,10 +73,7 @@ def session(request: pytest.FixtureRequest, kb: KB) -> Callable[..., Any]:
 
         return anyio.run(main)
 
-    if transport == "http":
-        base = request.getfixturevalue("http_base")
-    else:
-        base = None
+    base = request.getfixturevalue("http_base") if transport == "http" else None
     return run
 
 

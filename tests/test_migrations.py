@@ -141,7 +141,7 @@ def test_misnamed_or_gapped_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="expected migration number 002"):
         load_migrations(tmp_path)
     (tmp_path / "003_c.sql").rename(tmp_path / "002-Bad.sql")
-    with pytest.raises(MigrationError, match="NNN_lowercase_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNN_lowercase_name\.sql"):
         load_migrations(tmp_path)
 
 
@@ -198,7 +198,7 @@ def test_supabase_like_database_gets_rls_realtime_and_storage(supabase_like_url:
     result = _migrate(supabase_like_url)
     assert result.applied == ALL_NAMES
     with psycopg.connect(supabase_like_url, autocommit=True) as conn:
-        secured = dict(
+        secured: dict[str, bool] = dict(
             conn.execute(
                 "SELECT c.relname, c.relrowsecurity FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
                 "AND c.relkind = 'r'"

@@ -73,7 +73,7 @@ TEXTS = [
     "   ",
     "Überprüfung der Rückerstattungsrichtlinie für Jahrespläne",
     "politique de remboursement : délai de préavis et résiliation",
-    "оповещение о сбое базы данных",
+    "оповещение о сбое базы данных",  # noqa: RUF001 - Cyrillic, on purpose
     "日本語のテキストを検索する方法",
     "数据库备份和恢复流程",
     "سياسة الاسترداد للعملاء",
@@ -189,7 +189,7 @@ def test_concurrent_starts_export_once(tmp_path: Path, exports: list[Path]) -> N
     def start(e: OnnxEmbedder) -> None:
         try:
             e.load()
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(e,)) for e in embedders]

@@ -232,7 +232,7 @@ def test_semantic_leg_is_read_from_the_models_hnsw_index(conn: Conn, db_url: str
     assert result.hits[0].title == "Note 123"
 
 
-BAD = [
+BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"q": ""}, 422, "q"),
     ({"q": "   "}, 422, "q"),
     ({"q": "x" * 10_000}, 422, "q"),
@@ -364,7 +364,7 @@ def test_sql_keyword_index_survives_a_server_restart(tmp_path: Path) -> None:
     try:
         with _migrated_and_indexed(server.url) as conn:
             before = conn.execute("SELECT sum(passages) AS n, sum(total_length) AS len FROM bm25_corpus").fetchone()
-        assert before["n"] > 0
+        assert before is not None and before["n"] > 0
         server.stop()
         server.start()
         with psycopg.connect(server.url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
@@ -484,10 +484,13 @@ def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_res
     try:
         with _migrated_and_indexed(server.url) as conn:
             assert keyword_path(conn, "auto") == "bm25"
-            rebuilds = []
-            monkeypatch.setattr(
-                keyword_index, "_bm25_problem", lambda c: rebuilds.append(1) or "counts 1 of 4 passages"
-            )
+            rebuilds: list[int] = []
+
+            def problem(_conn: Any) -> str:
+                rebuilds.append(1)
+                return "counts 1 of 4 passages"
+
+            monkeypatch.setattr(keyword_index, "_bm25_problem", problem)
             assert repair_bm25_index(conn) is True
             assert len(rebuilds) == 1 + keyword_index.REBUILDS
             assert "searches use the SQL keyword index" in caplog.text
@@ -532,17 +535,17 @@ def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
         started = (
             conn.cursor(row_factory=psycopg.rows.tuple_row)
             .execute("SELECT pg_postmaster_start_time()::text")
-            .fetchone()[0]
-        )  # type: ignore[index]
+            .fetchall()[0][0]
+        )
         if not broken_for:
             broken_for.append(started)
         return "counts 1 of 4 passages" if started == broken_for[0] else real(conn)
 
     monkeypatch.setattr(keyword_index, "_bm25_problem", broken_until_restarted)
-    with database(Settings(data_dir=tmp_path)) as url, psycopg.connect(url, autocommit=True) as conn:
-        now = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]  # type: ignore[index]
+    with database(Settings(data_dir=tmp_path)) as url, psycopg.connect(url, autocommit=True) as restarted:
+        now = restarted.execute("SELECT pg_postmaster_start_time()::text").fetchall()[0][0]
         assert now not in (first, broken_for[0]) and postmaster_pid(tmp_path / "pg") is not None
-        assert keyword_index.keyword_path(conn, "auto") == "bm25"
+        assert keyword_index.keyword_path(restarted, "auto") == "bm25"
     assert "restarted the embedded PostgreSQL to finish rebuilding the BM25 index" in caplog.text
     forget_setup()
 

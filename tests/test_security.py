@@ -69,7 +69,7 @@ def keyed(db_url: str) -> Keyed:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer'), ('scout', 'Scout')")
         made = {scope: create_key(conn, scope=scope, name=f"{scope} key") for scope in SCOPES}
-        keys = {scope: k.secret for scope, k in made.items()}
+        keys: dict[str, str] = {scope: k.secret for scope, k in made.items()}
         keys["closer"] = create_key(conn, scope="write", agent="closer").secret
         old = create_key(conn, scope="admin", name="old admin")
         revoke_key(conn, str(old.key.id))
@@ -106,7 +106,7 @@ ROUTES = [
 
 def _send(
     client: TestClient, route: tuple[str, str, Any, str], kb: Keyed, headers: dict[str, str] | None = None
-) -> httpx.Response:
+) -> Any:  # TestClient's response: httpx's, or httpx2's where that is installed
     method, path, body, _ = route
     return client.request(method, path.format(doc=kb.doc, key=kb.key_id), json=body, headers=headers or {})
 
@@ -173,7 +173,7 @@ def _agent_of(url: str, doc_id: str) -> str | None:
             (doc_id,),
         ).fetchone()
     assert row is not None
-    return row[0]
+    return str(row[0]) if row[0] is not None else None
 
 
 def test_an_agent_key_fixes_the_writer_whatever_the_header_says(keyed: Keyed) -> None:

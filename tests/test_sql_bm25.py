@@ -46,7 +46,8 @@ def _differences(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         SELECT (SELECT count(*) FROM (SELECT term, chunk_id, tf, dl FROM bm25_postings
                                       EXCEPT ALL SELECT * FROM recount) x) AS extra_postings,
                (SELECT count(*) FROM (SELECT * FROM recount
-                                      EXCEPT ALL SELECT term, chunk_id, tf, dl FROM bm25_postings) x) AS missing_postings,
+                                      EXCEPT ALL SELECT term, chunk_id, tf, dl FROM bm25_postings) x)
+                 AS missing_postings,
                (SELECT coalesce(sum(passages), 0) FROM bm25_corpus) - (SELECT count(*) FROM knowledge_chunks)
                  AS passages_off,
                (SELECT coalesce(sum(total_length), 0) FROM bm25_corpus)
@@ -101,7 +102,7 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
                     with lock:
                         counts[op] += 1
                     time.sleep(0.005)  # spread the edits over the workers' batches
-        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as e:
             errors.append(e)
 
     def indexer(name: str) -> None:
@@ -110,7 +111,7 @@ def test_statistics_stay_exact_under_500_edits_by_4_concurrent_writers(db_url: s
                 stats = Worker(db_url, FakeEmbedder(), worker_id=name, poll_seconds=0.05).run(once=True)
                 with lock:
                     counts["indexed while writing"] += stats.indexed
-        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as e:
             errors.append(e)
 
     writers = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
@@ -189,7 +190,8 @@ def test_scores_are_bm25_as_pg_textsearch_defines_it(db_url: str, conn: Any) -> 
         qtf = Counter(
             r["lexeme"]
             for r in conn.execute(
-                "SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) u, generate_series(1, array_length(u.positions, 1))",
+                "SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) u,"
+                " generate_series(1, array_length(u.positions, 1))",
                 [query],
             ).fetchall()
         )

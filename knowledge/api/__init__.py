@@ -108,7 +108,7 @@ def create_app(
             async with mcp.session_manager.run():
                 yield
         finally:
-            for thread, stop in app.state.reembeds.values():
+            for _thread, stop in app.state.reembeds.values():
                 stop.set()  # each finishes (and commits) its current batch
             for thread, _stop in app.state.reembeds.values():
                 thread.join(timeout=60)
