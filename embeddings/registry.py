@@ -21,9 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
 from .model import DEFAULT_MODEL, Embedder, FakeEmbedder, SentenceTransformerEmbedder
 
-__all__ = ["ModelError", "ModelSpec", "load_model", "probe_model", "resolve_model", "spec_from_row"]
+__all__ = [
+    "ACTIVE_MODEL",
+    "ModelError",
+    "ModelSpec",
+    "active_spec",
+    "load_model",
+    "probe_model",
+    "resolve_model",
+    "spec_from_row",
+]
 
 INT8_MODEL = f"{DEFAULT_MODEL}-int8"
 PACKAGED = (DEFAULT_MODEL, INT8_MODEL)
@@ -107,6 +120,20 @@ def spec_from_row(row: Any) -> ModelSpec:
     """A ModelSpec from an `embedding_models` row (a mapping with name, dims, provider,
     source, max_tokens)."""
     return ModelSpec(row["name"], int(row["dims"]), row["provider"], row["source"], int(row["max_tokens"] or 256))
+
+
+# The active model's row: the one lookup of it, composed into statements that need it
+# in their own snapshot (the search statement, the search set-up).
+ACTIVE_MODEL = sql.SQL("SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active")
+
+
+def active_spec(conn: psycopg.Connection[Any], *, lock: bool = False) -> ModelSpec | None:
+    """How to load the active model, or None when no model is active. `lock`: its row is
+    held (FOR SHARE) until the transaction ends, so that a model switch waits for it."""
+    statement = sql.SQL("{} FOR SHARE").format(ACTIVE_MODEL) if lock else ACTIVE_MODEL
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(statement).fetchone()
+    return spec_from_row(row) if row else None
 
 
 _loaded: dict[ModelSpec, Embedder] = {}

@@ -37,24 +37,20 @@ from knowledge.dberrors import is_transient
 from knowledge.health import Health
 from knowledge.keyword_index import repair_bm25_index
 
+from . import queue
 from .chunking import Chunk, chunk_markdown, passage_hash
 from .extract import asset_markdown, document_markdown
 from .leases import dead_owners, new_owner, node_name
 from .model import Embedder
 from .outage import Outage, describe
+from .registry import active_spec
 
 __all__ = ["Worker", "WorkerStats", "register_model"]
 
 log = logging.getLogger("hq_knowledge.worker")
 CHANNEL = "hq_embedding"
-_KINDS = {"document": "documents", "asset": "assets"}
 _OWNER = {"document": "document_id", "asset": "asset_id"}
 _CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
-# A leased record given back untouched by its own worker: its try is not counted.
-_GIVE_BACK = (
-    "SET embedding_status = 'pending', embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
-    " embedding_attempts = greatest(embedding_attempts - 1, 0)"
-)
 _EMBED_STEP = 128  # passages per embedder call: the worker beats and renews its leases between calls
 HEALTH = "worker"
 STALE_AFTER = 120.0  # seconds without a beat before readiness calls the worker stuck
@@ -74,7 +70,7 @@ class WorkerStats:
 
 @dataclass
 class _Record:
-    kind: str
+    kind: queue.Kind
     id: uuid.UUID
     version: int
     attempts: int
@@ -162,8 +158,6 @@ class Worker:
 
     def _active_embedder(self) -> Embedder:
         """The active model's embedder (the packaged default when no model is active)."""
-        from knowledge.models import active_spec
-
         from .model import load_embedder
         from .registry import load_model
 
@@ -172,9 +166,9 @@ class Worker:
 
     def _follow(self) -> None:
         """Switch to the active model if it changed since the last round."""
-        row = self.conn_raw.execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
-        if row and self._embedder is not None and row["name"] != self._embedder.name:
-            log.info("the active model is now %s: embedding with it", row["name"])
+        spec = active_spec(self.conn_raw)
+        if spec and self._embedder is not None and spec.name != self._embedder.name:
+            log.info("the active model is now %s: embedding with it", spec.name)
             self._embedder = self._active_embedder()
             register_model(self.conn_raw, self._embedder)
 
@@ -256,24 +250,12 @@ class Worker:
                 return
 
     def _seconds_to_next_retry(self) -> float:
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM min(t) - now()) AS due FROM ("
-            " SELECT min(embedding_next_attempt_at) AS t FROM documents WHERE embedding_status = 'pending'"
-            " UNION ALL SELECT min(embedding_lease_expires_at) FROM documents WHERE embedding_status = 'processing'"
-            " UNION ALL SELECT min(embedding_next_attempt_at) FROM assets WHERE embedding_status = 'pending'"
-            " UNION ALL SELECT min(embedding_lease_expires_at) FROM assets WHERE embedding_status = 'processing'"
-            ") s"
-        ).fetchone()
-        due = float(row["due"]) if row and row["due"] is not None else self.poll_seconds
-        return max(0.0, min(self.poll_seconds, due))
+        due = queue.seconds_to_next(self.conn)
+        return max(0.0, min(self.poll_seconds, self.poll_seconds if due is None else due))
 
     def _pending_now(self) -> bool:
         """Is anything leasable now, or soon (a retry or an expired lease within the poll)?"""
-        row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM documents WHERE embedding_status IN ('pending', 'processing'))"
-            " OR EXISTS (SELECT 1 FROM assets WHERE embedding_status IN ('pending', 'processing')) AS queued"
-        ).fetchone()
-        return bool(row and row["queued"]) and self._seconds_to_next_retry() < self.poll_seconds
+        return queue.has_work(self.conn) and self._seconds_to_next_retry() < self.poll_seconds
 
     # -- one round ------------------------------------------------------------------------
 
@@ -302,49 +284,25 @@ class Worker:
         self._beat()
         if time.monotonic() >= self._next_renewal:
             self._next_renewal = time.monotonic() + self.lease_seconds / 3
-            for table in _KINDS.values():
-                self.conn.execute(
-                    f"UPDATE {table} SET embedding_lease_expires_at = now() + make_interval(secs => %s)"
-                    " WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
-                    [self.lease_seconds, self.worker_id],
-                )
+            queue.renew(self.conn, self.worker_id, self.lease_seconds)
 
     def _lease(self) -> list[_Record]:
-        records: list[_Record] = []
-        for kind, table in _KINDS.items():
-            room = self.batch_records - len(records)
-            if room <= 0:
-                break
-            rows = self.conn.execute(
-                f"""WITH ready AS (
-                      SELECT id FROM {table}
-                       WHERE (embedding_status = 'pending'
-                              AND (embedding_next_attempt_at IS NULL OR embedding_next_attempt_at <= now()))
-                          OR (embedding_status = 'processing' AND embedding_lease_expires_at < now())
-                       ORDER BY embedding_next_attempt_at NULLS FIRST, updated_at
-                       LIMIT %(n)s FOR UPDATE SKIP LOCKED)
-                    UPDATE {table} t
-                       SET embedding_status = 'processing', embedding_lease_owner = %(owner)s,
-                           embedding_lease_expires_at = now() + make_interval(secs => %(lease)s),
-                           embedding_attempts = t.embedding_attempts + 1
-                      FROM ready WHERE t.id = ready.id
-                    RETURNING t.*""",  # the table name is one of two constants
-                {"n": room, "owner": self.worker_id, "lease": self.lease_seconds},
-            ).fetchall()
-            for row in rows:
-                title = row["title"] if kind == "document" else row["name"]
-                records.append(_Record(kind, row["id"], row["content_version"], row["embedding_attempts"], title, row))
-        return records
+        return [
+            _Record(
+                kind,
+                row["id"],
+                row["content_version"],
+                row["embedding_attempts"],
+                row["title"] if kind == "document" else row["name"],
+                row,
+            )
+            for kind, row in queue.lease(self.conn, self.worker_id, self.batch_records, self.lease_seconds)
+        ]
 
     def _release_mine(self) -> int:
         """Give back every record this worker holds (a batch cut short by a lost connection
         may have leased rows it never saw); attempts not counted. Returns how many."""
-        released = 0
-        for table in _KINDS.values():
-            released += self.conn_raw.execute(
-                f"UPDATE {table} {_GIVE_BACK} WHERE embedding_lease_owner = %s AND embedding_status = 'processing'",
-                [self.worker_id],
-            ).rowcount
+        released = queue.give_back(self.conn_raw, self.worker_id)
         if released:
             log.info("gave back %d record(s) leased before the interruption", released)
         return released
@@ -356,25 +314,8 @@ class Worker:
         after max_attempts instead of taking the queue down again and again."""
         self._next_reclaim = time.monotonic() + self.reclaim_seconds
         node = node_name()
-        reclaimed = 0
-        for table in _KINDS.values():
-            owners = [
-                r["embedding_lease_owner"]
-                for r in self.conn_raw.execute(
-                    f"SELECT DISTINCT embedding_lease_owner FROM {table} WHERE embedding_status = 'processing'"
-                    " AND left(embedding_lease_owner, %s) = %s",
-                    [len(node) + 1, node + ":"],
-                )
-            ]
-            dead = dead_owners(owners, node)
-            if dead:
-                reclaimed += self.conn_raw.execute(
-                    f"UPDATE {table} SET embedding_status = 'pending', embedding_lease_owner = NULL,"
-                    " embedding_lease_expires_at = NULL, embedding_next_attempt_at = NULL,"
-                    " embedding_error = 'its worker stopped while embedding it (process gone)'"
-                    " WHERE embedding_status = 'processing' AND embedding_lease_owner = ANY(%s)",
-                    [dead],
-                ).rowcount
+        dead = dead_owners(queue.lease_owners(self.conn_raw, node + ":"), node)
+        reclaimed = queue.reclaim(self.conn_raw, dead, "its worker stopped while embedding it (process gone)")
         if reclaimed:
             self.stats.reclaimed += reclaimed
             log.info("reclaimed %d lease(s) of dead worker(s) on this host", reclaimed)
@@ -382,12 +323,7 @@ class Worker:
 
     def _release(self, records: list[_Record]) -> None:
         """Give leased records back untouched (shutting down before any work was done)."""
-        for r in records:
-            self.conn.execute(
-                f"UPDATE {_KINDS[r.kind]} {_GIVE_BACK}"
-                " WHERE id = %s AND embedding_lease_owner = %s AND embedding_status = 'processing'",
-                [r.id, self.worker_id],
-            )
+        queue.give_back(self.conn, self.worker_id, [(r.kind, r.id) for r in records])
 
     def _prepare(self, record: _Record) -> None:
         try:
@@ -464,24 +400,17 @@ class Worker:
             self.on_record(record.kind, str(record.id), outcome)
 
     def _write(self, record: _Record, vectors: dict[str, np.ndarray[Any, Any]]) -> str:
-        table, owner = _KINDS[record.kind], _OWNER[record.kind]
+        owner = _OWNER[record.kind]
         model = self.embedder.name
         with self.conn.transaction():
-            current = self.conn.execute(
-                f"SELECT content_version, embedding_lease_owner FROM {table} WHERE id = %s FOR UPDATE", [record.id]
-            ).fetchone()
-            if (
-                current is None
-                or current["content_version"] != record.version
-                or current["embedding_lease_owner"] != self.worker_id
-            ):
+            if not queue.holds(self.conn, record.kind, record.id, self.worker_id, record.version):
                 self.stats.stale += 1
                 return "stale"  # edited, deleted or taken over meanwhile: its new version is queued
             if self.follow_active:
                 # Held until commit: a model switch waits for this write, or this write sees
                 # the switch and the record goes back to the queue for the new model.
-                active = self.conn.execute("SELECT name FROM embedding_models WHERE is_active FOR SHARE").fetchone()
-                if active is None or active["name"] != model:
+                active = active_spec(self.conn, lock=True)
+                if active is None or active.name != model:
                     self._release([record])
                     self.stats.stale += 1
                     return "stale"
@@ -560,25 +489,28 @@ class Worker:
                     " content_hash = EXCLUDED.content_hash, embedded_at = now()",
                     [(i, model, vectors[h], h) for i, h in todo],
                 )
-            self.conn.execute(
-                f"UPDATE {table} SET embedding_status = 'indexed', extracted_text = %s,"
-                " embedding_source_hash = %s, embedding_model = %s, embedding_dims = %s, embedding_error = NULL,"
-                " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL,"
-                " embedding_next_attempt_at = NULL, embedded_at = now() WHERE id = %s",
-                [record.markdown, passage_hash("\n".join(record.hashes), model), model, self.embedder.dims, record.id],
+            queue.indexed(
+                self.conn,
+                record.kind,
+                record.id,
+                text=record.markdown,
+                source_hash=passage_hash("\n".join(record.hashes), model),
+                model=model,
+                dims=self.embedder.dims,
             )
         self.stats.indexed += 1
         return "indexed"
 
     def _fail(self, record: _Record) -> str:
         final = record.attempts >= self.max_attempts
-        delay = self.retry_base_seconds * 2 ** max(record.attempts - 1, 0)
-        self.conn.execute(
-            f"UPDATE {_KINDS[record.kind]} SET embedding_status = %s, embedding_error = %s,"
-            " embedding_next_attempt_at = CASE WHEN %s THEN NULL ELSE now() + make_interval(secs => %s) END,"
-            " embedding_lease_owner = NULL, embedding_lease_expires_at = NULL"
-            " WHERE id = %s AND embedding_lease_owner = %s AND content_version = %s",
-            ["failed" if final else "pending", record.error, final, delay, record.id, self.worker_id, record.version],
+        queue.fail(
+            self.conn,
+            record.kind,
+            record.id,
+            owner=self.worker_id,
+            version=record.version,
+            error=record.error or "",
+            retry_in=None if final else self.retry_base_seconds * 2 ** max(record.attempts - 1, 0),
         )
         log.warning(
             "%s %s: %s (attempt %d of %d)", record.kind, record.id, record.error, record.attempts, self.max_attempts

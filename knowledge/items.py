@@ -17,6 +17,8 @@ from psycopg import errors as pg
 from psycopg import sql
 from psycopg.rows import class_row, tuple_row
 
+from embeddings import queue
+
 from .errors import Conflict, InvalidInput, NotFound
 from .validation import DATA_ERRORS, data_error, normalize_tags
 
@@ -174,11 +176,7 @@ def delete(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> N
 def retry_embedding(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> T:
     """Put a `failed` item back in the embedding queue with its attempts reset.
     Raises NotFound, or Conflict when the item is not failed."""
-    statement = sql.SQL(
-        "UPDATE {} SET embedding_status = 'pending', embedding_attempts = 0, embedding_error = NULL, "
-        "embedding_next_attempt_at = NULL WHERE id = %(id)s AND embedding_status = 'failed' RETURNING *"
-    ).format(sql.Identifier(spec.table))
-    row = write(conn, spec, statement, {"id": item_id})
+    row = write(conn, spec, queue.retry(spec.kind), {"id": item_id})
     if row is None:
         status = _scalar(
             conn,

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from embeddings.registry import ModelSpec, spec_from_row
+from embeddings.registry import ModelSpec, active_spec
 
 from .errors import Conflict, NotFound
 
@@ -103,16 +103,6 @@ def list_models(conn: psycopg.Connection[Any], name: str | None = None) -> list[
         .fetchall()
     )
     return [ModelInfo(**row) for row in rows]
-
-
-def active_spec(conn: psycopg.Connection[Any]) -> ModelSpec | None:
-    """How to load the active model, or None when no model is active."""
-    row = (
-        _dicts(conn)
-        .execute("SELECT name, dims, provider, source, max_tokens FROM embedding_models WHERE is_active")
-        .fetchone()
-    )
-    return spec_from_row(row) if row else None
 
 
 def get_model(conn: psycopg.Connection[Any], name: str) -> ModelInfo:

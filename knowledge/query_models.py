@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from embeddings.model import DEFAULT_MODEL
-from embeddings.registry import ModelError, ModelSpec, load_model, spec_from_row
+from embeddings.registry import ACTIVE_MODEL, ModelError, ModelSpec, load_model, spec_from_row
 
 from .errors import DatabaseUnavailable, ServiceUnavailable
 from .keyword_index import keyword_path
@@ -57,9 +57,10 @@ def search_setup(conn: psycopg.Connection[Any], *, ttl: float = 10.0) -> SearchS
     row = (
         conn.cursor(row_factory=dict_row)
         .execute(
-            "SELECT name, dims, provider, source, max_tokens,"
-            " (SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(hq_embedding_index_name(name)))"
-            " AS vectors FROM embedding_models WHERE is_active"
+            sql.SQL(
+                "SELECT m.*, (SELECT greatest(reltuples, 0) FROM pg_class"
+                " WHERE oid = to_regclass(hq_embedding_index_name(m.name))) AS vectors FROM ({}) m"
+            ).format(ACTIVE_MODEL)
         )
         .fetchone()
     )

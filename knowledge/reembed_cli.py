@@ -13,6 +13,8 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from embeddings import queue
+
 from .config import Settings
 from .errors import InvalidInput
 
@@ -133,12 +135,7 @@ def _failed(conn: Any, url: str) -> int:
 
     from .progress import progress
 
-    requeued = 0
-    for table in ("documents", "assets"):
-        requeued += conn.execute(
-            f"UPDATE {table} SET embedding_status = 'pending', embedding_attempts = 0, embedding_error = NULL,"
-            " embedding_next_attempt_at = NULL WHERE embedding_status = 'failed'"
-        ).rowcount  # a fixed name
+    requeued = queue.retry_failed(conn)
     if not requeued:
         print("no document or asset has failed to embed")
         return 0

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from embeddings.registry import ACTIVE_MODEL
+
 from .keyword_index import keyword_path
 from .migrations import (
     Migration,
@@ -256,17 +258,25 @@ def _expect(name: str, wanted: tuple[str, ...], present: set[Any], kind: str) ->
     return CheckItem(name, not missing, f"{len(wanted) - len(missing)} of {len(wanted)}", missing)
 
 
+def _count(conn: psycopg.Connection[Any], query: str) -> int:
+    """The count `query` returns; 0 when the schema cannot answer it (a column missing)."""
+    try:
+        with conn.transaction():
+            row = _tuples(conn).execute(query).fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
 def _seed_rows(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
     checks = {
         "workspace row": ("workspace", "SELECT count(*) FROM workspace WHERE id = 1"),
         "pipeline stages": ("pipeline_stages", "SELECT count(*) FROM pipeline_stages"),
         "default stream": ("streams", "SELECT count(*) FROM streams WHERE is_default"),
-        "active embedding model": ("embedding_models", "SELECT count(*) FROM embedding_models WHERE is_active"),
+        "active embedding model": ("embedding_models", f"SELECT count(*) FROM ({ACTIVE_MODEL.as_string(None)}) m"),
     }
     missing = [
-        f"seed row: {label}"
-        for label, (table, sql) in checks.items()
-        if table not in tables or not _tuples(conn).execute(sql).fetchone()[0]  # type: ignore[index]
+        f"seed row: {label}" for label, (table, sql) in checks.items() if table not in tables or not _count(conn, sql)
     ]
     return CheckItem("seed rows", not missing, f"{len(checks) - len(missing)} of {len(checks)}", missing)
 
@@ -274,14 +284,18 @@ def _seed_rows(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
 def _vector_index(conn: psycopg.Connection[Any], tables: set[Any]) -> CheckItem:
     if "embedding_models" not in tables or "chunk_embeddings" not in tables:
         return CheckItem("vector index", False, "no embedding tables", ["vector index of the active model"])
-    row = (
-        _tuples(conn)
-        .execute(
-            "SELECT m.name, m.dims, hq_embedding_index_name(m.name), to_regclass(hq_embedding_index_name(m.name)) "
-            "FROM embedding_models m WHERE m.is_active"
-        )
-        .fetchone()
-    )
+    try:
+        with conn.transaction():
+            row = (
+                _tuples(conn)
+                .execute(
+                    "SELECT m.name, m.dims, hq_embedding_index_name(m.name),"
+                    f" to_regclass(hq_embedding_index_name(m.name)) FROM ({ACTIVE_MODEL.as_string(None)}) m"
+                )
+                .fetchone()
+            )
+    except psycopg.Error as e:  # a schema too old or damaged to read it
+        return CheckItem("vector index", False, f"cannot read the active model: {e}", ["active embedding model"])
     if row is None:
         return CheckItem("vector index", False, "no active embedding model", ["active embedding model"])
     name, dims, index, exists = row

@@ -21,6 +21,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from embeddings.registry import ACTIVE_MODEL, active_spec
+
 from .errors import InvalidInput
 from .snippets import Highlighter
 
@@ -365,7 +367,7 @@ def _statement(
     # The active model in the statement's own snapshot: a ranking made while another model
     # became active is made again with that model's vectors and query embedding (~1 ms of
     # planning, so only where vectors are searched).
-    active = sql.SQL("(SELECT name FROM embedding_models WHERE is_active)" if mode != "keyword" else "NULL::text")
+    active = sql.SQL("(SELECT m.name FROM ({}) m)").format(ACTIVE_MODEL) if mode != "keyword" else sql.SQL("NULL::text")
     # Every CTE below but or_query, fdocs/fassets and selective is referenced once, so the
     # planner inlines it.
     return sql.SQL(
@@ -506,7 +508,8 @@ def search(
             break
         n = min(n * 4, MAX_PASSAGES)
     if mode != "keyword":
-        active = rows[0][19] if rows else _active_model(conn)
+        spec = None if rows else active_spec(conn)
+        active = rows[0][19] if rows else (spec.name if spec else None)
         if active != model:
             raise ModelSwitched(f"the active embedding model is now {active}, not {model}")
     highlighter = Highlighter(q.q)
@@ -545,11 +548,6 @@ def _inline(conn: psycopg.Connection[Any], statement: str, values: dict[str, Any
     for name, value in values.items():
         statement = statement.replace(f"%({name})s", sql.Literal(value).as_string(conn))
     return statement
-
-
-def _active_model(conn: psycopg.Connection[Any]) -> str | None:
-    row = conn.cursor(row_factory=tuple_row).execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
-    return row[0] if row else None
 
 
 def _hit(row: Any, highlighter: Highlighter) -> SearchHit:

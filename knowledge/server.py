@@ -12,6 +12,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from embeddings import queue
+
 from .admission import admission_for
 from .config import Settings
 from .db import connect, database, describe_url, open_search_pool
@@ -303,11 +305,8 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
     with database(settings) as url:
         _prepare(url)
         with connect(url) as conn:
-            pending: Any = conn.execute(
-                "SELECT (SELECT count(*) FROM documents WHERE embedding_status IN ('pending', 'processing'))"
-                " + (SELECT count(*) FROM assets WHERE embedding_status IN ('pending', 'processing'))"
-            ).fetchone()
-        with progress(pending[0] if once else None, "embedding", unit="record") as advance:
+            pending = queue.depth(conn).queued
+        with progress(pending if once else None, "embedding", unit="record") as advance:
             worker = Worker(
                 url,
                 load_embedder(settings.embedder) if settings.embedder else None,

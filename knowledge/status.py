@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row, tuple_row
+from psycopg.rows import class_row
+
+from embeddings import queue
+from embeddings.registry import active_spec
 
 from .keyword_index import keyword_path
 
@@ -40,19 +43,13 @@ class _Counts:
     documents: int
     assets: int
     passages: int
-    queue: int
-    failed: int
 
 
 _COUNTS = """
 SELECT
   (SELECT count(*) FROM documents WHERE archived_at IS NULL) AS documents,
   (SELECT count(*) FROM assets WHERE archived_at IS NULL) AS assets,
-  (SELECT count(*) FROM knowledge_chunks) AS passages,
-  (SELECT count(*) FROM documents WHERE embedding_status IN ('pending', 'processing'))
-  + (SELECT count(*) FROM assets WHERE embedding_status IN ('pending', 'processing')) AS queue,
-  (SELECT count(*) FROM documents WHERE embedding_status = 'failed')
-  + (SELECT count(*) FROM assets WHERE embedding_status = 'failed') AS failed
+  (SELECT count(*) FROM knowledge_chunks) AS passages
 """
 
 
@@ -61,14 +58,14 @@ def service_status(conn: psycopg.Connection[Any]) -> ServiceStatus:
     with conn.cursor(row_factory=class_row(_Counts)) as cur:
         counts = cur.execute(_COUNTS).fetchone()
     assert counts is not None  # an aggregate always returns a row
-    with conn.cursor(row_factory=tuple_row) as cur:
-        model = cur.execute("SELECT name FROM embedding_models WHERE is_active").fetchone()
+    waiting = queue.depth(conn)
+    model = active_spec(conn)
     return ServiceStatus(
         documents=counts.documents,
         assets=counts.assets,
         passages=counts.passages,
-        queue=counts.queue,
-        failed=counts.failed,
-        active_model=model[0] if model else None,
+        queue=waiting.queued,
+        failed=waiting.failed,
+        active_model=model.name if model else None,
         keyword_path=keyword_path(conn),
     )
