@@ -12,7 +12,7 @@ import pytest
 
 from knowledge.api import create_app
 from knowledge.importer import import_folder, sample_dir
-from knowledge.snippets import FRAGMENT_CHARS, Highlighter, plain_text
+from knowledge.search.snippets import FRAGMENT_CHARS, Highlighter, plain_text
 
 from .apiclient import local_client
 from .mcp_clients import mcp_client, structured, text

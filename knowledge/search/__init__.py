@@ -1,0 +1,43 @@
+"""Hybrid search over documents and assets: a semantic leg (HNSW over passage embeddings of
+the active model), a keyword leg (BM25 through pg_textsearch where installed, else BM25 from
+the SQL keyword index's tables: knowledge.keyword_index), fused per item by weighted
+reciprocal rank.
+
+- `query`: what a search asks for (SearchQuery, checked) and what it answers (SearchResult);
+- `statement`: the one SQL statement per search, composed leg by leg: both legs, the
+  fusion, the page of items with their best passages;
+- `run`: the query embedded, the statement run, its rows made into hits;
+- `snippets`: each hit's snippet, made from its best passage.
+"""
+
+from .query import (
+    ASSET_TYPES,
+    EXACT_SCAN_BELOW,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_QUERY_CHARS,
+    MODES,
+    ModelSwitched,
+    Passage,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+)
+from .run import bm25_quota, passage_quota, search
+
+__all__ = [
+    "ASSET_TYPES",
+    "EXACT_SCAN_BELOW",
+    "MAX_LIMIT",
+    "MAX_OFFSET",
+    "MAX_QUERY_CHARS",
+    "MODES",
+    "ModelSwitched",
+    "Passage",
+    "SearchHit",
+    "SearchQuery",
+    "SearchResult",
+    "bm25_quota",
+    "passage_quota",
+    "search",
+]
