@@ -49,7 +49,7 @@ from knowledge.migrations import migrate
 FAKE = {"HQ_EMBEDDER": "fake"}
 # A worker that leases one batch and then hangs, as one killed mid-batch would have left it.
 HOLD_LEASE = (
-    "import sys, time; from embeddings.worker import Worker; from embeddings.model import load_embedder; "
+    "import sys, time; from knowledge.ingest.worker import Worker; from embeddings.model import load_embedder; "
     "w = Worker(sys.argv[1], load_embedder('fake'), batch_records=64); "
     "print(len(w._lease()), flush=True); time.sleep(3600)"
 )

@@ -23,10 +23,10 @@ from typing import Any
 import psycopg
 import torch
 
-from embeddings.chunking import chunk_markdown
 from embeddings.model import SentenceTransformerEmbedder
-from embeddings.worker import Worker
 from knowledge.embedded import EmbeddedPostgres
+from knowledge.ingest.chunking import chunk_markdown
+from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
 
 ONE_PAGE = """# Incident response

@@ -105,7 +105,7 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, text: str) -> int:
         if self._count is None:
-            from .chunking import load_tokenizer_counter
+            from .tokens import load_tokenizer_counter
 
             self._count = load_tokenizer_counter(self.model_dir or packaged_model_dir())
         return int(self._count(text))

@@ -20,13 +20,12 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import class_row, tuple_row
 
-from embeddings.extract import ExtractError, document_markdown
-from embeddings.markdown_blocks import parse_sections
-
 from .boot import MAX_TOKENS_LIMIT, TokenCounter, cut_at_boundary, default_token_counter
 from .documents import Document, create_document, get_document, update_document
 from .errors import InvalidInput, NotFound
 from .folders import create_folder, get_folder
+from .ingest.extract import ExtractError, document_markdown
+from .ingest.markdown_blocks import parse_sections
 from .items import UNSET
 from .validation import normalize_tag
 

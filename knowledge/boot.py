@@ -34,11 +34,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from embeddings.extract import ExtractError, asset_markdown, document_markdown
-from embeddings.markdown_blocks import parse_sections
-
 from . import __version__
 from .errors import InvalidInput, NotFound
+from .ingest.extract import ExtractError, asset_markdown, document_markdown
+from .ingest.markdown_blocks import parse_sections
 
 __all__ = [
     "JSON",
@@ -150,8 +149,8 @@ def default_token_counter() -> TokenCounter:
     global _counter
     with _counter_lock:
         if _counter is None:
-            from embeddings.chunking import load_tokenizer_counter
             from embeddings.model import packaged_model_dir
+            from embeddings.tokens import load_tokenizer_counter
 
             _counter = load_tokenizer_counter(packaged_model_dir())
         return _counter

@@ -17,9 +17,8 @@ from psycopg import errors as pg
 from psycopg import sql
 from psycopg.rows import class_row, tuple_row
 
-from embeddings import queue
-
 from .errors import Conflict, InvalidInput, NotFound
+from .ingest import queue
 from .validation import DATA_ERRORS, data_error, normalize_tags
 
 __all__ = [

@@ -13,10 +13,9 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
-from embeddings import queue
-
 from .config import Settings
 from .errors import InvalidInput
+from .ingest import queue
 
 __all__ = ["add_parser", "run"]
 
@@ -131,8 +130,7 @@ def _drop(conn: Any, name: str) -> int:
 
 
 def _failed(conn: Any, url: str) -> int:
-    from embeddings.worker import Worker
-
+    from .ingest.worker import Worker
     from .progress import progress
 
     requeued = queue.retry_failed(conn)
@@ -174,8 +172,7 @@ def _load(spec: Any) -> Any:
 
 
 def _reembed(conn: Any, url: str, args: argparse.Namespace, selection: Any) -> int:
-    from embeddings.reembed import ReembedRunner
-
+    from .ingest.reembedder import ReembedRunner
     from .models import list_models
     from .progress import progress
     from .reembed import start_job

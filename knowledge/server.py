@@ -12,13 +12,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from embeddings import queue
-
 from .admission import admission_for
 from .config import Settings
 from .db import connect, database, describe_url, open_search_pool
 from .errors import KnowledgeError
 from .health import Health
+from .ingest import queue
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
 from .replicas import ReadRouter
@@ -267,7 +266,8 @@ def _start_worker(
     """The worker's thread, started. It rides out database outages by itself; on any other
     error it logs the traceback and calls `on_failure`, which must stop the process."""
     from embeddings.model import load_embedder
-    from embeddings.worker import Worker
+
+    from .ingest.worker import Worker
 
     worker = Worker(url, load_embedder(settings.embedder) if settings.embedder else None, health=health)
 
@@ -289,8 +289,8 @@ def run_worker(settings: Settings, *, once: bool = False, batch: int = 64) -> in
     or with `once` until nothing is pending, waiting out database outages. Exit 1 when a
     record failed for good, or when the worker stopped on an error it cannot ride out."""
     from embeddings.model import load_embedder
-    from embeddings.worker import Worker
 
+    from .ingest.worker import Worker
     from .progress import progress
 
     _logging()

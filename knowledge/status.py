@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from embeddings import queue
 from embeddings.registry import active_spec
 
+from .ingest import queue
 from .keyword_index import keyword_path
 
 __all__ = ["ServiceStatus", "service_status"]

@@ -18,11 +18,10 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg
 
-from embeddings.extract import MAX_HTML_DEPTH, ExtractError, html_depth, validate_tiptap
-from embeddings.tiptap import MAX_DEPTH as MAX_TIPTAP_DEPTH
-from embeddings.tiptap import tiptap_depth
-
 from .errors import InvalidInput, KnowledgeError, TooLarge
+from .ingest.extract import MAX_HTML_DEPTH, ExtractError, html_depth, validate_tiptap
+from .ingest.tiptap import MAX_DEPTH as MAX_TIPTAP_DEPTH
+from .ingest.tiptap import tiptap_depth
 
 __all__ = [
     "DATA_ERRORS",
@@ -259,7 +258,7 @@ def check_html(field: str, value: str) -> None:
 
 def check_tiptap(field: str, doc: Any) -> None:
     """A TipTap/ProseMirror document: a JSON object of at most MAX_CONTENT_BYTES, its nodes
-    nested at most MAX_TIPTAP_DEPTH levels, whose structure `embeddings.extract.validate_tiptap`
+    nested at most MAX_TIPTAP_DEPTH levels, whose structure `knowledge.ingest.extract.validate_tiptap`
     accepts. Raises InvalidInput with the path."""
     if not isinstance(doc, dict):
         raise InvalidInput(f'{field} must be a TipTap JSON object like {{"type": "doc", "content": [...]}}')

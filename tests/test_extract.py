@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from embeddings.chunking import chunk_markdown
-from embeddings.extract import (
+from knowledge.ingest.chunking import chunk_markdown
+from knowledge.ingest.extract import (
     ExtractError,
     asset_markdown,
     document_markdown,

@@ -18,8 +18,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import register_model
 from knowledge.db import configure_for_search
+from knowledge.ingest.worker import register_model
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
 

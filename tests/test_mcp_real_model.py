@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from embeddings.model import SentenceTransformerEmbedder
-from embeddings.worker import Worker
+from knowledge.ingest.worker import Worker
 from knowledge.query_models import forget_setup
 
 from .mcp_clients import http_service, mcp_client, structured, text

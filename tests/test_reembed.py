@@ -24,11 +24,11 @@ import psycopg
 import pytest
 
 from embeddings.model import FakeEmbedder, Vectors
-from embeddings.reembed import ReembedRunner
 from embeddings.registry import resolve_model
-from embeddings.worker import Worker
 from knowledge.api import create_app
 from knowledge.errors import Conflict
+from knowledge.ingest.reembedder import ReembedRunner
+from knowledge.ingest.worker import Worker
 from knowledge.models import activate_model, drop_model, list_models
 from knowledge.query_models import forget_setup
 from knowledge.reembed import Selection, get_job, start_job
@@ -185,7 +185,7 @@ def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
 KILLED_RUNNER = textwrap.dedent("""
     import hashlib, sys, time, uuid
     from embeddings.model import FakeEmbedder
-    from embeddings.reembed import ReembedRunner
+    from knowledge.ingest.reembedder import ReembedRunner
 
     url, job_id, log = sys.argv[1], uuid.UUID(sys.argv[2]), sys.argv[3]
 

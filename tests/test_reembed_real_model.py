@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from embeddings.model import SentenceTransformerEmbedder
-from embeddings.worker import Worker
 from knowledge.api import create_app
 from knowledge.importer import import_folder, sample_dir
+from knowledge.ingest.worker import Worker
 from knowledge.models import list_models
 from knowledge.query_models import forget_setup
 

@@ -22,12 +22,12 @@ from mcp_types import CallToolResult
 from psycopg.conninfo import conninfo_to_dict
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
 from knowledge.api import create_app
 from knowledge.api.deps import ReadConn
 from knowledge.client import AsyncKnowledgeClient, KnowledgeClient
 from knowledge.config import Settings
 from knowledge.errors import InvalidInput, NotFound
+from knowledge.ingest.worker import Worker
 from knowledge.lsn import format_lsn, parse_lsn
 from knowledge.mcp_server import build_mcp_server
 from knowledge.query_models import forget_setup

@@ -13,13 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
 from knowledge import models
 from knowledge.api import create_app
 from knowledge.config import Settings
 from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.errors import InvalidInput
+from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery

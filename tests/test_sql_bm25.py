@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
+from knowledge.ingest.worker import Worker
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "knowledge-base"
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from embeddings.model import FakeEmbedder, Vectors
-from embeddings.worker import Worker
+from knowledge.ingest.worker import Worker
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -234,7 +234,7 @@ def test_worker_wakes_on_insert_without_waiting_for_the_poll(conn: Conn, db_url:
 SLOW_WORKER = textwrap.dedent("""
     import signal, sys, threading, time
     from embeddings.model import FakeEmbedder
-    from embeddings.worker import Worker
+    from knowledge.ingest.worker import Worker
 
     class Slow(FakeEmbedder):
         def embed(self, texts):

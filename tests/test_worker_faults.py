@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from embeddings.leases import node_name
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
 from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.health import Health
+from knowledge.ingest.leases import node_name
+from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
 from knowledge.query_models import search_active
 from knowledge.search import SearchQuery
@@ -134,7 +134,7 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
 HOLDING_WORKER = textwrap.dedent("""
     import sys, time
     from embeddings.model import FakeEmbedder
-    from embeddings.worker import Worker
+    from knowledge.ingest.worker import Worker
 
     class Stuck(FakeEmbedder):
         def embed(self, texts):
@@ -356,7 +356,7 @@ def test_a_non_transient_database_error_stops_the_worker(conn: Conn, db_url: str
 
 BROKEN_WORKER = textwrap.dedent("""
     import sys
-    from embeddings.worker import Worker
+    from knowledge.ingest.worker import Worker
     from knowledge.cli import main
 
     def broken(self, records):
@@ -412,7 +412,7 @@ def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> 
 
 PRIORITY_PROBE = textwrap.dedent("""
     import os, sys, threading
-    from embeddings.worker import Worker
+    from knowledge.ingest.worker import Worker
     from knowledge.cli import main
 
     def probe(self, records):
@@ -446,8 +446,8 @@ def _embedded_beyond(conn: Conn, job_id: Any, done: int) -> Callable[[], bool]:
 def test_reembed_runner_survives_its_connection_being_terminated(
     conn: Conn, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from embeddings.reembed import ReembedRunner
     from embeddings.registry import resolve_model
+    from knowledge.ingest.reembedder import ReembedRunner
     from knowledge.reembed import Selection, get_job, start_job
 
     from .test_reembed import NEW, SlowFake, build_base

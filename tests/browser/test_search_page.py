@@ -35,7 +35,7 @@ except ImportError:  # the conftest's `browser` says the same for each test
     pytest.skip("playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 
 from embeddings.model import FakeEmbedder
-from embeddings.worker import Worker
+from knowledge.ingest.worker import Worker
 from knowledge.keys import create_key
 
 from ..mcp_clients import http_service

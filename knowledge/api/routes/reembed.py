@@ -175,7 +175,7 @@ def read_models(conn: Conn) -> Any:
 
 def _run_in_background(request: Request, job_id: UUID, embedder: Any) -> None:
     """One runner thread per job in this process; stopped (after its batch) at shutdown."""
-    from embeddings.reembed import ReembedRunner
+    from ...ingest.reembedder import ReembedRunner
 
     runners: dict[UUID, tuple[threading.Thread, threading.Event]] = request.app.state.reembeds
     running = runners.get(job_id)

@@ -25,13 +25,13 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
-from knowledge.dberrors import is_transient
-from knowledge.errors import Conflict
-from knowledge.models import activate_model
-from knowledge.reembed import ReembedJob, get_job, sweep
+from embeddings.model import Embedder
 
+from ..dberrors import is_transient
+from ..errors import Conflict
+from ..models import activate_model
+from ..reembed import ReembedJob, get_job, sweep
 from .chunking import passage_hash
-from .model import Embedder
 from .outage import Outage
 
 __all__ = ["ReembedRunner", "RunStats"]

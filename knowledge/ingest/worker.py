@@ -33,17 +33,17 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-from knowledge.dberrors import is_transient
-from knowledge.health import Health
-from knowledge.keyword_index import repair_bm25_index
+from embeddings.model import Embedder
+from embeddings.registry import active_spec
 
+from ..dberrors import is_transient
+from ..health import Health
+from ..keyword_index import repair_bm25_index
 from . import queue
 from .chunking import Chunk, chunk_markdown, passage_hash
 from .extract import asset_markdown, document_markdown
 from .leases import dead_owners, new_owner, node_name
-from .model import Embedder
 from .outage import Outage, describe
-from .registry import active_spec
 
 __all__ = ["Worker", "WorkerStats", "register_model"]
 
@@ -158,8 +158,8 @@ class Worker:
 
     def _active_embedder(self) -> Embedder:
         """The active model's embedder (the packaged default when no model is active)."""
-        from .model import load_embedder
-        from .registry import load_model
+        from embeddings.model import load_embedder
+        from embeddings.registry import load_model
 
         spec = active_spec(self.conn_raw)
         return load_model(spec) if spec else load_embedder()
