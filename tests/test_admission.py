@@ -23,7 +23,8 @@ from knowledge.config import Settings
 from knowledge.errors import InvalidInput, Overloaded
 
 from .apiclient import local_client
-from .test_search import DOCS, add, index_with_fake
+from .factories import add_document, index_with_fake
+from .test_search import DOCS
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -156,7 +157,7 @@ def test_settings_read_the_bounds() -> None:
 @pytest.fixture
 def busy_app(conn: Conn, db_url: str) -> Iterator[tuple[TestClient, Admission]]:
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     adm = Admission(1, 0)
     with local_client(create_app(db_url, admission=adm)) as client:

@@ -45,8 +45,9 @@ from knowledge.ingest.worker import Worker
 from knowledge.mcp_server import AGENT_HEADER
 
 from .apiclient import LOCAL, local_client
+from .factories import add_document, index_with_fake
 from .mcp_clients import http_service
-from .test_search import DOCS, add, index_with_fake
+from .test_search import DOCS
 
 Conn = psycopg.Connection[dict[str, Any]]
 UNREACHABLE = "http://127.0.0.1:9"
@@ -58,7 +59,7 @@ class KB:
 
     def __init__(self, conn: Conn, url: str) -> None:
         self.url = url
-        self.ids = {title: add(conn, title, body, tags) for title, body, tags in DOCS}
+        self.ids = {title: add_document(conn, title, body, tags) for title, body, tags in DOCS}
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
         self.ops = create_folder(conn, "document", name="Operations").id
         self.ids["Quarterly review"] = create_document(

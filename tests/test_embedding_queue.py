@@ -14,7 +14,7 @@ import psycopg
 from embeddings.registry import active_spec
 from knowledge.ingest import queue
 
-from .test_search import add
+from .factories import add_document
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -30,7 +30,7 @@ def _status(conn: Conn, doc: uuid.UUID) -> dict[str, Any]:
 
 
 def test_lease_give_back_and_reclaim(conn: Conn) -> None:
-    docs = [add(conn, f"Doc {i}", f"Text {i}.", []) for i in range(3)]
+    docs = [add_document(conn, f"Doc {i}", f"Text {i}.", []) for i in range(3)]
     conn.execute("INSERT INTO assets (name, asset_type, content_text) VALUES ('Sheet', 'spreadsheet', 'numbers')")
     assert queue.depth(conn) == queue.Depth(queued=4, failed=0) and queue.has_work(conn)
 
@@ -55,7 +55,7 @@ def test_lease_give_back_and_reclaim(conn: Conn) -> None:
 
 
 def test_renew_and_an_expired_lease(conn: Conn) -> None:
-    doc = add(conn, "Doc", "Text.", [])
+    doc = add_document(conn, "Doc", "Text.", [])
     queue.lease(conn, "w:1:a", 1, 60)
     conn.execute("UPDATE documents SET embedding_lease_expires_at = now() - interval '1 second'")
     due = queue.seconds_to_next(conn)
@@ -72,7 +72,7 @@ def test_renew_and_an_expired_lease(conn: Conn) -> None:
 
 
 def test_fail_backs_off_then_fails_and_retry_puts_it_back(conn: Conn) -> None:
-    doc = add(conn, "Doc", "Text.", [])
+    doc = add_document(conn, "Doc", "Text.", [])
     ((_, row),) = queue.lease(conn, "w:1:a", 1, 60)
     version = row["content_version"]
     queue.fail(conn, "document", doc, owner="w:2:b", version=version, error="not mine", retry_in=30)
@@ -102,7 +102,7 @@ def test_fail_backs_off_then_fails_and_retry_puts_it_back(conn: Conn) -> None:
 
 
 def test_indexed_ends_the_lease(conn: Conn) -> None:
-    doc = add(conn, "Doc", "Text.", [])
+    doc = add_document(conn, "Doc", "Text.", [])
     queue.lease(conn, "w:1:a", 1, 60)
     queue.indexed(conn, "document", doc, text="Text.", source_hash="h", model="fake-hash-384", dims=384)
     row = conn.execute(

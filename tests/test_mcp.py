@@ -17,8 +17,9 @@ from knowledge.folders import create_folder
 from knowledge.importer import import_folder, import_sample_agents, sample_dir
 from knowledge.mcp_server import SEARCH_ANSWER_TOKENS
 
+from .factories import add_document, index_with_fake
 from .mcp_clients import http_service, mcp_client, structured, text
-from .test_search import DOCS, add, index_with_fake
+from .test_search import DOCS
 
 Conn = psycopg.Connection[dict[str, Any]]
 TRANSPORTS = ["stdio", "http"]
@@ -31,7 +32,7 @@ class KB:
 
     def __init__(self, conn: Conn, url: str) -> None:
         self.url = url
-        self.ids = {title: add(conn, title, body, tags) for title, body, tags in DOCS}
+        self.ids = {title: add_document(conn, title, body, tags) for title, body, tags in DOCS}
         conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
         ops = create_folder(conn, "document", name="Operations").id
         self.ids["Quarterly review"] = create_document(

@@ -15,8 +15,9 @@ from embeddings.model import SentenceTransformerEmbedder
 from knowledge.ingest.worker import Worker
 from knowledge.query_models import forget_setup
 
+from .factories import add_document
 from .mcp_clients import http_service, mcp_client, structured, text
-from .test_search import DOCS, add
+from .test_search import DOCS
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -29,10 +30,10 @@ NOTE = (
 @pytest.mark.slow
 def test_agent_saves_finds_and_boots_through_mcp(conn: Conn, db_url: str) -> None:
     for title, body, tags in DOCS:
-        add(conn, title, body, tags)
-    add(conn, "Office plants", "Water the office ferns on Mondays; the cactus once a month.", ["office"])
+        add_document(conn, title, body, tags)
+    add_document(conn, "Office plants", "Water the office ferns on Mondays; the cactus once a month.", ["office"])
     conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
-    add(conn, "House rules", "Be kind. Write things down.", ["boot:all"])
+    add_document(conn, "House rules", "Be kind. Write things down.", ["boot:all"])
     forget_setup()
     worker = Worker(db_url, SentenceTransformerEmbedder())
     worker.run(once=True)

@@ -23,6 +23,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from .factories import add_document
+
 Conn = psycopg.Connection[dict[str, Any]]
 Connect = Callable[[], Conn]
 
@@ -238,11 +240,7 @@ def check_budget(conn: Conn, agent: UUID) -> dict[str, Any]:
 
 
 def insert_document(conn: Conn, title: str = "Playbook", text: str = "# Hello") -> UUID:
-    return insert_returning_id(
-        conn,
-        "INSERT INTO documents (title, content_format, content_text) VALUES (%s, 'markdown', %s) RETURNING id",
-        [title, text],
-    )
+    return add_document(conn, title, text)
 
 
 def document(conn: Conn, doc: UUID) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
 
 from .apiclient import local_client
+from .factories import add_asset, add_document, add_folder, index_with_fake
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -40,28 +41,10 @@ DOCS = [
 ]
 
 
-def add(conn: Conn, title: str, text: str, tags: list[str], **extra: Any) -> uuid.UUID:
-    cols = ["title", "content_text", "tags", *extra]
-    row = conn.execute(
-        f"INSERT INTO documents ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) RETURNING id",
-        [title, text, tags, *extra.values()],
-    ).fetchone()
-    assert row is not None
-    return row["id"]  # type: ignore[no-any-return]
-
-
-def index_with_fake(conn: Conn, url: str) -> None:
-    Worker(url, FakeEmbedder()).run(once=True)
-    with conn.transaction():
-        conn.execute("UPDATE embedding_models SET is_active = false")
-        conn.execute("UPDATE embedding_models SET is_active = true, activated_at = now() WHERE name = 'fake-hash-384'")
-    forget_setup()
-
-
 @pytest.fixture
 def client(conn: Conn, db_url: str) -> Iterator[TestClient]:
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     with local_client(create_app(db_url)) as c:
         yield c
@@ -93,7 +76,7 @@ def test_hit_shape_explain_and_highlight(client: TestClient) -> None:
 
 
 def test_html_in_documents_and_queries_comes_back_escaped(conn: Conn, db_url: str, client: TestClient) -> None:
-    add(conn, "Unsafe <b>title</b>", "# Note\n\n<script>alert('x')</script> quarterly refund review", ["x"])
+    add_document(conn, "Unsafe <b>title</b>", "# Note\n\n<script>alert('x')</script> quarterly refund review", ["x"])
     Worker(db_url, FakeEmbedder()).run(once=True)
     body = client.get("/search", params={"q": "<script>quarterly review", "mode": "keyword"}).json()
     hit = body["hits"][0]
@@ -108,14 +91,14 @@ def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
     sub = conn.execute(
         "INSERT INTO document_folders (name, parent_id) VALUES ('Sales', %s) RETURNING id", [folder]
     ).fetchone()["id"]  # type: ignore[index]
-    add(
+    add_document(
         conn,
         "Discount ladder (archived)",
         "Discount approval ladder for sales reps.",
         ["sales"],
         archived_at="2030-01-01",
     )
-    add(
+    add_document(
         conn,
         "Discount FAQ",
         "Questions about discount approval for sales reps.",
@@ -145,23 +128,12 @@ def test_filters(conn: Conn, db_url: str, client: TestClient) -> None:
 
 
 def test_hits_carry_their_folder_paths(conn: Conn, db_url: str, client: TestClient) -> None:
-    def folder(table: str, name: str, parent: uuid.UUID | None = None) -> uuid.UUID:
-        row = conn.execute(
-            f"INSERT INTO {table} (name, parent_id) VALUES (%s, %s) RETURNING id", [name, parent]
-        ).fetchone()
-        assert row is not None
-        return row["id"]  # type: ignore[no-any-return]
-
-    ops = folder("document_folders", "Ops")
-    deep = folder("document_folders", "EMEA", folder("document_folders", "Revenue", ops))
-    add(conn, "Ledger close", "The ledger close checklist for month end.", [], folder_id=deep)
-    add(conn, "Ledger basics", "What the ledger holds and who owns it.", [], folder_id=ops)
-    shared = folder("asset_folders", "Shared")
-    conn.execute(
-        "INSERT INTO assets (name, asset_type, content_text, folder_id) VALUES"
-        " ('Ledger template', 'template', 'A ledger template for month end.', %s)",
-        [folder("asset_folders", "Finance", shared)],
-    )
+    ops = add_folder(conn, "document", "Ops")
+    deep = add_folder(conn, "document", "EMEA", add_folder(conn, "document", "Revenue", ops))
+    add_document(conn, "Ledger close", "The ledger close checklist for month end.", [], folder_id=deep)
+    add_document(conn, "Ledger basics", "What the ledger holds and who owns it.", [], folder_id=ops)
+    finance = add_folder(conn, "asset", "Finance", add_folder(conn, "asset", "Shared"))
+    add_asset(conn, "Ledger template", "A ledger template for month end.", "template", folder_id=finance)
     Worker(db_url, FakeEmbedder()).run(once=True)
     for mode in ("hybrid", "keyword"):
         hits = client.get("/search", params={"q": "ledger month end", "mode": mode}).json()["hits"]
@@ -323,7 +295,7 @@ def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
 ) -> None:
     """HQ_KEYWORD_INDEX=sql on a server with pg_textsearch: the same ranking from the tables."""
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     queries = ["discount approval for a sales rep", "refund renewal", "incidents handoff channel", "tomatoes sun"]
     runs: dict[str, list[list[str]]] = {}
@@ -352,7 +324,7 @@ def _migrated_and_indexed(url: str) -> Iterator[Conn]:
     with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         migrate(conn)
         for title, text, tags in DOCS:
-            add(conn, title, text, tags)
+            add_document(conn, title, text, tags)
         index_with_fake(conn, url)
         yield conn
 
@@ -423,7 +395,9 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
 
     def long_notes(conn: Conn, n: int) -> list[uuid.UUID]:  # ~6 kB of text each: stored out of line
         return [
-            add(conn, f"Long note {i}", " ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(600)), [])
+            add_document(
+                conn, f"Long note {i}", " ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(600)), []
+            )
             for i in range(n)
         ]
 
@@ -555,9 +529,9 @@ def test_a_sound_bm25_index_is_left_alone_whatever_its_first_words(conn: Conn, d
     have a sound index rebuilt at every start."""
     from knowledge.keyword_index import keyword_path, repair_bm25_index
 
-    add(conn, "With", "This is what they were about to have: refunds.", [])
+    add_document(conn, "With", "This is what they were about to have: refunds.", [])
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     assert keyword_path(conn, "auto") == "bm25"
     assert repair_bm25_index(conn) is False
@@ -567,9 +541,11 @@ def test_a_document_with_many_close_passages_does_not_shorten_the_page(conn: Con
     """Sixty passages of one document fill the semantic leg's first quota of 50 passages: the
     page still holds `limit` items (the search asks again with more passages)."""
     big = "\n\n".join(f"## Part {i}\n\napple orchard harvest apple orchard harvest" for i in range(60))
-    add(conn, "Orchard", big, ["farm"])
+    add_document(conn, "Orchard", big, ["farm"])
     for i in range(12):
-        add(conn, f"Note {i}", f"apple orchard harvest, and also tractors, weather, markets and prices {i}", ["farm"])
+        add_document(
+            conn, f"Note {i}", f"apple orchard harvest, and also tractors, weather, markets and prices {i}", ["farm"]
+        )
     index_with_fake(conn, db_url)
     passages = conn.execute(
         "SELECT count(*) AS n FROM knowledge_chunks c JOIN documents d ON d.id = c.document_id"
@@ -591,10 +567,10 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
     from knowledge.search import MODES, SearchQuery
 
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     topics = ["refund", "discount", "incident", "tomato", "invoice", "renewal", "approval", "watering"]
     for i in range(40):
-        add(
+        add_document(
             conn,
             f"Note {i}",
             f"{topics[i % 8]} notes {i}: {topics[(i * 3) % 8]} and {topics[(i * 5) % 8]} review",
@@ -648,7 +624,7 @@ def test_prepared_statements_can_be_turned_off(conn: Conn, db_url: str, monkeypa
     with pytest.raises(InvalidInput, match="HQ_PREPARED_STATEMENTS must be 1 or 0"):
         prepare_threshold({"HQ_PREPARED_STATEMENTS": "maybe"})
     for title, text, tags in DOCS:
-        add(conn, title, text, tags)
+        add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     for setting, prepared in (("0", 0), ("1", 1)):
         monkeypatch.setenv("HQ_PREPARED_STATEMENTS", setting)

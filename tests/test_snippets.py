@@ -15,8 +15,8 @@ from knowledge.importer import import_folder, sample_dir
 from knowledge.search.snippets import FRAGMENT_CHARS, Highlighter, plain_text
 
 from .apiclient import local_client
+from .factories import add_document, index_with_fake
 from .mcp_clients import mcp_client, structured, text
-from .test_search import add, index_with_fake
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -133,7 +133,9 @@ def test_rest_and_mcp_snippets_of_the_sample_knowledge_base(conn: Conn, db_url: 
     """The sample documents are markdown with bold, tables and links: neither the page's
     snippets nor an agent's hold any of it, and the marks are balanced."""
     import_folder(conn, sample_dir())
-    add(conn, "Plans", "Monthly **plans** can be cancelled. 2. **Annual** **plans** are refunded pro rata.", [])
+    add_document(
+        conn, "Plans", "Monthly **plans** can be cancelled. 2. **Annual** **plans** are refunded pro rata.", []
+    )
     index_with_fake(conn, db_url)
     queries = ["annual plans refund", "discount approval", "pricing and discount policy", "security questionnaire"]
     with local_client(create_app(db_url)) as client:

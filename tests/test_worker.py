@@ -21,6 +21,8 @@ import pytest
 from embeddings.model import FakeEmbedder, Vectors
 from knowledge.ingest.worker import Worker
 
+from .factories import add_document
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 TOPICS = [
@@ -37,16 +39,6 @@ TOPICS = [
     "contracts",
     "partners",
 ]
-
-
-def add_document(conn: Conn, title: str, markdown: str, tags: Sequence[str] = ()) -> uuid.UUID:
-    row = conn.execute(
-        "INSERT INTO documents (title, content_format, content_text, tags) VALUES (%s, 'markdown', %s, %s) "
-        "RETURNING id",
-        [title, markdown, list(tags)],
-    ).fetchone()
-    assert row is not None
-    return row["id"]  # type: ignore[no-any-return]
 
 
 def long_document(sections: int, *, seed: str = "") -> str:

@@ -30,7 +30,8 @@ from knowledge.migrations import migrate
 from knowledge.query_models import search_active
 from knowledge.search import SearchQuery
 
-from .test_worker import add_document, statuses
+from .factories import add_document
+from .test_worker import statuses
 
 Conn = psycopg.Connection[dict[str, Any]]
 ROOT = Path(__file__).resolve().parent.parent

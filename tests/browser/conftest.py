@@ -23,8 +23,8 @@ from knowledge.assets import create_asset
 from knowledge.importer import import_folder, import_sample_agents, sample_dir
 
 from ..conftest import Server, _own_bm25_index
+from ..factories import index_with_fake
 from ..mcp_clients import http_service
-from ..test_search import index_with_fake
 
 CHROMIUM = Path(os.environ.get("HQ_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
