@@ -310,6 +310,7 @@ def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError("the service did not start:\n" + log.read_text())
 
 
+@pytest.mark.slow
 def test_serve_survives_a_killed_database(tmp_path: Path) -> None:
     """kill -9 of the embedded postmaster under load: search answers again within 10 s with no
     command run by hand; meanwhile requests get 503 + Retry-After at once; no document that

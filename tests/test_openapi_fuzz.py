@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from knowledge.importer import import_folder, import_sample_agents, sample_dir
 from knowledge.keys import create_key
@@ -63,6 +64,7 @@ def fuzz(base: str, key: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.slow
 def test_every_answer_is_what_the_openapi_document_says(db_url: str, tmp_path: Path) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         import_sample_agents(conn)

@@ -130,6 +130,7 @@ def cosine_scores(conn: Conn, model: str, query: str, item: str) -> list[float]:
     return [float(np.dot(q, np.array(json.loads(r["v"]), dtype=np.float32))) for r in rows]
 
 
+@pytest.mark.slow
 def test_model_switch_while_searching(conn: Conn, db_url: str) -> None:
     """Must-show 1: 200 searches spread across a switch on a 2,000-passage base all succeed,
     each ranking is one model's (its semantic scores are that model's cosines), and every
@@ -424,6 +425,7 @@ def fake_model_dir(root: Path, *, weights: bool) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_bad_input_each_a_clear_error_and_search_keeps_serving(conn: Conn, db_url: str, tmp_path: Path) -> None:
     """Must-show 5, on the command line and over HTTP."""
     build_base(conn, db_url, docs=3)
@@ -517,6 +519,7 @@ def test_progress_lines_off_a_terminal(conn: Conn, db_url: str) -> None:
     assert "re-embedded 200 passages in" in result.stdout
 
 
+@pytest.mark.slow
 def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
     """Edits keep arriving and a live worker (following the active model) keeps indexing them
     while a model is built and switched: nothing fails, the job completes, and in the end

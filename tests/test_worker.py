@@ -280,6 +280,7 @@ def test_sigterm_finishes_the_batch_and_exits(conn: Conn, db_url: str) -> None:
     }
 
 
+@pytest.mark.slow
 def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_path: Any) -> None:
     """`import` a folder, then `worker --once` with the packaged all-MiniLM-L6-v2: every
     document is indexed, and a paraphrased question is nearest to the right document."""

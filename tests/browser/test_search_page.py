@@ -413,6 +413,7 @@ LATENCY_QUERIES = [
 ]
 
 
+@pytest.mark.slow
 def test_typing_to_results_latency(site: Site, page: Page) -> None:
     """Not asserted: how long from the last keystroke to painted results, over 20 typed queries."""
     assert len(LATENCY_QUERIES) == 20 and all(len(q.split()) == 3 for q in LATENCY_QUERIES)
