@@ -78,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from embeddings.onnx import OnnxEmbedder
-    from knowledge.db import configure_for_search
     from knowledge.keyword_index import repair_bm25_index
+    from knowledge.pools import configure_for_search
     from knowledge.query_models import search_setup
     from knowledge.search import SearchQuery, search
 

@@ -365,7 +365,7 @@ def semantic_recall(base: str, exact: ExactSearch, queries: list[str], tag: str 
 
 def hnsw_settings(url: str) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
-        from knowledge.db import configure_for_search
+        from knowledge.pools import configure_for_search
 
         configure_for_search(conn)
         options = conn.execute(
@@ -424,7 +424,7 @@ def legs_alone(
     index's top-k too (hq_sql_bm25_top, as many as the BM25 index's), its pages warmed up
     first with the `warmup` queries as the service's warm-up does for the others."""
     from embeddings.onnx import load_query_embedder
-    from knowledge.db import configure_for_search
+    from knowledge.pools import configure_for_search
     from knowledge.query_models import search_setup
     from knowledge.search import bm25_quota, passage_quota
 

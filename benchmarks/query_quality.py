@@ -102,8 +102,8 @@ def main() -> None:
         parser.error("nothing to measure: give --ef and/or --int8")
 
     from embeddings.onnx import OnnxEmbedder
-    from knowledge.db import configure_for_search
     from knowledge.keyword_index import repair_bm25_index
+    from knowledge.pools import configure_for_search
     from knowledge.query_models import search_setup
 
     qrels = read_qrels(DATASETS / args.dataset)

@@ -9,16 +9,13 @@ model when ONNX Runtime is missing or the export fails.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
 import threading
-import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,14 +23,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .batching import QueryBatcher
-from .model import DEFAULT_MODEL, HF_IMPORTS, Embedder, Vectors, load_embedder, packaged_model_dir
+from .model import DEFAULT_MODEL, Embedder, Vectors, load_embedder, packaged_model_dir
+from .onnx_export import OUTPUT, export_onnx, file_lock, weights_digest
+from .query_settings import CACHE_SIZE, configured_query_embedders, default_cache_dir
 
 __all__ = ["CachedQueryEmbedder", "OnnxEmbedder", "QueryEmbedder", "export_onnx", "load_query_embedder"]
 
 log = logging.getLogger("hq_knowledge.onnx")
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT = "last_hidden_state"
 # Two intra-op threads (capped at the core count) for a query embedded alone: on the 2-core
 # development machine a short query takes 2.8 ms p50 against 4.4 ms with one thread, for
 # 1.25x the CPU time (benchmarks/query_embedding.py). While other searches are in flight
@@ -41,7 +38,6 @@ OUTPUT = "last_hidden_state"
 # took 15.6 ms of CPU against 9.9 ms with one thread (two callers at once, 99 against 105
 # queries/s). A run then takes a single-threaded session of its own.
 DEFAULT_THREADS = 2
-CACHE_SIZE = 2048
 # Longer texts are embedded but not cached: 2048 keys hold at most ~8M characters.
 CACHEABLE_CHARS = 4096
 # Queries embedded ahead of their search and kept until it asks (a search that fails its
@@ -55,129 +51,6 @@ class QueryEmbedder(Embedder, Protocol):
     def embed_query(self, text: str) -> NDArray[np.float32]: ...
 
     def embed_ahead(self, text: str) -> None: ...
-
-
-def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """`$HQ_DATA_DIR/models` when HQ_DATA_DIR is set, else the user cache directory of
-    hq-knowledge. Where exported models live unless a caller names a directory."""
-    env = os.environ if env is None else env
-    data_dir = env.get("HQ_DATA_DIR", "").strip()
-    if data_dir:
-        return Path(data_dir).expanduser() / "models"
-    import platformdirs
-
-    return platformdirs.user_cache_path("hq-knowledge")
-
-
-def weights_digest(model_dir: Path) -> str:
-    """sha256 (hex) of the model's weights file. Raises FileNotFoundError when there is none."""
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = model_dir / filename
-        if path.is_file():
-            with path.open("rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {model_dir}")
-
-
-def _fuse_transformer_ops(path: Path, config: Any) -> None:
-    """Rewrite the exported graph in place with ONNX Runtime's BERT fusions (one Attention
-    kernel per layer, SkipLayerNormalization, BiasGelu): the same float32 arithmetic,
-    ~12% faster a query here (cosine to the unfused output 0.9999999). Left unfused,
-    with a warning, when the optimizer is unavailable or fails."""
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fused = optimize_model(
-                str(path),
-                model_type="bert",
-                num_heads=config.num_attention_heads,
-                hidden_size=config.hidden_size,
-                opt_level=1,
-            )
-        fused.save_model_to_file(str(path))
-    except Exception as e:
-        log.warning("ONNX transformer fusions skipped (%s: %s)", type(e).__name__, e)
-
-
-def export_onnx(model_dir: str | Path, out_path: str | Path, *, opset: int = 17, fuse: bool = True) -> Path:
-    """Export the BERT body of the sentence-transformers model in `model_dir` to `out_path`:
-    inputs input_ids, attention_mask, token_type_ids (int64, batch x sequence, both axes
-    dynamic), output last_hidden_state (float32, batch x sequence x hidden). Pooling and
-    normalisation are left to the caller.
-
-    The file appears whole or not at all (a temporary file in the same directory, renamed
-    over `out_path`), so a reader never sees a partial export. Needs torch and transformers;
-    returns `out_path`."""
-    with HF_IMPORTS:
-        import torch
-        from transformers import AutoModel
-
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Eager attention traces to the plain MatMul/Softmax graph ONNX Runtime's fusions know.
-    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-
-    class Body(torch.nn.Module):  # positional inputs in, one tensor out
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> torch.Tensor:
-            hidden: torch.Tensor = self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False
-            )[0]
-            return hidden
-
-    # A padded row in the example keeps the traced graph on the masked-attention path.
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
-    mask = (ids != 0).long()
-    axes = {0: "batch", 1: "sequence"}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation of the TorchScript exporter, tracer notes
-            torch.onnx.export(
-                Body(bert),
-                (ids, mask, torch.zeros_like(ids)),
-                str(tmp),
-                dynamo=False,
-                input_names=list(INPUTS),
-                output_names=[OUTPUT],
-                opset_version=opset,
-                dynamic_axes={name: axes for name in (*INPUTS, OUTPUT)},
-            )
-        if fuse:  # (int8 quantization wants the plain graph)
-            _fuse_transformer_ops(tmp, bert.config)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())  # the rename must not outlive the data in a crash
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and threads) on `path`; a no-op where there is
-    no fcntl, where the atomic rename alone keeps the export whole."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with path.open("a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class _QueryCache:
@@ -344,7 +217,7 @@ class OnnxEmbedder:
 
     def _export(self, model_dir: Path, path: Path, *, replace: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path.with_name(path.name + ".lock")):
+        with file_lock(path.with_name(path.name + ".lock")):
             if replace or not path.is_file():  # another process may have exported meanwhile
                 log.info("exporting %s to %s", self.name, path)
                 if not self.quantized:
@@ -506,34 +379,9 @@ def query_batch_sizes() -> dict[int, int]:
     return dict(sorted(sizes.items()))
 
 
-def query_cache_size(env: Mapping[str, str] | None = None) -> int:
-    """Entries of the query-vector cache: HQ_QUERY_CACHE (0 turns it off), else CACHE_SIZE."""
-    value = (os.environ if env is None else env).get("HQ_QUERY_CACHE", "").strip()
-    if not value:
-        return CACHE_SIZE
-    if not value.isdigit() or int(value) > 1_000_000:
-        raise ValueError(
-            f"HQ_QUERY_CACHE must be a number of cached queries from 0 (no cache) to 1000000, got {value!r}"
-        )
-    return int(value)
-
-
-def query_batch_size(env: Mapping[str, str] | None = None) -> int:
-    """Queries embedded together at most: HQ_QUERY_BATCH, else 0 (no batching). Off by
-    default: on the 2-core CPUs measured, a batch of short queries costs what its queries
-    cost one by one (6.1 against 6.3 ms a query with two threads) and more once padded to
-    its longest, so a shared run only makes each query wait for the others
-    (benchmarks/load.py)."""
-    value = (os.environ if env is None else env).get("HQ_QUERY_BATCH", "").strip()
-    if not value:
-        return 0
-    if not value.isdigit() or int(value) > 256:
-        raise ValueError(f"HQ_QUERY_BATCH must be a number of queries from 0 (no batching) to 256, got {value!r}")
-    return int(value)
-
-
 def _make_query_embedder(name: str, cache_dir: Path | None) -> QueryEmbedder:
-    size, batch = query_cache_size(), query_batch_size()
+    settings = configured_query_embedders()
+    size, batch = settings.cache_size, settings.batch
     if name != DEFAULT_MODEL:
         return CachedQueryEmbedder(load_embedder(name), cache_size=size, query_batch=batch)
     # Queries stay fp32: int8 query vectors against the fp32 passages cost 0.0057 nDCG@10 in

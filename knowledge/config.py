@@ -1,4 +1,6 @@
-"""Settings, read from the environment in exactly one place."""
+"""Settings, read from the environment in exactly one place: `Settings.from_env()`. Nothing
+else in the package reads an HQ_ variable; what other modules need, they are given (the CLI
+applies the process-wide part at start: knowledge.cli.apply_settings)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "default_data_dir", "keyword_index_setting"]
+__all__ = ["Settings", "default_data_dir"]
 
 
 def default_data_dir() -> Path:
@@ -54,18 +56,21 @@ class Settings:
     # slot before a search is refused with 503 (knowledge.admission); None: from the cores.
     search_concurrency: int | None = None
     search_queue: int | None = None
-    # Read again by the query embedder (embeddings.onnx), with the same parsers; checked here
-    # so that a bad value stops the service at start with a message instead of failing every
-    # search.
+    # The query embedder's cache and batch (embeddings.onnx), and where it keeps exported
+    # models: the data directory's models/ when HQ_DATA_DIR is set, else the user cache.
     query_cache: int | None = None  # None: the embedder's default
     query_batch: int | None = None
+    models_dir: Path | None = None
+    # Prepared statements on the service's connections (HQ_PREPARED_STATEMENTS=0 for a pooler
+    # in transaction mode: PgBouncer before 1.21, Supavisor on port 6543).
+    prepared_statements: bool = True
     # A line a request on the console (uvicorn's access log). Off: under load the line cost
     # 7% of the service's CPU, and it would write every search's text into the log.
     access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        from embeddings.onnx import query_batch_size, query_cache_size  # numpy: imported when read
+        from embeddings.query_settings import query_batch_size, query_cache_size
 
         env = os.environ if env is None else env
         url = env.get("HQ_DATABASE_URL", "").strip() or None
@@ -85,16 +90,12 @@ class Settings:
             read_max_lag=_seconds("HQ_READ_MAX_LAG", env.get("HQ_READ_MAX_LAG", ""), 5.0),
             search_concurrency=_count("HQ_SEARCH_CONCURRENCY", env.get("HQ_SEARCH_CONCURRENCY", ""), minimum=1),
             search_queue=_count("HQ_SEARCH_QUEUE", env.get("HQ_SEARCH_QUEUE", ""), minimum=0),
-            query_cache=_embedder_setting(query_cache_size, env),
-            query_batch=_embedder_setting(query_batch_size, env),
+            query_cache=_embedder_setting(query_cache_size, env.get("HQ_QUERY_CACHE", "")),
+            query_batch=_embedder_setting(query_batch_size, env.get("HQ_QUERY_BATCH", "")),
+            models_dir=Path(data_dir).expanduser() / "models" if data_dir else None,
+            prepared_statements=_flag("HQ_PREPARED_STATEMENTS", env.get("HQ_PREPARED_STATEMENTS", ""), default=True),
             access_log=_flag("HQ_ACCESS_LOG", env.get("HQ_ACCESS_LOG", "")),
         )
-
-
-def keyword_index_setting(env: Mapping[str, str] | None = None) -> str:
-    """HQ_KEYWORD_INDEX alone (read at each search set-up, so it needs no Settings passed)."""
-    env = os.environ if env is None else env
-    return _keyword_index(env.get("HQ_KEYWORD_INDEX", ""))
 
 
 def _keyword_index(value: str) -> str:
@@ -151,13 +152,13 @@ def _seconds(name: str, value: str, default: float) -> float:
     return seconds
 
 
-def _embedder_setting(parse: Callable[[Mapping[str, str]], int], env: Mapping[str, str]) -> int:
+def _embedder_setting(parse: Callable[[str], int], value: str) -> int:
     """A query embedder setting read by its own parser (embeddings.onnx), its ValueError
     turned into InvalidInput."""
     from .errors import InvalidInput
 
     try:
-        return parse(env)
+        return parse(value)
     except ValueError as e:
         raise InvalidInput(str(e)) from None
 
@@ -174,11 +175,13 @@ def _count(name: str, value: str, *, minimum: int) -> int | None:
     return int(word)
 
 
-def _flag(name: str, value: str) -> bool:
+def _flag(name: str, value: str, *, default: bool = False) -> bool:
     from .errors import InvalidInput
 
     word = value.strip().lower()
-    if word in ("", "0", "false", "no", "off"):
+    if not word:
+        return default
+    if word in ("0", "false", "no", "off"):
         return False
     if word in ("1", "true", "yes", "on"):
         return True

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import pwd
-import signal
 import stat
 import time
 import warnings
@@ -30,6 +29,7 @@ from typing import Any, Self
 
 import psutil
 
+from .embedded_os import alive, private_dir, shut_down
 from .errors import DatabaseUnavailable
 
 __all__ = ["EmbeddedPostgres", "postmaster_pid"]
@@ -151,7 +151,7 @@ class EmbeddedPostgres:
             self._started = False
             pid = postmaster_pid(self.pgdata)
             if not users and pid is not None:
-                _shut_down(pid)
+                shut_down(pid)
 
     def restart(self) -> bool:
         """Start the server again after its postmaster died, for a process that `start()`ed it;
@@ -170,7 +170,7 @@ class EmbeddedPostgres:
         with self._locked():
             if self.socket_dir != self.pgdata:
                 uid, gid = self._server_ids()
-                _private_dir(self.socket_dir, uid, gid)
+                private_dir(self.socket_dir, uid, gid)
             users = self._live_users()
             started = postmaster_pid(self.pgdata) is None
             if started:
@@ -295,11 +295,11 @@ class EmbeddedPostgres:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         deadline = time.monotonic() + 10
-        while [p for p in orphans if _alive(p.pid)]:
+        while [p for p in orphans if alive(p.pid)]:
             if time.monotonic() > deadline:
                 raise DatabaseUnavailable(
                     f"processes of the dead PostgreSQL in {self.pgdata} do not exit: "
-                    + ", ".join(str(p.pid) for p in orphans if _alive(p.pid))
+                    + ", ".join(str(p.pid) for p in orphans if alive(p.pid))
                 )
             time.sleep(0.05)
 
@@ -372,7 +372,7 @@ class EmbeddedPostgres:
             pids = set(json.loads(self._register.read_text()))
         except (FileNotFoundError, ValueError):
             return set()
-        return {pid for pid in pids if psutil.pid_exists(pid) and _alive(pid)}
+        return {pid for pid in pids if psutil.pid_exists(pid) and alive(pid)}
 
     def _save_users(self, users: set[int]) -> None:
         tmp = self._register.with_suffix(".tmp")
@@ -381,60 +381,3 @@ class EmbeddedPostgres:
             with open(fd, "w") as f:
                 f.write(json.dumps(sorted(users)))
             tmp.replace(self._register)
-
-
-def _private_dir(path: Path, uid: int, gid: int) -> None:
-    """Make `path` a directory only `uid` (and root) can enter: mode 0700, owner uid:gid.
-
-    Creates it, or repairs the owner and mode of one that we or `uid` own. Raises
-    DatabaseUnavailable, changing nothing, when `path` is a symlink, not a directory, or
-    another user's: in /tmp anyone may have created it first, to reach or impersonate the
-    server. Never follows a symlink.
-    """
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    remedy = "remove it, or give HQ_DATA_DIR a shorter path"
-    try:
-        seen = os.lstat(path)
-        if not stat.S_ISDIR(seen.st_mode):
-            raise DatabaseUnavailable(f"the socket directory {path} is not a directory (a symlink or a file): {remedy}")
-        if seen.st_uid not in (os.geteuid(), uid):
-            raise DatabaseUnavailable(
-                f"the socket directory {path} belongs to another user (uid {seen.st_uid}): {remedy}"
-            )
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise DatabaseUnavailable(f"cannot use the socket directory {path}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
-            raise DatabaseUnavailable(f"the socket directory {path} was replaced: {remedy}")
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            os.fchmod(fd, 0o700)
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.fchown(fd, uid, gid)
-    except OSError as e:
-        raise DatabaseUnavailable(f"cannot use the socket directory {path}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-
-
-def _shut_down(pid: int, timeout: float = 60) -> None:
-    """Stop a postmaster: SIGINT is PostgreSQL's fast shutdown (roll back open transactions,
-    checkpoint, exit). Signalling needs no access to the data directory, unlike pg_ctl."""
-    try:
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.send_signal(signal.SIGQUIT)  # immediate shutdown; recovery runs at next start
-        proc.wait(10)
-    except psutil.NoSuchProcess:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False

@@ -32,7 +32,16 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["BM25_INDEX", "KEYWORD_INDEXES", "KEYWORD_PATHS", "bm25_unsound", "keyword_path", "repair_bm25_index"]
+__all__ = [
+    "BM25_INDEX",
+    "KEYWORD_INDEXES",
+    "KEYWORD_PATHS",
+    "bm25_unsound",
+    "configure_keyword_index",
+    "configured_keyword_index",
+    "keyword_path",
+    "repair_bm25_index",
+]
 
 KEYWORD_INDEXES = ("auto", "pg_textsearch", "sql")
 """What HQ_KEYWORD_INDEX accepts."""
@@ -44,13 +53,27 @@ BM25_INDEX = "knowledge_chunks_bm25_idx"
 log = logging.getLogger("hq_knowledge")
 
 
+_configured = ["auto"]  # the process's choice, set at start from Settings.keyword_index
+
+
+def configure_keyword_index(choice: str) -> None:
+    """Set which keyword index this process's searches ask for (one of `KEYWORD_INDEXES`;
+    the CLI does at start, from HQ_KEYWORD_INDEX). Raises ValueError for another."""
+    if choice not in KEYWORD_INDEXES:
+        raise ValueError(f"keyword index: one of {', '.join(KEYWORD_INDEXES)}, got {choice!r}")
+    _configured[0] = choice
+
+
+def configured_keyword_index() -> str:
+    """Which keyword index this process's searches ask for (`configure_keyword_index`)."""
+    return _configured[0]
+
+
 def keyword_path(conn: psycopg.Connection[Any], choice: str | None = None) -> str:
     """The keyword path searches on this connection's database take (`KEYWORD_PATHS`), for
-    `choice` (HQ_KEYWORD_INDEX; None: from the environment through Settings)."""
+    `choice` (one of `KEYWORD_INDEXES`; None: the process's, `configured_keyword_index`)."""
     if choice is None:
-        from .config import keyword_index_setting
-
-        choice = keyword_index_setting()
+        choice = _configured[0]
     row = (
         conn.cursor(row_factory=tuple_row)
         .execute(

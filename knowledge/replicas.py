@@ -27,11 +27,12 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from .db import describe_url, pooled_connection, report_up
+from .db import describe_url
 from .dberrors import is_conflict, is_unavailable
 from .errors import DatabaseUnavailable, KnowledgeError, first_line
 from .health import Health
 from .lsn import format_lsn, parse_lsn
+from .pools import pooled_connection, report_up
 
 __all__ = ["POLL_INTERVAL", "ReadRouter", "ReplicaReport"]
 

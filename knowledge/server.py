@@ -14,12 +14,13 @@ from typing import Any
 
 from .admission import admission_for
 from .config import Settings
-from .db import connect, database, describe_url, open_search_pool
+from .db import connect, database, describe_url
 from .errors import KnowledgeError
 from .health import Health
 from .ingest import queue
 from .keyword_index import repair_bm25_index
 from .migrations import migrate
+from .pools import open_search_pool
 from .replicas import ReadRouter
 
 __all__ = ["run_mcp", "run_worker", "serve"]
@@ -67,10 +68,9 @@ def _prepare(url: str, *, sample: bool = False) -> None:
 def _log_keyword_path(conn: Any) -> None:
     """Say which keyword index searches use; warn when HQ_KEYWORD_INDEX asks for one the
     database does not have."""
-    from .config import keyword_index_setting
-    from .keyword_index import keyword_path
+    from .keyword_index import configured_keyword_index, keyword_path
 
-    choice = keyword_index_setting()
+    choice = configured_keyword_index()
     path = keyword_path(conn, choice)
     if choice == "pg_textsearch" and path != "bm25":
         log.warning(
@@ -130,6 +130,7 @@ def serve(
             read_urls=settings.read_database_urls,
             read_max_lag=settings.read_max_lag,
             admission=admission_for(settings.search_concurrency, settings.search_queue),
+            prepared_statements=settings.prepared_statements,
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -202,9 +203,15 @@ def run_mcp(settings: Settings, *, read_only: bool = False, agent: str | None = 
     with database(settings) as url:
         _prepare(url)
         _warm_query_embedder(url)
-        pool = open_search_pool(url, max_size=4, application_name="hq-knowledge-mcp")
+        prepared = settings.prepared_statements
+        pool = open_search_pool(url, max_size=4, application_name="hq-knowledge-mcp", prepared=prepared)
         replicas = [
-            (read_url, open_search_pool(read_url, max_size=4, application_name="hq-knowledge-mcp-read", replica=True))
+            (
+                read_url,
+                open_search_pool(
+                    read_url, max_size=4, application_name="hq-knowledge-mcp-read", replica=True, prepared=prepared
+                ),
+            )
             for read_url in settings.read_database_urls
         ]
         reads = ReadRouter(url, pool, replicas, max_lag=settings.read_max_lag)

@@ -18,8 +18,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from embeddings.model import FakeEmbedder
-from knowledge.db import configure_for_search
 from knowledge.ingest.worker import register_model
+from knowledge.keyword_index import configure_keyword_index
+from knowledge.pools import configure_for_search
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
 
@@ -120,17 +121,20 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
     standby.wait_until_replayed(db_url, dbname)
 
     # Searched through API 2 (on the standby): the primary's answers.
-    monkeypatch.setenv("HQ_KEYWORD_INDEX", "sql")  # the standby's keyword path, here on the primary
+    configure_keyword_index("sql")  # the standby's keyword path, here on the primary
     forget_setup()
-    with psycopg.connect(db_url, autocommit=True) as primary, httpx.Client(base_url=apis[1], timeout=30) as api2:
-        configure_for_search(primary)
-        for q in QUERIES:
-            for mode in ("hybrid", "semantic", "keyword"):
-                body = api2.get("/search", params={"q": q, "mode": mode}).json()
-                expected = search_active(primary, SearchQuery(q=q, mode=mode).validated()).as_dict()
-                assert body["keyword_path"] == expected["keyword_path"] == "sql-bm25"
-                assert body["hits"] and _hits(body) == _hits(expected), (q, mode)
-    forget_setup()
+    try:
+        with psycopg.connect(db_url, autocommit=True) as primary, httpx.Client(base_url=apis[1], timeout=30) as api2:
+            configure_for_search(primary)
+            for q in QUERIES:
+                for mode in ("hybrid", "semantic", "keyword"):
+                    body = api2.get("/search", params={"q": q, "mode": mode}).json()
+                    expected = search_active(primary, SearchQuery(q=q, mode=mode).validated()).as_dict()
+                    assert body["keyword_path"] == expected["keyword_path"] == "sql-bm25"
+                    assert body["hits"] and _hits(body) == _hits(expected), (q, mode)
+    finally:
+        configure_keyword_index("auto")
+        forget_setup()
 
     # Each passage embedded exactly once, and no document claimed twice.
     assert (

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import embeddings.onnx as onnx_module
+from embeddings import query_settings
 from embeddings.model import SentenceTransformerEmbedder, packaged_model_dir
 from embeddings.onnx import (
     CachedQueryEmbedder,
@@ -257,12 +258,21 @@ def test_export_onnx_writes_a_whole_model_into_any_directory(tmp_path: Path) -> 
     assert dims == ["batch", "sequence"]
 
 
-def test_default_cache_dir_follows_hq_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert onnx_module.default_cache_dir({"HQ_DATA_DIR": str(tmp_path)}) == tmp_path / "models"
-    assert onnx_module.default_cache_dir({}).name == "hq-knowledge"
-    monkeypatch.setenv("HQ_DATA_DIR", str(tmp_path))
-    assert OnnxEmbedder().onnx_path.parent == tmp_path / "models"  # hashes, exports nothing
-    assert not (tmp_path / "models").exists()
+def test_default_cache_dir_follows_hq_data_dir(tmp_path: Path) -> None:
+    from knowledge.cli import apply_settings
+    from knowledge.config import Settings
+
+    assert query_settings.default_cache_dir().name == "hq-knowledge"
+    settings = Settings.from_env({"HQ_DATA_DIR": str(tmp_path)})
+    assert settings.models_dir == tmp_path / "models" and Settings.from_env({}).models_dir is None
+    apply_settings(settings)
+    try:
+        assert query_settings.default_cache_dir() == tmp_path / "models"
+        assert OnnxEmbedder().onnx_path.parent == tmp_path / "models"  # hashes, exports nothing
+        assert not (tmp_path / "models").exists()
+    finally:
+        apply_settings(Settings.from_env({}))
+    assert query_settings.default_cache_dir().name == "hq-knowledge"
 
 
 def _fallback(

@@ -559,7 +559,7 @@ def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
 
 def test_ef_search_follows_the_size_of_the_index(conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from knowledge import models
-    from knowledge.db import configure_for_search
+    from knowledge.pools import configure_for_search
     from knowledge.query_models import search_active
     from knowledge.search import SearchQuery
 

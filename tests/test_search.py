@@ -16,11 +16,11 @@ from embeddings.model import FakeEmbedder
 from knowledge import models
 from knowledge.api import create_app
 from knowledge.config import Settings
-from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.errors import InvalidInput
 from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
+from knowledge.pools import configure_for_search
 from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
 
@@ -293,25 +293,32 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
 def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
     conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from knowledge.cli import apply_settings
+
     """HQ_KEYWORD_INDEX=sql on a server with pg_textsearch: the same ranking from the tables."""
     for title, text, tags in DOCS:
         add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
     queries = ["discount approval for a sales rep", "refund renewal", "incidents handoff channel", "tomatoes sun"]
     runs: dict[str, list[list[str]]] = {}
-    for choice in ("pg_textsearch", "sql"):
-        monkeypatch.setenv("HQ_KEYWORD_INDEX", choice)
+    try:
+        for choice in ("pg_textsearch", "sql"):
+            apply_settings(Settings.from_env({"HQ_KEYWORD_INDEX": choice}))
+            forget_setup()
+            with local_client(create_app(db_url)) as c:
+                assert c.get("/healthz").json()["keyword_search"] == {"sql": "sql-bm25"}.get(choice, "bm25")
+                bodies = [
+                    c.get("/search", params={"q": q, "mode": "keyword", "explain": "true"}).json() for q in queries
+                ]
+            assert {b["keyword_path"] for b in bodies} == {{"sql": "sql-bm25"}.get(choice, "bm25")}
+            runs[choice] = [[h["title"] for h in b["hits"]] for b in bodies]
+            if choice == "sql":  # scores are BM25 scores, best first
+                for b in bodies:
+                    scores = [h["explain"]["keyword"]["score"] for h in b["hits"]]
+                    assert scores == sorted(scores, reverse=True) and all(x > 0 for x in scores), b
+    finally:
+        apply_settings(Settings.from_env({}))  # back to auto
         forget_setup()
-        with local_client(create_app(db_url)) as c:
-            assert c.get("/healthz").json()["keyword_search"] == {"sql": "sql-bm25"}.get(choice, "bm25")
-            bodies = [c.get("/search", params={"q": q, "mode": "keyword", "explain": "true"}).json() for q in queries]
-        assert {b["keyword_path"] for b in bodies} == {{"sql": "sql-bm25"}.get(choice, "bm25")}
-        runs[choice] = [[h["title"] for h in b["hits"]] for b in bodies]
-        if choice == "sql":  # scores are BM25 scores, best first
-            for b in bodies:
-                scores = [h["explain"]["keyword"]["score"] for h in b["hits"]]
-                assert scores == sorted(scores, reverse=True) and all(x > 0 for x in scores), b
-    forget_setup()
     assert runs["sql"] == runs["pg_textsearch"]
     monkeypatch.setenv("HQ_KEYWORD_INDEX", "bm26")
     with pytest.raises(InvalidInput, match="HQ_KEYWORD_INDEX must be auto, pg_textsearch or sql, got 'bm26'"):
@@ -562,7 +569,7 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
     """Unfiltered searches are prepared once per connection and, after five runs, run on a
     generic plan; each answers exactly as a statement planned for its own values. Filtered
     searches are never prepared."""
-    from knowledge.db import configure_for_search
+    from knowledge.pools import configure_for_search
     from knowledge.query_models import search_active
     from knowledge.search import MODES, SearchQuery
 
@@ -614,21 +621,22 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
         assert prepared.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (len(MODES),)
 
 
-def test_prepared_statements_can_be_turned_off(conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from knowledge.db import prepare_threshold
+def test_prepared_statements_can_be_turned_off(conn: Conn, db_url: str) -> None:
     from knowledge.errors import InvalidInput
 
-    assert prepare_threshold({}) == 5 and prepare_threshold({"HQ_PREPARED_STATEMENTS": "on"}) == 5
+    def setting(value: str) -> bool:
+        return Settings.from_env({"HQ_PREPARED_STATEMENTS": value}).prepared_statements
+
+    assert Settings.from_env({}).prepared_statements and setting("on") and setting("1")
     for off in ("0", "false", "Off", " no "):
-        assert prepare_threshold({"HQ_PREPARED_STATEMENTS": off}) is None
-    with pytest.raises(InvalidInput, match="HQ_PREPARED_STATEMENTS must be 1 or 0"):
-        prepare_threshold({"HQ_PREPARED_STATEMENTS": "maybe"})
+        assert not setting(off)
+    with pytest.raises(InvalidInput, match="HQ_PREPARED_STATEMENTS must be 1/true/yes/on or 0/false/no/off"):
+        setting("maybe")
     for title, text, tags in DOCS:
         add_document(conn, title, text, tags)
     index_with_fake(conn, db_url)
-    for setting, prepared in (("0", 0), ("1", 1)):
-        monkeypatch.setenv("HQ_PREPARED_STATEMENTS", setting)
-        with local_client(create_app(db_url, pool_size=1)) as c:
+    for value, prepared in (("0", 0), ("1", 1)):
+        with local_client(create_app(db_url, pool_size=1, prepared_statements=setting(value))) as c:
             for _ in range(3):
                 assert titles(c.get("/search", params={"q": "refund annual plans"}))[0] == "Refund policy"
             with c.app.state.pool.connection() as pooled:  # type: ignore[attr-defined]

@@ -21,12 +21,12 @@ import pytest
 from psycopg.rows import dict_row
 
 from embeddings.model import FakeEmbedder
-from knowledge.db import configure_for_search
 from knowledge.embedded import EmbeddedPostgres
 from knowledge.health import Health
 from knowledge.ingest.leases import node_name
 from knowledge.ingest.worker import Worker
 from knowledge.migrations import migrate
+from knowledge.pools import configure_for_search
 from knowledge.query_models import search_active
 from knowledge.search import SearchQuery
 

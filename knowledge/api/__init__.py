@@ -14,9 +14,9 @@ from embeddings.onnx import report_searches_in_flight
 
 from .. import __version__
 from ..admission import Admission, admission_for
-from ..db import open_search_pool
 from ..errors import KnowledgeError
 from ..health import Health
+from ..pools import open_search_pool
 from ..replicas import ReadRouter
 from .openapi import MethodTable, document_errors
 from .reads import ReadRouting
@@ -53,6 +53,7 @@ def create_app(
     read_urls: Sequence[str] = (),
     read_max_lag: float = 5.0,
     admission: Admission | None = None,
+    prepared_statements: bool = True,
 ) -> FastAPI:
     """The application. Its connection pool is opened when the app starts and closed at
     shutdown. The MCP server answers at /mcp (streamable HTTP), on the same pool. `access`
@@ -67,7 +68,9 @@ def create_app(
     knowledge.api.reads); writes and everything else stay on the primary.
 
     `admission`: the bound on searches in flight, REST and MCP together (knowledge.admission);
-    by default two per core with two waiting places per slot."""
+    by default two per core with two waiting places per slot. `prepared_statements` False:
+    nothing is prepared on its connections (HQ_PREPARED_STATEMENTS=0, for a pooler in
+    transaction mode)."""
     from ..mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
@@ -89,7 +92,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.openapi()  # built now (with its Unicode patterns), not at the first request
-        pool = open_search_pool(database_url, max_size=pool_size, application_name="hq-knowledge-api")
+        pool = open_search_pool(
+            database_url, max_size=pool_size, application_name="hq-knowledge-api", prepared=prepared_statements
+        )
         app.state.pool = pool
         app.state.database_url = database_url
         app.state.health = health if health is not None else Health()
@@ -98,7 +103,16 @@ def create_app(
         app.state.reembeds = {}  # job id -> (runner thread, stop event)
         # A replica that is down when the service starts is read from once it is up.
         replicas = [
-            (url, open_search_pool(url, max_size=pool_size, application_name="hq-knowledge-api-read", replica=True))
+            (
+                url,
+                open_search_pool(
+                    url,
+                    max_size=pool_size,
+                    application_name="hq-knowledge-api-read",
+                    replica=True,
+                    prepared=prepared_statements,
+                ),
+            )
             for url in read_urls
         ]
         reads = ReadRouter(database_url, pool, replicas, max_lag=read_max_lag, health=app.state.health)

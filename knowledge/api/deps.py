@@ -10,10 +10,10 @@ from uuid import UUID
 import psycopg
 from fastapi import Depends, Query, Request
 
-from ..db import pooled_connection
 from ..errors import Forbidden, InvalidInput
 from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
 from ..keys import caller_of
+from ..pools import pooled_connection
 from ..replicas import ReadRouter
 from .fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
 from .reads import Reads, read_target, required_lsn, routing_of

@@ -22,16 +22,13 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg.rows import dict_row, tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.rows import dict_row
 
 from embeddings.model import Embedder
 from embeddings.registry import active_spec
@@ -40,66 +37,19 @@ from ..dberrors import is_transient
 from ..health import Health
 from ..keyword_index import repair_bm25_index
 from . import queue
-from .chunking import Chunk, chunk_markdown, passage_hash
-from .extract import asset_markdown, document_markdown
+from .chunking import passage_hash
 from .leases import dead_owners, new_owner, node_name
 from .outage import Outage, describe
+from .passages import stored_vectors, write_passages
+from .records import Record, WorkerStats, register_model
 
-__all__ = ["Worker", "WorkerStats", "register_model"]
+__all__ = ["Worker", "WorkerStats", "register_model"]  # the last two from .records
 
 log = logging.getLogger("hq_knowledge.worker")
 CHANNEL = "hq_embedding"
-_OWNER = {"document": "document_id", "asset": "asset_id"}
-_CHUNK_INDEX_SHIFT = 1_000_000  # moves kept passages out of the way while renumbering
 _EMBED_STEP = 128  # passages per embedder call: the worker beats and renews its leases between calls
 HEALTH = "worker"
 STALE_AFTER = 120.0  # seconds without a beat before readiness calls the worker stuck
-
-
-@dataclass
-class WorkerStats:
-    indexed: int = 0
-    failed: int = 0
-    retried: int = 0
-    stale: int = 0
-    passages_embedded: int = 0
-    passages_reused: int = 0
-    seconds_embedding: float = 0.0
-    reclaimed: int = 0  # leases of dead workers given back
-
-
-@dataclass
-class _Record:
-    kind: queue.Kind
-    id: uuid.UUID
-    version: int
-    attempts: int
-    title: str
-    row: dict[str, Any]
-    chunks: list[Chunk] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
-    markdown: str = ""
-    error: str | None = None
-
-
-def register_model(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
-    """Make sure `embedder`'s model is registered with its HNSW index. Raises ValueError
-    when a model of that name is registered with another dimension."""
-    row = (
-        conn.cursor(row_factory=tuple_row)
-        .execute(
-            "INSERT INTO embedding_models (name, dims, provider, max_tokens) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING dims",
-            [embedder.name, embedder.dims, embedder.provider, embedder.max_tokens + 2],
-        )
-        .fetchone()
-    )
-    dims = row[0] if row else None
-    if dims != embedder.dims:
-        raise ValueError(
-            f"model {embedder.name} is registered with {dims} dimensions, but the embedder gives {embedder.dims}"
-        )
-    conn.execute("SELECT hq_ensure_embedding_index(%s)", [embedder.name])
 
 
 class Worker:
@@ -272,7 +222,7 @@ class Worker:
             self._release(records)
             return 0
         for record in records:
-            self._prepare(record)
+            record.prepare(self.embedder)
         vectors = self._embed([r for r in records if r.error is None])
         for record in records:
             self._finish(record, vectors)
@@ -286,9 +236,9 @@ class Worker:
             self._next_renewal = time.monotonic() + self.lease_seconds / 3
             queue.renew(self.conn, self.worker_id, self.lease_seconds)
 
-    def _lease(self) -> list[_Record]:
+    def _lease(self) -> list[Record]:
         return [
-            _Record(
+            Record(
                 kind,
                 row["id"],
                 row["content_version"],
@@ -321,31 +271,17 @@ class Worker:
             log.info("reclaimed %d lease(s) of dead worker(s) on this host", reclaimed)
         return reclaimed
 
-    def _release(self, records: list[_Record]) -> None:
+    def _release(self, records: list[Record]) -> None:
         """Give leased records back untouched (shutting down before any work was done)."""
         queue.give_back(self.conn, self.worker_id, [(r.kind, r.id) for r in records])
 
-    def _prepare(self, record: _Record) -> None:
-        try:
-            row = record.row
-            if record.kind == "document":
-                record.markdown = document_markdown(row["content_format"], row["content"], row["content_text"])
-            else:
-                record.markdown = asset_markdown(row)
-            record.chunks = chunk_markdown(
-                record.title, record.markdown, self.embedder.count_tokens, max_tokens=self.embedder.max_tokens
-            )
-            record.hashes = [passage_hash(c.indexed_text, self.embedder.name) for c in record.chunks]
-        except Exception as e:
-            record.error = f"text extraction failed: {type(e).__name__}: {e}"
-
-    def _embed(self, records: list[_Record]) -> dict[str, np.ndarray[Any, Any]]:
+    def _embed(self, records: list[Record]) -> dict[str, np.ndarray[Any, Any]]:
         """Vectors by passage hash: reused from the database where they exist, else embedded.
         A failing batch is retried record by record, so one bad record fails alone."""
         wanted = {h: c.indexed_text for r in records for h, c in zip(r.hashes, r.chunks, strict=True)}
         vectors: dict[str, np.ndarray[Any, Any]] = {}
         if wanted:
-            vectors.update(self._existing(list(wanted)))
+            vectors.update(stored_vectors(self.conn, self.embedder.name, list(wanted)))
         self.stats.passages_reused += sum(1 for r in records for h in r.hashes if h in vectors)
         missing = [h for h in wanted if h not in vectors]
         try:
@@ -364,19 +300,6 @@ class Worker:
                 self._batch_beat()
         return vectors
 
-    def _existing(self, hashes: list[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-        rows = self.conn.execute(
-            "SELECT DISTINCT ON (content_hash) content_hash, embedding FROM chunk_embeddings "
-            "WHERE model = %s AND content_hash = ANY(%s)",
-            [self.embedder.name, hashes],
-        ).fetchall()
-        for row in rows:
-            vector = row["embedding"]  # pgvector's Vector (newer) or a numpy array (older)
-            yield (
-                row["content_hash"],
-                np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32),
-            )
-
     def _encode(self, hashes: list[str], texts: dict[str, str]) -> dict[str, np.ndarray[Any, Any]]:
         if not hashes:
             return {}
@@ -386,7 +309,7 @@ class Worker:
         self.stats.passages_embedded += len(hashes)
         return dict(zip(hashes, matrix, strict=True))
 
-    def _finish(self, record: _Record, vectors: dict[str, np.ndarray[Any, Any]]) -> None:
+    def _finish(self, record: Record, vectors: dict[str, np.ndarray[Any, Any]]) -> None:
         if record.error is None and any(h not in vectors for h in record.hashes):
             record.error = "embedding failed: no vector for some passages"
         try:
@@ -399,8 +322,7 @@ class Worker:
         if self.on_record:
             self.on_record(record.kind, str(record.id), outcome)
 
-    def _write(self, record: _Record, vectors: dict[str, np.ndarray[Any, Any]]) -> str:
-        owner = _OWNER[record.kind]
+    def _write(self, record: Record, vectors: dict[str, np.ndarray[Any, Any]]) -> str:
         model = self.embedder.name
         with self.conn.transaction():
             if not queue.holds(self.conn, record.kind, record.id, self.worker_id, record.version):
@@ -414,81 +336,7 @@ class Worker:
                     self._release([record])
                     self.stats.stale += 1
                     return "stale"
-            existing = self.conn.execute(
-                f"SELECT id, content_hash FROM knowledge_chunks WHERE {owner} = %s", [record.id]
-            ).fetchall()
-            by_hash: dict[str, list[int]] = {}
-            for row in existing:
-                by_hash.setdefault(row["content_hash"], []).append(row["id"])
-            keep: list[tuple[int, Chunk, str]] = []
-            new: list[tuple[Chunk, str]] = []
-            for chunk, h in zip(record.chunks, record.hashes, strict=True):
-                ids = by_hash.get(h)
-                if ids:
-                    keep.append((ids.pop(), chunk, h))
-                else:
-                    new.append((chunk, h))
-            gone = [i for ids in by_hash.values() for i in ids]
-            if gone:
-                self.conn.execute("DELETE FROM knowledge_chunks WHERE id = ANY(%s)", [gone])
-            with self.conn.cursor() as cur:
-                if keep:
-                    cur.execute(
-                        "UPDATE knowledge_chunks SET chunk_index = chunk_index + %s WHERE id = ANY(%s)",
-                        [_CHUNK_INDEX_SHIFT, [i for i, _, _ in keep]],
-                    )
-                    cur.executemany(
-                        "UPDATE knowledge_chunks SET chunk_index = %s, heading_path = %s, content = %s, "
-                        "token_count = %s, char_start = %s, char_end = %s WHERE id = %s",
-                        [
-                            (c.index, list(c.heading_path), c.content, c.token_count, c.char_start, c.char_end, i)
-                            for i, c, _ in keep
-                        ],
-                    )
-                created: list[tuple[int, str]] = []
-                if new:
-                    # One round trip for all new passages; heading paths travel as JSON arrays
-                    # because unnest() cannot take a ragged text[][].
-                    rows = cur.execute(
-                        f"INSERT INTO knowledge_chunks ({owner}, chunk_index, heading_path, content, indexed_text,"
-                        " content_hash, token_count, char_start, char_end)"
-                        " SELECT %s, i, ARRAY(SELECT jsonb_array_elements_text(hp)), c, t, h, n, cs, ce"
-                        " FROM unnest(%s::int[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::int[],"
-                        " %s::int[], %s::int[]) AS u(i, hp, c, t, h, n, cs, ce)"
-                        " RETURNING id, content_hash",
-                        [
-                            record.id,
-                            [c.index for c, _ in new],
-                            [Jsonb(list(c.heading_path)) for c, _ in new],
-                            [c.content for c, _ in new],
-                            [c.indexed_text for c, _ in new],
-                            [h for _, h in new],
-                            [c.token_count for c, _ in new],
-                            [c.char_start for c, _ in new],
-                            [c.char_end for c, _ in new],
-                        ],
-                    ).fetchall()
-                    created = [(r["id"], r["content_hash"]) for r in rows]
-                # Kept passages may lack this model's vector (first run of a new model).
-                kept_ids = [i for i, _, _ in keep]
-                have = (
-                    {
-                        r["chunk_id"]
-                        for r in cur.execute(
-                            "SELECT chunk_id FROM chunk_embeddings WHERE model = %s AND chunk_id = ANY(%s)",
-                            [model, kept_ids],
-                        ).fetchall()
-                    }
-                    if kept_ids
-                    else set()
-                )
-                todo = created + [(i, h) for i, _, h in keep if i not in have]
-                cur.executemany(
-                    "INSERT INTO chunk_embeddings (chunk_id, model, embedding, content_hash) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (chunk_id, model) DO UPDATE SET embedding = EXCLUDED.embedding,"
-                    " content_hash = EXCLUDED.content_hash, embedded_at = now()",
-                    [(i, model, vectors[h], h) for i, h in todo],
-                )
+            write_passages(self.conn, record.kind, record.id, record.chunks, record.hashes, vectors, model)
             queue.indexed(
                 self.conn,
                 record.kind,
@@ -501,7 +349,7 @@ class Worker:
         self.stats.indexed += 1
         return "indexed"
 
-    def _fail(self, record: _Record) -> str:
+    def _fail(self, record: Record) -> str:
         final = record.attempts >= self.max_attempts
         queue.fail(
             self.conn,

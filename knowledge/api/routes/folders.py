@@ -20,7 +20,6 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...db import pooled_connection
 from ...folders import (
     MAX_FOLDER_DEPTH,
     MAX_FOLDER_NAME_CHARS,
@@ -33,6 +32,7 @@ from ...folders import (
     update_folder,
 )
 from ...items import Kind
+from ...pools import pooled_connection
 from ..body import CheckedBodyRoute
 from ..deps import ReadConn
 from ..fields import name, no_null

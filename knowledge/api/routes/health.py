@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import tuple_row
 from pydantic import BaseModel, Field
 
-from ...db import pooled_connection
 from ...errors import KnowledgeError
 from ...health import Component, Health
 from ...keyword_index import keyword_path
+from ...pools import pooled_connection
 from ...readiness import PROBES, check_readiness
 from ...replicas import ReadRouter
 from ...schema_check import check_database

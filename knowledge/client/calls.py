@@ -1,0 +1,379 @@
+"""What the clients send and read: one `Call` per operation (method, path, parameters, how
+to read the answer), the answers as frozen dataclasses, and how an error answer becomes the
+package's error. No I/O here: the clients (knowledge.client) run the calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, NoReturn, TypeVar
+from urllib.parse import quote
+from uuid import UUID
+
+import httpx
+
+from ..errors import (
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidInput,
+    KnowledgeError,
+    NotFound,
+    ServiceUnavailable,
+    TooLarge,
+    Unauthorized,
+)
+from ..lsn import parse_lsn
+
+__all__ = [
+    "AGENT_HEADER",
+    "DEFAULT_URL",
+    "WRITE_LSN_HEADER",
+    "BootContext",
+    "Call",
+    "DocumentText",
+    "FolderCount",
+    "Hit",
+    "Overview",
+    "RecentDocument",
+    "SavedDocument",
+    "SearchResults",
+    "TagCount",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+AGENT_HEADER = "X-HQ-Agent"
+WRITE_LSN_HEADER = "HQ-Write-LSN"
+Mode = Literal["hybrid", "semantic", "keyword"]
+Kind = Literal["document", "asset"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search hit. `snippet` is HTML-escaped text with matched words in <mark>; `passages`
+    are the best matching passages as (heading path, content)."""
+
+    id: UUID
+    kind: str
+    title: str
+    folder_path: str
+    tags: list[str]
+    score: float
+    snippet: str
+    passages: list[tuple[list[str], str]]
+    source_path: str | None
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    hits: list[Hit]
+    mode: str
+    took_ms: float
+
+
+@dataclass(frozen=True)
+class DocumentText:
+    """A document as markdown (`# <title>`, a blank line, the body or `section`); `truncated`
+    when it was cut to max_tokens. `sections` lists the document's headings."""
+
+    id: UUID
+    title: str
+    folder_path: str
+    tags: list[str]
+    updated_at: datetime
+    markdown: str
+    tokens: int
+    total_tokens: int
+    truncated: bool
+    section: str | None
+    sections: list[str]
+
+
+@dataclass(frozen=True)
+class BootContext:
+    """An agent's boot bundle as markdown (what was left out is listed under its `# Left out`
+    heading). With `unchanged`, the bundle is still `version` and `markdown` is empty."""
+
+    agent: str
+    version: str
+    markdown: str
+    unchanged: bool
+
+
+@dataclass(frozen=True)
+class FolderCount:
+    path: str
+    documents: int
+
+
+@dataclass(frozen=True)
+class TagCount:
+    tag: str
+    documents: int
+    assets: int
+
+
+@dataclass(frozen=True)
+class RecentDocument:
+    id: UUID
+    title: str
+    folder_path: str
+    tags: list[str]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Overview:
+    folder: str
+    tag: str | None
+    documents: int
+    folders: list[FolderCount] = field(default_factory=list)
+    tags: list[TagCount] = field(default_factory=list)
+    recent: list[RecentDocument] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SavedDocument:
+    id: UUID
+    title: str
+    folder_path: str
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and how to read its answer: `parse` gets the response when its status is
+    2xx or in `accept`; any other status is raised as an error."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: tuple[tuple[str, str], ...] = ()
+    json: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    accept: frozenset[int] = frozenset()
+    rename: Mapping[str, str] = field(default_factory=dict)  # server parameter -> the method's
+
+
+_ERRORS: dict[int, type[KnowledgeError]] = {
+    400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: InvalidInput,
+    503: DatabaseUnavailable,
+}
+
+
+def error_message(response: httpx.Response, rename: Mapping[str, str]) -> str:
+    """The server's message: {"detail": "..."} as it is, FastAPI's validation list as
+    `name: msg; ...`; a leading server parameter name is replaced by the method's."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}"
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", [])[1:]]  # without "query", "body", "path"
+            name = ".".join(rename.get(p, p) for p in loc)
+            parts.append(f"{name}: {item.get('msg', '')}" if name else str(item.get("msg", "")))
+        return "; ".join(parts)
+    text = str(detail)
+    head, sep, tail = text.partition(":")
+    return f"{rename[head]}{sep}{tail}" if sep and head in rename else text
+
+
+def raise_for(response: httpx.Response, rename: Mapping[str, str]) -> NoReturn:
+    error = _ERRORS.get(response.status_code, KnowledgeError)(error_message(response, rename))
+    error.status = response.status_code
+    raise error
+
+
+def unreachable(base_url: httpx.URL, e: httpx.TransportError) -> ServiceUnavailable:
+    base = str(base_url).rstrip("/")
+    return ServiceUnavailable(
+        f"cannot reach the knowledge service at {base} ({type(e).__name__}: {e}); start it with `hq-knowledge serve`"
+    )
+
+
+def finish(call: Call[T], response: httpx.Response) -> T:
+    if not response.is_success and response.status_code not in call.accept:
+        raise_for(response, call.rename)
+    try:
+        return call.parse(response)
+    except (ValueError, KeyError, TypeError) as e:
+        raise KnowledgeError(
+            f"{call.method} {call.path}: unexpected answer from the service ({type(e).__name__}: {e})"
+        ) from e
+
+
+def request_headers(call: Call[Any], agent: str | None, key: str | None, write_lsn: str | None) -> dict[str, str]:
+    headers = {**call.headers, AGENT_HEADER: agent} if agent else dict(call.headers)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if write_lsn:
+        headers[WRITE_LSN_HEADER] = write_lsn
+    return headers
+
+
+def latest_lsn(known: str | None, response: httpx.Response) -> str | None:
+    """The later of `known` and the response's HQ-Write-LSN."""
+    given: str | None = response.headers.get(WRITE_LSN_HEADER)
+    position = parse_lsn(given)
+    if position is None or (known is not None and (parse_lsn(known) or 0) >= position):
+        return known
+    return given
+
+
+def checked_id(value: UUID) -> UUID:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidInput(f"id: a document's id (a UUID), got {str(value)[:60]!r}") from None
+
+
+def optional_params(**values: object) -> tuple[tuple[str, str], ...]:
+    return tuple((name, str(value)) for name, value in values.items() if value is not None)
+
+
+# One builder and one parser per operation.
+
+
+def search_call(
+    query: str, limit: int, mode: str, tags_any: Sequence[str], folder: UUID | None, kind: str | None
+) -> Call[SearchResults]:
+    params = (
+        ("q", query),
+        ("limit", str(limit)),
+        ("mode", mode),
+        *(("tags_any", t) for t in tags_any),
+        *optional_params(folder=folder, kind=kind),
+    )
+    return Call("GET", "/search", parse_search, params=params, rename={"q": "query"})
+
+
+def parse_search(response: httpx.Response) -> SearchResults:
+    body = response.json()
+    hits = [
+        Hit(
+            id=UUID(h["id"]),
+            kind=h["kind"],
+            title=h["title"],
+            folder_path=h["folder_path"],
+            tags=list(h["tags"]),
+            score=float(h["score"]),
+            snippet=h["snippet"],
+            passages=[(list(p["heading_path"]), p["content"]) for p in h["passages"]],
+            source_path=h["source_path"],
+        )
+        for h in body["hits"]
+    ]
+    return SearchResults(hits=hits, mode=body["mode"], took_ms=float(body["took_ms"]))
+
+
+def document_call(document_id: UUID, max_tokens: int | None, section: str | None) -> Call[DocumentText]:
+    return Call(
+        "GET",
+        f"/documents/{checked_id(document_id)}/markdown",
+        parse_document,
+        params=optional_params(max_tokens=max_tokens, section=section),
+        rename={"document_id": "id"},
+    )
+
+
+def parse_document(response: httpx.Response) -> DocumentText:
+    d = response.json()
+    return DocumentText(
+        id=UUID(d["id"]),
+        title=d["title"],
+        folder_path=d["folder_path"],
+        tags=list(d["tags"]),
+        updated_at=datetime.fromisoformat(d["updated_at"]),
+        markdown=d["markdown"],
+        tokens=d["tokens"],
+        total_tokens=d["total_tokens"],
+        truncated=d["truncated"],
+        section=d["section"],
+        sections=list(d["sections"]),
+    )
+
+
+def boot_call(
+    agent_slug: str | None, max_tokens: int | None, known_version: str | None, key: str | None = None
+) -> Call[BootContext]:
+    if not agent_slug and not key:
+        raise InvalidInput(
+            "agent_slug: give the agent's slug, or make the client with agent=<slug> or with the key of an agent"
+        )
+    headers = {"Accept": "text/markdown"}
+    known = known_version.strip().strip('"') if known_version else None
+    if known:
+        headers["If-None-Match"] = f'"{known}"'
+
+    def parse(response: httpx.Response) -> BootContext:
+        return parse_boot(response, agent_slug or response.headers.get(AGENT_HEADER, ""), known)
+
+    path = f"/boot/{quote(agent_slug, safe='')}" if agent_slug else "/boot"  # /boot: the key's agent
+    return Call(
+        "GET", path, parse, params=optional_params(max_tokens=max_tokens), headers=headers, accept=frozenset({304})
+    )
+
+
+def parse_boot(response: httpx.Response, agent_slug: str, known_version: str | None) -> BootContext:
+    if response.status_code == 304:
+        return BootContext(agent=agent_slug, version=known_version or "", markdown="", unchanged=True)
+    version = response.headers["ETag"].removeprefix("W/").strip('"')
+    return BootContext(agent=agent_slug, version=version, markdown=response.text, unchanged=False)
+
+
+def overview_call(folder: str | None, tag: str | None) -> Call[Overview]:
+    return Call("GET", "/overview", parse_overview, params=optional_params(folder=folder, tag=tag))
+
+
+def parse_overview(response: httpx.Response) -> Overview:
+    o = response.json()
+    return Overview(
+        folder=o["folder"],
+        tag=o["tag"],
+        documents=o["documents"],
+        folders=[FolderCount(path=f["path"], documents=f["documents"]) for f in o["folders"]],
+        tags=[TagCount(tag=t["tag"], documents=t["documents"], assets=t["assets"]) for t in o["tags"]],
+        recent=[
+            RecentDocument(
+                id=UUID(d["id"]),
+                title=d["title"],
+                folder_path=d["folder_path"],
+                tags=list(d["tags"]),
+                updated_at=datetime.fromisoformat(d["updated_at"]),
+            )
+            for d in o["recent"]
+        ],
+    )
+
+
+def save_call(title: str, markdown: str, folder: str | None, tags: Sequence[str]) -> Call[SavedDocument]:
+    body = {"title": title, "markdown": markdown, "folder": folder, "tags": list(tags)}
+    return Call("POST", "/documents/markdown", parse_saved, json=body)
+
+
+def update_call(
+    document_id: UUID, markdown: str | None, title: str | None, tags: Sequence[str] | None
+) -> Call[SavedDocument]:
+    body = {"markdown": markdown, "title": title, "tags": None if tags is None else list(tags)}
+    return Call(
+        "PATCH",
+        f"/documents/{checked_id(document_id)}/markdown",
+        parse_saved,
+        json={k: v for k, v in body.items() if v is not None},
+        rename={"document_id": "id"},
+    )
+
+
+def parse_saved(response: httpx.Response) -> SavedDocument:
+    d = response.json()
+    return SavedDocument(id=UUID(d["id"]), title=d["title"], folder_path=d["folder_path"], tags=list(d["tags"]))
