@@ -36,11 +36,10 @@ def query_cache_size(value: str) -> int:
 
 def query_batch_size(value: str) -> int:
     """Queries embedded together at most for the setting HQ_QUERY_BATCH (blank: 0, no
-    batching); raises ValueError naming what is accepted. Off by
-    default: on the 2-core CPUs measured, a batch of short queries costs what its queries
-    cost one by one (6.1 against 6.3 ms a query with two threads) and more once padded to
-    its longest, so a shared run only makes each query wait for the others
-    (benchmarks/load.py)."""
+    batching); raises ValueError naming what is accepted. Off by default: on the 2-core CPUs
+    measured, a batch of short queries costs what its queries cost one by one (6.1 against
+    6.3 ms a query with two threads) and more once padded to its longest, so a shared run
+    only makes each query wait for the others (benchmarks/load.py)."""
     value = value.strip()
     if not value:
         return 0
