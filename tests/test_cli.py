@@ -210,6 +210,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
     """What the README's run command does: a service on a fresh embedded database that
     passes `db check`, and that stops its database when it stops."""
