@@ -19,10 +19,8 @@ import Stemmer
 
 __all__ = ["Highlighter", "plain_text"]
 
-FRAGMENT_CHARS = 240  # of text per fragment, at most (an agent's answer shows 240 of a snippet)
-FRAGMENTS = 1
-DELIMITER = " … "
-_LEAD = 40  # characters of context shown before a fragment's first match, about
+FRAGMENT_CHARS = 240  # of text a snippet shows, at most (an agent's answer shows 240 of it)
+_LEAD = 40  # characters of context shown before the stretch's first match, about
 
 # PostgreSQL's tsearch_data/english.stop (the Snowball English stop words).
 _ENGLISH_STOP = """
@@ -142,73 +140,51 @@ class Highlighter:
         return sorted(found.values())
 
     def snippet(self, passage: str) -> str:
-        """The passage's plain text (`plain_text`), HTML-escaped, cut to at most FRAGMENTS
-        stretches of about FRAGMENT_CHARS characters around the query's words (joined by
-        DELIMITER; the start of the text when no word matches), each matching word in
-        <mark>...</mark>. Cuts fall between words."""
+        """The passage's plain text (`plain_text`), HTML-escaped, cut to the stretch of about
+        FRAGMENT_CHARS characters around the query's words (`_stretch`), each matching word
+        in <mark>...</mark>."""
         text = plain_text(passage)
         hits = self.matches(text) if self._starts else []
-        parts = []
-        for begin, end in _fragments(text, hits):
-            out: list[str] = []
-            at = begin
-            for start, stop, _ in hits[bisect_left(hits, (begin,)) :]:
-                if stop > end:
-                    break
-                out += (text[at:start], _OPEN, text[start:stop], _CLOSE)
-                at = stop
-            out.append(text[at:end])
-            parts.append("".join(out))
-        return html.escape(DELIMITER.join(parts)).replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>")
+        begin, end = _stretch(text, hits)
+        out: list[str] = []
+        at = begin
+        for start, stop, _ in hits[bisect_left(hits, (begin,)) :]:
+            if stop > end:
+                break
+            out += (text[at:start], _OPEN, text[start:stop], _CLOSE)
+            at = stop
+        out.append(text[at:end])
+        return html.escape("".join(out)).replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>")
 
 
-def _fragments(text: str, hits: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
-    """Character ranges of `text` to show, in text order: the stretch of FRAGMENT_CHARS
-    holding the most distinct query words of `hits` (then the most matches, then the
-    earliest), and the best one before or after it if it holds a match. The start of the
-    text when nothing matches; all of it when short. Cuts fall between words."""
-    if len(text) <= FRAGMENT_CHARS * FRAGMENTS:
-        return [(0, len(text))] if text else []
+def _stretch(text: str, hits: list[tuple[int, int, str]]) -> tuple[int, int]:
+    """The range of `text` to show: all of it when short; else the FRAGMENT_CHARS starting a
+    little before a match that hold the most distinct query words of `hits` (then the most
+    matches, then the earliest); the start of the text when nothing matches. Cuts fall
+    between words."""
+    if len(text) <= FRAGMENT_CHARS:
+        return 0, len(text)
     if not hits:
-        return [_words(text, 0, FRAGMENT_CHARS)]
-    starts = [start for start, _, _ in hits]
-
-    def best(low: int, high: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        """The best stretch within low..high starting a little before a match, and its score
-        (distinct stems, matches), sliding over the matches in order."""
-        chosen, chosen_score = None, (0, 0)
-        first = bisect_left(starts, low)
-        last = bisect_left(starts, high)
-        counts: dict[str, int] = {}
-        lo = hi = first
-        for i in range(first, last):
-            begin = max(low, starts[i] - _LEAD)
-            end = min(high, begin + FRAGMENT_CHARS)
-            while lo < hi and starts[lo] < begin:  # leaves the stretch
-                stem = hits[lo][2]
-                counts[stem] -= 1
-                if not counts[stem]:
-                    del counts[stem]
-                lo += 1
-            lo = max(lo, bisect_left(starts, begin, first, last)) if lo == hi else lo
-            hi = max(hi, lo)
-            while hi < last and starts[hi] < end:  # enters it
-                counts[hits[hi][2]] = counts.get(hits[hi][2], 0) + 1
-                hi += 1
-            score = (len(counts), hi - lo)
-            if score > chosen_score:
-                chosen, chosen_score = (begin, end), score
-        return (chosen, chosen_score) if chosen else None
-
-    found = best(0, len(text))
-    assert found is not None  # every stretch holds the match it starts from
-    first = found[0]
-    shown = [first]
-    if FRAGMENTS > 1:
-        others = [f for f in (best(0, first[0]), best(first[1], len(text))) if f]
-        if others:
-            shown.append(max(others, key=lambda f: f[1])[0])
-    return sorted(_words(text, begin, end) for begin, end in shown)
+        return _words(text, 0, FRAGMENT_CHARS)
+    chosen, chosen_score = (0, 0), (0, 0)
+    counts: dict[str, int] = {}  # stems of hits[lo:hi], the matches in the stretch
+    lo = hi = 0
+    for start, _, _ in hits:  # slide the stretch from match to match
+        begin = max(0, start - _LEAD)
+        end = min(len(text), begin + FRAGMENT_CHARS)
+        while hits[lo][0] < begin:  # leaves the stretch (never this match: it starts after begin)
+            stem = hits[lo][2]
+            counts[stem] -= 1
+            if not counts[stem]:
+                del counts[stem]
+            lo += 1
+        while hi < len(hits) and hits[hi][0] < end:  # enters it
+            counts[hits[hi][2]] = counts.get(hits[hi][2], 0) + 1
+            hi += 1
+        score = (len(counts), hi - lo)
+        if score > chosen_score:
+            chosen, chosen_score = (begin, end), score
+    return _words(text, *chosen)
 
 
 def _words(text: str, begin: int, end: int) -> tuple[int, int]:
