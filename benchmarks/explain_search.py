@@ -78,10 +78,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from embeddings.onnx import OnnxEmbedder
-    from knowledge.keyword_index import repair_bm25_index
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_setup
+    from knowledge.db.keyword_index import repair_bm25_index
+    from knowledge.db.pools import configure_for_search
     from knowledge.search import SearchQuery, search
+    from knowledge.search.setup import search_setup
 
     texts = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))[: args.queries]
     embedder = OnnxEmbedder()

@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, free_port, machine
 
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
-from knowledge.migrations import migrate
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.migrations import migrate
 
 FAKE = {"HQ_EMBEDDER": "fake"}
 # A worker that leases one batch and then hangs, as one killed mid-batch would have left it.

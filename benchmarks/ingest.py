@@ -24,10 +24,10 @@ import psycopg
 import torch
 
 from embeddings.model import SentenceTransformerEmbedder
-from knowledge.embedded import EmbeddedPostgres
+from knowledge.db.embedded import EmbeddedPostgres
+from knowledge.db.migrations import migrate
 from knowledge.ingest.chunking import chunk_markdown
 from knowledge.ingest.worker import Worker
-from knowledge.migrations import migrate
 
 ONE_PAGE = """# Incident response
 

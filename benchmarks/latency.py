@@ -23,7 +23,7 @@ rest, and each leg's index scan is timed alone (HNSW and BM25 top-k, as many as 
 of 10 hits fetches: knowledge.search.passage_quota and bm25_quota): the floor that
 no statement around the legs goes under.
 
---keyword-indexes names the keyword paths measured (knowledge.keyword_index), each row
+--keyword-indexes names the keyword paths measured (knowledge.db.keyword_index), each row
 checked to report the path it is listed with: `pg_textsearch` (HQ_KEYWORD_INDEX=pg_textsearch,
 path `bm25`: every row above) and `sql` (the SQL keyword index, path `sql-bm25`). With both
 (the default), the large size is measured again after its pg_textsearch rows by a service
@@ -100,8 +100,8 @@ def passages(url: str) -> int:
 
 def load_collection(admin: psycopg.Connection[Any], server_url: str, name: str, dataset: str) -> str:
     """The database `name` holding `dataset`, imported and embedded (kept between runs)."""
-    from knowledge.importer import import_folder
-    from knowledge.migrations import migrate
+    from knowledge.db.migrations import migrate
+    from knowledge.store.importer import import_folder
 
     url = database_url(server_url, name)
     if database_exists(admin, name):
@@ -365,7 +365,7 @@ def semantic_recall(base: str, exact: ExactSearch, queries: list[str], tag: str 
 
 def hnsw_settings(url: str) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
-        from knowledge.pools import configure_for_search
+        from knowledge.db.pools import configure_for_search
 
         configure_for_search(conn)
         options = conn.execute(
@@ -375,7 +375,7 @@ def hnsw_settings(url: str) -> dict[str, Any]:
         for name in ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples"):
             settings[name] = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()[0]  # type: ignore[index]
         # What a search sets for the active model's index size (the connection's default above).
-        from knowledge.query_models import search_setup
+        from knowledge.search.setup import search_setup
 
         setup = search_setup(conn)
         settings["hnsw.ef_search"] = str(setup.ef_search)
@@ -424,9 +424,9 @@ def legs_alone(
     index's top-k too (hq_sql_bm25_top, as many as the BM25 index's), its pages warmed up
     first with the `warmup` queries as the service's warm-up does for the others."""
     from embeddings.onnx import load_query_embedder
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_setup
+    from knowledge.db.pools import configure_for_search
     from knowledge.search import bm25_quota, passage_quota
+    from knowledge.search.setup import search_setup
 
     embedder = load_query_embedder(MODEL)
     vectors = [embedder.embed_query(text) for text in queries]
@@ -742,7 +742,7 @@ def main() -> None:
     if not indexes or any(name not in KEYWORD_PATHS for name in indexes):
         parser.error(f"--keyword-indexes: pg_textsearch, sql or both, got {args.keyword_indexes!r}")
 
-    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.db.embedded import EmbeddedPostgres
 
     queries = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))
     server = EmbeddedPostgres(args.data_dir / "pg")

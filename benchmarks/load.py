@@ -17,7 +17,7 @@ in --data-dir.
 Set-ups measured side by side on the same database in one run (--setups; --setup adds more):
 
   unbounded   every search admitted at once (HQ_SEARCH_CONCURRENCY=10000, HQ_SEARCH_QUEUE=0)
-  bounded     the defaults: searches in flight bounded by admission control (knowledge.admission)
+  bounded     the defaults: searches in flight bounded by admission control (knowledge.search.admission)
   batched     the defaults with concurrent queries embedded together, up to 16 in one ONNX
               run (HQ_QUERY_BATCH=16; embeddings.batching)
   before      --before DIR: the service run from another checkout (the code before a change)
@@ -296,8 +296,8 @@ def sample_database(url: str) -> None:
 
     import psycopg
 
-    from knowledge.importer import import_folder, sample_dir
-    from knowledge.migrations import migrate
+    from knowledge.db.migrations import migrate
+    from knowledge.store.importer import import_folder, sample_dir
 
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
@@ -516,7 +516,7 @@ def main() -> None:
     if args.database_url:
         run = measure_all(args.database_url)
     else:
-        from knowledge.embedded import EmbeddedPostgres
+        from knowledge.db.embedded import EmbeddedPostgres
 
         with EmbeddedPostgres(args.data_dir / "pg") as server:
             sample_database(server.url)

@@ -126,7 +126,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.db.embedded import EmbeddedPostgres
 
     dataset = DATASETS / args.dataset
     test = read_qrels(dataset)

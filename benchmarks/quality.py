@@ -9,7 +9,7 @@ GET /search over HTTP in keyword, semantic and hybrid mode. References on the sa
 the same run: bm25s (English stemming and stop words) and exact dense search (numpy over
 the same model's passage embeddings, a document scored by its best passage).
 
---keyword-index compares the keyword paths (knowledge.keyword_index). `pg_textsearch`: the
+--keyword-index compares the keyword paths (knowledge.db.keyword_index). `pg_textsearch`: the
 rows above with HQ_KEYWORD_INDEX=pg_textsearch, every response checked to report keyword
 path `bm25`. `sql`: bm25s, and the keyword and hybrid rows of each path: `bm25` on that
 server; `sql-bm25` on a second embedded server started without pg_textsearch (migrated,
@@ -222,8 +222,8 @@ def server_without_pg_textsearch(data_dir: Path, source: str) -> tuple[Any, str]
     """An embedded server started without pg_textsearch, migrated and filled from database
     `source` (no re-embedding), its HNSW index built and its statistics gathered. Returns
     the server (the caller stops it) and its URL."""
-    from knowledge.embedded import EmbeddedPostgres
-    from knowledge.migrations import migrate
+    from knowledge.db.embedded import EmbeddedPostgres
+    from knowledge.db.migrations import migrate
 
     server = EmbeddedPostgres(data_dir, preload=())
     url = server.start()
@@ -314,9 +314,9 @@ def main() -> None:
     corpus, queries, qrels = load(DATASETS / args.dataset, args.limit_docs)
     print(f"{args.dataset}: {len(corpus)} documents, {len(queries)} judged test queries", flush=True)
 
-    from knowledge.embedded import EmbeddedPostgres
-    from knowledge.importer import import_folder
-    from knowledge.migrations import migrate
+    from knowledge.db.embedded import EmbeddedPostgres
+    from knowledge.db.migrations import migrate
+    from knowledge.store.importer import import_folder
 
     choice = args.keyword_index
     compare = choice in ("sql", "all")

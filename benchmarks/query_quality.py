@@ -47,8 +47,8 @@ def run(
     conn: psycopg.Connection[Any], queries: dict[str, str], vectors: dict[str, np.ndarray[Any, Any]], mode: str
 ) -> tuple[dict[str, list[str]], float]:
     """Each query's first page (corpus ids, best first) and the p50 ms of the search call."""
-    from knowledge.query_models import search_setup
     from knowledge.search import SearchQuery, search
+    from knowledge.search.setup import search_setup
 
     setup = search_setup(conn)
     runs: dict[str, list[str]] = {}
@@ -102,9 +102,9 @@ def main() -> None:
         parser.error("nothing to measure: give --ef and/or --int8")
 
     from embeddings.onnx import OnnxEmbedder
-    from knowledge.keyword_index import repair_bm25_index
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_setup
+    from knowledge.db.keyword_index import repair_bm25_index
+    from knowledge.db.pools import configure_for_search
+    from knowledge.search.setup import search_setup
 
     qrels = read_qrels(DATASETS / args.dataset)
     queries = {q: t for q, t in read_queries(DATASETS / args.dataset).items() if q in qrels}

@@ -38,7 +38,7 @@ DATABASE = "reembed_bench"
 
 def prepare(server_url: str, passages: int) -> str:
     """A fresh database holding `passages` SciFact passages and no vectors."""
-    from knowledge.migrations import migrate
+    from knowledge.db.migrations import migrate
 
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data")
     args = parser.parse_args()
 
-    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.db.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(args.data_dir / "pg")
     server_url = server.start()

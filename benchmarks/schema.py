@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 
-from knowledge.embedded import EmbeddedPostgres
-from knowledge.migrations import bundle, load_migrations, migrate
-from knowledge.schema_check import check_database
+from knowledge.db.embedded import EmbeddedPostgres
+from knowledge.db.migrations import bundle, load_migrations, migrate
+from knowledge.db.schema_check import check_database
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -103,7 +103,7 @@ def real_vectors() -> tuple[Vectors, str]:
 def _from_latency_database() -> Vectors:
     from pgvector.psycopg import register_vector
 
-    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.db.embedded import EmbeddedPostgres
 
     data_dir = Path(__file__).resolve().parent / ".data" / "pg"  # benchmarks/latency.py's server
     if not (data_dir / "pg" / "PG_VERSION").exists():
@@ -217,7 +217,7 @@ def id_sets(ids: np.ndarray[Any, Any]) -> list[set[int]]:
 def start_server(shared_buffers: str) -> tuple[Any, str]:
     """The benchmark's own embedded server, started with `shared_buffers` (the package's
     default of <= 1 GB would not hold a 1M-vector HNSW index), or joined if it runs."""
-    from knowledge import embedded
+    from knowledge.db import embedded
 
     embedded._shared_buffers = lambda: f"-c shared_buffers={shared_buffers}"
     pg = embedded.EmbeddedPostgres(WORK, preload=())

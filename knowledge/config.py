@@ -10,7 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "default_data_dir"]
+__all__ = ["Settings", "default_data_dir", "describe_url"]
+
+
+def describe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def default_data_dir() -> Path:
@@ -46,14 +51,14 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     require_keys: bool = False
-    # The keyword leg's index (knowledge.keyword_index): auto, pg_textsearch or sql.
+    # The keyword leg's index (knowledge.db.keyword_index): auto, pg_textsearch or sql.
     keyword_index: str = "auto"
-    # Streaming replicas of database_url that the API reads from (knowledge.replicas), and how
+    # Streaming replicas of database_url that the API reads from (knowledge.db.replicas), and how
     # far behind the primary, in seconds, a replica may be and still be read.
     read_database_urls: tuple[str, ...] = ()
     read_max_lag: float = 5.0
     # Searches in flight at once, REST and MCP together, and how many more may wait for a
-    # slot before a search is refused with 503 (knowledge.admission); None: from the cores.
+    # slot before a search is refused with 503 (knowledge.search.admission); None: from the cores.
     search_concurrency: int | None = None
     search_queue: int | None = None
     # The query embedder's cache and batch (embeddings.onnx), and where it keeps exported
@@ -99,7 +104,7 @@ class Settings:
 
 
 def _keyword_index(value: str) -> str:
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     word = value.strip().lower() or "auto"
     if word not in ("auto", "pg_textsearch", "sql"):
@@ -117,8 +122,7 @@ def _read_urls(value: str) -> tuple[str, ...]:
     one URL, between the hosts of a multi-host URL, does not separate)."""
     import psycopg
 
-    from .db import describe_url
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     pieces = re.split(r"\s+|,(?=\s*postgres(?:ql)?://)", value)
     urls = tuple(u.strip(",") for u in pieces if u.strip(","))
@@ -139,7 +143,7 @@ def _read_urls(value: str) -> tuple[str, ...]:
 
 
 def _seconds(name: str, value: str, default: float) -> float:
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     if not value.strip():
         return default
@@ -155,7 +159,7 @@ def _seconds(name: str, value: str, default: float) -> float:
 def _embedder_setting(parse: Callable[[str], int], value: str) -> int:
     """A query embedder setting read by its own parser (embeddings.onnx), its ValueError
     turned into InvalidInput."""
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     try:
         return parse(value)
@@ -165,7 +169,7 @@ def _embedder_setting(parse: Callable[[str], int], value: str) -> int:
 
 def _count(name: str, value: str, *, minimum: int) -> int | None:
     """A whole number from `minimum` to 10000, or None when not set."""
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     word = value.strip()
     if not word:
@@ -176,7 +180,7 @@ def _count(name: str, value: str, *, minimum: int) -> int | None:
 
 
 def _flag(name: str, value: str, *, default: bool = False) -> bool:
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     word = value.strip().lower()
     if not word:
@@ -189,7 +193,7 @@ def _flag(name: str, value: str, *, default: bool = False) -> bool:
 
 
 def _port(value: str) -> int:
-    from .errors import InvalidInput
+    from knowledge.errors import InvalidInput
 
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise InvalidInput(f"HQ_PORT must be a port number from 1 to 65535, got {value!r}")

@@ -94,7 +94,7 @@ class ServiceUnavailable(KnowledgeError):
 
 
 class Overloaded(KnowledgeError):
-    """Too many searches at once (knowledge.admission): nothing was done; the same request
+    """Too many searches at once (knowledge.search.admission): nothing was done; the same request
     may succeed after `retry_after` seconds."""
 
     status = 503

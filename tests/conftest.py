@@ -17,8 +17,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
-from knowledge.migrations import load_migrations, migrate
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.migrations import load_migrations, migrate
 
 TEMPLATE = "hq_test_template"
 

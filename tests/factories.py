@@ -12,7 +12,7 @@ from psycopg import sql
 
 from embeddings.model import FakeEmbedder
 from knowledge.ingest.worker import Worker
-from knowledge.query_models import forget_setup
+from knowledge.search.setup import forget_setup
 
 __all__ = ["add_asset", "add_document", "add_folder", "index_with_fake"]
 

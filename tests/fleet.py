@@ -1,5 +1,5 @@
 """Helpers for the read-replica tests: a streaming standby of the session's embedded server, made
-with the wheel's own pg_basebackup and pg_ctl (as the server's user, as knowledge.embedded runs
+with the wheel's own pg_basebackup and pg_ctl (as the server's user, as knowledge.db.embedded runs
 them), and `hq-knowledge` processes started and stopped as a group."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
 
 from .mcp_clients import free_port
 

@@ -1,4 +1,4 @@
-"""Admission control (knowledge.admission) and batched query embedding (embeddings.batching):
+"""Admission control (knowledge.search.admission) and batched query embedding (embeddings.batching):
 a bound on searches in flight with a short queue, 503 past it; concurrent queries embedded in
 one model run, each caller getting its own vector."""
 
@@ -17,10 +17,10 @@ from numpy.typing import NDArray
 
 from embeddings.batching import QueryBatcher
 from embeddings.model import FakeEmbedder
-from knowledge.admission import Admission, admission_for, default_limit, default_queue
 from knowledge.api import create_app
 from knowledge.config import Settings
 from knowledge.errors import InvalidInput, Overloaded
+from knowledge.search.admission import Admission, admission_for, default_limit, default_queue
 
 from .apiclient import local_client
 from .factories import add_document, index_with_fake
@@ -316,7 +316,7 @@ def test_a_search_arriving_idle_has_its_query_embedded_ahead(busy_app: tuple[Tes
     embedder's own thread before the route runs; the search uses that vector (embedded
     once) and answers as it would have. Under load, or in keyword mode, nothing is started."""
     from embeddings.registry import load_model
-    from knowledge.query_models import _last_model
+    from knowledge.search.setup import _last_model
 
     client, adm = busy_app
     assert client.get("/search", params={"q": "refund policy"}).status_code == 200  # the model is known now

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from knowledge.api import create_app
 from knowledge.api.routes.boot import BootBundlePublic
-from knowledge.assets import archive_asset, create_asset, update_asset
-from knowledge.boot import (
+from knowledge.errors import InvalidInput, NotFound
+from knowledge.search.boot import (
     JSON,
     MARKDOWN,
     OVER_BUDGET,
@@ -28,10 +28,10 @@ from knowledge.boot import (
     bundle_markdown,
     default_token_counter,
 )
-from knowledge.documents import archive_document, create_document, update_document
-from knowledge.errors import InvalidInput, NotFound
-from knowledge.folders import create_folder, update_folder
-from knowledge.tags import add_tag, remove_tag
+from knowledge.store.assets import archive_asset, create_asset, update_asset
+from knowledge.store.documents import archive_document, create_document, update_document
+from knowledge.store.folders import create_folder, update_folder
+from knowledge.store.tags import add_tag, remove_tag
 
 from .apiclient import local_client
 
@@ -410,7 +410,7 @@ def test_cli_boot(conn: Conn, db_url: str) -> None:
 def test_the_sample_workspace_has_a_boot_bundle_for_each_agent(conn: psycopg.Connection[Any], db_url: str) -> None:
     """`serve --sample` creates the agents its documents are tagged for: every one of them
     gets a bundle that starts with the boot:all documents and holds its own."""
-    from knowledge.importer import import_folder, import_sample_agents, sample_dir
+    from knowledge.store.importer import import_folder, import_sample_agents, sample_dir
 
     assert import_sample_agents(conn) == 5
     assert import_sample_agents(conn) == 0  # again: nothing new

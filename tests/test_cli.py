@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledge.embedded import postmaster_pid
-from knowledge.migrations import LEDGER
+from knowledge.db.embedded import postmaster_pid
+from knowledge.db.migrations import LEDGER
 
 from .conftest import Server
 from .pgtools import psql_file

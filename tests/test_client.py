@@ -20,17 +20,16 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from embeddings.model import FakeEmbedder
 from knowledge import client as client_module
-from knowledge.agent_ops import read_document
+from knowledge.agents.mcp_server import AGENT_HEADER
+from knowledge.agents.operations import read_document
 from knowledge.api import create_app
 from knowledge.api.routes import agent as agent_routes
-from knowledge.boot import MARKDOWN, boot_bundle, boot_version, bundle_markdown
 from knowledge.client import (
     AsyncKnowledgeClient,
     BootContext,
     KnowledgeClient,
     SavedDocument,
 )
-from knowledge.documents import create_document
 from knowledge.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -40,9 +39,10 @@ from knowledge.errors import (
     ServiceUnavailable,
     TooLarge,
 )
-from knowledge.folders import create_folder
 from knowledge.ingest.worker import Worker
-from knowledge.mcp_server import AGENT_HEADER
+from knowledge.search.boot import MARKDOWN, boot_bundle, boot_version, bundle_markdown
+from knowledge.store.documents import create_document
+from knowledge.store.folders import create_folder
 
 from .apiclient import LOCAL, local_client
 from .factories import add_document, index_with_fake

@@ -25,10 +25,10 @@ from psycopg.rows import dict_row
 
 from embeddings.model import FakeEmbedder
 from knowledge.api import create_app
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.migrations import migrate
 from knowledge.ingest.worker import Worker
-from knowledge.migrations import migrate
-from knowledge.query_models import forget_setup
+from knowledge.search.setup import forget_setup
 
 from .apiclient import local_client, rows_snapshot
 

@@ -13,16 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from knowledge.api import create_app
-from knowledge.documents import (
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.store.documents import (
     create_document,
     get_document,
     list_documents,
     update_document,
     upsert_document_by_source_path,
 )
-from knowledge.errors import Conflict, InvalidInput
-from knowledge.folders import create_folder
-from knowledge.items import ItemFilters
+from knowledge.store.folders import create_folder
+from knowledge.store.items import ItemFilters
 
 from .apiclient import local_client
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
 
 HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from knowledge.embedded import EmbeddedPostgres
+    from knowledge.db.embedded import EmbeddedPostgres
     server = EmbeddedPostgres(Path(sys.argv[1]))
     print(server.start(), flush=True)
     sys.stdin.readline()
@@ -89,9 +89,9 @@ def test_server_without_bm25_still_migrates_and_says_so(tmp_path: Path) -> None:
     """pg_textsearch only loads when preloaded: without it 001 notes the gap, the passages get
     no pg_textsearch index, and `db check` reports the SQL BM25 keyword path. Nothing else is
     missing."""
-    from knowledge.keyword_index import keyword_path
-    from knowledge.migrations import migrate
-    from knowledge.schema_check import check_database
+    from knowledge.db.keyword_index import keyword_path
+    from knowledge.db.migrations import migrate
+    from knowledge.db.schema_check import check_database
 
     with EmbeddedPostgres(tmp_path, preload=()) as server, psycopg.connect(server.url, autocommit=True) as conn:
         result = migrate(conn)

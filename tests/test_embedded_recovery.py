@@ -25,11 +25,11 @@ import psycopg
 import pytest
 
 from knowledge.config import Settings
-from knowledge.db import database
-from knowledge.embedded import postmaster_pid
+from knowledge.db.connect import database
+from knowledge.db.embedded import postmaster_pid
+from knowledge.db.pools import open_search_pool, pooled_connection
 from knowledge.errors import Conflict, DatabaseUnavailable
 from knowledge.health import Health
-from knowledge.pools import open_search_pool, pooled_connection
 
 from .mcp_clients import free_port
 
@@ -121,12 +121,12 @@ def test_keyword_search_works_after_the_watchdog_restarted_the_server(tmp_path: 
     """pg_textsearch forgets its corpus statistics on a restart (BM25 then finds nothing): the
     watchdog rebuilds them once the server is back, before anyone runs a command."""
     from embeddings.model import FakeEmbedder
+    from knowledge.db.keyword_index import BM25_INDEX
+    from knowledge.db.migrations import migrate
+    from knowledge.db.pools import configure_for_search
     from knowledge.ingest.worker import Worker
-    from knowledge.keyword_index import BM25_INDEX
-    from knowledge.migrations import migrate
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_active
     from knowledge.search import SearchQuery
+    from knowledge.search.setup import search_active
 
     health = Health()
     with database(Settings(data_dir=tmp_path), health) as url:

@@ -19,7 +19,7 @@ import psutil
 import psycopg
 import pytest
 
-from knowledge.embedded import EmbeddedPostgres, postmaster_pid
+from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
 from knowledge.errors import DatabaseUnavailable
 
 from .pgtools import pg_bin

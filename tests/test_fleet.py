@@ -18,11 +18,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from embeddings.model import FakeEmbedder
+from knowledge.db.keyword_index import configure_keyword_index
+from knowledge.db.pools import configure_for_search
 from knowledge.ingest.worker import register_model
-from knowledge.keyword_index import configure_keyword_index
-from knowledge.pools import configure_for_search
-from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
+from knowledge.search.setup import forget_setup, search_active
 
 from .conftest import Server
 from .fleet import Processes, Standby, running_standby

@@ -16,7 +16,7 @@ import pytest
 
 from knowledge.api import create_app
 from knowledge.errors import KnowledgeError
-from knowledge.folders import create_folder, delete_folder, get_folder, update_folder
+from knowledge.store.folders import create_folder, delete_folder, get_folder, update_folder
 
 from .apiclient import local_client
 

@@ -22,9 +22,9 @@ from embeddings.model import FakeEmbedder
 from knowledge.api import create_app
 from knowledge.api.routes.folders import FolderTreePublic
 from knowledge.errors import InvalidInput
-from knowledge.folders import MAX_FOLDER_DEPTH, create_folder, update_folder
-from knowledge.importer import import_folder
 from knowledge.ingest.worker import Worker
+from knowledge.store.folders import MAX_FOLDER_DEPTH, create_folder, update_folder
+from knowledge.store.importer import import_folder
 
 from .apiclient import error_message as message
 from .apiclient import local_client, rows_snapshot

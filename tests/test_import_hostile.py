@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import yaml
 
-from knowledge.importer import MAX_FRONT_MATTER_BYTES, import_folder
+from knowledge.store.importer import MAX_FRONT_MATTER_BYTES, import_folder
 
 Conn = psycopg.Connection[dict[str, Any]]
 

@@ -11,11 +11,11 @@ import anyio
 import psycopg
 import pytest
 
-from knowledge.boot import MARKDOWN, boot_bundle, bundle_markdown, default_token_counter
-from knowledge.documents import create_document, update_document
-from knowledge.folders import create_folder
-from knowledge.importer import import_folder, import_sample_agents, sample_dir
-from knowledge.mcp_server import SEARCH_ANSWER_TOKENS
+from knowledge.agents.mcp_server import SEARCH_ANSWER_TOKENS
+from knowledge.search.boot import MARKDOWN, boot_bundle, bundle_markdown, default_token_counter
+from knowledge.store.documents import create_document, update_document
+from knowledge.store.folders import create_folder
+from knowledge.store.importer import import_folder, import_sample_agents, sample_dir
 
 from .factories import add_document, index_with_fake
 from .mcp_clients import http_service, mcp_client, structured, text

@@ -13,7 +13,7 @@ import pytest
 
 from embeddings.model import SentenceTransformerEmbedder
 from knowledge.ingest.worker import Worker
-from knowledge.query_models import forget_setup
+from knowledge.search.setup import forget_setup
 
 from .factories import add_document
 from .mcp_clients import http_service, mcp_client, structured, text

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from knowledge.db.migrations import LEDGER, bundle, load_migrations, migrate, migrations_dir
+from knowledge.db.schema_check import PRIVATE_TABLES, TABLES, check_database
 from knowledge.errors import MigrationError
-from knowledge.migrations import LEDGER, bundle, load_migrations, migrate, migrations_dir
-from knowledge.schema_check import PRIVATE_TABLES, TABLES, check_database
 
 from .conftest import Server
 from .pgtools import psql_file, schema_dump

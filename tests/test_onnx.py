@@ -259,7 +259,7 @@ def test_export_onnx_writes_a_whole_model_into_any_directory(tmp_path: Path) -> 
 
 
 def test_default_cache_dir_follows_hq_data_dir(tmp_path: Path) -> None:
-    from knowledge.cli import apply_settings
+    from knowledge.cli.main import apply_settings
     from knowledge.config import Settings
 
     assert query_settings.default_cache_dir().name == "hq-knowledge"

@@ -75,7 +75,7 @@ def test_the_documented_patterns_are_the_checks(client: TestClient) -> None:
     """The tag and title patterns accept exactly what the service accepts, character by
     character over the Basic Multilingual Plane (the rest is checked in test_hostile_input)."""
     from knowledge.errors import InvalidInput
-    from knowledge.validation import check_name, normalize_tag
+    from knowledge.store.validation import check_name, normalize_tag
 
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     tag = re.compile(schemas["DocumentCreate"]["properties"]["tags"]["items"]["pattern"])

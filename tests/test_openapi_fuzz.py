@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledge.importer import import_folder, import_sample_agents, sample_dir
-from knowledge.keys import create_key
+from knowledge.store.importer import import_folder, import_sample_agents, sample_dir
+from knowledge.store.keys import create_key
 
 from .mcp_clients import http_service
 

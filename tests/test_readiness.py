@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from knowledge.api import AccessPolicy, create_app
-from knowledge.cli import main
+from knowledge.cli.main import main
+from knowledge.db.readiness import check_readiness
 from knowledge.errors import DatabaseUnavailable
 from knowledge.health import Health
-from knowledge.readiness import check_readiness
 
 from .apiclient import local_client
 from .mcp_clients import free_port, http_service

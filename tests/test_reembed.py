@@ -27,11 +27,11 @@ from embeddings.model import FakeEmbedder, Vectors
 from embeddings.registry import resolve_model
 from knowledge.api import create_app
 from knowledge.errors import Conflict
+from knowledge.ingest.embedding_models import activate_model, drop_model, list_models
+from knowledge.ingest.reembed_jobs import Selection, get_job, start_job
 from knowledge.ingest.reembedder import ReembedRunner
 from knowledge.ingest.worker import Worker
-from knowledge.models import activate_model, drop_model, list_models
-from knowledge.query_models import forget_setup
-from knowledge.reembed import Selection, get_job, start_job
+from knowledge.search.setup import forget_setup
 
 from .apiclient import local_client
 
@@ -558,10 +558,10 @@ def test_alongside_the_live_worker_and_edits(conn: Conn, db_url: str) -> None:
 
 
 def test_ef_search_follows_the_size_of_the_index(conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from knowledge import models
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_active
+    from knowledge.db.pools import configure_for_search
+    from knowledge.ingest import embedding_models as models
     from knowledge.search import SearchQuery
+    from knowledge.search.setup import search_active
 
     build_base(conn, db_url, docs=10)  # 100 vectors
     conn.execute("ANALYZE chunk_embeddings")

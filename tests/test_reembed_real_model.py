@@ -15,10 +15,10 @@ import pytest
 
 from embeddings.model import SentenceTransformerEmbedder
 from knowledge.api import create_app
-from knowledge.importer import import_folder, sample_dir
+from knowledge.ingest.embedding_models import list_models
 from knowledge.ingest.worker import Worker
-from knowledge.models import list_models
-from knowledge.query_models import forget_setup
+from knowledge.search.setup import forget_setup
+from knowledge.store.importer import import_folder, sample_dir
 
 from .apiclient import local_client
 

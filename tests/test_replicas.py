@@ -1,7 +1,7 @@
 """Read replicas against a real primary (the session's embedded server) and a real streaming
 standby of it (pg_basebackup -R): reads go to the standby and writes to the primary, a lagging
 or dead standby is skipped without a 5xx, and a write's WAL position makes the writer's next
-reads see it (knowledge.replicas, knowledge.api.reads)."""
+reads see it (knowledge.db.replicas, knowledge.api.reads)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,16 @@ from mcp_types import CallToolResult
 from psycopg.conninfo import conninfo_to_dict
 
 from embeddings.model import FakeEmbedder
+from knowledge.agents.mcp_server import build_mcp_server
 from knowledge.api import create_app
 from knowledge.api.deps import ReadConn
 from knowledge.client import AsyncKnowledgeClient, KnowledgeClient
 from knowledge.config import Settings
+from knowledge.db.replicas import ReadRouter
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.ingest.worker import Worker
 from knowledge.lsn import format_lsn, parse_lsn
-from knowledge.mcp_server import build_mcp_server
-from knowledge.query_models import forget_setup
-from knowledge.replicas import ReadRouter
+from knowledge.search.setup import forget_setup
 
 from .apiclient import LOCAL, local_client
 from .conftest import Server

@@ -13,16 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embeddings.model import FakeEmbedder
-from knowledge import models
 from knowledge.api import create_app
 from knowledge.config import Settings
-from knowledge.embedded import EmbeddedPostgres
+from knowledge.db.embedded import EmbeddedPostgres
+from knowledge.db.migrations import migrate
+from knowledge.db.pools import configure_for_search
 from knowledge.errors import InvalidInput
+from knowledge.ingest import embedding_models as models
 from knowledge.ingest.worker import Worker
-from knowledge.migrations import migrate
-from knowledge.pools import configure_for_search
-from knowledge.query_models import forget_setup, search_active
 from knowledge.search import SearchQuery
+from knowledge.search.setup import forget_setup, search_active
 
 from .apiclient import local_client
 from .factories import add_asset, add_document, add_folder, index_with_fake
@@ -256,7 +256,7 @@ def test_bad_input_is_a_clear_4xx_and_odd_queries_are_sane(client: TestClient, c
 
 
 def test_source_path_of_imported_documents(conn: Conn, db_url: str, tmp_path: Path) -> None:
-    from knowledge.importer import import_folder
+    from knowledge.store.importer import import_folder
 
     (tmp_path / "kb").mkdir()
     (tmp_path / "kb" / "vat.md").write_text("# VAT rules\n\nInvoices to EU companies carry reverse-charge VAT.\n")
@@ -293,7 +293,7 @@ def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
 def test_sql_keyword_index_chosen_by_setting_ranks_like_pg_textsearch(
     conn: Conn, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from knowledge.cli import apply_settings
+    from knowledge.cli.main import apply_settings
 
     """HQ_KEYWORD_INDEX=sql on a server with pg_textsearch: the same ranking from the tables."""
     for title, text, tags in DOCS:
@@ -362,7 +362,7 @@ def test_sql_keyword_index_survives_a_server_restart(tmp_path: Path) -> None:
 def test_keyword_search_survives_a_server_restart(tmp_path: Path) -> None:
     """pg_textsearch 1.0 forgets its corpus statistics on restart (BM25 then finds nothing);
     the start-up repair rebuilds the index, once."""
-    from knowledge.keyword_index import repair_bm25_index
+    from knowledge.db.keyword_index import repair_bm25_index
 
     server = EmbeddedPostgres(tmp_path)
     server.start()
@@ -395,7 +395,7 @@ def test_keyword_search_survives_deleted_passages_and_a_restart(tmp_path: Path) 
     that serve, the worker and the CLI run at start rebuilds it."""
     import random
 
-    from knowledge.keyword_index import repair_bm25_index
+    from knowledge.db.keyword_index import repair_bm25_index
 
     rng = random.Random(3)
     words = ["refund", "discount", "invoice", "approval", "annual", "plan", "policy", "ledger"]
@@ -457,8 +457,8 @@ def test_a_bm25_index_that_rebuilding_does_not_mend_is_left_until_the_server_res
     """When the BM25 index is still broken after its rebuilds (pg_textsearch 1.0 once kept a
     few passages through every REINDEX until the server restarted), searches take the SQL
     keyword index until the server restarts, and say so."""
-    from knowledge import keyword_index
-    from knowledge.keyword_index import keyword_path, repair_bm25_index
+    from knowledge.db import keyword_index
+    from knowledge.db.keyword_index import keyword_path, repair_bm25_index
 
     server = EmbeddedPostgres(tmp_path)
     server.start()
@@ -497,10 +497,10 @@ def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
     """On the embedded server, a BM25 index that rebuilding does not mend (pg_textsearch 1.0
     until the server restarts, here made so for the first server only) gets the server
     restarted at start, once: searches then use BM25."""
-    from knowledge import keyword_index
     from knowledge.config import Settings
-    from knowledge.db import database
-    from knowledge.embedded import postmaster_pid
+    from knowledge.db import keyword_index
+    from knowledge.db.connect import database
+    from knowledge.db.embedded import postmaster_pid
 
     server = EmbeddedPostgres(tmp_path)
     server.start()
@@ -534,7 +534,7 @@ def test_serve_restarts_its_embedded_server_when_rebuilding_does_not_mend_bm25(
 def test_a_sound_bm25_index_is_left_alone_whatever_its_first_words(conn: Conn, db_url: str) -> None:
     """The repair's probe searches a word of a passage: a stop word would find nothing and
     have a sound index rebuilt at every start."""
-    from knowledge.keyword_index import keyword_path, repair_bm25_index
+    from knowledge.db.keyword_index import keyword_path, repair_bm25_index
 
     add_document(conn, "With", "This is what they were about to have: refunds.", [])
     for title, text, tags in DOCS:
@@ -569,9 +569,9 @@ def test_prepared_statements_answer_as_statements_planned_each_time(conn: Conn, 
     """Unfiltered searches are prepared once per connection and, after five runs, run on a
     generic plan; each answers exactly as a statement planned for its own values. Filtered
     searches are never prepared."""
-    from knowledge.pools import configure_for_search
-    from knowledge.query_models import search_active
+    from knowledge.db.pools import configure_for_search
     from knowledge.search import MODES, SearchQuery
+    from knowledge.search.setup import search_active
 
     for title, text, tags in DOCS:
         add_document(conn, title, text, tags)

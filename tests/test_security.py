@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 
 from knowledge.api import AccessPolicy, create_app
 from knowledge.client import KnowledgeClient
-from knowledge.documents import create_document
 from knowledge.errors import Forbidden, Unauthorized
-from knowledge.keys import SCOPES, create_key, revoke_key
+from knowledge.store.documents import create_document
+from knowledge.store.keys import SCOPES, create_key, revoke_key
 
 from .apiclient import LOCAL, local_client
 from .mcp_clients import free_port, http_service, mcp_client, structured, text

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from knowledge.api import create_app
-from knowledge.importer import import_folder, sample_dir
 from knowledge.search.snippets import FRAGMENT_CHARS, Highlighter, plain_text
+from knowledge.store.importer import import_folder, sample_dir
 
 from .apiclient import local_client
 from .factories import add_document, index_with_fake

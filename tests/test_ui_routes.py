@@ -9,11 +9,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from knowledge.admission import default_limit, default_queue
 from knowledge.api import create_app
-from knowledge.assets import create_asset
-from knowledge.documents import archive_document, create_document
-from knowledge.keyword_index import keyword_path
+from knowledge.db.keyword_index import keyword_path
+from knowledge.search.admission import default_limit, default_queue
+from knowledge.store.assets import create_asset
+from knowledge.store.documents import archive_document, create_document
 
 from .apiclient import local_client
 

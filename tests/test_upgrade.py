@@ -25,7 +25,7 @@ import httpx
 import psycopg
 import pytest
 
-from knowledge.migrations import (
+from knowledge.db.migrations import (
     applied_migrations,
     current_release,
     database_release,
@@ -34,7 +34,7 @@ from knowledge.migrations import (
     migrate,
     migrations_dir,
 )
-from knowledge.schema_check import check_database
+from knowledge.db.schema_check import check_database
 
 from .conftest import Server
 from .mcp_clients import free_port

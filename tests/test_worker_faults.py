@@ -21,14 +21,14 @@ import pytest
 from psycopg.rows import dict_row
 
 from embeddings.model import FakeEmbedder
-from knowledge.embedded import EmbeddedPostgres
+from knowledge.db.embedded import EmbeddedPostgres
+from knowledge.db.migrations import migrate
+from knowledge.db.pools import configure_for_search
 from knowledge.health import Health
 from knowledge.ingest.leases import node_name
 from knowledge.ingest.worker import Worker
-from knowledge.migrations import migrate
-from knowledge.pools import configure_for_search
-from knowledge.query_models import search_active
 from knowledge.search import SearchQuery
+from knowledge.search.setup import search_active
 
 from .factories import add_document
 from .test_worker import statuses
@@ -358,7 +358,7 @@ def test_a_non_transient_database_error_stops_the_worker(conn: Conn, db_url: str
 BROKEN_WORKER = textwrap.dedent("""
     import sys
     from knowledge.ingest.worker import Worker
-    from knowledge.cli import main
+    from knowledge.cli.main import main
 
     def broken(self, records):
         raise TypeError("unsupported operand type(s)")
@@ -414,7 +414,7 @@ def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> 
 PRIORITY_PROBE = textwrap.dedent("""
     import os, sys, threading
     from knowledge.ingest.worker import Worker
-    from knowledge.cli import main
+    from knowledge.cli.main import main
 
     def probe(self, records):
         main_nice = os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id)
@@ -439,7 +439,7 @@ def test_serve_runs_its_worker_below_the_searches_cpu_priority(conn: Conn, db_ur
 
 
 def _embedded_beyond(conn: Conn, job_id: Any, done: int) -> Callable[[], bool]:
-    from knowledge.reembed import get_job
+    from knowledge.ingest.reembed_jobs import get_job
 
     return lambda: get_job(conn, job_id).embedded > done
 
@@ -448,8 +448,8 @@ def test_reembed_runner_survives_its_connection_being_terminated(
     conn: Conn, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from embeddings.registry import resolve_model
+    from knowledge.ingest.reembed_jobs import Selection, get_job, start_job
     from knowledge.ingest.reembedder import ReembedRunner
-    from knowledge.reembed import Selection, get_job, start_job
 
     from .test_reembed import NEW, SlowFake, build_base
 

@@ -11,16 +11,10 @@ from fastapi.responses import JSONResponse
 from mcp.server.transport_security import TransportSecuritySettings
 
 from embeddings.onnx import report_searches_in_flight
-
-from .. import __version__
-from ..admission import Admission, admission_for
-from ..errors import KnowledgeError
-from ..health import Health
-from ..pools import open_search_pool
-from ..replicas import ReadRouter
-from .openapi import MethodTable, document_errors
-from .reads import ReadRouting
-from .routes import (
+from knowledge import __version__
+from knowledge.api.openapi import MethodTable, document_errors
+from knowledge.api.reads import ReadRouting
+from knowledge.api.routes import (
     agent,
     agents,
     assets,
@@ -34,9 +28,14 @@ from .routes import (
     tags,
     ui,
 )
-from .routes import health as health_routes
-from .security import AccessPolicy, Gate, authorize, is_public
-from .shedding import Shedding
+from knowledge.api.routes import health as health_routes
+from knowledge.api.security import AccessPolicy, Gate, authorize, is_public
+from knowledge.api.shedding import Shedding
+from knowledge.db.pools import open_search_pool
+from knowledge.db.replicas import ReadRouter
+from knowledge.errors import KnowledgeError
+from knowledge.health import Health
+from knowledge.search.admission import Admission, admission_for
 
 __all__ = ["AccessPolicy", "create_app"]
 
@@ -64,14 +63,14 @@ def create_app(
 
     `read_urls`: streaming replicas of `database_url` (HQ_READ_DATABASE_URL), each with a pool
     of its own, that searches, boot bundles and the GET routes of documents, assets, folders
-    and tags read from while they lag at most `read_max_lag` seconds (knowledge.replicas,
+    and tags read from while they lag at most `read_max_lag` seconds (knowledge.db.replicas,
     knowledge.api.reads); writes and everything else stay on the primary.
 
-    `admission`: the bound on searches in flight, REST and MCP together (knowledge.admission);
+    `admission`: the bound on searches in flight, REST and MCP together (knowledge.search.admission);
     by default two per core with two waiting places per slot. `prepared_statements` False:
     nothing is prepared on its connections (HQ_PREPARED_STATEMENTS=0, for a pooler in
     transaction mode)."""
-    from ..mcp_server import build_mcp_server
+    from knowledge.agents.mcp_server import build_mcp_server
 
     policy = access or AccessPolicy.for_bind(host, port)
     admission = admission or admission_for()

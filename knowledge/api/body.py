@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import Message
 
-from ..errors import InvalidInput, TooLarge
-from ..validation import MAX_CONTENT_BYTES
+from knowledge.errors import InvalidInput, TooLarge
+from knowledge.store.validation import MAX_CONTENT_BYTES
 
 __all__ = ["MAX_BODY_BYTES", "CheckedBodyRoute"]
 

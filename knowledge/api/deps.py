@@ -10,13 +10,13 @@ from uuid import UUID
 import psycopg
 from fastapi import Depends, Query, Request
 
-from ..errors import Forbidden, InvalidInput
-from ..items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
-from ..keys import caller_of
-from ..pools import pooled_connection
-from ..replicas import ReadRouter
-from .fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
-from .reads import Reads, read_target, required_lsn, routing_of
+from knowledge.api.fields import FOLDER_ID, FOLDER_ID_PATTERN, TAG
+from knowledge.api.reads import Reads, read_target, required_lsn, routing_of
+from knowledge.db.pools import pooled_connection
+from knowledge.db.replicas import ReadRouter
+from knowledge.errors import Forbidden, InvalidInput
+from knowledge.store.items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
+from knowledge.store.keys import caller_of
 
 __all__ = [
     "BY_AGENT_RULE",

@@ -1,7 +1,7 @@
 """What the API's checks accept, said in its OpenAPI document: the patterns and lengths of tags,
 titles, names and slugs, and the fields that may be left out but not sent as null.
 
-The checks themselves stay in knowledge.validation, knowledge.boot and knowledge.versions, with
+The checks themselves stay in knowledge.store.validation, knowledge.search.boot and knowledge.store.versions, with
 their messages; these rules only describe them (`json_schema_extra`), so that a client generated
 from the document, or a fuzzer, sends what the service takes. A rule is applied to the string
 schema wherever it sits: alone, as the items of a list, or inside `anyOf` with null.
@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ..validation import MAX_TAG_CHARS, char_class, name_pattern, tag_pattern
+from knowledge.store.validation import MAX_TAG_CHARS, char_class, name_pattern, tag_pattern
 
 __all__ = [
     "COMPONENTS",
@@ -79,7 +79,7 @@ FOLDER_ID_PATTERN = "^(root|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9
 FOLDER_ID = string_rule(pattern=FOLDER_ID_PATTERN)
 """A folder's UUID or `root`."""
 IF_MATCH = string_rule(pattern='^[ \\t]*(\\*|(W/)?"[^"]*"([ \\t]*,[ \\t]*(W/)?"[^"]*")*)[ \\t]*$')
-"""`*` or comma-separated entity tags, spaces and tabs around them (knowledge.versions)."""
+"""`*` or comma-separated entity tags, spaces and tabs around them (knowledge.store.versions)."""
 
 
 def name(max_chars: int, *, also: str = "") -> Callable[[Schema], None]:

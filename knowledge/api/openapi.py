@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .fields import COMPONENTS, drop_null
+from knowledge.api.fields import COMPONENTS, drop_null
 
 __all__ = ["ERROR_SCHEMA", "MethodTable", "document_errors"]
 

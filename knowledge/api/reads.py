@@ -25,9 +25,9 @@ from fastapi import Request
 from psycopg.pq import TransactionStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import KnowledgeError, first_line
-from ..lsn import parse_lsn
-from ..replicas import ReadRouter
+from knowledge.db.replicas import ReadRouter
+from knowledge.errors import KnowledgeError, first_line
+from knowledge.lsn import parse_lsn
 
 __all__ = ["WRITE_LSN_COOKIE", "WRITE_LSN_HEADER", "ReadRouting", "Reads", "Routing", "read_target", "routing_of"]
 

@@ -33,10 +33,10 @@ from psycopg_pool import ConnectionPool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Forbidden, KnowledgeError, Unauthorized
-from ..keys import CALLER_KEY, Caller, allows, caller_of, identify
-from ..keys import Scope as KeyScope
-from ..pools import pooled_connection
+from knowledge.db.pools import pooled_connection
+from knowledge.errors import Forbidden, KnowledgeError, Unauthorized
+from knowledge.store.keys import CALLER_KEY, Caller, allows, caller_of, identify
+from knowledge.store.keys import Scope as KeyScope
 
 __all__ = [
     "MAX_HEADER_BYTES",

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..admission import Admission
-from ..errors import InvalidInput, Overloaded
-from ..query_models import embed_ahead
-from ..search import SearchQuery
-from .security import refuse
+from knowledge.api.security import refuse
+from knowledge.errors import InvalidInput, Overloaded
+from knowledge.search import SearchQuery
+from knowledge.search.admission import Admission
+from knowledge.search.setup import embed_ahead
 
 log = logging.getLogger("hq_knowledge.api")
 

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import httpx
 
-from .calls import (
+from knowledge.client.calls import (
     AGENT_HEADER,
     DEFAULT_URL,
     WRITE_LSN_HEADER,

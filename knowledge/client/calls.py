@@ -13,7 +13,7 @@ from uuid import UUID
 
 import httpx
 
-from ..errors import (
+from knowledge.errors import (
     Conflict,
     DatabaseUnavailable,
     Forbidden,
@@ -24,7 +24,7 @@ from ..errors import (
     TooLarge,
     Unauthorized,
 )
-from ..lsn import parse_lsn
+from knowledge.lsn import parse_lsn
 
 __all__ = [
     "AGENT_HEADER",

@@ -18,14 +18,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from embeddings.tokens import TokenCounter, load_tokenizer_counter
-
-from .markdown_blocks import (
-    Section,
-    parse_sections,
-    split_levels,
-    split_span,
-    strip_span,
-)
+from knowledge.ingest.markdown_blocks import Section, parse_sections, split_levels, split_span, strip_span
 
 __all__ = ["Chunk", "chunk_markdown", "load_tokenizer_counter", "passage_hash"]
 

@@ -19,8 +19,8 @@ from bs4.builder import HTMLTreeBuilder
 from bs4.element import NavigableString, Tag
 from markdownify import ATX, MarkdownConverter
 
-from .errors import ExtractError
-from .tiptap import elide_data_url, fence_for, tiptap_to_markdown, validate_tiptap
+from knowledge.ingest.errors import ExtractError
+from knowledge.ingest.tiptap import elide_data_url, fence_for, tiptap_to_markdown, validate_tiptap
 
 __all__ = [
     "MAX_HTML_DEPTH",

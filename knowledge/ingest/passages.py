@@ -14,8 +14,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .chunking import Chunk
-from .queue import Kind
+from knowledge.ingest.chunking import Chunk
+from knowledge.ingest.queue import Kind
 
 __all__ = ["stored_vectors", "write_passages"]
 

@@ -11,10 +11,9 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from embeddings.model import Embedder
-
-from . import queue
-from .chunking import Chunk, chunk_markdown, passage_hash
-from .extract import asset_markdown, document_markdown
+from knowledge.ingest import queue
+from knowledge.ingest.chunking import Chunk, chunk_markdown, passage_hash
+from knowledge.ingest.extract import asset_markdown, document_markdown
 
 __all__ = ["Record", "WorkerStats", "register_model"]
 

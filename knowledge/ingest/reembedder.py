@@ -1,4 +1,4 @@
-"""The re-embed runner: works off a re-embed job's items (knowledge/reembed.py).
+"""The re-embed runner: works off a re-embed job's items (knowledge/ingest/reembed_jobs.py).
 
 Each round is one transaction: claim up to `batch` of the job's open items with FOR UPDATE
 SKIP LOCKED, lock their passages FOR KEY SHARE (an edit deleting one waits for the round),
@@ -26,13 +26,12 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
 from embeddings.model import Embedder
-
-from ..dberrors import is_transient
-from ..errors import Conflict
-from ..models import activate_model
-from ..reembed import ReembedJob, get_job, sweep
-from .chunking import passage_hash
-from .outage import Outage
+from knowledge.db.errors import is_transient
+from knowledge.errors import Conflict
+from knowledge.ingest.chunking import passage_hash
+from knowledge.ingest.embedding_models import activate_model
+from knowledge.ingest.outage import Outage
+from knowledge.ingest.reembed_jobs import ReembedJob, get_job, sweep
 
 __all__ = ["ReembedRunner", "RunStats"]
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ExtractError
+from knowledge.ingest.errors import ExtractError
 
 __all__ = ["MAX_DEPTH", "elide_data_url", "fence_for", "tiptap_depth", "tiptap_to_markdown", "validate_tiptap"]
 

@@ -32,16 +32,15 @@ from psycopg.rows import dict_row
 
 from embeddings.model import Embedder
 from embeddings.registry import active_spec
-
-from ..dberrors import is_transient
-from ..health import Health
-from ..keyword_index import repair_bm25_index
-from . import queue
-from .chunking import passage_hash
-from .leases import dead_owners, new_owner, node_name
-from .outage import Outage, describe
-from .passages import stored_vectors, write_passages
-from .records import Record, WorkerStats, register_model
+from knowledge.db.errors import is_transient
+from knowledge.db.keyword_index import repair_bm25_index
+from knowledge.health import Health
+from knowledge.ingest import queue
+from knowledge.ingest.chunking import passage_hash
+from knowledge.ingest.leases import dead_owners, new_owner, node_name
+from knowledge.ingest.outage import Outage, describe
+from knowledge.ingest.passages import stored_vectors, write_passages
+from knowledge.ingest.records import Record, WorkerStats, register_model
 
 __all__ = ["Worker", "WorkerStats", "register_model"]  # the last two from .records
 

@@ -1,6 +1,6 @@
 """Hybrid search over documents and assets: a semantic leg (HNSW over passage embeddings of
 the active model), a keyword leg (BM25 through pg_textsearch where installed, else BM25 from
-the SQL keyword index's tables: knowledge.keyword_index), fused per item by weighted
+the SQL keyword index's tables: knowledge.db.keyword_index), fused per item by weighted
 reciprocal rank.
 
 - `query`: what a search asks for (SearchQuery, checked) and what it answers (SearchResult);
@@ -10,7 +10,7 @@ reciprocal rank.
 - `snippets`: each hit's snippet, made from its best passage.
 """
 
-from .query import (
+from knowledge.search.query import (
     ASSET_TYPES,
     EXACT_SCAN_BELOW,
     MAX_LIMIT,
@@ -23,7 +23,7 @@ from .query import (
     SearchQuery,
     SearchResult,
 )
-from .run import bm25_quota, passage_quota, search
+from knowledge.search.run import bm25_quota, passage_quota, search
 
 __all__ = [
     "ASSET_TYPES",

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ..assets import ASSET_TYPES
-from ..errors import InvalidInput
+from knowledge.errors import InvalidInput
+from knowledge.store.assets import ASSET_TYPES
 
 __all__ = [
     "ASSET_TYPES",

@@ -12,11 +12,18 @@ import psycopg
 from psycopg.rows import class_row
 
 from embeddings.registry import active_spec
-
-from ..errors import InvalidInput
-from .query import EXACT_SCAN_BELOW, MAX_PASSAGES, ModelSwitched, Passage, SearchHit, SearchQuery, SearchResult
-from .snippets import Highlighter
-from .statement import Literals, Row, filters, statement
+from knowledge.errors import InvalidInput
+from knowledge.search.query import (
+    EXACT_SCAN_BELOW,
+    MAX_PASSAGES,
+    ModelSwitched,
+    Passage,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+)
+from knowledge.search.snippets import Highlighter
+from knowledge.search.statement import Literals, Row, filters, statement
 
 __all__ = ["bm25_quota", "passage_quota", "search"]
 

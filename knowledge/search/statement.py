@@ -14,8 +14,7 @@ from typing import Any
 from psycopg import sql
 
 from embeddings.registry import ACTIVE_MODEL
-
-from .query import SearchQuery
+from knowledge.search.query import SearchQuery
 
 __all__ = ["Filters", "Literals", "Row", "filters", "statement"]
 
@@ -252,7 +251,7 @@ def _kept(row_filter: sql.Composable, narrowing: bool) -> sql.Composable:
 def _keyword_leg(
     path: str, row_filter: sql.Composable, explain: bool, narrowing: bool, values: Literals
 ) -> sql.Composable:
-    """The keyword leg of `path` (knowledge.keyword_index): bm25, sql-bm25 or ts."""
+    """The keyword leg of `path` (knowledge.db.keyword_index): bm25, sql-bm25 or ts."""
     if path == "bm25":
         return _bm25_leg(row_filter, explain, narrowing, values)
     if path == "sql-bm25":

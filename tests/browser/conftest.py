@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from knowledge.assets import create_asset
-from knowledge.importer import import_folder, import_sample_agents, sample_dir
+from knowledge.store.assets import create_asset
+from knowledge.store.importer import import_folder, import_sample_agents, sample_dir
 
 from ..conftest import Server, _own_bm25_index
 from ..factories import index_with_fake

@@ -36,7 +36,7 @@ except ImportError:  # the conftest's `browser` says the same for each test
 
 from embeddings.model import FakeEmbedder
 from knowledge.ingest.worker import Worker
-from knowledge.keys import create_key
+from knowledge.store.keys import create_key
 
 from ..mcp_clients import http_service
 from .conftest import FAILED_ERROR, Site

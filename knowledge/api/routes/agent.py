@@ -11,22 +11,22 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...agent_ops import (
+from knowledge.agents.operations import (
     knowledge_overview,
     read_document,
     save_markdown_document,
     update_markdown_document,
 )
-from ...boot import MAX_TOKENS_LIMIT, SLUG_RULE, check_slug
-from ...documents import MAX_TITLE_CHARS, lock_document
-from ...errors import InvalidInput
-from ...keys import caller_of
-from ...validation import folder_path_pattern
-from ...versions import version_of
-from ..body import CheckedBodyRoute
-from ..deps import Conn, ReadConn
-from ..fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
-from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
+from knowledge.api.body import CheckedBodyRoute
+from knowledge.api.deps import Conn, ReadConn
+from knowledge.api.fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
+from knowledge.api.routes.documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
+from knowledge.errors import InvalidInput
+from knowledge.search.boot import MAX_TOKENS_LIMIT
+from knowledge.store.documents import MAX_TITLE_CHARS, lock_document
+from knowledge.store.keys import caller_of
+from knowledge.store.validation import SLUG_RULE, check_slug, folder_path_pattern
+from knowledge.store.versions import version_of
 
 router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from ...agents import list_agents
-from ..deps import Conn
+from knowledge.agents.roster import list_agents
+from knowledge.api.deps import Conn
 
 router = APIRouter(tags=["agents"])
 

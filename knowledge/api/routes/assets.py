@@ -9,7 +9,11 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...assets import (
+from knowledge.api.body import MAX_BODY_BYTES, CheckedBodyRoute
+from knowledge.api.deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
+from knowledge.api.fields import JSON_OBJECT, TAG, TEXT, name, no_null
+from knowledge.api.routes.documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
+from knowledge.store.assets import (
     MAX_NAME_CHARS,
     MAX_SHORT_TEXT_CHARS,
     MAX_SIZE_BYTES,
@@ -24,11 +28,7 @@ from ...assets import (
     unarchive_asset,
     update_asset,
 )
-from ...validation import MAX_CONTENT_BYTES, TAG_RULE
-from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
-from ..fields import JSON_OBJECT, TAG, TEXT, name, no_null
-from .documents import DELETE_RESPONSES, ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
+from knowledge.store.validation import MAX_CONTENT_BYTES, TAG_RULE
 
 router = APIRouter(prefix="/assets", tags=["assets"], route_class=CheckedBodyRoute)
 

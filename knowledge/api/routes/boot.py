@@ -11,19 +11,12 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ...boot import (
-    JSON,
-    MARKDOWN,
-    MAX_TOKENS_LIMIT,
-    SLUG_RULE,
-    boot_bundle,
-    boot_version,
-    bundle_markdown,
-)
-from ...errors import Forbidden
-from ...keys import caller_of
-from ..deps import ReadConn
-from ..fields import SLUG
+from knowledge.api.deps import ReadConn
+from knowledge.api.fields import SLUG
+from knowledge.errors import Forbidden
+from knowledge.search.boot import JSON, MARKDOWN, MAX_TOKENS_LIMIT, boot_bundle, boot_version, bundle_markdown
+from knowledge.store.keys import caller_of
+from knowledge.store.validation import SLUG_RULE
 
 router = APIRouter(tags=["boot"])
 

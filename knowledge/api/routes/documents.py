@@ -10,7 +10,10 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...documents import (
+from knowledge.api.body import MAX_BODY_BYTES, CheckedBodyRoute
+from knowledge.api.deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
+from knowledge.api.fields import IF_MATCH, JSON_OBJECT, TAG, TEXT, TIPTAP, combined, content_formats, name, no_null
+from knowledge.store.documents import (
     MAX_TITLE_CHARS,
     ContentFormat,
     Document,
@@ -23,20 +26,7 @@ from ...documents import (
     unarchive_document,
     update_document,
 )
-from ...validation import MAX_CONTENT_BYTES, TAG_RULE
-from ..body import MAX_BODY_BYTES, CheckedBodyRoute
-from ..deps import BY_AGENT_RULE, Conn, Filters, ReadConn, Writer
-from ..fields import (
-    IF_MATCH,
-    JSON_OBJECT,
-    TAG,
-    TEXT,
-    TIPTAP,
-    combined,
-    content_formats,
-    name,
-    no_null,
-)
+from knowledge.store.validation import MAX_CONTENT_BYTES, TAG_RULE
 
 router = APIRouter(prefix="/documents", tags=["documents"], route_class=CheckedBodyRoute)
 

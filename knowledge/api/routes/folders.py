@@ -20,7 +20,11 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...folders import (
+from knowledge.api.body import CheckedBodyRoute
+from knowledge.api.deps import ReadConn
+from knowledge.api.fields import name, no_null
+from knowledge.db.pools import pooled_connection
+from knowledge.store.folders import (
     MAX_FOLDER_DEPTH,
     MAX_FOLDER_NAME_CHARS,
     FolderNode,
@@ -31,11 +35,7 @@ from ...folders import (
     get_folder,
     update_folder,
 )
-from ...items import Kind
-from ...pools import pooled_connection
-from ..body import CheckedBodyRoute
-from ..deps import ReadConn
-from ..fields import name, no_null
+from knowledge.store.items import Kind
 
 router = APIRouter(route_class=CheckedBodyRoute)
 

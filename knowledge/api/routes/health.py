@@ -11,13 +11,13 @@ from fastapi.responses import JSONResponse
 from psycopg.rows import tuple_row
 from pydantic import BaseModel, Field
 
-from ...errors import KnowledgeError
-from ...health import Component, Health
-from ...keyword_index import keyword_path
-from ...pools import pooled_connection
-from ...readiness import PROBES, check_readiness
-from ...replicas import ReadRouter
-from ...schema_check import check_database
+from knowledge.db.keyword_index import keyword_path
+from knowledge.db.pools import pooled_connection
+from knowledge.db.readiness import PROBES, check_readiness
+from knowledge.db.replicas import ReadRouter
+from knowledge.db.schema_check import check_database
+from knowledge.errors import KnowledgeError
+from knowledge.health import Component, Health
 
 router = APIRouter(tags=["health"])
 

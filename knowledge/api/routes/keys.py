@@ -9,12 +9,11 @@ from uuid import UUID
 from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...boot import SLUG_RULE
-from ...keys import create_key, list_keys, revoke_key
-from ...validation import name_pattern
-from ..body import CheckedBodyRoute
-from ..deps import Conn
-from ..fields import SLUG, string_rule
+from knowledge.api.body import CheckedBodyRoute
+from knowledge.api.deps import Conn
+from knowledge.api.fields import SLUG, string_rule
+from knowledge.store.keys import create_key, list_keys, revoke_key
+from knowledge.store.validation import SLUG_RULE, name_pattern
 
 router = APIRouter(prefix="/keys", tags=["keys"], route_class=CheckedBodyRoute)
 

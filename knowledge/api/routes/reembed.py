@@ -12,11 +12,11 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...errors import InvalidInput, NotFound
-from ...models import active_spec, list_models
-from ...reembed import Selection, count_selection, get_job, start_job
-from ..body import CheckedBodyRoute
-from ..deps import Conn
+from knowledge.api.body import CheckedBodyRoute
+from knowledge.api.deps import Conn
+from knowledge.errors import InvalidInput, NotFound
+from knowledge.ingest.embedding_models import active_spec, list_models
+from knowledge.ingest.reembed_jobs import Selection, count_selection, get_job, start_job
 
 router = APIRouter(tags=["reembed"], route_class=CheckedBodyRoute)
 log = logging.getLogger("hq_knowledge.reembed")
@@ -175,7 +175,7 @@ def read_models(conn: Conn) -> Any:
 
 def _run_in_background(request: Request, job_id: UUID, embedder: Any) -> None:
     """One runner thread per job in this process; stopped (after its batch) at shutdown."""
-    from ...ingest.reembedder import ReembedRunner
+    from knowledge.ingest.reembedder import ReembedRunner
 
     runners: dict[UUID, tuple[threading.Thread, threading.Event]] = request.app.state.reembeds
     running = runners.get(job_id)

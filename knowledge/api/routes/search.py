@@ -11,11 +11,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ...admission import Admission
-from ...query_models import search_active
-from ...search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery, SearchResult
-from ..deps import ReadTarget
-from ..fields import not_blank_pattern, rule, string_rule
+from knowledge.api.deps import ReadTarget
+from knowledge.api.fields import not_blank_pattern, rule, string_rule
+from knowledge.search import ASSET_TYPES, MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchQuery, SearchResult
+from knowledge.search.admission import Admission
+from knowledge.search.setup import search_active
 
 # What SearchQuery.validated() accepts, for the OpenAPI document (its messages stay).
 _QUERY = string_rule(pattern=not_blank_pattern, minLength=1, maxLength=MAX_QUERY_CHARS)
@@ -79,7 +79,7 @@ async def search_route(
     # One hop to a worker thread for the connection, the query embedding and the statement
     # (a sync route with a connection dependency takes three: ~0.5 ms more a search). On a read
     # replica when one may serve it; again on the primary if the replica fails meanwhile.
-    # Within the service's bound on searches in flight (knowledge.admission): past it and its
+    # Within the service's bound on searches in flight (knowledge.search.admission): past it and its
     # queue, 503 with Retry-After.
     admission: Admission = request.app.state.admission
 

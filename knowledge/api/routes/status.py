@@ -8,10 +8,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from embeddings.onnx import query_batch_sizes
-
-from ...admission import Admission
-from ...status import service_status
-from ..deps import Conn
+from knowledge.api.deps import Conn
+from knowledge.ingest.status import service_status
+from knowledge.search.admission import Admission
 
 router = APIRouter(tags=["status"])
 

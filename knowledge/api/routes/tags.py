@@ -11,15 +11,15 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...assets import lock_asset
-from ...documents import lock_document
-from ...items import Kind
-from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
-from ...validation import MAX_TAGS, TAG_RULE
-from ..body import CheckedBodyRoute
-from ..deps import Conn, ReadConn
-from ..fields import TAG
-from .documents import WRITE_RESPONSES, IfMatch, etag
+from knowledge.api.body import CheckedBodyRoute
+from knowledge.api.deps import Conn, ReadConn
+from knowledge.api.fields import TAG
+from knowledge.api.routes.documents import WRITE_RESPONSES, IfMatch, etag
+from knowledge.store.assets import lock_asset
+from knowledge.store.documents import lock_document
+from knowledge.store.items import Kind
+from knowledge.store.tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
+from knowledge.store.validation import MAX_TAGS, TAG_RULE
 
 router = APIRouter(route_class=CheckedBodyRoute)
 

@@ -1,0 +1,1 @@
+"""What agents use: the MCP server and its tools, agent operations, and the roster of agents."""

@@ -1,0 +1,1 @@
+"""The `hq-knowledge` command line and its long-running commands."""

@@ -1,0 +1,1 @@
+"""What is stored: documents, assets, folders, tags, versions, API keys, and their checks."""
