@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 RECENT = 10  # documents listed by the overview
+
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -235,14 +238,18 @@ def knowledge_overview(
         SELECT d.id, d.title, d.folder_id, d.tags, d.updated_at FROM documents d
          WHERE d.archived_at IS NULL AND (%(tag)s::text IS NULL OR %(tag)s::text = ANY (d.tags))
            AND (%(root)s::uuid IS NULL OR d.folder_id IN (SELECT id FROM tree)))"""
+
+    def rows(row: type[R], query: str) -> list[R]:
+        with conn.cursor(row_factory=class_row(row)) as cur:
+            return cur.execute(scope + query, params).fetchall()
+
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(scope + " SELECT count(*) FROM docs", params).fetchone()
     total = int(row[0]) if row else 0
-    with conn.cursor(row_factory=class_row(FolderCount)) as cur:
-        # Each folder counts its documents and those of every folder below it.
-        folders = cur.execute(
-            scope
-            + """,
+    # Each folder counts its documents and those of every folder below it.
+    folders = rows(
+        FolderCount,
+        """,
           up AS (SELECT f.id AS folder_id, f.id AS ancestor, f.parent_id FROM document_folders f
                  UNION ALL SELECT up.folder_id, p.id, p.parent_id
                              FROM up JOIN document_folders p ON p.id = up.parent_id)
@@ -250,28 +257,23 @@ def knowledge_overview(
             FROM docs JOIN up ON up.folder_id = docs.folder_id
            WHERE %(root)s::uuid IS NULL OR up.ancestor IN (SELECT id FROM tree)
            GROUP BY up.ancestor ORDER BY 1""",
-            params,
-        ).fetchall()
-    with conn.cursor(row_factory=class_row(TagCount)) as cur:
-        tags = cur.execute(
-            scope
-            + """
+    )
+    tags = rows(
+        TagCount,
+        """
           SELECT tag, sum(d)::int AS documents, sum(a)::int AS assets FROM (
             SELECT unnest(tags) AS tag, 1 AS d, 0 AS a FROM docs
             UNION ALL SELECT unnest(a.tags), 0, 1 FROM assets a
              WHERE a.archived_at IS NULL AND %(root)s::uuid IS NULL
                AND (%(tag)s::text IS NULL OR %(tag)s::text = ANY (a.tags))) x
           GROUP BY tag ORDER BY sum(d) + sum(a) DESC, tag""",
-            params,
-        ).fetchall()
-    with conn.cursor(row_factory=class_row(RecentDocument)) as cur:
-        latest = cur.execute(
-            scope
-            + """
+    )
+    latest = rows(
+        RecentDocument,
+        """
           SELECT id, title, document_folder_path(folder_id) AS folder_path, tags, updated_at
             FROM docs ORDER BY updated_at DESC, id LIMIT %(recent)s""",
-            params,
-        ).fetchall()
+    )
     return Overview(
         folder=get_folder(conn, "document", root).path if root else "/",
         tag=tag,

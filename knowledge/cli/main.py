@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from knowledge.cli.parser import build_parser
@@ -33,46 +33,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bundle(args)
         settings = Settings.from_env()
         apply_settings(settings)
-        if args.command == "serve":
-            from knowledge.cli.serve import serve
-
-            return serve(
-                settings,
-                host=args.host,
-                port=args.port,
-                worker=not args.no_worker,
-                sample=args.sample,
-                mcp_read_only=args.mcp_read_only,
-            )
-        if args.command == "mcp":
-            from knowledge.cli.serve import run_mcp
-
-            return run_mcp(settings, read_only=args.read_only, agent=args.agent)
-        if args.command == "worker":
-            from knowledge.cli.serve import run_worker
-
-            return run_worker(settings, once=args.once, batch=args.batch)
-        if args.command == "reembed":
-            from knowledge.cli.reembed import run as run_reembed
-
-            return run_reembed(args, settings)
-        if args.command == "import":
-            return _import(args, settings)
-        if args.command == "search":
-            return _search(args, settings)
-        if args.command == "boot":
-            return _boot(args, settings)
-        if args.command == "keys":
-            return _keys(args, settings)
-        if args.command == "status":
-            return _status(args, settings)
-        return _db(args, settings)
+        return COMMANDS[args.command](args, settings)
     except KnowledgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from knowledge.cli.serve import serve
+
+    return serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        worker=not args.no_worker,
+        sample=args.sample,
+        mcp_read_only=args.mcp_read_only,
+    )
+
+
+def _mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from knowledge.cli.serve import run_mcp
+
+    return run_mcp(settings, read_only=args.read_only, agent=args.agent)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from knowledge.cli.serve import run_worker
+
+    return run_worker(settings, once=args.once, batch=args.batch)
+
+
+def _reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from knowledge.cli.reembed import run
+
+    return run(args, settings)
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
@@ -351,3 +349,18 @@ def _check(conn: Any, where: str, *, as_json: bool) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Each subcommand's runner (the serving ones import the service only when chosen).
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "serve": _serve,
+    "mcp": _mcp,
+    "worker": _worker,
+    "reembed": _reembed,
+    "import": _import,
+    "search": _search,
+    "boot": _boot,
+    "keys": _keys,
+    "status": _status,
+    "db": _db,
+}

@@ -20,6 +20,9 @@ __all__ = ["Record", "WorkerStats", "register_model"]
 
 @dataclass
 class WorkerStats:
+    """What a worker has done since it started: records indexed, failed for good or put back for
+    a retry, found changed while embedded (stale), and passages embedded or reused unchanged."""
+
     indexed: int = 0
     failed: int = 0
     retried: int = 0

@@ -10,34 +10,5 @@ reciprocal rank.
 - `snippets`: each hit's snippet, made from its best passage.
 """
 
-from knowledge.search.query import (
-    ASSET_TYPES,
-    EXACT_SCAN_BELOW,
-    MAX_LIMIT,
-    MAX_OFFSET,
-    MAX_QUERY_CHARS,
-    MODES,
-    ModelSwitched,
-    Passage,
-    SearchHit,
-    SearchQuery,
-    SearchResult,
-)
-from knowledge.search.run import bm25_quota, passage_quota, search
-
-__all__ = [
-    "ASSET_TYPES",
-    "EXACT_SCAN_BELOW",
-    "MAX_LIMIT",
-    "MAX_OFFSET",
-    "MAX_QUERY_CHARS",
-    "MODES",
-    "ModelSwitched",
-    "Passage",
-    "SearchHit",
-    "SearchQuery",
-    "SearchResult",
-    "bm25_quota",
-    "passage_quota",
-    "search",
-]
+from knowledge.search.query import *  # noqa: F403 (the names of its __all__)
+from knowledge.search.run import *  # noqa: F403

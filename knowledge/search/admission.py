@@ -47,6 +47,9 @@ def admission_for(limit: int | None = None, queue: int | None = None) -> Admissi
 
 @dataclass
 class AdmissionStats:
+    """Searches since start: given a slot at once (admitted), made to wait for one (queued),
+    turned away with 503 because the queue was full (refused) or after `max_wait` (timed_out)."""
+
     admitted: int = 0
     queued: int = 0
     refused: int = 0

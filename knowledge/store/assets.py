@@ -23,9 +23,9 @@ from psycopg.types.json import Jsonb
 
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.store import items
-from knowledge.store.items import UNSET, ItemFilters, ItemSpec, Page, Unset
+from knowledge.store.items import UNSET, ItemFilters, ItemRecord, ItemSpec, Page, Unset
 from knowledge.store.validation import MAX_CONTENT_BYTES, check_json, check_name, check_text, normalize_tags
-from knowledge.store.versions import if_matches, lock_version, version_of
+from knowledge.store.versions import if_matches, lock_version
 
 __all__ = [
     "ASSET_TYPES",
@@ -64,8 +64,8 @@ MAX_SHORT_TEXT_CHARS = 4096
 """url, storage_path and mime_type."""
 
 
-@dataclass(frozen=True)
-class Asset:
+@dataclass(frozen=True, kw_only=True)
+class Asset(ItemRecord):
     id: UUID
     name: str
     description: str | None
@@ -82,20 +82,6 @@ class Asset:
     metadata: dict[str, Any]
     archived_at: datetime | None
     created_by_agent_id: UUID | None
-    content_version: int
-    embedding_status: str
-    embedding_error: str | None
-    embedding_attempts: int
-    embedding_model: str | None
-    embedded_at: datetime | None
-    passage_count: int
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def version(self) -> str:
-        """What `if_match` names (`knowledge.versions.version_of`); the API's ETag, unquoted."""
-        return version_of(self.updated_at)
 
 
 _SPEC = ItemSpec(
@@ -112,6 +98,23 @@ _SPEC = ItemSpec(
         "assets_folder_id_fkey": "folder_id",
         "assets_created_by_agent_id_fkey": "created_by_agent_id",
     },
+)
+
+
+# The columns a caller writes, as create_asset and update_asset name their arguments.
+_COLUMNS = (
+    "name",
+    "asset_type",
+    "description",
+    "url",
+    "storage_path",
+    "mime_type",
+    "size_bytes",
+    "content_text",
+    "folder_id",
+    "tags",
+    "pinned",
+    "metadata",
 )
 
 
@@ -243,24 +246,7 @@ def update_asset(
     (folder_id=None moves the asset to the root). With `if_match`, only if the asset is still
     at a version it accepts; without, the last write wins. Raises NotFound, InvalidInput,
     TooLarge, PreconditionFailed."""
-    given = {
-        k: v
-        for k, v in {
-            "name": name,
-            "asset_type": asset_type,
-            "description": description,
-            "url": url,
-            "storage_path": storage_path,
-            "mime_type": mime_type,
-            "size_bytes": size_bytes,
-            "content_text": content_text,
-            "folder_id": folder_id,
-            "tags": tags,
-            "pinned": pinned,
-            "metadata": metadata,
-        }.items()
-        if v is not UNSET
-    }
+    given = {k: v for k, v in locals().items() if k in _COLUMNS and v is not UNSET}  # the fields given
     if not given:
         with if_matches(conn, _SPEC, asset_id, if_match):
             return get_asset(conn, asset_id)

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.store import items
-from knowledge.store.items import UNSET, ItemFilters, ItemSpec, Page, Unset
+from knowledge.store.items import UNSET, ItemFilters, ItemRecord, ItemSpec, Page, Unset
 from knowledge.store.validation import (
     MAX_CONTENT_BYTES,
     check_html,
@@ -33,7 +33,7 @@ from knowledge.store.validation import (
     check_tiptap,
     normalize_tags,
 )
-from knowledge.store.versions import if_matches, lock_version, version_of
+from knowledge.store.versions import if_matches, lock_version
 
 __all__ = [
     "CONTENT_FORMATS",
@@ -57,8 +57,8 @@ CONTENT_FORMATS: tuple[str, ...] = ("tiptap", "markdown", "html")
 MAX_TITLE_CHARS = 500
 
 
-@dataclass(frozen=True)
-class Document:
+@dataclass(frozen=True, kw_only=True)
+class Document(ItemRecord):
     id: UUID
     title: str
     folder_id: UUID | None
@@ -73,20 +73,6 @@ class Document:
     archived_at: datetime | None
     created_by_agent_id: UUID | None
     updated_by_agent_id: UUID | None
-    content_version: int
-    embedding_status: str
-    embedding_error: str | None
-    embedding_attempts: int
-    embedding_model: str | None
-    embedded_at: datetime | None
-    passage_count: int
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def version(self) -> str:
-        """What `if_match` names (`knowledge.versions.version_of`); the API's ETag, unquoted."""
-        return version_of(self.updated_at)
 
 
 _SPEC = ItemSpec(

@@ -184,10 +184,7 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str, paren
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
-        raise Conflict(
-            f"name: a {tree} folder named {name!r} already exists "
-            f"{_where(conn, tree, parent_id)} (names are compared ignoring case)"
-        ) from e
+        raise _name_taken(conn, tree, name, parent_id) from e
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
     return get_folder(conn, tree, created)
@@ -233,11 +230,8 @@ def update_folder(
     except pg.ForeignKeyViolation as e:
         raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
     except pg.UniqueViolation as e:
-        where = _where(conn, tree, changes.get("parent_id", current.parent_id))
-        raise Conflict(
-            f"name: a {tree} folder named {changes.get('name', current.name)!r} already "
-            f"exists {where} (names are compared ignoring case)"
-        ) from e
+        parent = changes.get("parent_id", current.parent_id)
+        raise _name_taken(conn, tree, changes.get("name", current.name), parent) from e
     except pg.CheckViolation as e:
         if "parent_id" not in changes:
             raise data_error(e, f"{tree} folder") from e
@@ -250,6 +244,14 @@ def update_folder(
     except DATA_ERRORS as e:
         raise data_error(e, f"{tree} folder") from e
     return get_folder(conn, tree, folder_id)
+
+
+def _name_taken(conn: psycopg.Connection[Any], tree: Kind, name: str, parent_id: UUID | None) -> Conflict:
+    """The error for a folder name already used by a sibling under `parent_id`."""
+    return Conflict(
+        f"name: a {tree} folder named {name!r} already exists {_where(conn, tree, parent_id)} "
+        "(names are compared ignoring case)"
+    )
 
 
 def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID, parent_id: UUID) -> None:

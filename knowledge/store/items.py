@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from psycopg.rows import class_row, tuple_row
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.ingest import queue
 from knowledge.store.validation import DATA_ERRORS, data_error, normalize_tags
+from knowledge.store.versions import version_of
 
 __all__ = [
     "EMBEDDING_STATUSES",
@@ -30,6 +32,7 @@ __all__ = [
     "Archived",
     "EmbeddingStatus",
     "ItemFilters",
+    "ItemRecord",
     "ItemSpec",
     "Kind",
     "Page",
@@ -67,6 +70,27 @@ class Unset(enum.Enum):
 
 
 UNSET = Unset.UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemRecord:
+    """What a document and an asset both carry besides their own fields: the version of their
+    content, how far its embedding has got, and when they were made and last changed."""
+
+    content_version: int
+    embedding_status: str
+    embedding_error: str | None
+    embedding_attempts: int
+    embedding_model: str | None
+    embedded_at: datetime | None
+    passage_count: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def version(self) -> str:
+        """What `if_match` names (`knowledge.store.versions.version_of`); the API's ETag, unquoted."""
+        return version_of(self.updated_at)
 
 
 @dataclass(frozen=True)

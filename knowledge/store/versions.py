@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
@@ -20,7 +20,9 @@ from psycopg import pq, sql
 from psycopg.rows import tuple_row
 
 from knowledge.errors import NotFound, PreconditionFailed
-from knowledge.store.items import ItemSpec
+
+if TYPE_CHECKING:
+    from knowledge.store.items import ItemSpec
 
 __all__ = ["if_matches", "lock_version", "version_of"]
 
