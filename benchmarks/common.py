@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,7 +18,8 @@ from pathlib import Path
 import httpx
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-RESULTS = Path(__file__).resolve().parent / "results"
+BENCHMARKS = Path(__file__).resolve().parent
+RESULTS = BENCHMARKS / "results"
 
 Corpus = dict[str, tuple[str, str]]
 Qrels = dict[str, dict[str, int]]
@@ -67,6 +69,16 @@ def read_qrels(dataset: Path) -> Qrels:
             if int(score) > 0:
                 qrels[qid][did] = int(score)
     return dict(qrels)
+
+
+def add_data_dir_option(
+    parser: argparse.ArgumentParser,
+    folder: str = ".data",
+    description: str = "where the embedded server keeps the benchmark databases between runs",
+) -> None:
+    """--data-dir: the data directory of an embedded PostgreSQL kept between runs, by
+    default `folder` in benchmarks/."""
+    parser.add_argument("--data-dir", type=Path, default=BENCHMARKS / folder, help=description)
 
 
 def write_corpus_markdown(corpus: Corpus, folder: Path) -> None:

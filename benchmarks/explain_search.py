@@ -2,13 +2,14 @@
 
     python benchmarks/explain_search.py --database-url URL [--mode hybrid] [--queries 50] [--dataset scifact]
 
-Each query of --dataset runs through the service's own search (knowledge.search.search, a
-first page of 10, unfiltered, the service's ef_search and keyword path); the statement it
+Each query of --dataset runs through the service's own search (knowledge.query_models.search_active,
+a first page of 10, unfiltered, the service's ef_search and keyword path); the statement it
 sends is captured and run again under EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) on the same
 connection. The plans are summed by node (its type and what it reads: index, function,
 CTE or subplan) as exclusive time (the node's own, its children's taken off, times loops),
 and printed as p50 over the queries, largest first, with planning and execution time and
-the buffers hit. Query vectors come from the service's ONNX model, embedded beforehand.
+the buffers hit. Queries are embedded as the service embeds them (the database's active
+model), outside the statement measured.
 """
 
 from __future__ import annotations
@@ -77,40 +78,22 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="nodes shown")
     args = parser.parse_args()
 
-    from embeddings.onnx import OnnxEmbedder
     from knowledge.db.keyword_index import repair_bm25_index
     from knowledge.db.pools import configure_for_search
-    from knowledge.search import SearchQuery, search
-    from knowledge.search.setup import search_setup
+    from knowledge.search import SearchQuery
+    from knowledge.search.setup import search_active, search_setup
 
     texts = list(dict.fromkeys(t[:1000] for t in read_queries(DATASETS / args.dataset).values()))[: args.queries]
-    embedder = OnnxEmbedder()
-    vectors = {t: embedder.embed([t])[0] for t in texts}
     per_node: dict[str, list[float]] = defaultdict(list)
     planning, execution, hits = [], [], []
     with psycopg.connect(args.database_url, autocommit=True) as conn:
         configure_for_search(conn)
         repair_bm25_index(conn)  # pg_textsearch 1.0 forgets its statistics at a restart
         setup = search_setup(conn)
-        conn.execute(f"SET hnsw.ef_search = {int(setup.ef_search)}")
         conn.cursor_factory = CapturingCursor
         for text in texts:
-            query = SearchQuery(q=text, limit=10, mode=args.mode)
-            vector = vectors[text]
-
-            def embed(_text: str, vector: np.ndarray[Any, Any] = vector) -> np.ndarray[Any, Any]:
-                return vector
-
             CAPTURED.clear()
-            search(
-                conn,
-                query,
-                keyword_path=setup.keyword_path,
-                model=setup.model,
-                dims=setup.dims,
-                embed_query=embed,
-                exact_below=setup.exact_below,
-            )
+            search_active(conn, SearchQuery(q=text, limit=10, mode=args.mode))
             statement, params = CAPTURED[-1]
             row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params, prepare=False).fetchone()
             assert row is not None

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import torch
+from common import DATASETS
 
 from embeddings.model import SentenceTransformerEmbedder
 from knowledge.db.embedded import EmbeddedPostgres
@@ -122,9 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--latency-runs", type=int, default=10)
-    parser.add_argument(
-        "--dataset", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
-    )
+    parser.add_argument("--dataset", type=Path, default=DATASETS / "scifact")
     args = parser.parse_args()
     model = SentenceTransformerEmbedder()
     model.embed(["warm up the model"])

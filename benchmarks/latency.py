@@ -64,6 +64,7 @@ import psycopg
 from common import (
     DATASETS,
     RESULTS,
+    add_data_dir_option,
     read_corpus,
     read_queries,
     running_service,
@@ -96,6 +97,16 @@ def passages(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM chunk_embeddings WHERE model = %s", [MODEL]).fetchone()
         return int(row[0]) if row else 0
+
+
+def collection_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark on a collection load_collection keeps, described by the
+    first paragraph of `doc`: --dataset, the BEIR collection, and --data-dir, where the
+    embedded server keeps its database `lat_<dataset>` between runs."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact")
+    add_data_dir_option(parser)
+    return parser
 
 
 def load_collection(admin: psycopg.Connection[Any], server_url: str, name: str, dataset: str) -> str:
@@ -720,16 +731,9 @@ def sum_of_parts(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="scifact")
+    parser = collection_parser(__doc__)
     parser.add_argument("--passages", type=int, default=100_000, help="the large size (default 100000)")
     parser.add_argument("--requests", type=int, default=300, help="requests per measured row")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(__file__).resolve().parent / ".data",
-        help="where the embedded server keeps the benchmark databases between runs",
-    )
     parser.add_argument("--skip-collection-size", action="store_true", help="measure the large size only")
     parser.add_argument(
         "--keyword-indexes",

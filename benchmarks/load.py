@@ -54,7 +54,7 @@ from urllib.parse import urlencode, urlsplit
 import common
 import httpx
 import numpy as np
-from common import DATASETS, RESULTS, read_corpus, read_qrels, read_queries, running_service
+from common import DATASETS, RESULTS, add_data_dir_option, read_corpus, read_qrels, read_queries, running_service
 
 SETUPS: dict[str, dict[str, str]] = {
     "unbounded": {"HQ_SEARCH_CONCURRENCY": "10000", "HQ_SEARCH_QUEUE": "0"},
@@ -427,11 +427,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="a database the service already searches (default: the sample)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(__file__).resolve().parent / ".data-load",
-        help="where the embedded server keeps the sample database between runs, and the logs",
+    add_data_dir_option(
+        parser, ".data-load", "where the embedded server keeps the sample database between runs, and the logs"
     )
     parser.add_argument("--dataset", default="scifact", help="whose queries to send and score")
     parser.add_argument("--clients", default="1,8,32,64", help="concurrent clients, comma-separated levels")

@@ -24,7 +24,6 @@ Prints a markdown table; writes benchmarks/results/mcp_latency.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -39,7 +38,7 @@ import httpx2
 import numpy as np
 import psycopg
 from common import DATASETS, RESULTS, read_qrels, read_queries, running_service
-from latency import load_collection, percentiles
+from latency import collection_parser, load_collection, percentiles
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -114,16 +113,9 @@ async def measure(base: str, queries: list[str], warmup: list[str], block: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="scifact")
+    parser = collection_parser(__doc__)
     parser.add_argument("--requests", type=int, default=200, help="measured queries per path and mode")
     parser.add_argument("--block", type=int, default=20, help="queries per path before the other path's turn")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(__file__).resolve().parent / ".data",
-        help="where the embedded server keeps the benchmark databases between runs",
-    )
     args = parser.parse_args()
 
     from knowledge.db.embedded import EmbeddedPostgres

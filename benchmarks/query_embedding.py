@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from common import DATASETS
 
 from embeddings.model import SentenceTransformerEmbedder
 from embeddings.onnx import OnnxEmbedder
@@ -71,9 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--passages", type=int, default=256)
-    parser.add_argument(
-        "--dataset", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
-    )
+    parser.add_argument("--dataset", type=Path, default=DATASETS / "scifact")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

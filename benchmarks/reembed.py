@@ -25,12 +25,11 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import common
 import psycopg
-from common import DATASETS, RESULTS, read_corpus
+from common import DATASETS, RESULTS, add_data_dir_option, read_corpus
 from psycopg import sql
 
 DATABASE = "reembed_bench"
@@ -79,7 +78,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=1000, help="passages the raw model embeds, before and after")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--batch", type=int, default=128, help="passages per re-embed transaction (its default)")
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / ".data")
+    add_data_dir_option(parser)
     args = parser.parse_args()
 
     from knowledge.db.embedded import EmbeddedPostgres

