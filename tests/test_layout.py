@@ -20,6 +20,7 @@ LAYERS = [
     "knowledge.errors",
     "knowledge.health",
     "knowledge.lsn",
+    "knowledge.answers",  # what agent operations answer: the server and the client share it
     "knowledge.config",
     "knowledge.client",  # the typed HTTP client: errors and WAL positions only
     "knowledge.db",

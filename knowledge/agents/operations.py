@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import class_row, tuple_row
 
+from knowledge.answers import DocumentText, FolderCount, Overview, RecentDocument, TagCount
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.ingest.extract import ExtractError, document_markdown
 from knowledge.ingest.markdown_blocks import parse_sections
@@ -43,59 +43,6 @@ RECENT = 10  # documents listed by the overview
 
 
 R = TypeVar("R")
-
-
-@dataclass
-class DocumentText:
-    """A document rendered for reading: `markdown` is `# <title>`, a blank line, then the body
-    (or the asked-for section); `truncated` when it was cut to `max_tokens`, after a whole
-    block, with a note saying so. `sections` lists the document's headings."""
-
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
-    markdown: str
-    tokens: int
-    total_tokens: int
-    truncated: bool
-    section: str | None
-    sections: list[str]
-
-
-@dataclass
-class FolderCount:
-    path: str
-    documents: int  # unarchived, in this folder and the folders below it
-
-
-@dataclass
-class TagCount:
-    tag: str
-    documents: int
-    assets: int
-
-
-@dataclass
-class RecentDocument:
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
-
-
-@dataclass
-class Overview:
-    """What is in the knowledge base (under `folder`, tagged `tag`, when given)."""
-
-    folder: str
-    tag: str | None
-    documents: int
-    folders: list[FolderCount] = field(default_factory=list)
-    tags: list[TagCount] = field(default_factory=list)
-    recent: list[RecentDocument] = field(default_factory=list)
 
 
 def _check_max_tokens(max_tokens: int | None) -> None:

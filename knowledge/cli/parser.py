@@ -9,6 +9,9 @@ from knowledge import __version__
 __all__ = ["build_parser"]
 
 
+NO_WRITES = "no write tools (save_document, update_document)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hq-knowledge",
@@ -25,14 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--sample", action="store_true", help="import the sample knowledge base first (again: only changes are applied)"
     )
-    serve.add_argument(
-        "--mcp-read-only",
-        action="store_true",
-        help="the MCP server at /mcp offers no write tools (save_document, update_document)",
-    )
+    serve.add_argument("--mcp-read-only", action="store_true", help=f"the MCP server at /mcp offers {NO_WRITES}")
 
     mcp = commands.add_parser("mcp", help="run the MCP server over stdio, for a local agent runtime")
-    mcp.add_argument("--read-only", action="store_true", help="offer no write tools (save_document, update_document)")
+    mcp.add_argument("--read-only", action="store_true", help=f"offer {NO_WRITES}")
     mcp.add_argument(
         "--agent",
         metavar="SLUG",

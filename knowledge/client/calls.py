@@ -13,6 +13,7 @@ from uuid import UUID
 
 import httpx
 
+from knowledge.answers import DocumentText, FolderCount, Overview, RecentDocument, TagCount
 from knowledge.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -57,38 +58,25 @@ class Hit:
 
     id: UUID
     kind: str
+    """"document" or "asset"."""
     title: str
     folder_path: str
     tags: list[str]
     score: float
+    """The fused score: higher is better; comparable within one answer only."""
     snippet: str
     passages: list[tuple[list[str], str]]
     source_path: str | None
+    """The file a document was imported from, if any."""
 
 
 @dataclass(frozen=True)
 class SearchResults:
+    """The hits, best first, the mode that ran and the time the service took, in ms."""
+
     hits: list[Hit]
     mode: str
     took_ms: float
-
-
-@dataclass(frozen=True)
-class DocumentText:
-    """A document as markdown (`# <title>`, a blank line, the body or `section`); `truncated`
-    when it was cut to max_tokens. `sections` lists the document's headings."""
-
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
-    markdown: str
-    tokens: int
-    total_tokens: int
-    truncated: bool
-    section: str | None
-    sections: list[str]
 
 
 @dataclass(frozen=True)
@@ -100,38 +88,6 @@ class BootContext:
     version: str
     markdown: str
     unchanged: bool
-
-
-@dataclass(frozen=True)
-class FolderCount:
-    path: str
-    documents: int
-
-
-@dataclass(frozen=True)
-class TagCount:
-    tag: str
-    documents: int
-    assets: int
-
-
-@dataclass(frozen=True)
-class RecentDocument:
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class Overview:
-    folder: str
-    tag: str | None
-    documents: int
-    folders: list[FolderCount] = field(default_factory=list)
-    tags: list[TagCount] = field(default_factory=list)
-    recent: list[RecentDocument] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,8 @@ class Admission:
     later cannot take it first. Thread-safe."""
 
     def __init__(self, limit: int, queue: int, max_wait: float = 5.0) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        if queue < 0:
-            raise ValueError(f"queue must be 0 or more, got {queue}")
+        if limit < 1 or queue < 0:
+            raise ValueError(f"limit must be at least 1 and queue 0 or more, got limit={limit}, queue={queue}")
         self.limit = limit
         self.queue = queue
         self.max_wait = max_wait

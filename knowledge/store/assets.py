@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -66,22 +65,16 @@ MAX_SHORT_TEXT_CHARS = 4096
 
 @dataclass(frozen=True, kw_only=True)
 class Asset(ItemRecord):
-    id: UUID
+    """An asset as stored: its name, description and type, where its file lives (url, storage
+    path, MIME type, size); the rest is ItemRecord's."""
+
     name: str
     description: str | None
     asset_type: str
-    folder_id: UUID | None
-    folder_path: str
     url: str | None
     storage_path: str | None
     mime_type: str | None
     size_bytes: int | None
-    content_text: str | None
-    tags: list[str]
-    pinned: bool
-    metadata: dict[str, Any]
-    archived_at: datetime | None
-    created_by_agent_id: UUID | None
 
 
 _SPEC = ItemSpec(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -59,19 +58,13 @@ MAX_TITLE_CHARS = 500
 
 @dataclass(frozen=True, kw_only=True)
 class Document(ItemRecord):
-    id: UUID
+    """A document as stored: its title and content (TipTap JSON, markdown or HTML), the file it
+    was imported from, and the agent that changed it last; the rest is ItemRecord's."""
+
     title: str
-    folder_id: UUID | None
-    folder_path: str
     content_format: str
     content: dict[str, Any] | None
-    content_text: str | None
-    tags: list[str]
-    pinned: bool
-    metadata: dict[str, Any]
     source_path: str | None
-    archived_at: datetime | None
-    created_by_agent_id: UUID | None
     updated_by_agent_id: UUID | None
 
 

@@ -74,9 +74,20 @@ UNSET = Unset.UNSET
 
 @dataclass(frozen=True, kw_only=True)
 class ItemRecord:
-    """What a document and an asset both carry besides their own fields: the version of their
-    content, how far its embedding has got, and when they were made and last changed."""
+    """What a document and an asset both carry besides their own fields: their folder (and its
+    path), the plain text, tags, pinned state and metadata, archiving, who made them, the
+    version of their content, how far its embedding has got, and when they were made and
+    last changed."""
 
+    id: UUID
+    folder_id: UUID | None
+    folder_path: str
+    content_text: str | None
+    tags: list[str]
+    pinned: bool
+    metadata: dict[str, Any]
+    archived_at: datetime | None
+    created_by_agent_id: UUID | None
     content_version: int
     embedding_status: str
     embedding_error: str | None
