@@ -27,9 +27,15 @@ class KnowledgeError(Exception):
     retry_after: int | None = None
     """Seconds after which the same request may succeed (a Retry-After header), if known."""
 
-    def __init__(self, message: str) -> None:
+    field: str | None
+    """The input the error concerns, by the name the service gives it (a query parameter, a
+    body field: `q`, `max_tokens`, `id`), when it concerns one: the API answers it beside the
+    message, the MCP server names the tool's argument from it, the client raises it again."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
 
 
 class NotFound(KnowledgeError):

@@ -47,6 +47,22 @@ PoolSource = Callable[[], ConnectionPool[Any]]
 ReadsSource = Callable[[], ReadRouter]
 AdmissionSource = Callable[[], Admission]
 
+ARGUMENTS = {"q": "query", "slug": "agent_slug"}
+"""The service's names for inputs (KnowledgeError.field) that a tool's argument calls otherwise."""
+
+
+def tool_error(e: KnowledgeError) -> ToolError:
+    """The tool error for `e`, opening with the tool's name of the argument it concerns: a
+    message that starts with the service's name for it has that name replaced, any other
+    message is prefixed with it. Without a field, the message as it is."""
+    if e.field is None:
+        return ToolError(e.message)
+    name = ARGUMENTS.get(e.field, e.field)
+    head, sep, rest = e.message.partition(" ")
+    if head.rstrip(":") == e.field:
+        return ToolError(f"{name}{head[len(e.field) :]}{sep}{rest}")
+    return ToolError(f"{name}: {e.message}")
+
 
 def uuid_argument(name: str, value: str) -> uuid.UUID:
     try:
@@ -153,7 +169,7 @@ class Tools:
                     q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()), folder=folder_id, kind=kind
                 ).validated()
             except KnowledgeError as e:  # the REST parameter q is this tool's query
-                raise ToolError(re.sub(r"^q:", "query:", e.message)) from e
+                raise tool_error(e) from e
             return search_active(conn, q)
 
         admission = self._admission() if self._admission is not None else None
@@ -219,8 +235,7 @@ class Tools:
             try:
                 doc = read_document(conn, doc_id, max_tokens=max_tokens, section=section)
             except KnowledgeError as e:
-                message = e.message if not e.message.startswith("document ") else f"id: {e.message}"
-                raise ToolError(message) from e
+                raise tool_error(e) from e
         head = [
             f"Document {doc.id} | {doc.folder_path}"
             + (f" | tags: {', '.join(doc.tags)}" if doc.tags else "")
@@ -270,8 +285,7 @@ class Tools:
                     conn, slug, max_tokens=max_tokens, media_type=MARKDOWN, count_tokens=default_token_counter()
                 )
             except KnowledgeError as e:
-                name = "max_tokens" if e.message.startswith("max_tokens") else "agent_slug"
-                raise ToolError(f"{name}: {e.message}") from e
+                raise tool_error(e) from e
         omitted = [
             {"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens, "reason": o.reason}
             for o in bundle.omitted
@@ -332,7 +346,7 @@ class Tools:
                     conn, doc_id, markdown=markdown, title=title, tags=tags, agent=self.agent(ctx)
                 )
             except KnowledgeError as e:
-                raise ToolError(f"id: {e.message}" if e.message.startswith("document ") else e.message) from e
+                raise tool_error(e) from e
         return tool_result(
             f"Updated document {doc.id} ({doc.title!r}, version {doc.content_version}).",
             {"id": str(doc.id), "title": doc.title, "tags": doc.tags, "content_version": doc.content_version},

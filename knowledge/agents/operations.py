@@ -49,7 +49,9 @@ def _check_max_tokens(max_tokens: int | None) -> None:
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
-        raise InvalidInput(f"max_tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+        raise InvalidInput(
+            f"max_tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}, got {max_tokens!r}", field="max_tokens"
+        )
 
 
 def _section_text(body: str, wanted: str) -> tuple[str, str]:
@@ -68,7 +70,7 @@ def _section_text(body: str, wanted: str) -> tuple[str, str]:
             assert section.heading is not None
             return " > ".join(section.path), body[section.heading[0] : end].strip()
     names = "; ".join(" > ".join(s.path) for s in sections) or "none: the document has no headings"
-    raise NotFound(f"section: no heading {wanted!r} in this document; its headings: {names}")
+    raise NotFound(f"section: no heading {wanted!r} in this document; its headings: {names}", field="section")
 
 
 def read_document(
@@ -89,7 +91,7 @@ def read_document(
     try:
         body = document_markdown(doc.content_format, doc.content, doc.content_text).strip()
     except ExtractError as e:
-        raise InvalidInput(f"id: document {document_id} cannot be rendered as markdown: {e}") from e
+        raise InvalidInput(f"id: document {document_id} cannot be rendered as markdown: {e}", field="id") from e
     headings = [" > ".join(s.path) for s in parse_sections(body) if s.heading is not None]
     path = None
     if section is not None and section.strip():
@@ -121,7 +123,9 @@ def read_document(
 def _folder_path(path: str) -> str:
     """'/A/B' from 'A/B', '/A/B/', ' /A//B '; '/' for the root. Raises InvalidInput."""
     if not isinstance(path, str) or "\x00" in path or len(path) > 2000:
-        raise InvalidInput("folder: a folder path such as /Research/Competitors (at most 2000 characters)")
+        raise InvalidInput(
+            "folder: a folder path such as /Research/Competitors (at most 2000 characters)", field="folder"
+        )
     parts = [" ".join(p.split()) for p in path.split("/")]
     return "/" + "/".join(p for p in parts if p)
 
@@ -141,7 +145,9 @@ def resolve_folder(conn: psycopg.Connection[Any], folder: str, *, create: bool =
     if found is not None:
         return found
     if not create:
-        raise NotFound(f"folder: no document folder {path!r}; list_knowledge shows the folders there are")
+        raise NotFound(
+            f"folder: no document folder {path!r}; list_knowledge shows the folders there are", field="folder"
+        )
     parent: UUID | None = None
     walked = ""
     for name in path.strip("/").split("/"):
@@ -162,7 +168,7 @@ def _folder_at(conn: psycopg.Connection[Any], path: str) -> UUID | None:
 
 def _existing_folder_id(conn: psycopg.Connection[Any], folder_id: UUID) -> UUID:
     if conn.execute("SELECT 1 FROM document_folders WHERE id = %s", [folder_id]).fetchone() is None:
-        raise NotFound(f"folder: document folder {folder_id} not found")
+        raise NotFound(f"folder: document folder {folder_id} not found", field="folder")
     return folder_id
 
 
@@ -237,7 +243,7 @@ def agent_id(conn: psycopg.Connection[Any], slug: str | None) -> UUID | None:
         return None
     row = conn.execute("SELECT id FROM agents WHERE slug = %s", [slug]).fetchone()
     if row is None:
-        raise NotFound(f"agent {slug!r} not found")
+        raise NotFound(f"agent {slug!r} not found", field="agent")
     return UUID(str(row[0]))
 
 
@@ -254,7 +260,7 @@ def save_markdown_document(
     when None), queued for embedding, recorded as written by `agent` when given. Raises
     InvalidInput / TooLarge for bad values, NotFound for an unknown agent."""
     if not isinstance(markdown, str) or not markdown.strip():
-        raise InvalidInput("markdown: the document's text, at least one non-space character")
+        raise InvalidInput("markdown: the document's text, at least one non-space character", field="markdown")
     with conn.transaction():
         author = agent_id(conn, agent)
         folder_id = resolve_folder(conn, folder, create=True) if folder else None
@@ -283,7 +289,7 @@ def update_markdown_document(
     if markdown is None and title is None and tags is None:
         raise InvalidInput("give at least one of markdown, title, tags")
     if markdown is not None and (not isinstance(markdown, str) or not markdown.strip()):
-        raise InvalidInput("markdown: the document's text, at least one non-space character")
+        raise InvalidInput("markdown: the document's text, at least one non-space character", field="markdown")
     with conn.transaction():
         author = agent_id(conn, agent)
         return update_document(

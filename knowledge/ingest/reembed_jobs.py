@@ -150,7 +150,7 @@ def _check_folder(conn: psycopg.Connection[Any], folder: uuid.UUID | None) -> No
         .fetchone()
     )
     if not found:
-        raise NotFound(f"folder: no document or asset folder has id {folder}")
+        raise NotFound(f"folder: no document or asset folder has id {folder}", field="folder")
 
 
 def count_selection(conn: psycopg.Connection[Any], model: str, selection: Selection, *, stale: bool) -> int:

@@ -157,7 +157,9 @@ def _check(slug: str, max_tokens: int | None, media_type: str) -> None:
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
-        raise InvalidInput(f"max_tokens is {max_tokens!r}; give a whole number from 1 to {MAX_TOKENS_LIMIT}")
+        raise InvalidInput(
+            f"max_tokens is {max_tokens!r}; give a whole number from 1 to {MAX_TOKENS_LIMIT}", field="max_tokens"
+        )
     if media_type not in (JSON, MARKDOWN):
         raise InvalidInput(f"media type {media_type!r} is not offered; accepted: {JSON}, {MARKDOWN}")
 
@@ -237,7 +239,7 @@ def boot_version(
         row = cur.execute(_query(False), _params(slug)).fetchone()
     assert row is not None
     if not row["agent_exists"]:
-        raise NotFound(f"agent {slug!r} not found")
+        raise NotFound(f"agent {slug!r} not found", field="slug")
     return _version(slug, max_tokens, media_type, row["digest"])
 
 
@@ -293,7 +295,7 @@ def boot_bundle(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(_query(True), _params(slug)).fetchall()
     if not rows[0]["agent_exists"]:
-        raise NotFound(f"agent {slug!r} not found")
+        raise NotFound(f"agent {slug!r} not found", field="slug")
     version = _version(slug, max_tokens, media_type, rows[0]["digest"])
     items: list[BootItem] = []
     omitted: list[OmittedItem] = []

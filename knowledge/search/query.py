@@ -62,25 +62,27 @@ class SearchQuery:
     def validated(self) -> SearchQuery:
         q = self.q
         if "\x00" in q:
-            raise InvalidInput("q: must not contain NUL characters")
+            raise InvalidInput("q: must not contain NUL characters", field="q")
         if not q.strip():
-            raise InvalidInput("q: must contain at least one non-space character")
+            raise InvalidInput("q: must contain at least one non-space character", field="q")
         if len(q) > MAX_QUERY_CHARS:
-            raise InvalidInput(f"q: at most {MAX_QUERY_CHARS} characters, got {len(q)}")
+            raise InvalidInput(f"q: at most {MAX_QUERY_CHARS} characters, got {len(q)}", field="q")
         if not 1 <= self.limit <= MAX_LIMIT:
-            raise InvalidInput(f"limit: from 1 to {MAX_LIMIT}, got {self.limit}")
+            raise InvalidInput(f"limit: from 1 to {MAX_LIMIT}, got {self.limit}", field="limit")
         if not 0 <= self.offset <= MAX_OFFSET:
-            raise InvalidInput(f"offset: from 0 to {MAX_OFFSET}, got {self.offset}")
+            raise InvalidInput(f"offset: from 0 to {MAX_OFFSET}, got {self.offset}", field="offset")
         if self.mode not in MODES:
-            raise InvalidInput(f"mode: one of {', '.join(MODES)}; got {self.mode!r}")
+            raise InvalidInput(f"mode: one of {', '.join(MODES)}; got {self.mode!r}", field="mode")
         if self.kind is not None and self.kind not in KINDS:
-            raise InvalidInput(f"kind: one of {', '.join(KINDS)}; got {self.kind!r}")
+            raise InvalidInput(f"kind: one of {', '.join(KINDS)}; got {self.kind!r}", field="kind")
         if self.asset_type is not None and self.asset_type not in ASSET_TYPES:
-            raise InvalidInput(f"asset_type: one of {', '.join(ASSET_TYPES)}; got {self.asset_type!r}")
+            raise InvalidInput(
+                f"asset_type: one of {', '.join(ASSET_TYPES)}; got {self.asset_type!r}", field="asset_type"
+            )
         if self.archived not in ("false", "true", "any"):
-            raise InvalidInput(f"archived: one of false, true, any; got {self.archived!r}")
+            raise InvalidInput(f"archived: one of false, true, any; got {self.archived!r}", field="archived")
         if not (self.rrf_k > 0 and self.semantic_weight >= 0 and self.keyword_weight >= 0):
-            raise InvalidInput("rrf_k must be positive and the weights not negative")
+            raise InvalidInput("rrf_k must be positive and the weights not negative", field="rrf_k")
         for name, tags in (("tags_any", self.tags_any), ("tags_all", self.tags_all)):
             for tag in tags:
                 if not tag or len(tag) > 100 or "\x00" in tag:

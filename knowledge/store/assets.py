@@ -247,7 +247,7 @@ def update_asset(
     with if_matches(conn, _SPEC, asset_id, if_match):
         row = _write(conn, items.update_statement(_SPEC, params), {**params, "id": asset_id})
     if row is None:
-        raise NotFound(f"asset {asset_id} not found")
+        raise NotFound(f"asset {asset_id} not found", field="id")
     return row
 
 

@@ -234,7 +234,7 @@ def update_document(
                     [document_id],
                 ).fetchone()
             if row is None:
-                raise NotFound(f"document {document_id} not found")
+                raise NotFound(f"document {document_id} not found", field="id")
             old_fmt: str = row[0]
             old_content, old_text = row[1], row[2]
             fmt: str = given.get("content_format", old_fmt)
@@ -251,7 +251,7 @@ def update_document(
             params["content"], params["content_text"] = _content(fmt, new_content, new_text)
         updated = items.write(conn, _SPEC, items.update_statement(_SPEC, params), {**params, "id": document_id})
     if updated is None:
-        raise NotFound(f"document {document_id} not found")
+        raise NotFound(f"document {document_id} not found", field="id")
     return updated
 
 

@@ -123,7 +123,7 @@ def get_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) -> Fo
     """The folder with its path. Raises NotFound."""
     found = _folder(conn, tree, folder_id)
     if found is None:
-        raise NotFound(f"{tree} folder {folder_id} not found")
+        raise NotFound(f"{tree} folder {folder_id} not found", field="id")
     return found
 
 
@@ -182,7 +182,7 @@ def create_folder(conn: psycopg.Connection[Any], tree: Kind, *, name: str, paren
     try:
         created = retry_conflicts(insert, what=f"creating {tree} folder {name!r}")
     except pg.ForeignKeyViolation as e:
-        raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
+        raise NotFound(f"parent_id: {tree} folder {parent_id} not found", field="parent_id") from e
     except pg.UniqueViolation as e:
         raise _name_taken(conn, tree, name, parent_id) from e
     except DATA_ERRORS as e:
@@ -223,12 +223,12 @@ def update_folder(
             if "parent_id" in changes and changes["parent_id"] is not None:
                 _check_move_depth(conn, tree, folder_id, changes["parent_id"])
             if conn.execute(statement, {**changes, "id": folder_id}).rowcount == 0:
-                raise NotFound(f"{tree} folder {folder_id} not found")
+                raise NotFound(f"{tree} folder {folder_id} not found", field="id")
 
     try:
         retry_conflicts(write, what=f"changing {tree} folder {folder_id}")
     except pg.ForeignKeyViolation as e:
-        raise NotFound(f"parent_id: {tree} folder {parent_id} not found") from e
+        raise NotFound(f"parent_id: {tree} folder {parent_id} not found", field="parent_id") from e
     except pg.UniqueViolation as e:
         parent = changes.get("parent_id", current.parent_id)
         raise _name_taken(conn, tree, changes.get("name", current.name), parent) from e
@@ -311,7 +311,7 @@ def delete_folder(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID) ->
                 ).fetchall()
             ]
             if not subtree:
-                raise NotFound(f"{tree} folder {folder_id} not found")
+                raise NotFound(f"{tree} folder {folder_id} not found", field="id")
             moved = cur.execute(
                 sql.SQL("UPDATE {} SET folder_id = NULL WHERE folder_id = ANY(%s)").format(items), [subtree]
             ).rowcount

@@ -156,7 +156,7 @@ def fetch(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> T:
     with conn.cursor(row_factory=class_row(spec.row)) as cur:
         row = cur.execute(query, [item_id]).fetchone()
     if row is None:
-        raise NotFound(f"{spec.kind} {item_id} not found")
+        raise NotFound(f"{spec.kind} {item_id} not found", field="id")
     return row
 
 
@@ -181,7 +181,7 @@ def write(
     except pg.ForeignKeyViolation as e:
         name = spec.foreign_keys.get(e.diag.constraint_name or "", "")
         what = "agent" if name.endswith("agent_id") else f"{spec.kind} folder"
-        raise NotFound(f"{name or 'reference'}: {what} {params.get(name, '')} not found".rstrip()) from e
+        raise NotFound(f"{name or 'reference'}: {what} {params.get(name, '')} not found".rstrip(), field=name) from e
     except pg.UniqueViolation as e:
         raise Conflict(f"{spec.kind} conflicts with an existing one: {e.diag.message_detail or e}") from e
     except DATA_ERRORS as e:
@@ -196,7 +196,7 @@ def set_archived(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID
     )
     row = write(conn, spec, statement, {"id": item_id})
     if row is None:
-        raise NotFound(f"{spec.kind} {item_id} not found")
+        raise NotFound(f"{spec.kind} {item_id} not found", field="id")
     return row
 
 
@@ -204,7 +204,7 @@ def delete(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> N
     """Delete the item with its passages and embeddings. Raises NotFound."""
     query = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(spec.table))
     if conn.execute(query, [item_id]).rowcount == 0:
-        raise NotFound(f"{spec.kind} {item_id} not found")
+        raise NotFound(f"{spec.kind} {item_id} not found", field="id")
 
 
 def retry_embedding(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: UUID) -> T:
@@ -218,7 +218,7 @@ def retry_embedding(conn: psycopg.Connection[Any], spec: ItemSpec[T], item_id: U
             [item_id],
         )
         if status is None:
-            raise NotFound(f"{spec.kind} {item_id} not found")
+            raise NotFound(f"{spec.kind} {item_id} not found", field="id")
         raise Conflict(f"{spec.kind} {item_id} is {status}: only a failed {spec.kind} can be retried")
     return row
 
@@ -230,12 +230,13 @@ def page(
     the alias t), pinned first, then most recently updated. Raises InvalidInput for a bad
     limit, offset or tag, NotFound for an unknown folder."""
     if not 1 <= filters.limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit is {filters.limit}; give 1..{MAX_LIMIT}")
+        raise InvalidInput(f"limit is {filters.limit}; give 1..{MAX_LIMIT}", field="limit")
     if not 0 <= filters.offset <= MAX_OFFSET:
-        raise InvalidInput(f"offset is {filters.offset}; give 0..{MAX_OFFSET}")
+        raise InvalidInput(f"offset is {filters.offset}; give 0..{MAX_OFFSET}", field="offset")
     if filters.embedding_status is not None and filters.embedding_status not in EMBEDDING_STATUSES:
         raise InvalidInput(
-            f"embedding_status is {filters.embedding_status!r}; accepted: {', '.join(EMBEDDING_STATUSES)}"
+            f"embedding_status is {filters.embedding_status!r}; accepted: {', '.join(EMBEDDING_STATUSES)}",
+            field="embedding_status",
         )
     clauses: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": filters.limit, "offset": filters.offset}
@@ -255,7 +256,7 @@ def page(
             )
             is None
         ):
-            raise NotFound(f"folder_id: {spec.kind} folder {filters.folder_id} not found")
+            raise NotFound(f"folder_id: {spec.kind} folder {filters.folder_id} not found", field="folder_id")
         clauses.append(
             sql.SQL(
                 "t.folder_id IN (WITH RECURSIVE sub AS (SELECT id FROM {f} WHERE id = %(folder_id)s "
@@ -274,7 +275,7 @@ def page(
     elif filters.archived == "true":
         clauses.append(sql.SQL("t.archived_at IS NOT NULL"))
     elif filters.archived != "any":
-        raise InvalidInput(f"archived is {filters.archived!r}; accepted: false, true, any")
+        raise InvalidInput(f"archived is {filters.archived!r}; accepted: false, true, any", field="archived")
     if filters.embedding_status is not None:
         where(
             "t.embedding_status = %(embedding_status)s::embedding_status", "embedding_status", filters.embedding_status

@@ -120,7 +120,9 @@ def create_key(
         check_slug(agent)
         if conn.execute("SELECT 1 FROM agents WHERE slug = %s", (agent,)).fetchone() is None:
             known = [r[0] for r in conn.execute("SELECT slug FROM agents ORDER BY slug LIMIT 20")]
-            raise NotFound(f"agent: no agent has the slug {agent!r} (agents: {', '.join(known) or 'none'})")
+            raise NotFound(
+                f"agent: no agent has the slug {agent!r} (agents: {', '.join(known) or 'none'})", field="agent"
+            )
     label = check_name("name", name, max_chars=100) if name else f"{agent or scope} key"
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     with conn.cursor(row_factory=class_row(ApiKey)) as cur:

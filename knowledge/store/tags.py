@@ -53,7 +53,7 @@ def _tags_of(conn: psycopg.Connection[Any], kind: Kind, item_id: UUID) -> ItemTa
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(sql.SQL("SELECT tags FROM {} WHERE id = %s").format(_table(kind)), [item_id]).fetchone()
     if row is None:
-        raise NotFound(f"{kind} {item_id} not found")
+        raise NotFound(f"{kind} {item_id} not found", field="id")
     return ItemTags(id=item_id, kind=kind, tags=row[0])
 
 

@@ -167,11 +167,11 @@ def check_text(field: str, value: str, *, max_bytes: int | None = None) -> None:
     encoding is longer than `max_bytes`."""
     problem = _unstorable(value)
     if problem:
-        raise InvalidInput(f"{field} {problem}")
+        raise InvalidInput(f"{field} {problem}", field=field)
     if max_bytes is not None and len(value) * 4 > max_bytes:
         size = len(value.encode("utf-8"))
         if size > max_bytes:
-            raise TooLarge(f"{field} is {size} bytes; the limit is {max_bytes} bytes ({_mib(max_bytes)})")
+            raise TooLarge(f"{field} is {size} bytes; the limit is {max_bytes} bytes ({_mib(max_bytes)})", field=field)
 
 
 def _code_point(ch: str) -> str:
@@ -190,9 +190,9 @@ def check_name(field: str, value: str, *, max_chars: int) -> str:
     legitimate text such as '²' or full-width punctuation; tags, which must match exactly,
     are normalised by `normalize_tag`)."""
     if not value.strip():
-        raise InvalidInput(f"{field} must not be empty or blank; give 1..{max_chars} characters")
+        raise InvalidInput(f"{field} must not be empty or blank; give 1..{max_chars} characters", field=field)
     if len(value) > max_chars:
-        raise InvalidInput(f"{field} is {len(value)} characters; the limit is {max_chars}")
+        raise InvalidInput(f"{field} is {len(value)} characters; the limit is {max_chars}", field=field)
     check_text(field, value)
     for i, ch in enumerate(value):
         category = unicodedata.category(ch)
@@ -207,7 +207,8 @@ def check_name(field: str, value: str, *, max_chars: int) -> str:
         raise InvalidInput(
             f"{field} contains {what} ({_code_point(ch)}) at offset {i}; {field} must be one "
             "line of printable text, without control characters (ANSI escapes, BEL, tab, CR, "
-            "LF), line separators or bidirectional overrides"
+            "LF), line separators or bidirectional overrides",
+            field=field,
         )
     return value
 
@@ -220,29 +221,33 @@ def check_json(field: str, value: Any, *, max_bytes: int | None = None, max_dept
     while stack:
         path, item, depth = stack.pop()
         if depth > max_depth:
-            raise InvalidInput(f"{field}: JSON nests deeper than {max_depth} levels (at {_abbreviated(path)})")
+            raise InvalidInput(
+                f"{field}: JSON nests deeper than {max_depth} levels (at {_abbreviated(path)})", field=field
+            )
         if isinstance(item, str):
             problem = _unstorable(item)
             if problem:
-                raise InvalidInput(f"{path} {problem}")
+                raise InvalidInput(f"{path} {problem}", field=field)
         elif isinstance(item, float) and not math.isfinite(item):
-            raise InvalidInput(f"{path} is {item}: JSON numbers must be finite")
+            raise InvalidInput(f"{path} is {item}: JSON numbers must be finite", field=field)
         elif isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
-                    raise InvalidInput(f"{path}: JSON object keys must be strings, got {key!r}")
+                    raise InvalidInput(f"{path}: JSON object keys must be strings, got {key!r}", field=field)
                 problem = _unstorable(key)
                 if problem:
-                    raise InvalidInput(f"{path}: key {key!r} {problem}")
+                    raise InvalidInput(f"{path}: key {key!r} {problem}", field=field)
                 stack.append((f"{path}.{key}", sub, depth + 1))
         elif isinstance(item, list):
             stack.extend((f"{path}[{i}]", sub, depth + 1) for i, sub in enumerate(item))
         elif item is not None and not isinstance(item, bool | int | float):
-            raise InvalidInput(f"{path}: {type(item).__name__} is not a JSON value")
+            raise InvalidInput(f"{path}: {type(item).__name__} is not a JSON value", field=field)
     if max_bytes is not None:
         size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         if size > max_bytes:
-            raise TooLarge(f"{field} is {size} bytes as JSON; the limit is {max_bytes} bytes ({_mib(max_bytes)})")
+            raise TooLarge(
+                f"{field} is {size} bytes as JSON; the limit is {max_bytes} bytes ({_mib(max_bytes)})", field=field
+            )
 
 
 def check_html(field: str, value: str) -> None:
@@ -255,7 +260,8 @@ def check_html(field: str, value: str) -> None:
     depth = html_depth(value)
     if depth > MAX_HTML_DEPTH:
         raise InvalidInput(
-            f"{field}: HTML nests elements {depth} deep; the limit is {MAX_HTML_DEPTH} (<html><body><p> is 3 deep)"
+            f"{field}: HTML nests elements {depth} deep; the limit is {MAX_HTML_DEPTH} (<html><body><p> is 3 deep)",
+            field=field,
         )
 
 
@@ -270,13 +276,14 @@ def check_tiptap(field: str, doc: Any) -> None:
         raise InvalidInput(
             f"{field}: TipTap nodes nest {depth} levels deep; the limit is "
             f"{MAX_TIPTAP_DEPTH} (the document is level 0, a paragraph in it level 1, "
-            "that paragraph's text level 2)"
+            "that paragraph's text level 2)",
+            field=field,
         )
     check_json(field, doc, max_bytes=MAX_CONTENT_BYTES, max_depth=_TIPTAP_JSON_DEPTH)
     try:
         validate_tiptap(doc)
     except ExtractError as e:
-        raise InvalidInput(f"{field} is not a valid TipTap document: {e}") from e
+        raise InvalidInput(f"{field} is not a valid TipTap document: {e}", field=field) from e
 
 
 def _check_tag_characters(field: str, value: str, where: str) -> None:
@@ -289,7 +296,9 @@ def _check_tag_characters(field: str, value: str, where: str) -> None:
             what = "an invisible character"
         else:
             continue
-        raise InvalidInput(f"{field} {value!r} contains {what} ({_code_point(ch)}) at offset {i}{where}; {TAG_RULE}")
+        raise InvalidInput(
+            f"{field} {value!r} contains {what} ({_code_point(ch)}) at offset {i}{where}; {TAG_RULE}", field=field
+        )
 
 
 def normalize_tag(tag: str, field: str = "tag") -> str:
@@ -300,12 +309,12 @@ def normalize_tag(tag: str, field: str = "tag") -> str:
     zero-width spaces and joiners, the BOM and bidirectional controls, and the other
     default-ignorable code points), as sent or after normalisation."""
     if not isinstance(tag, str):
-        raise InvalidInput(f"{field} must be a string; {TAG_RULE}")
+        raise InvalidInput(f"{field} must be a string; {TAG_RULE}", field=field)
     value = unicodedata.normalize("NFKC", tag)
     if not value:
-        raise InvalidInput(f"{field} is empty; {TAG_RULE}")
+        raise InvalidInput(f"{field} is empty; {TAG_RULE}", field=field)
     if len(value) > MAX_TAG_CHARS:
-        raise InvalidInput(f"{field} {value[:20]!r}... is {len(value)} characters; {TAG_RULE}")
+        raise InvalidInput(f"{field} {value[:20]!r}... is {len(value)} characters; {TAG_RULE}", field=field)
     _check_tag_characters(field, tag, "")  # first as sent, so that the offset is the sender's
     if value != tag:
         _check_tag_characters(field, value, f" after NFKC normalisation (sent as {tag!r})")
@@ -316,12 +325,12 @@ def normalize_tags(tags: Iterable[str], field: str = "tags") -> list[str]:
     """The tags normalised, duplicates removed (first occurrence kept, case kept).
     Raises InvalidInput for a bad tag or more than MAX_TAGS distinct tags."""
     if isinstance(tags, str):
-        raise InvalidInput(f"{field} must be a list of tags, not a string; {TAG_RULE}")
+        raise InvalidInput(f"{field} must be a list of tags, not a string; {TAG_RULE}", field=field)
     seen: dict[str, None] = {}
     for i, tag in enumerate(tags):
         seen.setdefault(normalize_tag(tag, f"{field}[{i}]"), None)
     if len(seen) > MAX_TAGS:
-        raise InvalidInput(f"{field}: {len(seen)} distinct tags; at most {MAX_TAGS} per item")
+        raise InvalidInput(f"{field}: {len(seen)} distinct tags; at most {MAX_TAGS} per item", field=field)
     return list(seen)
 
 
@@ -358,5 +367,5 @@ _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 def check_slug(slug: str) -> str:
     """The slug, unchanged. Raises InvalidInput unless it is a well-formed agent slug."""
     if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-        raise InvalidInput(f"agent slug {slug!r} is not valid: a slug is {SLUG_RULE}")
+        raise InvalidInput(f"agent slug {slug!r} is not valid: a slug is {SLUG_RULE}", field="slug")
     return slug

@@ -74,7 +74,7 @@ def lock_version(conn: psycopg.Connection[Any], spec: ItemSpec[Any], item_id: UU
     if conn.info.transaction_status == pq.TransactionStatus.IDLE:
         raise RuntimeError("lock_version needs a transaction: its lock ended with the statement")
     if row is None:
-        raise NotFound(f"{spec.kind} {item_id} not found")
+        raise NotFound(f"{spec.kind} {item_id} not found", field="id")
     current = version_of(row[0])
     if accepted is not None and current not in accepted:
         raise PreconditionFailed(
