@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 from embeddings.model import FakeEmbedder
 from knowledge.db.keyword_index import configure_keyword_index
 from knowledge.db.pools import configure_for_search
-from knowledge.ingest.worker import register_model
+from knowledge.ingest.worker import register_embedder
 from knowledge.search import SearchQuery
 from knowledge.search.setup import forget_setup, search_active
 
@@ -93,7 +93,7 @@ def test_two_apis_on_a_standby_and_two_workers_on_the_primary(
     conn: Any, db_url: str, standby: Standby, fleet: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dbname = str(conninfo_to_dict(db_url)["dbname"])
-    register_model(conn, FakeEmbedder())
+    register_embedder(conn, FakeEmbedder())
     with conn.transaction():  # the APIs embed queries with the model the workers embed passages with
         conn.execute("UPDATE embedding_models SET is_active = (name = 'fake-hash-384')")
     standby.wait_until_replayed(db_url, dbname)

@@ -15,7 +15,7 @@ from knowledge.ingest import queue
 from knowledge.ingest.chunking import Chunk, chunk_markdown, passage_hash
 from knowledge.ingest.extract import asset_markdown, document_markdown
 
-__all__ = ["Record", "WorkerStats", "register_model"]
+__all__ = ["Record", "WorkerStats", "register_embedder"]
 
 
 @dataclass
@@ -63,9 +63,11 @@ class Record:
             self.error = f"text extraction failed: {type(e).__name__}: {e}"
 
 
-def register_model(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
-    """Make sure `embedder`'s model is registered with its HNSW index. Raises ValueError
-    when a model of that name is registered with another dimension."""
+def register_embedder(conn: psycopg.Connection[Any], embedder: Embedder) -> None:
+    """Make sure the model the worker embeds with is registered, with its HNSW index (the
+    worker's own check, on any connection; `embedding_models.register_model` registers a model
+    by its spec for re-embedding). Raises ValueError when a model of that name is registered
+    with another dimension."""
     row = (
         conn.cursor(row_factory=tuple_row)
         .execute(

@@ -40,9 +40,9 @@ from knowledge.ingest.chunking import passage_hash
 from knowledge.ingest.leases import dead_owners, new_owner, node_name
 from knowledge.ingest.outage import Outage, describe
 from knowledge.ingest.passages import stored_vectors, write_passages
-from knowledge.ingest.records import Record, WorkerStats, register_model
+from knowledge.ingest.records import Record, WorkerStats, register_embedder
 
-__all__ = ["Worker", "WorkerStats", "register_model"]  # the last two from .records
+__all__ = ["Worker", "WorkerStats", "register_embedder"]  # the last two from .records
 
 log = logging.getLogger("hq_knowledge.worker")
 CHANNEL = "hq_embedding"
@@ -119,7 +119,7 @@ class Worker:
         if spec and self._embedder is not None and spec.name != self._embedder.name:
             log.info("the active model is now %s: embedding with it", spec.name)
             self._embedder = self._active_embedder()
-            register_model(self.conn_raw, self._embedder)
+            register_embedder(self.conn_raw, self._embedder)
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -387,7 +387,7 @@ class Worker:
     def conn(self) -> psycopg.Connection[Any]:
         conn = self.conn_raw
         if not self._registered:
-            register_model(conn, self.embedder)
+            register_embedder(conn, self.embedder)
             self._registered = True
         return conn
 
