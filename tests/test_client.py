@@ -30,7 +30,6 @@ from knowledge.client import (
     KnowledgeClient,
     SavedDocument,
 )
-from knowledge.documents import create_document
 from knowledge.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -40,44 +39,15 @@ from knowledge.errors import (
     ServiceUnavailable,
     TooLarge,
 )
-from knowledge.folders import create_folder
 from knowledge.ingest.worker import Worker
 from knowledge.mcp_server import AGENT_HEADER
 
 from .apiclient import LOCAL, local_client
-from .factories import add_document, index_with_fake
 from .mcp_clients import http_service
-from .test_search import DOCS
+from .sample_knowledge import KB
 
 Conn = psycopg.Connection[dict[str, Any]]
 UNREACHABLE = "http://127.0.0.1:9"
-
-
-class KB:
-    """The search tests' documents, a sectioned document in /Operations, an agent `closer` with
-    two boot documents; indexed with the fake embedder."""
-
-    def __init__(self, conn: Conn, url: str) -> None:
-        self.url = url
-        self.ids = {title: add_document(conn, title, body, tags) for title, body, tags in DOCS}
-        conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
-        self.ops = create_folder(conn, "document", name="Operations").id
-        self.ids["Quarterly review"] = create_document(
-            conn,
-            title="Quarterly review",
-            folder_id=self.ops,
-            tags=["finance"],
-            content_text="# Summary\n\nRevenue grew.\n\n## Churn\n\n"
-            + "\n\n".join(f"Paragraph {i}: churn fell in the quarter." for i in range(20))
-            + "\n\n## Hiring\n\nTwo engineers joined.",
-        ).id
-        self.ids["Sales playbook"] = create_document(
-            conn, title="Sales playbook", tags=["boot:closer"], content_text="Always ask for the budget first."
-        ).id
-        self.ids["House rules"] = create_document(
-            conn, title="House rules", tags=["boot:all"], pinned=True, content_text="Be kind. Write things down."
-        ).id
-        index_with_fake(conn, url)
 
 
 class Blocking:
