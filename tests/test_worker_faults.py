@@ -30,6 +30,7 @@ from knowledge.pools import configure_for_search
 from knowledge.query_models import search_active
 from knowledge.search import SearchQuery
 
+from .commands import environment
 from .factories import add_document
 from .test_worker import statuses
 
@@ -37,16 +38,12 @@ Conn = psycopg.Connection[dict[str, Any]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(**values: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | values
-
-
 def _run(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`python *args` on the database at `db_url` with the fake embedder, to its end (at most 2 minutes)."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
-        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+        env=environment(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,7 +93,7 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
             proc = subprocess.Popen(
                 [sys.executable, "-m", "knowledge", "worker"],
                 cwd=ROOT,
-                env=_env(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
+                env=environment(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
