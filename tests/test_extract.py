@@ -16,30 +16,7 @@ from knowledge.ingest.extract import (
     validate_tiptap,
 )
 
-
-def text(value: str, *marks: str | dict[str, Any]) -> dict[str, Any]:
-    node: dict[str, Any] = {"type": "text", "text": value}
-    if marks:
-        node["marks"] = [m if isinstance(m, dict) else {"type": m} for m in marks]
-    return node
-
-
-def para(*inline: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "paragraph", "content": list(inline)}
-
-
-def item(*blocks: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "listItem", "content": list(blocks)}
-
-
-def cell(value: str, header: bool = False) -> dict[str, Any]:
-    kind = "tableHeader" if header else "tableCell"
-    return {"type": kind, "attrs": {"colspan": 1, "rowspan": 1}, "content": [para(text(value))]}
-
-
-def doc(*blocks: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "doc", "content": list(blocks)}
-
+from .tiptap import cell, doc, item, para, text
 
 LINK = {"type": "link", "attrs": {"href": "https://example.com/refunds", "target": "_blank"}}
 
