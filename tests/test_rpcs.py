@@ -46,6 +46,16 @@ def scalar(conn: Conn, sql: str, params: Any = None) -> Any:
     return next(iter(one(conn, sql, params).values()))
 
 
+def row_values(conn: Conn, sql: str, params: Any = None) -> tuple[Any, ...]:
+    """The values of the one row, in column order."""
+    return tuple(one(conn, sql, params).values())
+
+
+def column(conn: Conn, sql: str, params: Any = None) -> list[Any]:
+    """The first column of every row."""
+    return [next(iter(row.values())) for row in conn.execute(sql, params).fetchall()]
+
+
 def insert_returning_id(conn: Conn, sql: str, params: Any = None) -> UUID:
     """Run an INSERT ... RETURNING id and return that uuid."""
     value = scalar(conn, sql, params)
@@ -134,21 +144,14 @@ def add_interaction(conn: Conn, contact: UUID, occurred_at: datetime, organizati
 
 
 def contact_stats(conn: Conn, contact: UUID) -> tuple[datetime | None, int]:
-    row = one(
-        conn,
-        "SELECT last_interaction_at, interaction_count FROM contacts WHERE id = %s",
-        [contact],
-    )
-    return row["last_interaction_at"], row["interaction_count"]
+    """The contact's last interaction and count of interactions, as kept by the triggers."""
+    return row_values(conn, "SELECT last_interaction_at, interaction_count FROM contacts WHERE id = %s", [contact])
 
 
 def contact_truth(conn: Conn, contact: UUID) -> tuple[datetime | None, int]:
-    row = one(
-        conn,
-        "SELECT max(occurred_at) AS last, count(*)::integer AS n FROM interactions WHERE contact_id = %s",
-        [contact],
-    )
-    return row["last"], row["n"]
+    """The contact's last interaction and count of interactions, counted from the interactions."""
+    sql = "SELECT max(occurred_at), count(*)::integer FROM interactions WHERE contact_id = %s"
+    return row_values(conn, sql, [contact])
 
 
 def org_last(conn: Conn, organization: UUID) -> datetime | None:
@@ -178,10 +181,7 @@ def spawn(conn: Conn, now: datetime, max_per_series: int = 10) -> int:
 
 
 def series_runs(conn: Conn, series: UUID) -> list[datetime]:
-    rows = conn.execute(
-        "SELECT series_run_at FROM tasks WHERE series_id = %s ORDER BY series_run_at", [series]
-    ).fetchall()
-    return [r["series_run_at"] for r in rows]
+    return column(conn, "SELECT series_run_at FROM tasks WHERE series_id = %s ORDER BY series_run_at", [series])
 
 
 def series_row(conn: Conn, series: UUID) -> dict[str, Any]:
@@ -229,10 +229,7 @@ def budget(conn: Conn, agent: UUID) -> dict[str, Any]:
 
 
 def budget_notifications(conn: Conn, agent: UUID) -> list[str]:
-    rows = conn.execute(
-        "SELECT kind FROM notifications WHERE agent_id = %s ORDER BY created_at, kind", [agent]
-    ).fetchall()
-    return [r["kind"] for r in rows]
+    return column(conn, "SELECT kind FROM notifications WHERE agent_id = %s ORDER BY created_at, kind", [agent])
 
 
 def check_budget(conn: Conn, agent: UUID) -> dict[str, Any]:
