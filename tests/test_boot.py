@@ -33,35 +33,18 @@ from knowledge.store.documents import archive_document, create_document, update_
 from knowledge.store.folders import create_folder, update_folder
 from knowledge.store.tags import add_tag, remove_tag
 
+from . import tiptap
 from .apiclient import local_client
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 TEN = "one two three four five six seven eight nine ten"
 """Ten words of one word piece each."""
-TIPTAP = {
-    "type": "doc",
-    "content": [
-        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "Escalation"}]},
-        {
-            "type": "paragraph",
-            "content": [
-                {"type": "text", "text": "Call the "},
-                {"type": "text", "text": "on-call", "marks": [{"type": "bold"}]},
-                {"type": "text", "text": " engineer."},
-            ],
-        },
-        {
-            "type": "bulletList",
-            "content": [
-                {
-                    "type": "listItem",
-                    "content": [{"type": "paragraph", "content": [{"type": "text", "text": "page them twice"}]}],
-                }
-            ],
-        },
-    ],
-}
+TIPTAP = tiptap.doc(
+    tiptap.heading(2, "Escalation"),
+    tiptap.para(tiptap.text("Call the "), tiptap.text("on-call", "bold"), tiptap.text(" engineer.")),
+    tiptap.bullets(tiptap.item(tiptap.para(tiptap.text("page them twice")))),
+)
 
 
 def agent(conn: Conn, slug: str) -> None:

@@ -20,21 +20,9 @@ import pytest
 from knowledge.db.embedded import postmaster_pid
 from knowledge.db.migrations import LEDGER
 
+from .commands import environment, hq
 from .conftest import Server
 from .pgtools import psql_file
-
-
-def hq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "knowledge", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -216,10 +204,9 @@ def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
     passes `db check`, and that stops its database when it stops."""
     port = _free_port()
     env = {"HQ_DATA_DIR": str(tmp_path / "data"), "HQ_PORT": str(port)}
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
     proc = subprocess.Popen(
         [sys.executable, "-m", "knowledge", "serve"],
-        env=full_env,
+        env=environment(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

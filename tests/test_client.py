@@ -20,64 +20,21 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from embeddings.model import FakeEmbedder
 from knowledge import client as client_module
+from knowledge import errors
 from knowledge.agents.mcp_server import AGENT_HEADER
 from knowledge.agents.operations import read_document
 from knowledge.api import create_app
 from knowledge.api.routes import agent as agent_routes
-from knowledge.client import (
-    AsyncKnowledgeClient,
-    BootContext,
-    KnowledgeClient,
-    SavedDocument,
-)
-from knowledge.errors import (
-    Conflict,
-    DatabaseUnavailable,
-    InvalidInput,
-    KnowledgeError,
-    NotFound,
-    ServiceUnavailable,
-    TooLarge,
-)
+from knowledge.client import AsyncKnowledgeClient, BootContext, KnowledgeClient, SavedDocument
 from knowledge.ingest.worker import Worker
 from knowledge.search.boot import MARKDOWN, boot_bundle, boot_version, bundle_markdown
-from knowledge.store.documents import create_document
-from knowledge.store.folders import create_folder
 
 from .apiclient import LOCAL, local_client
-from .factories import add_document, index_with_fake
 from .mcp_clients import http_service
-from .test_search import DOCS
+from .sample_knowledge import KB
 
 Conn = psycopg.Connection[dict[str, Any]]
 UNREACHABLE = "http://127.0.0.1:9"
-
-
-class KB:
-    """The search tests' documents, a sectioned document in /Operations, an agent `closer` with
-    two boot documents; indexed with the fake embedder."""
-
-    def __init__(self, conn: Conn, url: str) -> None:
-        self.url = url
-        self.ids = {title: add_document(conn, title, body, tags) for title, body, tags in DOCS}
-        conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
-        self.ops = create_folder(conn, "document", name="Operations").id
-        self.ids["Quarterly review"] = create_document(
-            conn,
-            title="Quarterly review",
-            folder_id=self.ops,
-            tags=["finance"],
-            content_text="# Summary\n\nRevenue grew.\n\n## Churn\n\n"
-            + "\n\n".join(f"Paragraph {i}: churn fell in the quarter." for i in range(20))
-            + "\n\n## Hiring\n\nTwo engineers joined.",
-        ).id
-        self.ids["Sales playbook"] = create_document(
-            conn, title="Sales playbook", tags=["boot:closer"], content_text="Always ask for the budget first."
-        ).id
-        self.ids["House rules"] = create_document(
-            conn, title="House rules", tags=["boot:all"], pinned=True, content_text="Be kind. Write things down."
-        ).id
-        index_with_fake(conn, url)
 
 
 class Blocking:
@@ -170,7 +127,7 @@ def test_get_document(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
     expected = read_document(conn, doc_id, max_tokens=60)
     assert cut.truncated and cut.tokens <= 60 < cut.total_tokens == doc.total_tokens
     assert (cut.markdown, cut.tokens) == (expected.markdown, expected.tokens)
-    with pytest.raises(NotFound) as e:
+    with pytest.raises(errors.NotFound) as e:
         client.get_document(doc_id, section="Pricing")
     assert e.value.message.startswith("section: no heading 'Pricing' in this document; its headings: Summary;")
 
@@ -192,7 +149,7 @@ def test_overview(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
     assert [d.id for d in ops.recent] == [kb.ids["Quarterly review"]] and ops.recent[0].tags == ["finance"]
     billing = client.overview(tag="billing")
     assert billing.tag == "billing" and billing.documents == 1 and billing.recent[0].title == "Refund policy"
-    with pytest.raises(NotFound) as e:
+    with pytest.raises(errors.NotFound) as e:
         client.overview(folder="/Nowhere")
     assert e.value.message.startswith("folder: no document folder '/Nowhere'")
 
@@ -256,7 +213,7 @@ def test_update_document(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
         "content_text": "# Refunds\n\nNo refunds after 14 days.",
     }
     assert retitled.title == "Refunds" and retitled.tags == ["billing", "policy"]
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         make().update_document(doc_id)
     assert e.value.message == "give at least one of markdown, title, tags"
 
@@ -280,10 +237,10 @@ def test_boot_unchanged_until_a_document_changes(make: Callable[..., Any], kb: K
     assert "Ask about the timeline first." in second.markdown and "budget" not in second.markdown
     short = client.boot(max_tokens=5)
     assert short.version == boot_version(conn, "closer", 5, MARKDOWN) and "# Left out" in short.markdown
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         make().boot()
     assert e.value.message.startswith("agent_slug: ")
-    with pytest.raises(NotFound) as nf:
+    with pytest.raises(errors.NotFound) as nf:
         make().boot("nobody")
     assert nf.value.message == "agent 'nobody' not found"
 
@@ -291,38 +248,38 @@ def test_boot_unchanged_until_a_document_changes(make: Callable[..., Any], kb: K
 def test_server_errors_keep_their_message(make: Callable[..., Any], kb: KB, conn: Conn) -> None:
     client = make()
     missing = uuid.uuid4()
-    with pytest.raises(NotFound) as nf:
+    with pytest.raises(errors.NotFound) as nf:
         client.get_document(missing)
     assert nf.value.message == f"document {missing} not found" and nf.value.status == 404
-    with pytest.raises(NotFound):
+    with pytest.raises(errors.NotFound):
         client.update_document(missing, title="x")
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         client.search("refund", limit=0)
     assert e.value.message == "limit: from 1 to 100, got 0" and e.value.status == 422
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         client.search("   ")
     assert e.value.message == "query: must contain at least one non-space character"
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         client.search("refund", mode="fuzzy")
     assert e.value.message.startswith("mode: Input should be 'hybrid', 'semantic' or 'keyword'")
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         client.get_document(kb.ids["Refund policy"], max_tokens=0)
     assert e.value.message.startswith("max_tokens: ")
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         client.get_document("not-a-uuid")
     assert e.value.message == "id: a document's id (a UUID), got 'not-a-uuid'"
     before = conn.execute("SELECT count(*) AS n FROM documents").fetchone()
-    with pytest.raises(NotFound) as nf:
+    with pytest.raises(errors.NotFound) as nf:
         make(agent="ghost").save_document("Ghost note", "Boo.")
     assert nf.value.message == "agent 'ghost' not found"
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(errors.InvalidInput) as e:
         make(agent="Not A Slug").save_document("Bad note", "Text.")
     assert e.value.message.startswith("X-HQ-Agent header: agent slug 'Not A Slug' is not valid")
     assert conn.execute("SELECT count(*) AS n FROM documents").fetchone() == before
 
 
 def test_unreachable_service() -> None:
-    with KnowledgeClient(UNREACHABLE, timeout=5) as client, pytest.raises(ServiceUnavailable) as e:
+    with KnowledgeClient(UNREACHABLE, timeout=5) as client, pytest.raises(errors.ServiceUnavailable) as e:
         client.overview()
     expected = f"cannot reach the knowledge service at {UNREACHABLE} ("
     assert e.value.message.startswith(expected) and e.value.message.endswith("start it with `hq-knowledge serve`")
@@ -332,7 +289,7 @@ def test_unreachable_service() -> None:
         async with AsyncKnowledgeClient(UNREACHABLE, timeout=5) as client:
             await client.search("anything")
 
-    with pytest.raises(ServiceUnavailable) as ae:
+    with pytest.raises(errors.ServiceUnavailable) as ae:
         anyio.run(main)
     assert ae.value.message.startswith(expected)
 
@@ -340,23 +297,23 @@ def test_unreachable_service() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
-        (400, {"detail": "bad"}, InvalidInput),
-        (409, {"detail": "taken"}, Conflict),
-        (413, {"detail": "too big"}, TooLarge),
-        (503, {"detail": "the database is unavailable: down"}, DatabaseUnavailable),
-        (418, {"detail": "teapot"}, KnowledgeError),
+        (400, {"detail": "bad"}, errors.InvalidInput),
+        (409, {"detail": "taken"}, errors.Conflict),
+        (413, {"detail": "too big"}, errors.TooLarge),
+        (503, {"detail": "the database is unavailable: down"}, errors.DatabaseUnavailable),
+        (418, {"detail": "teapot"}, errors.KnowledgeError),
     ],
 )
-def test_status_picks_the_error(status: int, body: dict[str, str], error: type[KnowledgeError]) -> None:
+def test_status_picks_the_error(status: int, body: dict[str, str], error: type[errors.KnowledgeError]) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
-    with KnowledgeClient("http://kb", transport=transport) as client, pytest.raises(KnowledgeError) as e:
+    with KnowledgeClient("http://kb", transport=transport) as client, pytest.raises(errors.KnowledgeError) as e:
         client.overview()
     assert type(e.value) is error and e.value.message == body["detail"] and e.value.status == status
 
 
 def test_an_answer_that_is_not_json_is_quoted() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(502, text="<h1>Bad gateway</h1>"))
-    with KnowledgeClient("http://kb", transport=transport) as client, pytest.raises(KnowledgeError) as e:
+    with KnowledgeClient("http://kb", transport=transport) as client, pytest.raises(errors.KnowledgeError) as e:
         client.overview(tag="x")
     assert e.value.message == "HTTP 502 from http://kb/overview?tag=x: <h1>Bad gateway</h1>"
 

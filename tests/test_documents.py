@@ -24,33 +24,16 @@ from knowledge.store.documents import (
 from knowledge.store.folders import create_folder
 from knowledge.store.items import ItemFilters
 
+from . import tiptap
 from .apiclient import local_client
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-TIPTAP = {
-    "type": "doc",
-    "content": [
-        {"type": "heading", "attrs": {"level": 1}, "content": [{"type": "text", "text": "Pricing"}]},
-        {
-            "type": "paragraph",
-            "content": [
-                {"type": "text", "text": "Starter is "},
-                {"type": "text", "text": "$49", "marks": [{"type": "bold"}]},
-                {"type": "text", "text": " a month, 0.5 % off — ünïcödé ✓"},
-            ],
-        },
-        {
-            "type": "bulletList",
-            "content": [
-                {
-                    "type": "listItem",
-                    "content": [{"type": "paragraph", "content": [{"type": "text", "text": "nested"}]}],
-                }
-            ],
-        },
-    ],
-}
+TIPTAP = tiptap.doc(
+    tiptap.heading(1, "Pricing"),
+    tiptap.para(tiptap.text("Starter is "), tiptap.text("$49", "bold"), tiptap.text(" a month, 0.5 % off — ünïcödé ✓")),
+    tiptap.bullets(tiptap.item(tiptap.para(tiptap.text("nested")))),
+)
 MARKDOWN = "# Pricing\r\n\r\n* Starter: $49  \n* Pro: `$99`\t\n\n> ünïcödé ✓ 🚀\n\n\n"
 HTML = "<!doctype html>\n<h1 class='x'>Pricing</h1>\r\n<p>Starter &amp; Pro: <b>$49</b></p>  \n<!-- ✓ -->"
 
@@ -290,28 +273,18 @@ def test_upsert_by_source_path_creates_updates_and_leaves_unchanged_rows_alone(c
 
 
 def test_upsert_rejects_bad_input_and_stores_nothing(conn: Conn) -> None:
-    with pytest.raises(InvalidInput, match="tags"):
-        upsert_document_by_source_path(
-            conn,
-            source_path="kb/a.md",
-            title="A",
-            content_format="markdown",
-            content_text="x",
-            folder_id=None,
-            tags=["has space"],
-            metadata={},
-        )
-    with pytest.raises(InvalidInput, match="content_text"):
-        upsert_document_by_source_path(
-            conn,
-            source_path="kb/a.md",
-            title="A",
-            content_format="markdown",
-            content_text="nul\x00",
-            folder_id=None,
-            tags=[],
-            metadata={},
-        )
+    for tags, text, field in ((["has space"], "x", "tags"), ([], "nul\x00", "content_text")):
+        with pytest.raises(InvalidInput, match=field):
+            upsert_document_by_source_path(
+                conn,
+                source_path="kb/a.md",
+                title="A",
+                content_format="markdown",
+                content_text=text,
+                folder_id=None,
+                tags=tags,
+                metadata={},
+            )
     assert conn.execute("SELECT count(*) AS n FROM documents").fetchone() == {"n": 0}
 
 

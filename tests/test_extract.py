@@ -16,30 +16,7 @@ from knowledge.ingest.extract import (
     validate_tiptap,
 )
 
-
-def text(value: str, *marks: str | dict[str, Any]) -> dict[str, Any]:
-    node: dict[str, Any] = {"type": "text", "text": value}
-    if marks:
-        node["marks"] = [m if isinstance(m, dict) else {"type": m} for m in marks]
-    return node
-
-
-def para(*inline: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "paragraph", "content": list(inline)}
-
-
-def item(*blocks: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "listItem", "content": list(blocks)}
-
-
-def cell(value: str, header: bool = False) -> dict[str, Any]:
-    kind = "tableHeader" if header else "tableCell"
-    return {"type": kind, "attrs": {"colspan": 1, "rowspan": 1}, "content": [para(text(value))]}
-
-
-def doc(*blocks: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "doc", "content": list(blocks)}
-
+from .tiptap import cell, doc, item, para, text
 
 LINK = {"type": "link", "attrs": {"href": "https://example.com/refunds", "target": "_blank"}}
 
@@ -330,71 +307,67 @@ def asset(**fields: Any) -> dict[str, Any]:
     return row
 
 
-def test_asset_markdown_for_an_sop_with_html_text() -> None:
-    sop = asset(
-        name="Refund SOP",
-        asset_type="sop",
-        url="https://wiki.example.com/sop/refunds",
-        description="How support refunds a customer.",
-        content_text="<h2>Steps</h2><ol><li>Check the invoice</li><li>Refund</li></ol>",
-        tags=["support"],
-        extracted_text="stale output of an earlier run",
-    )
-    assert asset_markdown(sop) == (
+ASSET_MARKDOWN_CASES = {
+    "sop with html text": (
+        {
+            "name": "Refund SOP",
+            "asset_type": "sop",
+            "url": "https://wiki.example.com/sop/refunds",
+            "description": "How support refunds a customer.",
+            "content_text": "<h2>Steps</h2><ol><li>Check the invoice</li><li>Refund</li></ol>",
+            "tags": ["support"],
+            "extracted_text": "stale output of an earlier run",
+        },
         "Type: SOP\n"
         "Link: https://wiki.example.com/sop/refunds\n\n"
         "How support refunds a customer.\n\n"
         "## Steps\n\n"
         "1. Check the invoice\n"
-        "2. Refund"
-    )
-
-
-def test_asset_markdown_for_a_link() -> None:
-    link = asset(
-        name="Stripe dashboard",
-        asset_type="link",
-        url="https://dashboard.stripe.com",
-        description="Payments, refunds and disputes.",
-        metadata={"title": "Stripe", "sha256": "ab12"},
-    )
-    assert asset_markdown(link) == (
-        "Type: Link\n"
-        "Name: Stripe dashboard\n"
-        "Link: https://dashboard.stripe.com\n"
-        "Title: Stripe\n\n"
-        "Payments, refunds and disputes."
-    )
-
-
-def test_asset_markdown_for_an_image_with_alt_and_caption() -> None:
-    image = asset(
-        name="refund-flow.png",
-        asset_type="image",
-        url="https://cdn.example.com/refund-flow.png",
-        mime_type="image/png",
-        size_bytes=48213,
-        metadata={"alt": "Refund flow chart", "caption": "From request\nto payout", "width": 800},
-    )
-    assert asset_markdown(image) == (
+        "2. Refund",
+    ),
+    "link": (
+        {
+            "name": "Stripe dashboard",
+            "asset_type": "link",
+            "url": "https://dashboard.stripe.com",
+            "description": "Payments, refunds and disputes.",
+            "metadata": {"title": "Stripe", "sha256": "ab12"},
+        },
+        "Type: Link\nName: Stripe dashboard\nLink: https://dashboard.stripe.com\nTitle: Stripe\n\n"
+        "Payments, refunds and disputes.",
+    ),
+    "image with alt and caption": (
+        {
+            "name": "refund-flow.png",
+            "asset_type": "image",
+            "url": "https://cdn.example.com/refund-flow.png",
+            "mime_type": "image/png",
+            "size_bytes": 48213,
+            "metadata": {"alt": "Refund flow chart", "caption": "From request\nto payout", "width": 800},
+        },
         "Type: Image\n"
         "Name: refund-flow.png\n"
         "Link: https://cdn.example.com/refund-flow.png\n"
         "File type: image/png\n"
         "Alt text: Refund flow chart\n"
-        "Caption: From request to payout"
-    )
+        "Caption: From request to payout",
+    ),
+    "video": (
+        {
+            "name": "Demo",
+            "asset_type": "video",
+            "mime_type": "video/mp4",
+            "metadata": {"duration": 3725, "transcript": "Hello and welcome."},
+        },
+        "Type: Video\nName: Demo\nFile type: video/mp4\nDuration: 1:02:05\n\n## Transcript\n\nHello and welcome.",
+    ),
+    "script": (
+        {"asset_type": "script", "content_text": "# install\npip install x", "metadata": {}},
+        "Type: Script\n\n```\n# install\npip install x\n```",
+    ),
+}
 
 
-def test_asset_markdown_for_a_video_and_a_script() -> None:
-    video = asset(
-        name="Demo",
-        asset_type="video",
-        mime_type="video/mp4",
-        metadata={"duration": 3725, "transcript": "Hello and welcome."},
-    )
-    assert asset_markdown(video) == (
-        "Type: Video\nName: Demo\nFile type: video/mp4\nDuration: 1:02:05\n\n## Transcript\n\nHello and welcome."
-    )
-    script = asset(asset_type="script", content_text="# install\npip install x", metadata={})
-    assert asset_markdown(script) == "Type: Script\n\n```\n# install\npip install x\n```"
+@pytest.mark.parametrize(("fields", "expected"), ASSET_MARKDOWN_CASES.values(), ids=ASSET_MARKDOWN_CASES.keys())
+def test_asset_markdown(fields: dict[str, Any], expected: str) -> None:
+    assert asset_markdown(asset(**fields)) == expected

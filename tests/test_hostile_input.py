@@ -5,6 +5,7 @@ stored before the limits existed still render."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,10 +60,9 @@ def chain(conn: Conn, table: str, length: int) -> list[UUID]:
 
 @dataclass(frozen=True)
 class Case:
-    id: str
-    method: str
-    path: str
-    """With {doc}, {markup_doc}, {asset}, {level63}, {level64}, {alevel64}, {top} for the seeded rows."""
+    request: str
+    """The method and the path, with {doc}, {markup_doc}, {asset}, {level63}, {level64}, {alevel64}, {top}
+    for the seeded rows."""
     body: Any
     names: tuple[str, ...]
     """Each must appear in the error message."""
@@ -70,162 +70,102 @@ class Case:
     headers: dict[str, str] | None = None
 
 
-CASES = [
+CASES = {
     # folders nest at most 64 levels
-    Case(
-        "folder-under-level-64",
-        "POST",
-        "/document-folders",
+    "folder-under-level-64": Case(
+        "POST /document-folders",
         {"name": "x", "parent_id": "{level64}"},
         ("parent_id", "{level64}", "level 64", "at most 64 levels"),
     ),
-    Case(
-        "asset-folder-under-level-64",
-        "POST",
-        "/asset-folders",
-        {"name": "x", "parent_id": "{alevel64}"},
-        ("parent_id", "at most 64 levels"),
+    "asset-folder-under-level-64": Case(
+        "POST /asset-folders", {"name": "x", "parent_id": "{alevel64}"}, ("parent_id", "at most 64 levels")
     ),
-    Case(
-        "folder-move-to-level-65",
-        "PATCH",
-        "/document-folders/{top}",
+    "folder-move-to-level-65": Case(
+        "PATCH /document-folders/{top}",
         {"parent_id": "{level63}"},
         ("parent_id", "{top}", "level 65", "at most 64 levels"),
     ),
-    Case(
-        "folder-move-and-rename",
-        "PATCH",
-        "/document-folders/{top}",
-        {"name": "Y", "parent_id": "{level64}"},
-        ("parent_id", "at most 64 levels"),
+    "folder-move-and-rename": Case(
+        "PATCH /document-folders/{top}", {"name": "Y", "parent_id": "{level64}"}, ("parent_id", "at most 64 levels")
     ),
     # HTML and TipTap deeper than the converters render
-    Case(
-        "html-300-deep",
-        "POST",
-        "/documents",
+    "html-300-deep": Case(
+        "POST /documents",
         {"title": "T", "content_format": "html", "content_text": DEEP_HTML},
         ("content_text", "HTML", "301 deep", "limit is 100"),
     ),
-    Case(
-        "html-patch",
-        "PATCH",
-        "/documents/{doc}",
+    "html-patch": Case(
+        "PATCH /documents/{doc}",
         {"content_format": "html", "content_text": DEEP_HTML},
         ("content_text", "limit is 100"),
     ),
-    Case(
-        "html-unclosed",
-        "POST",
-        "/documents",
+    "html-unclosed": Case(
+        "POST /documents",
         {"title": "T", "content_format": "html", "content_text": "<li><span>" * 60 + "x"},
         ("content_text", "120 deep"),
     ),
-    Case(
-        "markdown-to-html",
-        "PATCH",
-        "/documents/{markup_doc}",
-        {"content_format": "html"},
-        ("content_text", "limit is 100"),
+    "markdown-to-html": Case(
+        "PATCH /documents/{markup_doc}", {"content_format": "html"}, ("content_text", "limit is 100")
     ),
-    Case(
-        "tiptap-300-deep",
-        "POST",
-        "/documents",
+    "tiptap-300-deep": Case(
+        "POST /documents",
         {"title": "T", "content_format": "tiptap", "content": tiptap(300)},
         ("content", "300 levels", "limit is 100"),
     ),
-    Case(
-        "tiptap-patch",
-        "PATCH",
-        "/documents/{doc}",
-        {"content_format": "tiptap", "content": tiptap(101)},
-        ("content", "limit is 100"),
+    "tiptap-patch": Case(
+        "PATCH /documents/{doc}", {"content_format": "tiptap", "content": tiptap(101)}, ("content", "limit is 100")
     ),
     # tags that would only look like another tag
-    Case(
-        "tag-zero-width-space",
-        "POST",
-        "/documents",
+    "tag-zero-width-space": Case(
+        "POST /documents",
         {"title": "T", "content_text": "x", "tags": ["pricing", "boot:\u200ball"]},
         ("tags[1]", "invisible", "U+200B", "offset 5"),
     ),
-    Case("tag-bidi-override", "PUT", "/documents/{doc}/tags", {"tags": ["boot:all\u202e"]}, ("tags[0]", "U+202E")),
-    Case("tag-bom-in-path", "POST", "/documents/{doc}/tags/" + quote("\ufeffboot:all"), None, ("tag", "U+FEFF")),
-    Case("tag-zwj-asset", "POST", "/assets", {"name": "A", "tags": ["boot\u200d:all"]}, ("tags[0]", "U+200D")),
-    Case("tag-zwnj-patch", "PATCH", "/assets/{asset}", {"tags": ["boot:al\u200cl"]}, ("tags[0]", "U+200C")),
-    Case("tag-variation-selector", "POST", "/assets/{asset}/tags/" + quote("boot:all\ufe0f"), None, ("tag", "U+FE0F")),
-    Case(
-        "tag-filter-invisible", "GET", "/documents?tags_any=" + quote("boot:\u2060all"), None, ("tags_any[0]", "U+2060")
-    ),
+    "tag-bidi-override": Case("PUT /documents/{doc}/tags", {"tags": ["boot:all\u202e"]}, ("tags[0]", "U+202E")),
+    "tag-bom-in-path": Case("POST /documents/{doc}/tags/" + quote("\ufeffboot:all"), None, ("tag", "U+FEFF")),
+    "tag-zwj-asset": Case("POST /assets", {"name": "A", "tags": ["boot\u200d:all"]}, ("tags[0]", "U+200D")),
+    "tag-zwnj-patch": Case("PATCH /assets/{asset}", {"tags": ["boot:al\u200cl"]}, ("tags[0]", "U+200C")),
+    "tag-variation-selector": Case("POST /assets/{asset}/tags/" + quote("boot:all\ufe0f"), None, ("tag", "U+FE0F")),
+    "tag-filter-invisible": Case("GET /documents?tags_any=" + quote("boot:\u2060all"), None, ("tags_any[0]", "U+2060")),
     # titles and names that would drive a terminal
-    Case(
-        "title-ansi-escape",
-        "POST",
-        "/documents",
+    "title-ansi-escape": Case(
+        "POST /documents",
         {"title": "a\x1b[31mred", "content_text": "x"},
         ("title", "control character", "U+001B", "offset 1"),
     ),
-    Case("title-bel", "PATCH", "/documents/{doc}", {"title": "bell\x07"}, ("title", "U+0007", "offset 4")),
-    Case(
-        "title-carriage-return", "POST", "/documents", {"title": "ok\rEVIL", "content_text": "x"}, ("title", "U+000D")
+    "title-bel": Case("PATCH /documents/{doc}", {"title": "bell\x07"}, ("title", "U+0007", "offset 4")),
+    "title-carriage-return": Case("POST /documents", {"title": "ok\rEVIL", "content_text": "x"}, ("title", "U+000D")),
+    "asset-name-bidi-override": Case(
+        "POST /assets", {"name": "invoice\u202efdp.exe"}, ("name", "U+202E", "bidirectional")
     ),
-    Case(
-        "asset-name-bidi-override",
-        "POST",
-        "/assets",
-        {"name": "invoice\u202efdp.exe"},
-        ("name", "U+202E", "bidirectional"),
-    ),
-    Case("folder-name-newline", "POST", "/document-folders", {"name": "a\nb"}, ("name", "U+000A")),
-    Case(
-        "folder-rename-escape",
-        "PATCH",
-        "/asset-folders/{alevel64}",
-        {"name": "\x1b]0;pwned\x07"},
-        ("name", "U+001B", "offset 0"),
+    "folder-name-newline": Case("POST /document-folders", {"name": "a\nb"}, ("name", "U+000A")),
+    "folder-rename-escape": Case(
+        "PATCH /asset-folders/{alevel64}", {"name": "\x1b]0;pwned\x07"}, ("name", "U+001B", "offset 0")
     ),
     # a server path as a model tells nothing about the server's disk: it is only an unknown name
-    Case(
-        "reembed-server-path",
-        "POST",
-        "/reembed",
+    "reembed-server-path": Case(
+        "POST /reembed",
         {"model": "/etc", "dry_run": True},
         ("model", "'/etc' is not a model name this service knows"),
         status=404,
     ),
-    Case("reembed-register-directory", "POST", "/reembed", {"model": "/tmp", "name": "mine"}, ("name", "command line")),
+    "reembed-register-directory": Case("POST /reembed", {"model": "/tmp", "name": "mine"}, ("name", "command line")),
     # concurrent edits: a stale or malformed If-Match writes nothing
-    Case(
-        "stale-if-match",
-        "PATCH",
-        "/documents/{doc}",
-        {"title": "Mine"},
-        ("changed since", '"1"'),
-        status=412,
-        headers={"If-Match": '"1"'},
+    "stale-if-match": Case(
+        "PATCH /documents/{doc}", {"title": "Mine"}, ("changed since", '"1"'), status=412, headers={"If-Match": '"1"'}
     ),
-    Case(
-        "malformed-if-match",
-        "DELETE",
-        "/assets/{asset}",
-        None,
-        ("If-Match", "not an ETag"),
-        status=412,
-        headers={"If-Match": "0"},
+    "malformed-if-match": Case(
+        "DELETE /assets/{asset}", None, ("If-Match", "not an ETag"), status=412, headers={"If-Match": "0"}
     ),
     # headers beyond 16 KiB
-    Case(
-        "headers-over-16-kib",
-        "POST",
-        "/documents",
+    "headers-over-16-kib": Case(
+        "POST /documents",
         {"title": "T", "content_text": "x"},
         ("request headers are", "the limit is 16384"),
         status=431,
         headers={"X-Padding": "p" * 17_000},
     ),
-]
+}
 
 
 @pytest.fixture
@@ -272,15 +212,16 @@ def fill(value: Any, ids: Ids) -> Any:
     return value
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_hostile_input_is_refused_and_stores_nothing(client: TestClient, conn: Conn, ids: Ids, case: Case) -> None:
     before = snapshot(conn)
     body = fill(case.body, ids)
-    path = case.path.format(**ids)
+    method, path = case.request.split(" ", 1)
+    path = path.format(**ids)
     response = (
-        client.request(case.method, path, json=body, headers=case.headers)
+        client.request(method, path, json=body, headers=case.headers)
         if body is not None
-        else client.request(case.method, path, headers=case.headers)
+        else client.request(method, path, headers=case.headers)
     )
     assert response.status_code == case.status, response.text[:2000]
     text = message(response)
@@ -291,7 +232,9 @@ def test_hostile_input_is_refused_and_stores_nothing(client: TestClient, conn: C
 
 
 def test_every_case_has_a_unique_id() -> None:
-    assert len({c.id for c in CASES}) == len(CASES)
+    """The ids are the keys of CASES (a repeated key is a lint error); each is a slug and names a case of its own."""
+    assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", case_id) for case_id in CASES)
+    assert len({repr(case) for case in CASES.values()}) == len(CASES)
 
 
 # ---- trees from before the limit --------------------------------------------------------------

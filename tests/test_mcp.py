@@ -13,42 +13,15 @@ import pytest
 
 from knowledge.agents.mcp_server import SEARCH_ANSWER_TOKENS
 from knowledge.search.boot import MARKDOWN, boot_bundle, bundle_markdown, default_token_counter
-from knowledge.store.documents import create_document, update_document
-from knowledge.store.folders import create_folder
+from knowledge.store.documents import update_document
 from knowledge.store.importer import import_folder, import_sample_agents, sample_dir
 
-from .factories import add_document, index_with_fake
+from .factories import index_with_fake
 from .mcp_clients import http_service, mcp_client, structured, text
-from .test_search import DOCS
+from .sample_knowledge import KB
 
 Conn = psycopg.Connection[dict[str, Any]]
 TRANSPORTS = ["stdio", "http"]
-LONG = "\n\n".join(f"Paragraph {i}: " + "the quarterly review covers revenue and churn. " * 6 for i in range(12))
-
-
-class KB:
-    """A small knowledge base: the search tests' documents, one long document with sections,
-    an agent `closer` with boot documents, all indexed with the fake embedder."""
-
-    def __init__(self, conn: Conn, url: str) -> None:
-        self.url = url
-        self.ids = {title: add_document(conn, title, body, tags) for title, body, tags in DOCS}
-        conn.execute("INSERT INTO agents (slug, name) VALUES ('closer', 'Closer')")
-        ops = create_folder(conn, "document", name="Operations").id
-        self.ids["Quarterly review"] = create_document(
-            conn,
-            title="Quarterly review",
-            folder_id=ops,
-            tags=["finance"],
-            content_text=f"# Summary\n\nRevenue grew.\n\n## Churn\n\n{LONG}\n\n## Hiring\n\nTwo engineers joined.",
-        ).id
-        self.ids["Sales playbook"] = create_document(
-            conn, title="Sales playbook", tags=["boot:closer"], content_text="Always ask for the budget first."
-        ).id
-        self.ids["House rules"] = create_document(
-            conn, title="House rules", tags=["boot:all"], pinned=True, content_text="Be kind. Write things down."
-        ).id
-        index_with_fake(conn, url)
 
 
 @pytest.fixture

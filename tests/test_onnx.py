@@ -205,17 +205,24 @@ def test_concurrent_starts_export_once(tmp_path: Path, exports: list[Path]) -> N
         np.testing.assert_array_equal(v, vectors[0])
 
 
+def _record_embedded(embedder: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts `embedder.embed` is called with from now on, in order, as they come."""
+    texts_seen: list[str] = []
+    real = embedder.embed
+
+    def recording(texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        texts_seen.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(embedder, "embed", recording)
+    return texts_seen
+
+
 def test_query_cache_returns_equal_vectors_the_caller_cannot_change(
     onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    embedded: list[str] = []
     real = onnx.embed
-
-    def counting(texts: Sequence[str]) -> np.ndarray[Any, Any]:
-        embedded.extend(texts)
-        return real(texts)
-
-    monkeypatch.setattr(onnx, "embed", counting)
+    embedded = _record_embedded(onnx, monkeypatch)
     first = onnx.embed_query("which runbook covers database failover?")
     kept = first.copy()
     first[:] = 0.0  # the caller's array is writable and its own
@@ -231,14 +238,7 @@ def test_query_cache_returns_equal_vectors_the_caller_cannot_change(
 
 def test_query_cache_evicts_the_least_recently_used(onnx: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     small = OnnxEmbedder(cache_dir=onnx.onnx_path.parent, cache_size=2)
-    seen: list[str] = []
-    real = small.embed
-
-    def counting(texts: Sequence[str]) -> np.ndarray[Any, Any]:
-        seen.extend(texts)
-        return real(texts)
-
-    monkeypatch.setattr(small, "embed", counting)
+    seen = _record_embedded(small, monkeypatch)
     for q in ["a", "b", "a", "c", "a", "b"]:
         small.embed_query(q)
     assert seen == ["a", "b", "c", "b"]  # "a" stayed recent; "b" was evicted by "c"

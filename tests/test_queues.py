@@ -153,6 +153,18 @@ def inbox(conn: Conn, agent_id: UUID, kind: str | None = None) -> list[dict[str,
     ).fetchall()
 
 
+def fired_by_second_update(
+    conn: Conn, agent_id: UUID, table: str, row_id: UUID, first: str, second: str
+) -> dict[str, Any]:
+    """Update the row `row_id` of `table` with `SET first`: the agent gets nothing; then with
+    `SET second`: the one inbox item the agent gets, which is returned."""
+    conn.execute(f"UPDATE {table} SET {first} WHERE id = %s", (row_id,))
+    assert inbox(conn, agent_id) == []
+    conn.execute(f"UPDATE {table} SET {second} WHERE id = %s", (row_id,))
+    [item] = inbox(conn, agent_id)
+    return item
+
+
 def lease_items(conn: Conn, agent_id: UUID, owner: str = "worker", limit: int = 1) -> list[dict[str, Any]]:
     return conn.execute("SELECT * FROM lease_inbox_item(%s, %s, 300, %s)", (agent_id, owner, limit)).fetchall()
 
@@ -311,12 +323,18 @@ def test_expired_command_lease_on_last_attempt_fails_and_notifies(conn: Conn) ->
     assert len(failed_notifications(conn, cmd)) == 1
 
 
-def test_start_and_complete_command_by_the_wrong_gateway_raise(conn: Conn) -> None:
-    """Only the gateway holding the lease can start or complete a command; a wrong caller
-    gets SQLSTATE 55000 and leaves the command as it was."""
+def leased_command_and_intruder(conn: Conn) -> tuple[UUID, UUID, UUID]:
+    """A command leased by gateway `a`: (a, another gateway `b`, the command)."""
     gw, intruder = add_gateway(conn, "a"), add_gateway(conn, "b")
     cmd = add_command(conn, gateway_id=gw)
     lease_commands(conn, gw)
+    return gw, intruder, cmd
+
+
+def test_start_and_complete_command_by_the_wrong_gateway_raise(conn: Conn) -> None:
+    """Only the gateway holding the lease can start or complete a command; a wrong caller
+    gets SQLSTATE 55000 and leaves the command as it was."""
+    gw, intruder, cmd = leased_command_and_intruder(conn)
 
     with pytest.raises(NOT_LEASED):
         conn.execute("SELECT start_command(%s, %s)", (cmd, intruder))
@@ -390,9 +408,7 @@ def test_fail_command_without_retry_fails_at_once(conn: Conn) -> None:
 
 def test_fail_command_by_the_wrong_gateway_raises(conn: Conn) -> None:
     """A gateway that does not hold the lease cannot fail the command."""
-    gw, intruder = add_gateway(conn, "a"), add_gateway(conn, "b")
-    cmd = add_command(conn, gateway_id=gw)
-    lease_commands(conn, gw)
+    _, intruder, cmd = leased_command_and_intruder(conn)
     with pytest.raises(NOT_LEASED):
         conn.execute("SELECT fail_command(%s, %s, 'nope')", (cmd, intruder))
     assert command(conn, cmd)["status"] == "leased"
@@ -743,10 +759,7 @@ def test_rule_conditions_must_be_contained_in_the_changed_row(conn: Conn) -> Non
     add_rule(conn, "task.status_changed", watcher, conditions={"status": "blocked"})
     task = add_task(conn, "Risky")
 
-    conn.execute("UPDATE tasks SET status = 'in_progress' WHERE id = %s", (task,))
-    assert inbox(conn, watcher) == []
-    conn.execute("UPDATE tasks SET status = 'blocked' WHERE id = %s", (task,))
-    [row] = inbox(conn, watcher)
+    row = fired_by_second_update(conn, watcher, "tasks", task, "status = 'in_progress'", "status = 'blocked'")
     assert row["payload"]["event"] == "task.status_changed"
     assert row["payload"]["record"]["status"] == "blocked"
 
@@ -828,11 +841,7 @@ def test_contact_stage_changed_fires_on_pipeline_stage_change_only(conn: Conn) -
     agent = add_agent(conn, "a")
     add_rule(conn, "contact.stage_changed", agent)
     contact = add_contact(conn, "Grace", "Hopper", pipeline_stage="lead")
-    conn.execute("UPDATE contacts SET notes = 'called' WHERE id = %s", (contact,))
-    assert inbox(conn, agent) == []
-
-    conn.execute("UPDATE contacts SET pipeline_stage = 'qualified' WHERE id = %s", (contact,))
-    [row] = inbox(conn, agent)
+    row = fired_by_second_update(conn, agent, "contacts", contact, "notes = 'called'", "pipeline_stage = 'qualified'")
     assert row["payload"]["event"] == "contact.stage_changed"
     assert row["payload"]["record"]["pipeline_stage"] == "qualified"
 

@@ -34,6 +34,7 @@ from knowledge.ingest.worker import Worker
 from knowledge.search.setup import forget_setup
 
 from .apiclient import local_client
+from .commands import environment, hq
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -270,18 +271,6 @@ def test_killed_at_half_then_resumed_embeds_each_passage_once(
     assert [m.name for m in list_models(conn) if m.is_active] == [NEW]
 
 
-def hq(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "knowledge", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def test_cli_reembed_killed_and_run_again(conn: Conn, db_url: str, write_counter: None) -> None:
     """The command itself: kill -9 at about half, the same command again joins the job and
     finishes it; each passage's vector is written once; then search uses the new model."""
@@ -289,7 +278,7 @@ def test_cli_reembed_killed_and_run_again(conn: Conn, db_url: str, write_counter
     env = {"HQ_DATABASE_URL": db_url}
     first = subprocess.Popen(
         [sys.executable, "-m", "knowledge", "reembed", "--model", NEW, "--batch", "5"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env,
+        env=environment(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -267,26 +267,26 @@ def test_source_path_of_imported_documents(conn: Conn, db_url: str, tmp_path: Pa
     assert hit["source_path"] == "kb/vat.md" and hit["folder_path"] == "/kb"
 
 
+def _answers_in_every_mode(url: str, keyword_path: str) -> None:
+    """The app on `url` says it searches keywords by `keyword_path`, and finds in every mode."""
+    with local_client(create_app(url)) as c:
+        assert c.get("/healthz").json()["keyword_search"] == keyword_path
+        for mode in ("hybrid", "semantic", "keyword"):
+            body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
+            assert body["keyword_path"] == keyword_path
+            assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+
+
 def test_server_without_bm25_answers_in_every_mode(tmp_path: Path) -> None:
     with EmbeddedPostgres(tmp_path, preload=()) as server:
         with _migrated_and_indexed(server.url):
             pass
-        with local_client(create_app(server.url)) as c:
-            assert c.get("/healthz").json()["keyword_search"] == "sql-bm25"
-            for mode in ("hybrid", "semantic", "keyword"):
-                body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
-                assert body["keyword_path"] == "sql-bm25"
-                assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+        _answers_in_every_mode(server.url, "sql-bm25")
         # Without the SQL keyword index either (its function dropped), ts_rank_cd still answers.
         with psycopg.connect(server.url, autocommit=True) as raw:
             raw.execute("DROP FUNCTION hq_sql_bm25_top(text, integer)")
         forget_setup()
-        with local_client(create_app(server.url)) as c:
-            assert c.get("/healthz").json()["keyword_search"] == "ts_rank_cd"
-            for mode in ("hybrid", "semantic", "keyword"):
-                body = c.get("/search", params={"q": "discount approval for a sales rep", "mode": mode}).json()
-                assert body["keyword_path"] == "ts_rank_cd"
-                assert body["hits"][0]["title"] == "Discount approvals", (mode, body)
+        _answers_in_every_mode(server.url, "ts_rank_cd")
         forget_setup()
 
 

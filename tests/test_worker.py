@@ -21,6 +21,7 @@ import pytest
 from embeddings.model import FakeEmbedder, Vectors
 from knowledge.ingest.worker import Worker
 
+from .commands import hq
 from .factories import add_document
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -298,10 +299,10 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
     )
     (folder / "garden.txt").write_text("Tomatoes need six hours of sun and regular watering in summer.\n")
     env = {"HQ_DATABASE_URL": db_url}
-    imported = cli("import", str(folder), env=env)
+    imported = hq("import", str(folder), env=env, timeout=300)
     assert imported.returncode == 0, imported.stderr
     assert "3 created, 0 updated, 0 unchanged, 0 failed" in imported.stdout
-    worked = cli("worker", "--once", env=env)
+    worked = hq("worker", "--once", env=env, timeout=300)
     assert worked.returncode == 0, worked.stderr
     assert worked.stdout.startswith("indexed 3, failed 0")
 
@@ -327,12 +328,3 @@ def test_real_model_ranks_related_passages_first(conn: Conn, db_url: str, tmp_pa
     assert ranked[0]["title"] == "Refund policy"
     assert ranked[0]["similarity"] > ranked[-1]["similarity"] + 0.2
     assert float(np.linalg.norm(query)) == pytest.approx(1.0, abs=1e-4)
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "knowledge", *args], env=full, capture_output=True, text=True, timeout=300, check=False
-    )

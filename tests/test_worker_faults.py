@@ -30,6 +30,7 @@ from knowledge.ingest.worker import Worker
 from knowledge.search import SearchQuery
 from knowledge.search.setup import search_active
 
+from .commands import environment
 from .factories import add_document
 from .test_worker import statuses
 
@@ -37,8 +38,17 @@ Conn = psycopg.Connection[dict[str, Any]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(**values: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("HQ_")} | values
+def _run(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python *args` on the database at `db_url` with the fake embedder, to its end (at most 2 minutes)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=environment(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _until(check: Callable[[], bool], seconds: float, what: str) -> float:
@@ -83,7 +93,7 @@ def test_standalone_worker_outlives_a_restart_of_its_database(tmp_path: Path) ->
             proc = subprocess.Popen(
                 [sys.executable, "-m", "knowledge", "worker"],
                 cwd=ROOT,
-                env=_env(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
+                env=environment(HQ_DATABASE_URL=url, HQ_EMBEDDER="fake"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -162,15 +172,7 @@ def test_a_batch_of_a_worker_killed_with_9_is_indexed_at_once_by_the_next(conn: 
     holder.wait(timeout=10)
 
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "knowledge", "worker", "--once"],
-        cwd=ROOT,
-        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run(db_url, "-m", "knowledge", "worker", "--once")
     seconds = time.monotonic() - start
     print(f"\nnew worker started to 64 records indexed: {seconds:.2f} s")
     assert result.returncode == 0, result.stderr
@@ -370,15 +372,7 @@ BROKEN_WORKER = textwrap.dedent("""
 
 def test_the_worker_command_exits_non_zero_on_a_programming_error(conn: Conn, db_url: str) -> None:
     add_document(conn, "Doc", "Some text.")
-    result = subprocess.run(
-        [sys.executable, "-c", BROKEN_WORKER, "worker"],
-        cwd=ROOT,
-        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run(db_url, "-c", BROKEN_WORKER, "worker")
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the ingestion worker stopped: TypeError: unsupported operand"), result.stderr
@@ -393,15 +387,7 @@ def _serve_with(script: str, conn: Conn, db_url: str) -> subprocess.CompletedPro
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return subprocess.run(
-        [sys.executable, "-c", script, "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=_env(HQ_DATABASE_URL=db_url, HQ_EMBEDDER="fake"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _run(db_url, "-c", script, "serve", "--port", str(port))
 
 
 def test_serve_exits_non_zero_when_its_worker_stops(conn: Conn, db_url: str) -> None:
