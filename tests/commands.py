@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 
-__all__ = ["environment", "hq"]
+__all__ = ["environment", "free_port", "hq"]
 
 
 def environment(**values: str) -> dict[str, str]:
@@ -25,3 +26,9 @@ def hq(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -
         timeout=timeout,
         check=False,
     )
+
+
+def free_port() -> int:
+    """A local TCP port that nothing listens on now, for a server started in a child process."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])

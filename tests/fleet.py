@@ -23,7 +23,7 @@ import pytest
 
 from knowledge.db.embedded import EmbeddedPostgres, postmaster_pid
 
-from .mcp_clients import free_port
+from .commands import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKET_PREFIX = "hq-standby-"

@@ -23,12 +23,6 @@ from knowledge.api import AccessPolicy, create_app
 from knowledge.health import Health
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def http_service(
     db_url: str, *, mcp_read_only: bool = False, require_keys: bool = False, health: Health | None = None, **config: Any
@@ -36,11 +30,12 @@ def http_service(
     """The API (with /mcp) on a free local port, in this process; yields its base URL.
     `require_keys`: every request needs an API key; `health`: the components readiness
     reports; `config` goes to uvicorn."""
-    port = free_port()
+    listening = socket.create_server(("127.0.0.1", 0))  # held from here on: no other server can take the port
+    port = int(listening.getsockname()[1])
     access = AccessPolicy.for_bind("127.0.0.1", port, require_keys=require_keys)
     app = create_app(db_url, mcp_read_only=mcp_read_only, host="127.0.0.1", port=port, access=access, health=health)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -52,6 +47,7 @@ def http_service(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        listening.close()
 
 
 def stdio_params(db_url: str, *args: str) -> StdioServerParameters:

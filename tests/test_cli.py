@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 from knowledge.db.embedded import postmaster_pid
 from knowledge.db.migrations import LEDGER
 
-from .commands import environment, hq
+from .commands import environment, free_port, hq
 from .conftest import Server
 from .pgtools import psql_file
 
@@ -192,17 +191,11 @@ def test_migration_changed_after_it_was_applied(db_url: str) -> None:
     assert hq("db", "check", env={"HQ_DATABASE_URL": db_url}).returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
     """What the README's run command does: a service on a fresh embedded database that
     passes `db check`, and that stops its database when it stops."""
-    port = _free_port()
+    port = free_port()
     env = {"HQ_DATA_DIR": str(tmp_path / "data"), "HQ_PORT": str(port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "knowledge", "serve"],

@@ -31,7 +31,7 @@ from knowledge.db.pools import open_search_pool, pooled_connection
 from knowledge.errors import Conflict, DatabaseUnavailable
 from knowledge.health import Health
 
-from .mcp_clients import free_port
+from .commands import free_port
 
 
 def _env(**values: str) -> dict[str, str]:

@@ -25,7 +25,8 @@ from knowledge.errors import DatabaseUnavailable
 from knowledge.health import Health
 
 from .apiclient import local_client
-from .mcp_clients import free_port, http_service
+from .commands import free_port
+from .mcp_clients import http_service
 
 
 @pytest.fixture

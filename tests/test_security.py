@@ -28,7 +28,8 @@ from knowledge.store.documents import create_document
 from knowledge.store.keys import SCOPES, create_key, revoke_key
 
 from .apiclient import LOCAL, local_client
-from .mcp_clients import free_port, http_service, mcp_client, structured, text
+from .commands import free_port
+from .mcp_clients import http_service, mcp_client, structured, text
 
 TABLES = (
     "documents",

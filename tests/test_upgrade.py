@@ -36,8 +36,8 @@ from knowledge.db.migrations import (
 )
 from knowledge.db.schema_check import check_database
 
+from .commands import free_port
 from .conftest import Server
-from .mcp_clients import free_port
 from .pgtools import schema_dump
 
 ROOT = Path(__file__).resolve().parents[1]

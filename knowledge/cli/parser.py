@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from knowledge import __version__
 
@@ -10,6 +11,10 @@ __all__ = ["build_parser"]
 
 
 NO_WRITES = "no write tools (save_document, update_document)"
+
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--kind", choices=("document", "asset"))
     find.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    keys = commands.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
-        dest="keys_command", required=True, metavar="KEYS_COMMAND"
-    )
+    keys = _group(commands, "keys", "API keys: create, list, revoke")
     create = keys.add_parser("create", help="create a key and print it (once: only its hash is stored)")
     create.add_argument(
         "--scope",
@@ -105,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    db = commands.add_parser("db", help="schema commands").add_subparsers(
-        dest="db_command", required=True, metavar="DB_COMMAND"
-    )
+    db = _group(commands, "db", "schema commands")
     migrate = db.add_parser("migrate", help="apply pending migrations in filename order")
     migrate.add_argument(
         "--reapply",
@@ -120,3 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     db.add_parser("url", help="print the database URL (starts the embedded server if needed)")
     return parser
+
+
+def _group(commands: Subcommands, name: str, help: str) -> Subcommands:
+    """The subcommands of command `name` (`<name>_command` holds the one given)."""
+    return commands.add_parser(name, help=help).add_subparsers(
+        dest=f"{name}_command", required=True, metavar=f"{name.upper()}_COMMAND"
+    )

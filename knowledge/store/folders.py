@@ -260,22 +260,21 @@ def _check_move_depth(conn: psycopg.Connection[Any], tree: Kind, folder_id: UUID
     must hold the tree lock until the move is written. A target inside the subtree, or an
     unknown one, is left to the UPDATE (the cycle trigger and the foreign key)."""
     _, folders, _ = _tables(tree)
+    # The target's level, the folder's, the height of its subtree, and whether the target is in it.
+    query = sql.SQL(
+        "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
+        "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
+        "WHERE down.height < {w}) "
+        "SELECT {target}, {level}, (SELECT max(height) FROM down), "
+        "EXISTS (SELECT 1 FROM down WHERE id = %(parent)s)"
+    ).format(
+        f=folders,
+        w=sql.Literal(_WALK_LIMIT),
+        target=_level_sql(folders, "parent"),
+        level=_level_sql(folders, "id"),
+    )
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            sql.SQL(
-                "WITH RECURSIVE down AS (SELECT id, 1 AS height FROM {f} WHERE id = %(id)s "
-                "UNION ALL SELECT c.id, down.height + 1 FROM {f} c JOIN down ON c.parent_id = down.id "
-                "WHERE down.height < {w}) "
-                "SELECT {target}, {level}, (SELECT max(height) FROM down), "
-                "EXISTS (SELECT 1 FROM down WHERE id = %(parent)s)"
-            ).format(
-                f=folders,
-                w=sql.Literal(_WALK_LIMIT),
-                target=_level_sql(folders, "parent"),
-                level=_level_sql(folders, "id"),
-            ),
-            {"id": folder_id, "parent": parent_id},
-        ).fetchone()
+        row = cur.execute(query, {"id": folder_id, "parent": parent_id}).fetchone()
     assert row is not None
     target_level, level, height, into_itself = row
     if into_itself or target_level == 0 or height is None:
