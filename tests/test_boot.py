@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from knowledge.agents.operations import read_document
 from knowledge.api import create_app
 from knowledge.api.routes.boot import BootBundlePublic
 from knowledge.errors import InvalidInput, NotFound
@@ -144,6 +145,39 @@ def test_items_are_markdown_with_title_heading(conn: Conn, client: TestClient) -
     text = client.get("/boot/nova", headers={"Accept": MARKDOWN}).text
     for rendered in (runbook, text):
         assert "{" not in rendered and '"type"' not in rendered and "paragraph" not in rendered
+
+
+@pytest.mark.parametrize(
+    ("title", "body", "shown"),
+    [
+        # the document's own H1 says the title: shown once
+        ("Company overview", "# Company overview\n\nWe sell plans.", "# Company overview\n\nWe sell plans."),
+        ("Company overview", "Company Overview\n================\n\nWe sell.", "# Company overview\n\nWe sell."),
+        (
+            "Pricing *rules*",
+            "#  **Pricing**   rules #\n\n## Tiers\n\nThree.",
+            "# Pricing *rules*\n\n## Tiers\n\nThree.",
+        ),
+        # another H1, a deeper heading or text first: the document's headings stay
+        ("Company overview", "# Who we are\n\nWe sell.", "# Company overview\n\n# Who we are\n\nWe sell."),
+        (
+            "Company overview",
+            "## Company overview\n\nWe sell.",
+            "# Company overview\n\n## Company overview\n\nWe sell.",
+        ),
+        ("Company overview", "Intro.\n\n# Company overview", "# Company overview\n\nIntro.\n\n# Company overview"),
+        ("Notes", "# Notes", "# Notes"),
+    ],
+)
+def test_a_leading_heading_that_repeats_the_title_is_shown_once(
+    conn: Conn, client: TestClient, title: str, body: str, shown: str
+) -> None:
+    agent(conn, "nova")
+    doc_id = doc(conn, title, "boot:all", text=body)
+    assert [i["markdown"] for i in client.get("/boot/nova").json()["items"]] == [shown]
+    assert bundle_markdown(boot_bundle(conn, "nova", media_type=MARKDOWN)).count(shown) == 1
+    # get_document reads the same: the title once, the document's other headings kept
+    assert read_document(conn, doc_id, count_tokens=len).markdown == shown
 
 
 def test_unrenderable_item_is_listed_as_omitted(conn: Conn) -> None:

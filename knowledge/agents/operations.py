@@ -22,7 +22,7 @@ from psycopg.rows import class_row, tuple_row
 from knowledge.answers import DocumentText, FolderCount, Overview, RecentDocument, TagCount
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.ingest.extract import ExtractError, document_markdown
-from knowledge.ingest.markdown_blocks import parse_sections
+from knowledge.ingest.markdown_blocks import drop_title_heading, parse_sections
 from knowledge.search.boot import MAX_TOKENS_LIMIT, TokenCounter, cut_at_boundary, default_token_counter
 from knowledge.store.documents import Document, create_document, get_document, update_document
 from knowledge.store.folders import create_folder, get_folder
@@ -96,6 +96,7 @@ def read_document(
     path = None
     if section is not None and section.strip():
         path, body = _section_text(body, section)
+    body = drop_title_heading(body, doc.title)  # printed once, as the first line
     title = "# " + " ".join(doc.title.split())
     markdown = f"{title}\n\n{body}" if body else title
     count = count_tokens or default_token_counter()

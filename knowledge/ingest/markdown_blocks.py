@@ -10,10 +10,11 @@ sentences or words, and `split_levels` says which of those suit a block, coarses
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Section", "parse_sections", "split_levels", "split_span", "strip_span"]
+__all__ = ["Section", "drop_title_heading", "parse_sections", "split_levels", "split_span", "strip_span"]
 
 
 # ---- parsing ----------------------------------------------------------------------------------
@@ -126,6 +127,22 @@ def parse_sections(md: str) -> list[Section]:
     if heading is not None or blocks:
         sections.append(Section(path, level, heading, tuple(blocks)))
     return sections
+
+
+def drop_title_heading(md: str, title: str) -> str:
+    """`md` without its opening level-1 heading when that heading says `title` (the same text
+    once case, spacing, emphasis marks and Unicode forms are set aside): for a reader that
+    prints the title above the body already. Any other heading, and any text before it, stays."""
+    first = next(iter(parse_sections(md)), None)
+    if first is None or first.heading is None or first.level != 1 or not first.path:
+        return md
+    if _plain(first.path[-1]) != _plain(title):
+        return md
+    return md[first.heading[1] :].lstrip()
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[*_`~]+", "", unicodedata.normalize("NFKC", text)).casefold().split())
 
 
 # ---- splitting ----------------------------------------------------------------------------------

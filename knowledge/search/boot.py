@@ -5,7 +5,8 @@ tagged `boot:<agent-slug>`; an item with both tags appears once, in the `boot:al
 Within each part the order is: pinned items first, then documents before assets, then folder
 path in tree order (a folder right before its subfolders, names compared case-insensitively
 by code point), then title (the same way), then id. Each item is rendered as markdown: the
-line `# <title>`, a blank line, and its body (`document_markdown` / `asset_markdown`).
+line `# <title>`, a blank line, and its body (`document_markdown` / `asset_markdown`) without a
+leading heading that repeats the title.
 
 With a token budget, items are taken in bundle order while they fit whole. The first one that
 does not is cut after the last paragraph or section that still fits together with a note
@@ -36,7 +37,7 @@ from psycopg.rows import dict_row
 from knowledge import __version__
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.ingest.extract import ExtractError, asset_markdown, document_markdown
-from knowledge.ingest.markdown_blocks import parse_sections
+from knowledge.ingest.markdown_blocks import drop_title_heading, parse_sections
 from knowledge.store.validation import check_slug
 
 __all__ = [
@@ -64,7 +65,7 @@ MAX_TOKENS_LIMIT = 1_000_000
 OVER_BUDGET = "over budget"
 TRUNCATION_NOTE = "*[Cut here to fit the token budget: the rest of this item is left out.]*"
 # Part of every version: bump it when the rendering changes, so clients fetch bundles again.
-_FORMAT = "boot-bundle/1"
+_FORMAT = "boot-bundle/2"
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ def _render(row: Mapping[str, Any]) -> str:
         text = document_markdown(body["content_format"], body["content"], body["content_text"])
     else:
         text = asset_markdown(body)
-    text = text.strip()
+    text = drop_title_heading(text.strip(), str(row["title"]))
     return f"{title}\n\n{text}" if text else title
 
 
