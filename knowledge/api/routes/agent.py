@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...agent_ops import (
@@ -25,8 +25,9 @@ from ...validation import folder_path_pattern
 from ...versions import version_of
 from ..body import CheckedBodyRoute
 from ..deps import Conn, ReadConn
+from ..etags import CREATED, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 from ..fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
-from .documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
+from .documents import DocumentPublic
 
 router = APIRouter(tags=["agents"], route_class=CheckedBodyRoute)
 
@@ -193,12 +194,11 @@ def overview(
 
 @router.post(
     "/documents/markdown",
-    status_code=status.HTTP_201_CREATED,
+    **CREATED,
     response_model=DocumentPublic,
-    responses={201: {"headers": ETAG_HEADER}},
     summary="Save a markdown document in a folder named by path",
 )
-def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent, response: Response) -> DocumentPublic:
+def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent, response: Response) -> BaseModel:
     doc = save_markdown_document(
         conn, title=body.title, markdown=body.markdown, folder=body.folder, tags=body.tags, agent=agent
     )
@@ -220,7 +220,7 @@ def update_markdown(
     agent: Agent,
     response: Response,
     if_match: IfMatch = None,
-) -> DocumentPublic:
+) -> BaseModel:
     with conn.transaction():  # the lock, when If-Match is given, lasts until the update commits
         if if_match is not None:
             lock_document(conn, document_id, if_match)

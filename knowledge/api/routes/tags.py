@@ -18,8 +18,8 @@ from ...tags import ItemTags, add_tag, list_tags, remove_tag, set_tags
 from ...validation import MAX_TAGS, TAG_RULE
 from ..body import CheckedBodyRoute
 from ..deps import Conn, ReadConn
+from ..etags import WRITE_RESPONSES, IfMatch, etag
 from ..fields import TAG
-from .documents import WRITE_RESPONSES, IfMatch, etag
 
 router = APIRouter(route_class=CheckedBodyRoute)
 
