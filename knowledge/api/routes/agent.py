@@ -66,7 +66,7 @@ def agent_header(
 Agent = Annotated[str | None, Depends(agent_header)]
 
 
-class DocumentTextPublic(BaseModel):
+class RecentDocumentPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: UUID
@@ -74,6 +74,9 @@ class DocumentTextPublic(BaseModel):
     folder_path: str
     tags: list[str]
     updated_at: datetime
+
+
+class DocumentTextPublic(RecentDocumentPublic):
     markdown: str = Field(description="`# <title>`, a blank line, then the body or the section.")
     tokens: int = Field(description="Tokens of `markdown` (the embedding model's word pieces).")
     total_tokens: int = Field(description="Tokens before any cut to max_tokens.")
@@ -95,16 +98,6 @@ class TagCountPublic(BaseModel):
     tag: str
     documents: int
     assets: int
-
-
-class RecentDocumentPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
 
 
 class OverviewPublic(BaseModel):
