@@ -2,14 +2,14 @@
 
 - `NotNull`: a partial update whose fields in `not_null` may be left out but not sent as null;
 - `partial`: the update model of a create model (every field optional, no defaults);
-- `public`: the response model of a domain row (a dataclass), with the row's own types.
+- `public`: the response model of a domain row (a dataclass), with the row's own types;
+- `page`: the response model of a page of those.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationInfo, create_model, field_validator
@@ -52,50 +52,50 @@ def partial(
     doc: str,
     *,
     config: ConfigDict,
-    descriptions: Mapping[str, str | None] = {},
+    descriptions: Mapping[str, str | None] | None = None,
     leave_out: tuple[str, ...] = (),
     **added: Any,
 ) -> type[NotNull]:
-    """The update model of `create`, called `name` with the docstring `doc`: its fields but
-    `leave_out`, each optional with no default, with its rules and its description unless
-    `descriptions` gives another (None: none); then the fields `added` (as create_model takes
-    them). A field that `create` does not let be null may be left out of an update, but not
-    sent as null."""
+    """The update model of `create`, called `name` with the docstring `doc` and the `config`:
+    its fields but `leave_out`, each optional with no default, with its rules and its
+    description unless `descriptions` gives another (None: none); then the fields `added` (as
+    create_model takes them). A field that `create` does not let be null may be left out of an
+    update, but not sent as null."""
+    changed = descriptions or {}
     fields: dict[str, Any] = {}
     for field, info in create.model_fields.items():
         if field in leave_out:
             continue
         annotation: Any = info.annotation
-        description = descriptions.get(field, info.description)
+        description = changed.get(field, info.description)
         optional = FieldInfo.from_field(None, description=description, json_schema_extra=info.json_schema_extra)
         optional.metadata = list(info.metadata)  # constraints such as ge and le
         fields[field] = (annotation | None, optional)
-    model = create_model(name, __base__=NotNull, __doc__=doc, **fields, **added)
-    model.model_config.update(config)
-    model.not_null = tuple(f for f, info in create.model_fields.items() if not _admits_null(info.annotation))
-    model.model_rebuild(force=True)
-    return model
+
+    class Update(NotNull):
+        model_config = config
+        not_null = tuple(f for f, info in create.model_fields.items() if not _admits_null(info.annotation))
+
+    return create_model(name, __base__=Update, __doc__=doc, **fields, **added)
 
 
 def public(
     row: type,
     name: str,
+    fields: Sequence[str],
     *,
-    types: Mapping[str, Any] = {},
-    descriptions: Mapping[str, str] = {},
+    types: Mapping[str, Any] | None = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> type[BaseModel]:
-    """The response model `name` of the dataclass `row`: its fields with their types (but those
-    `types` gives), described by `descriptions`, built from a row's attributes. The row's
-    content_version is internal (the ETag is its version); its created_at and updated_at come
-    before the embedding state."""
+    """The response model `name` of the dataclass `row`, read from a row's attributes: its
+    `fields` in that order, with the row's types but those `types` gives, described by
+    `descriptions`."""
     hints = typing.get_type_hints(row)
-    names = [f.name for f in dataclasses.fields(row) if f.name not in ("content_version", "created_at", "updated_at")]
-    at = names.index("embedding_status")
-    names[at:at] = ["created_at", "updated_at"]
-    fields: dict[str, Any] = {
-        field: (types.get(field, hints[field]), Field(description=descriptions.get(field))) for field in names
+    types, descriptions = types or {}, descriptions or {}
+    models: dict[str, Any] = {
+        field: (types.get(field, hints[field]), Field(description=descriptions.get(field))) for field in fields
     }
-    return create_model(name, __config__=ConfigDict(from_attributes=True), **fields)
+    return create_model(name, __config__=ConfigDict(from_attributes=True), **models)
 
 
 def page(item: type[BaseModel], name: str, *, count: str) -> type[BaseModel]:

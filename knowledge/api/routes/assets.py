@@ -12,8 +12,7 @@ from ...assets import MAX_NAME_CHARS, MAX_SHORT_TEXT_CHARS, MAX_SIZE_BYTES, Asse
 from ...validation import MAX_CONTENT_BYTES
 from ..deps import Filters
 from ..fields import TEXT, name
-from ..schemas import public
-from .items import EMBEDDING_STATUS, MIB, ListQuery, item_create, item_routes, item_update
+from .items import MIB, ListQuery, item_create, item_public, item_routes, item_update
 
 _SHORT = name(MAX_SHORT_TEXT_CHARS)  # url, storage_path, mime_type: checked as names are
 
@@ -52,14 +51,11 @@ AssetUpdate = item_update(
     config=ConfigDict(extra="forbid"),
     descriptions={"url": None, "storage_path": None, "content_text": None},
 )
-AssetPublic = public(
+AssetPublic = item_public(
     Asset,
     "AssetPublic",
     types={"asset_type": AssetType},
-    descriptions={
-        "folder_path": "'/Media/Logos'; '/' for an asset in no folder.",
-        "embedding_status": EMBEDDING_STATUS,
-    },
+    descriptions={"folder_path": "'/Media/Logos'; '/' for an asset in no folder."},
 )
 
 

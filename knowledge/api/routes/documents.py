@@ -12,8 +12,7 @@ from ...documents import MAX_TITLE_CHARS, ContentFormat, Document
 from ...validation import MAX_CONTENT_BYTES
 from ..deps import BY_AGENT_RULE, writer
 from ..fields import TEXT, TIPTAP, content_formats, name
-from ..schemas import public
-from .items import EMBEDDING_STATUS, MIB, item_create, item_routes, item_update
+from .items import MIB, item_create, item_public, item_routes, item_update
 
 _CONTENT = (
     "With content_format `tiptap`: the TipTap/ProseMirror JSON object, checked for "
@@ -45,14 +44,13 @@ DocumentUpdate = item_update(
     },
     updated_by_agent_id=(UUID | None, Field(None, description=BY_AGENT_RULE)),
 )
-DocumentPublic = public(
+DocumentPublic = item_public(
     Document,
     "DocumentPublic",
     types={"content_format": ContentFormat},
     descriptions={
         "folder_path": "'/Operations/Sales'; '/' for a document in no folder.",
         "source_path": "Set by the importer; read-only here.",
-        "embedding_status": EMBEDDING_STATUS,
         "passage_count": "Passages (chunks) the document is searched by.",
     },
 )

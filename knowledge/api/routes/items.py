@@ -4,6 +4,7 @@ and retry a failed embedding, each on the router of its kind (/documents, /asset
 # No `from __future__ import annotations`: the route functions below are defined in a
 # factory, and FastAPI must see their parameter types (local aliases) as objects.
 
+import dataclasses
 from collections.abc import Callable
 from types import ModuleType
 from typing import Annotated, Any, Protocol, TypeVar
@@ -18,20 +19,19 @@ from ..body import MAX_BODY_BYTES, CheckedBodyRoute
 from ..deps import BY_AGENT_RULE, AgentStamp, Conn, Filters, ReadConn, Writer
 from ..etags import CREATED, DELETE_RESPONSES, READ_RESPONSES, WRITE_RESPONSES, IfMatch, conditional, etag
 from ..fields import JSON_OBJECT, TAG
-from ..schemas import page, partial
+from ..schemas import page, partial, public
 
 __all__ = [
-    "EMBEDDING_STATUS",
     "MIB",
     "ListQuery",
     "item_create",
+    "item_public",
     "item_query",
     "item_routes",
     "item_update",
     "no_writer",
 ]
 
-EMBEDDING_STATUS = "pending, processing, indexed or failed."
 MIB = 1024 * 1024
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
@@ -101,6 +101,17 @@ def item_update(
     )
 
 
+def item_public(row: type, name: str, *, types: dict[str, Any], descriptions: dict[str, str]) -> type[BaseModel]:
+    """The response model `name` of a kind's domain `row` (knowledge.api.schemas.public): its
+    fields, with created_at and updated_at before the embedding state, and not content_version
+    (internal: the ETag is the version)."""
+    names = [f.name for f in dataclasses.fields(row) if f.name not in ("content_version", "created_at", "updated_at")]
+    at = names.index("embedding_status")
+    names[at:at] = ["created_at", "updated_at"]
+    embedding = {"embedding_status": "pending, processing, indexed or failed."}
+    return public(row, name, names, types=types, descriptions=embedding | descriptions)
+
+
 def _taking(body: type[BaseModel]) -> Callable[[Endpoint], Endpoint]:
     """Give an endpoint's `body` parameter the model `body` for FastAPI to read the request into."""
 
@@ -143,9 +154,10 @@ def item_routes(
         public, f"{kind.capitalize()}sPublic", count=f"All {kind}s matching the filters, not only this page."
     )
 
-    def function(name: str) -> Callable[..., Any]:
-        found: Callable[..., Any] = getattr(domain, name.format(kind))
-        return found
+    create_item, list_items, get_item, update_item, delete_item, retry_item = (
+        getattr(domain, name.format(kind))
+        for name in ("create_{}", "list_{}s", "get_{}", "update_{}", "delete_{}", "retry_{}_embedding")
+    )
 
     ItemId = Annotated[UUID, Path(alias=f"{kind}_id")]
     Query = Annotated[ListQuery, Depends(list_query)]
@@ -167,7 +179,7 @@ def item_routes(
     def create(body: BaseModel, conn: Conn, response: Response, writer: Writer) -> BaseModel:
         values = body.model_dump()
         values["created_by_agent_id"] = writer.stamp("created_by_agent_id", values["created_by_agent_id"])
-        return answer(response, function("create_{}")(conn, **values))
+        return answer(response, create_item(conn, **values))
 
     @router.get(
         "",
@@ -177,7 +189,7 @@ def item_routes(
     )
     def list_(conn: ReadConn, query: Query) -> BaseModel:
         filters, more = query
-        found = function("list_{}s")(conn, filters, **more)
+        found = list_items(conn, filters, **more)
         return page_model(data=[public.model_validate(i) for i in found.items], count=found.count)
 
     @router.get(
@@ -188,7 +200,7 @@ def item_routes(
         description=f"With an ETag: send it back in If-Match when you change the {kind}.",
     )
     def get(item_id: ItemId, conn: ReadConn, response: Response) -> BaseModel:
-        return answer(response, function("get_{}")(conn, item_id))
+        return answer(response, get_item(conn, item_id))
 
     @router.patch(
         one,
@@ -205,7 +217,7 @@ def item_routes(
         changes = body.model_dump(exclude_unset=True)
         if writer.agent_id is not None:
             changes["updated_by_agent_id"] = writer.stamp("updated_by_agent_id", changes.get("updated_by_agent_id"))
-        return answer(response, function("update_{}")(conn, item_id, **changes, if_match=if_match))
+        return answer(response, update_item(conn, item_id, **changes, if_match=if_match))
 
     @router.delete(
         one,
@@ -215,7 +227,7 @@ def item_routes(
         description=f"{deletes} {if_match}",
     )
     def delete(item_id: ItemId, conn: Conn, if_match: IfMatch = None) -> Response:
-        function("delete_{}")(conn, item_id, if_match=if_match)
+        delete_item(conn, item_id, if_match=if_match)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     def changing(change: Callable[..., Item]) -> Callable[..., BaseModel]:
@@ -228,7 +240,7 @@ def item_routes(
     for action, about in (("archive", archived), ("unarchive", "")):
         router.add_api_route(
             f"{one}/{action}",
-            changing(function(action + "_{}")),
+            changing(getattr(domain, f"{action}_{kind}")),
             methods=["POST"],
             name=action,
             response_model=public,
@@ -244,6 +256,6 @@ def item_routes(
         description=f"Puts a `failed` {kind} back to `pending` with its attempts reset; 409 otherwise.",
     )
     def retry(item_id: ItemId, conn: Conn, response: Response) -> BaseModel:
-        return answer(response, function("retry_{}_embedding")(conn, item_id))
+        return answer(response, retry_item(conn, item_id))
 
     return router
