@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from knowledge.agents.operations import (
@@ -19,8 +19,9 @@ from knowledge.agents.operations import (
 )
 from knowledge.api.body import CheckedBodyRoute
 from knowledge.api.deps import Conn, ReadConn
+from knowledge.api.etags import CREATED, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 from knowledge.api.fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
-from knowledge.api.routes.documents import ETAG_HEADER, READ_RESPONSES, WRITE_RESPONSES, DocumentPublic, IfMatch, etag
+from knowledge.api.routes.documents import DocumentPublic
 from knowledge.errors import InvalidInput
 from knowledge.search.boot import MAX_TOKENS_LIMIT
 from knowledge.store.documents import MAX_TITLE_CHARS, lock_document
@@ -65,7 +66,7 @@ def agent_header(
 Agent = Annotated[str | None, Depends(agent_header)]
 
 
-class DocumentTextPublic(BaseModel):
+class RecentDocumentPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: UUID
@@ -73,6 +74,9 @@ class DocumentTextPublic(BaseModel):
     folder_path: str
     tags: list[str]
     updated_at: datetime
+
+
+class DocumentTextPublic(RecentDocumentPublic):
     markdown: str = Field(description="`# <title>`, a blank line, then the body or the section.")
     tokens: int = Field(description="Tokens of `markdown` (the embedding model's word pieces).")
     total_tokens: int = Field(description="Tokens before any cut to max_tokens.")
@@ -94,16 +98,6 @@ class TagCountPublic(BaseModel):
     tag: str
     documents: int
     assets: int
-
-
-class RecentDocumentPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: UUID
-    title: str
-    folder_path: str
-    tags: list[str]
-    updated_at: datetime
 
 
 class OverviewPublic(BaseModel):
@@ -193,12 +187,11 @@ def overview(
 
 @router.post(
     "/documents/markdown",
-    status_code=status.HTTP_201_CREATED,
+    **CREATED,
     response_model=DocumentPublic,
-    responses={201: {"headers": ETAG_HEADER}},
     summary="Save a markdown document in a folder named by path",
 )
-def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent, response: Response) -> DocumentPublic:
+def save_markdown(body: MarkdownDocumentCreate, conn: Conn, agent: Agent, response: Response) -> BaseModel:
     doc = save_markdown_document(
         conn, title=body.title, markdown=body.markdown, folder=body.folder, tags=body.tags, agent=agent
     )
@@ -220,7 +213,7 @@ def update_markdown(
     agent: Agent,
     response: Response,
     if_match: IfMatch = None,
-) -> DocumentPublic:
+) -> BaseModel:
     with conn.transaction():  # the lock, when If-Match is given, lasts until the update commits
         if if_match is not None:
             lock_document(conn, document_id, if_match)

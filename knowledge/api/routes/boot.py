@@ -3,8 +3,9 @@ the same for the agent that the API key is bound to."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -20,14 +21,22 @@ from knowledge.store.validation import SLUG_RULE
 
 router = APIRouter(tags=["boot"])
 
+OptionalHeader = Annotated[str | None, Header()]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 _OFFERED = (JSON, MARKDOWN)
 """In order of preference when the Accept header rates them alike."""
 
 
-class BootItemPublic(BaseModel):
+class BootEntryPublic(BaseModel):
+    """What the bundle says of each item it names, whether it holds the item or left it out."""
+
     id: UUID
-    kind: str = Field(description="document or asset")
+    kind: str
     title: str
+
+
+class BootItemPublic(BootEntryPublic):
+    kind: str = Field(description="document or asset")
     folder_path: str = Field(description="'/' for the root, else '/Operations/Sales'.")
     tags: list[str]
     pinned: bool
@@ -39,10 +48,7 @@ class BootItemPublic(BaseModel):
     )
 
 
-class BootOmittedPublic(BaseModel):
-    id: UUID
-    kind: str
-    title: str
+class BootOmittedPublic(BootEntryPublic):
     tokens: int = Field(description="Tokens of the whole item.")
     reason: str = Field(description="`over budget`, or `cannot be rendered: ...`.")
 
@@ -94,6 +100,41 @@ def negotiate(accept: str | None) -> str:
     return best if rating(best)[0] > 0 else JSON
 
 
+_BUNDLE = (
+    "Every unarchived document and asset tagged `boot:all`, then those tagged `boot:<agent_slug>` "
+    "(an item with both appears once, in the first part). Within each part: pinned first, then "
+    "documents before assets, then folder path (tree order), title (case-insensitive), id. Each item "
+    "is markdown: `# <title>` and its body (TipTap and HTML converted).\n\n"
+    "`Accept: application/json` (the default) answers the JSON below; `Accept: text/markdown` the "
+    "items' markdown joined, after a header naming the agent and version and before a list of what "
+    "was left out.\n\n"
+    "With `max_tokens`, items are taken in order while they fit whole; the first that does not is cut "
+    "after its last paragraph or section that fits (with a note), or left out if none does; every "
+    "later item is listed in `omitted`.\n\n"
+    "Caching: a strong ETag, different for the JSON and the markdown representation and for each "
+    "max_tokens (the media type is part of what is hashed), and `Cache-Control: no-cache`. Send it "
+    "back in If-None-Match: 304 without a body while no candidate item was edited, retagged, pinned "
+    "or unpinned, moved, archived or deleted and no item gained a boot tag."
+)
+
+
+def _bundle_route(
+    path: str, summary: str, description: str, refusal: tuple[int, str]
+) -> Callable[[Endpoint], Endpoint]:
+    """A decorator adding its endpoint as a GET route that answers a boot bundle, as JSON (the
+    response model) or markdown, or 304; `refusal`: the status and reason of a request it
+    cannot answer."""
+    refused, why = refusal
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified: If-None-Match holds the current ETag."},
+        refused: {"description": why},
+    }
+    return router.get(
+        path, response_model=BootBundlePublic, summary=summary, responses=responses, description=description
+    )
+
+
 def _matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match's weak comparison: `*`, or one of the listed tags with `W/` ignored."""
     if not if_none_match:
@@ -102,32 +143,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-@router.get(
-    "/boot/{agent_slug}",
-    response_model=BootBundlePublic,
-    summary="An agent's boot bundle",
-    responses={
-        200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
-        304: {"description": "Not modified: If-None-Match holds the current ETag."},
-        404: {"description": "No agent with this slug."},
-    },
-    description=(
-        "Every unarchived document and asset tagged `boot:all`, then those tagged `boot:<agent_slug>` "
-        "(an item with both appears once, in the first part). Within each part: pinned first, then "
-        "documents before assets, then folder path (tree order), title (case-insensitive), id. Each item "
-        "is markdown: `# <title>` and its body (TipTap and HTML converted).\n\n"
-        "`Accept: application/json` (the default) answers the JSON below; `Accept: text/markdown` the "
-        "items' markdown joined, after a header naming the agent and version and before a list of what "
-        "was left out.\n\n"
-        "With `max_tokens`, items are taken in order while they fit whole; the first that does not is cut "
-        "after its last paragraph or section that fits (with a note), or left out if none does; every "
-        "later item is listed in `omitted`.\n\n"
-        "Caching: a strong ETag, different for the JSON and the markdown representation and for each "
-        "max_tokens (the media type is part of what is hashed), and `Cache-Control: no-cache`. Send it "
-        "back in If-None-Match: 304 without a body while no candidate item was edited, retagged, pinned "
-        "or unpinned, moved, archived or deleted and no item gained a boot tag."
-    ),
-)
+@_bundle_route("/boot/{agent_slug}", "An agent's boot bundle", _BUNDLE, (404, "No agent with this slug."))
 def get_boot_bundle(
     agent_slug: Annotated[str, Path(description=f"The agent's slug: {SLUG_RULE}.", json_schema_extra=SLUG)],
     conn: ReadConn,
@@ -140,8 +156,8 @@ def get_boot_bundle(
             "tokenizer; none: everything.",
         ),
     ] = None,
-    accept: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    accept: OptionalHeader = None,
+    if_none_match: OptionalHeader = None,
 ) -> Response:
     """The bundle in the negotiated representation, or 304 when If-None-Match holds its current
     ETag. ETags differ per representation: the media type is part of what `boot_version`
@@ -159,19 +175,12 @@ def get_boot_bundle(
     return JSONResponse(bundle.as_json(), headers=headers)
 
 
-@router.get(
+@_bundle_route(
     "/boot",
-    response_model=BootBundlePublic,
-    summary="The calling agent's boot bundle",
-    responses={
-        200: {"content": {MARKDOWN: {"schema": {"type": "string"}}}},
-        304: {"description": "Not modified: If-None-Match holds the current ETag."},
-        403: {"description": "The key is bound to no agent: use /boot/{agent_slug}."},
-    },
-    description=(
-        "As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
-        "the `X-HQ-Agent` response header names it."
-    ),
+    "The calling agent's boot bundle",
+    "As `/boot/{agent_slug}`, for the agent that the request's API key is bound to; "
+    "the `X-HQ-Agent` response header names it.",
+    (403, "The key is bound to no agent: use /boot/{agent_slug}."),
 )
 def get_own_boot_bundle(
     request: Request,
@@ -179,8 +188,8 @@ def get_own_boot_bundle(
     max_tokens: Annotated[
         int | None, Query(ge=1, le=MAX_TOKENS_LIMIT, description=f"Token budget, 1..{MAX_TOKENS_LIMIT}.")
     ] = None,
-    accept: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    accept: OptionalHeader = None,
+    if_none_match: OptionalHeader = None,
 ) -> Response:
     caller = caller_of(request)
     if caller is None or not caller.agent:

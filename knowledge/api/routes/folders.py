@@ -12,17 +12,19 @@ requests that hold connections wait for a thread to finish in (503 after 5 s).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from knowledge.api.body import CheckedBodyRoute
 from knowledge.api.deps import ReadConn
-from knowledge.api.fields import name, no_null
+from knowledge.api.fields import name
+from knowledge.api.schemas import NotNull
 from knowledge.db.pools import pooled_connection
 from knowledge.store.folders import (
     MAX_FOLDER_DEPTH,
@@ -38,6 +40,7 @@ from knowledge.store.folders import (
 from knowledge.store.items import Kind
 
 router = APIRouter(route_class=CheckedBodyRoute)
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 NAME_RULE = (
     f"1..{MAX_FOLDER_NAME_CHARS} characters, not blank, no '/' and no control "
@@ -56,22 +59,16 @@ class FolderCreate(BaseModel):
     parent_id: UUID | None = Field(None, description="The parent folder; null: at the root.")
 
 
-class FolderUpdate(BaseModel):
+class FolderUpdate(NotNull):
     """Rename (name), move (parent_id; null moves to the root), or both."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null("name"))
+    model_config = ConfigDict(extra="forbid")
+    not_null = ("name",)
 
     name: str | None = Field(None, description=NAME_RULE, json_schema_extra=name(MAX_FOLDER_NAME_CHARS, also="/"))
     parent_id: UUID | None = Field(
         None, description="The new parent; null: the root. Moving a folder into its own subtree is a 409."
     )
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null (leave the field out to keep it)")
-        return value
 
 
 class FolderPublic(BaseModel):
@@ -138,64 +135,61 @@ def _tree_json(found: FolderTree) -> bytes:
 
 
 def _routes(tree: Kind, prefix: str, items: str) -> None:
-    tag: list[str | Enum] = [prefix.strip("/")]
+    def route(method: str, path: str, name: str, summary: str, **more: Any) -> Callable[[Endpoint], Endpoint]:
+        """A decorator adding its endpoint for `method` at `prefix + path`, in the tree's group,
+        named `name` (the start of its operation id)."""
+        tags: list[str | Enum] = [prefix.strip("/")]
+        return router.api_route(prefix + path, methods=[method], tags=tags, name=name, summary=summary, **more)
 
-    @router.post(
-        prefix,
+    @route(
+        "POST",
+        "",
+        f"create_{tree}_folder",
+        f"Create a {tree} folder",
         status_code=status.HTTP_201_CREATED,
         response_model=FolderPublic,
-        tags=tag,
-        summary=f"Create a {tree} folder",
-        name=f"create_{tree}_folder",
         description=f"Name: {NAME_RULE} {DEPTH_RULE} An unknown parent_id is a 404.",
     )
     def create(body: FolderCreate, request: Request) -> FolderPublic:
         with pooled_connection(request.app.state.pool) as conn:
             return FolderPublic.model_validate(create_folder(conn, tree, name=body.name, parent_id=body.parent_id))
 
-    @router.get(
-        prefix,
+    @route(
+        "GET",
+        "",
+        f"{tree}_folder_tree",
+        f"The {tree} folder tree",
         response_model=FolderTreePublic,
-        tags=tag,
-        summary=f"The {tree} folder tree",
-        name=f"{tree}_folder_tree",
         description=f"Nested folders with counts of the unarchived {items} in each, however deep the tree is.",
     )
     def tree_(conn: ReadConn) -> Response:
         return Response(_tree_json(folder_tree(conn, tree)), media_type="application/json")
 
-    @router.get(
-        prefix + "/{folder_id}",
-        response_model=FolderPublic,
-        tags=tag,
-        summary=f"Get a {tree} folder",
-        name=f"get_{tree}_folder",
-    )
+    @route("GET", "/{folder_id}", f"get_{tree}_folder", f"Get a {tree} folder", response_model=FolderPublic)
     def get(folder_id: UUID, conn: ReadConn) -> FolderPublic:
         return FolderPublic.model_validate(get_folder(conn, tree, folder_id))
 
-    @router.patch(
-        prefix + "/{folder_id}",
+    @route(
+        "PATCH",
+        "/{folder_id}",
+        f"update_{tree}_folder",
+        f"Rename or move a {tree} folder",
         response_model=FolderPublic,
-        tags=tag,
-        summary=f"Rename or move a {tree} folder",
-        name=f"update_{tree}_folder",
         description=f"Name: {NAME_RULE} A move into the folder's own subtree is a 409 naming "
         f"both folders; an unknown parent_id is a 404. {DEPTH_RULE} A move "
         "that leaves the moved folders no deeper than they were is allowed.",
     )
     def update(folder_id: UUID, body: FolderUpdate, request: Request) -> FolderPublic:
         with pooled_connection(request.app.state.pool) as conn:
-            return FolderPublic.model_validate(
-                update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True))
-            )
+            changed = update_folder(conn, tree, folder_id, **body.model_dump(exclude_unset=True))
+            return FolderPublic.model_validate(changed)
 
-    @router.delete(
-        prefix + "/{folder_id}",
+    @route(
+        "DELETE",
+        "/{folder_id}",
+        f"delete_{tree}_folder",
+        f"Delete a {tree} folder",
         response_model=FolderDeletionPublic,
-        tags=tag,
-        summary=f"Delete a {tree} folder",
-        name=f"delete_{tree}_folder",
         description=f"Deletes the folder and its subfolders; the {items} in them move to "
         "the root (nothing is lost). Says how many of each.",
     )

@@ -158,19 +158,7 @@ def read_reembed(job_id: Annotated[UUID, Path(description="The job's id.")], con
 @router.get("/models", response_model=list[ModelPublic])
 def read_models(conn: Conn) -> Any:
     """The embedding models, the active one first, with how many passages each covers."""
-    return [
-        ModelPublic(
-            name=m.name,
-            dims=m.dims,
-            provider=m.provider,
-            is_active=m.is_active,
-            vectors=m.vectors,
-            passages=m.passages,
-            complete=m.complete,
-            index=m.index,
-        )
-        for m in list_models(conn)
-    ]
+    return [ModelPublic.model_validate(m, from_attributes=True) for m in list_models(conn)]
 
 
 def _run_in_background(request: Request, job_id: UUID, embedder: Any) -> None:

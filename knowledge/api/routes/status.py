@@ -44,15 +44,11 @@ class StatusPublic(BaseModel):
 @router.get("/status", response_model=StatusPublic, summary="The service at a glance")
 def get_status(conn: Conn, request: Request) -> StatusPublic:
     admission: Admission = request.app.state.admission
-    stats = admission.stats
     load = SearchLoadPublic(
+        **asdict(admission.stats),
         limit=admission.limit,
         queue=admission.queue,
         in_flight=admission.in_flight,
-        admitted=stats.admitted,
-        queued=stats.queued,
-        refused=stats.refused,
-        timed_out=stats.timed_out,
         query_batches=query_batch_sizes(),
     )
     return StatusPublic.model_validate({**asdict(service_status(conn)), "searches": load})

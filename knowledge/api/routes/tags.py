@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from knowledge.api.body import CheckedBodyRoute
 from knowledge.api.deps import Conn, ReadConn
+from knowledge.api.etags import WRITE_RESPONSES, IfMatch, etag
 from knowledge.api.fields import TAG
-from knowledge.api.routes.documents import WRITE_RESPONSES, IfMatch, etag
 from knowledge.store.assets import lock_asset
 from knowledge.store.documents import lock_document
 from knowledge.store.items import Kind
@@ -104,29 +104,29 @@ def _routes(kind: Kind, prefix: str) -> None:
         f"ETag answered is the {kind}'s new version. "
     )
 
-    @router.post(
-        base + "/{tag:path}",
-        response_model=ItemTagsPublic,
-        responses=WRITE_RESPONSES,
-        tags=group,
-        name=f"add_{kind}_tag",
-        summary=f"Add a tag to a {kind}",
-        description="Adding a tag it has changes nothing." + conditional + RULES,
-    )
-    def add(item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None) -> ItemTagsPublic:
-        return _written(conn, kind, item_id, if_match, response, lambda: add_tag(conn, kind, item_id, tag))
+    def tagging(write: Callable[..., ItemTags]) -> Callable[..., ItemTagsPublic]:
+        def changed(
+            item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None
+        ) -> ItemTagsPublic:
+            return _written(conn, kind, item_id, if_match, response, lambda: write(conn, kind, item_id, tag))
 
-    @router.delete(
-        base + "/{tag:path}",
-        response_model=ItemTagsPublic,
-        responses=WRITE_RESPONSES,
-        tags=group,
-        name=f"remove_{kind}_tag",
-        summary=f"Remove a tag from a {kind}",
-        description="Removing a tag it does not have changes nothing." + conditional + RULES,
-    )
-    def remove(item_id: ItemId, tag: Tag, conn: Conn, response: Response, if_match: IfMatch = None) -> ItemTagsPublic:
-        return _written(conn, kind, item_id, if_match, response, lambda: remove_tag(conn, kind, item_id, tag))
+        return changed
+
+    for method, action, summary, about, write in (
+        ("POST", "add", "Add a tag to", "Adding a tag it has changes nothing.", add_tag),
+        ("DELETE", "remove", "Remove a tag from", "Removing a tag it does not have changes nothing.", remove_tag),
+    ):
+        router.add_api_route(
+            base + "/{tag:path}",
+            tagging(write),
+            methods=[method],
+            response_model=ItemTagsPublic,
+            responses=WRITE_RESPONSES,
+            tags=group,
+            name=f"{action}_{kind}_tag",
+            summary=f"{summary} a {kind}",
+            description=about + conditional + RULES,
+        )
 
     @router.put(
         base,
