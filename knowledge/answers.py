@@ -1,5 +1,6 @@
 """What the agent operations answer (`knowledge.agents.operations`, over MCP and the REST
-agent routes), defined once for the server that computes them and the client that reads them."""
+agent routes), and what every search hit says, defined once for the server that computes them
+and the client that reads them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-__all__ = ["DocumentText", "FolderCount", "Overview", "RecentDocument", "TagCount"]
+__all__ = ["DocumentText", "FolderCount", "HitBase", "Overview", "RecentDocument", "TagCount"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,19 @@ class Overview:
     folders: list[FolderCount] = field(default_factory=list)
     tags: list[TagCount] = field(default_factory=list)
     recent: list[RecentDocument] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HitBase:
+    """What every search hit says, on the server (knowledge.search.SearchHit) and in the client
+    (knowledge.client.Hit): the item, where it is filed, its tags, its fused score (higher is
+    better, comparable within one answer only) and its snippet."""
+
+    id: UUID
+    kind: str
+    """"document" or "asset"."""
+    title: str
+    folder_path: str
+    tags: list[str]
+    score: float
+    snippet: str

@@ -89,6 +89,7 @@ def test_search(make: Callable[..., Any], kb: KB, conn: Conn, db_url: str) -> No
     client = make()
     found = client.search("refunded annual plans", limit=2)
     assert found.mode == "hybrid" and len(found.hits) == 2 and found.took_ms > 0
+    assert found.model == "fake-hash-384"  # the active model, that ranked the semantic leg
     hit = found.hits[0]
     assert hit.id == kb.ids["Refund policy"] and hit.title == "Refund policy" and hit.kind == "document"
     assert hit.folder_path == "/" and hit.tags == ["billing"] and hit.source_path is None

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import httpx
 
-from knowledge.answers import DocumentText, FolderCount, Overview, RecentDocument, TagCount
+from knowledge.answers import DocumentText, FolderCount, HitBase, Overview, RecentDocument, TagCount
 from knowledge.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -51,20 +51,11 @@ Kind = Literal["document", "asset"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Hit:
+@dataclass(frozen=True, kw_only=True)
+class Hit(HitBase):
     """A search hit. `snippet` is HTML-escaped text with matched words in <mark>; `passages`
     are the best matching passages as (heading path, content)."""
 
-    id: UUID
-    kind: str
-    """"document" or "asset"."""
-    title: str
-    folder_path: str
-    tags: list[str]
-    score: float
-    """The fused score: higher is better; comparable within one answer only."""
-    snippet: str
     passages: list[tuple[list[str], str]]
     source_path: str | None
     """The file a document was imported from, if any."""
@@ -72,10 +63,13 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResults:
-    """The hits, best first, the mode that ran and the time the service took, in ms."""
+    """The hits, best first, the mode that ran, the embedding model that ranked the semantic
+    leg (None in keyword mode: after a model switch, the one now active) and the time the
+    service took, in ms."""
 
     hits: list[Hit]
     mode: str
+    model: str | None
     took_ms: float
 
 
@@ -229,7 +223,7 @@ def parse_search(response: httpx.Response) -> SearchResults:
         )
         for h in body["hits"]
     ]
-    return SearchResults(hits=hits, mode=body["mode"], took_ms=float(body["took_ms"]))
+    return SearchResults(hits=hits, mode=body["mode"], model=body.get("model"), took_ms=float(body["took_ms"]))
 
 
 def document_call(document_id: UUID, max_tokens: int | None, section: str | None) -> Call[DocumentText]:

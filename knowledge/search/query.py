@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from knowledge.answers import HitBase
 from knowledge.errors import InvalidInput
 from knowledge.store.assets import ASSET_TYPES
 
@@ -97,15 +98,10 @@ class Passage:
     content: str
 
 
-@dataclass
-class SearchHit:
-    id: uuid.UUID
-    kind: str
-    title: str
-    folder_path: str
-    tags: list[str]
-    score: float
-    snippet: str
+@dataclass(frozen=True, kw_only=True)
+class SearchHit(HitBase):
+    """A hit as the service answers it: its best passages, and what lists and filters show."""
+
     passages: list[Passage]
     source_path: str | None
     asset_type: str | None
