@@ -24,7 +24,7 @@ from knowledge import errors
 from knowledge.agents.mcp_server import AGENT_HEADER
 from knowledge.agents.operations import read_document
 from knowledge.api import create_app
-from knowledge.api.routes import agent as agent_routes
+from knowledge.api.routes import markdown as markdown_routes
 from knowledge.client import AsyncKnowledgeClient, BootContext, KnowledgeClient, SavedDocument
 from knowledge.ingest.worker import Worker
 from knowledge.search.boot import MARKDOWN, boot_bundle, boot_version, bundle_markdown
@@ -320,7 +320,7 @@ def test_an_answer_that_is_not_json_is_quoted() -> None:
 
 
 def test_the_agent_header_is_the_mcp_servers() -> None:
-    assert client_module.AGENT_HEADER == agent_routes.AGENT_HEADER == AGENT_HEADER
+    assert client_module.AGENT_HEADER == markdown_routes.AGENT_HEADER == AGENT_HEADER
 
 
 def test_markdown_routes_leave_the_document_routes_alone(kb: KB) -> None:

@@ -15,13 +15,13 @@ from knowledge import __version__
 from knowledge.api.openapi import MethodTable, document_errors
 from knowledge.api.reads import ReadRouting
 from knowledge.api.routes import (
-    agent,
     agents,
     assets,
     boot,
     documents,
     folders,
     keys,
+    markdown,
     reembed,
     search,
     status,
@@ -144,7 +144,7 @@ def create_app(
 
     app.include_router(health_routes.router)
     app.include_router(documents.router)
-    app.include_router(agent.router)  # /documents/{id}/markdown: one segment more than /documents/{id}
+    app.include_router(markdown.router)  # /documents/{id}/markdown: one segment more than /documents/{id}
     app.include_router(assets.router)
     app.include_router(folders.router)
     app.include_router(tags.router)

@@ -15,7 +15,7 @@ from knowledge.api.reads import Reads, read_target, required_lsn, routing_of
 from knowledge.db.pools import pooled_connection
 from knowledge.db.replicas import ReadRouter
 from knowledge.errors import Forbidden, InvalidInput
-from knowledge.store.items import MAX_LIMIT, MAX_OFFSET, Archived, EmbeddingStatus, ItemFilters
+from knowledge.store.items import MAX_OFFSET, MAX_PAGE_SIZE, Archived, EmbeddingStatus, ItemFilters
 from knowledge.store.keys import caller_of
 
 __all__ = [
@@ -87,7 +87,7 @@ def item_filters(
     embedding_status: Annotated[
         EmbeddingStatus | None, Query(description=("Only items in this embedding state."))
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1..{MAX_LIMIT}.")] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1..{MAX_PAGE_SIZE}.")] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> ItemFilters:
     """The list filters shared by documents and assets, from the query string."""

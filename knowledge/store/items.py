@@ -26,8 +26,8 @@ from knowledge.store.versions import version_of
 __all__ = [
     "EMBEDDING_STATUSES",
     "KINDS",
-    "MAX_LIMIT",
     "MAX_OFFSET",
+    "MAX_PAGE_SIZE",
     "UNSET",
     "Archived",
     "EmbeddingStatus",
@@ -59,7 +59,7 @@ EmbeddingStatus = Literal["pending", "processing", "indexed", "failed"]
 EMBEDDING_STATUSES: tuple[str, ...] = ("pending", "processing", "indexed", "failed")
 Archived = Literal["false", "true", "any"]
 DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
+MAX_PAGE_SIZE = 200  # items in one page of a list (a search has its own limit)
 MAX_OFFSET = 2**63 - 1
 
 
@@ -229,8 +229,8 @@ def page(
     """One page of items matching `filters` (and `extra`: (clause, param, value) triples over
     the alias t), pinned first, then most recently updated. Raises InvalidInput for a bad
     limit, offset or tag, NotFound for an unknown folder."""
-    if not 1 <= filters.limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit is {filters.limit}; give 1..{MAX_LIMIT}", field="limit")
+    if not 1 <= filters.limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"limit is {filters.limit}; give 1..{MAX_PAGE_SIZE}", field="limit")
     if not 0 <= filters.offset <= MAX_OFFSET:
         raise InvalidInput(f"offset is {filters.offset}; give 0..{MAX_OFFSET}", field="offset")
     if filters.embedding_status is not None and filters.embedding_status not in EMBEDDING_STATUSES:
