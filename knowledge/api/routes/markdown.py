@@ -22,6 +22,7 @@ from knowledge.api.deps import Conn, ReadConn
 from knowledge.api.etags import CREATED, READ_RESPONSES, WRITE_RESPONSES, IfMatch, etag
 from knowledge.api.fields import NOT_BLANK, SLUG, TAG, name, rule, string_rule
 from knowledge.api.routes.documents import DocumentPublic
+from knowledge.api.routes.tags import TagCountPublic
 from knowledge.errors import InvalidInput
 from knowledge.search.boot import MAX_TOKENS_LIMIT
 from knowledge.store.documents import MAX_TITLE_CHARS, lock_document
@@ -90,14 +91,6 @@ class FolderCountPublic(BaseModel):
 
     path: str
     documents: int = Field(description="Unarchived documents in it and in the folders below it.")
-
-
-class TagCountPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    tag: str
-    documents: int
-    assets: int
 
 
 class OverviewPublic(BaseModel):

@@ -47,6 +47,8 @@ class ItemTagsPublic(BaseModel):
 
 
 class TagCountPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     tag: str
     documents: int = Field(description="Unarchived documents with the tag.")
     assets: int = Field(description="Unarchived assets with the tag.")
