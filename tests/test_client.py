@@ -252,17 +252,19 @@ def test_server_errors_keep_their_message(make: Callable[..., Any], kb: KB, conn
     with pytest.raises(errors.NotFound) as nf:
         client.get_document(missing)
     assert nf.value.message == f"document {missing} not found" and nf.value.status == 404
+    assert nf.value.field == "id"  # the input it concerns, as the service answers it
     with pytest.raises(errors.NotFound):
         client.update_document(missing, title="x")
     with pytest.raises(errors.InvalidInput) as e:
         client.search("refund", limit=0)
-    assert e.value.message == "limit: from 1 to 100, got 0" and e.value.status == 422
+    assert e.value.message == "limit: from 1 to 100, got 0" and e.value.status == 422 and e.value.field == "limit"
     with pytest.raises(errors.InvalidInput) as e:
         client.search("   ")
-    assert e.value.message == "query: must contain at least one non-space character"
+    assert e.value.message == "query: must contain at least one non-space character" and e.value.field == "query"
     with pytest.raises(errors.InvalidInput) as e:
         client.search("refund", mode="fuzzy")
     assert e.value.message.startswith("mode: Input should be 'hybrid', 'semantic' or 'keyword'")
+    assert e.value.field == "mode"  # from FastAPI's own validation answer
     with pytest.raises(errors.InvalidInput) as e:
         client.get_document(kb.ids["Refund policy"], max_tokens=0)
     assert e.value.message.startswith("max_tokens: ")

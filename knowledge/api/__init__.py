@@ -140,7 +140,8 @@ def create_app(
     @app.exception_handler(KnowledgeError)
     async def knowledge_error(request: Request, exc: KnowledgeError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return JSONResponse(status_code=exc.status, content={"detail": exc.message}, headers=headers)
+        content = {"detail": exc.message} if exc.field is None else {"detail": exc.message, "field": exc.field}
+        return JSONResponse(status_code=exc.status, content=content, headers=headers)
 
     app.include_router(health_routes.router)
     app.include_router(documents.router)

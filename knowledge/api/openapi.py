@@ -26,7 +26,11 @@ ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
     "required": ["detail"],
     "properties": {
-        "detail": {"type": "string", "description": "What went wrong, naming the field or item and what is accepted."}
+        "detail": {"type": "string", "description": "What went wrong, naming the field or item and what is accepted."},
+        "field": {
+            "type": "string",
+            "description": "The parameter or body field the error concerns (as `detail` names it), if any.",
+        },
     },
 }
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
