@@ -72,6 +72,10 @@ class Settings:
     # A line a request on the console (uvicorn's access log). Off: under load the line cost
     # 7% of the service's CPU, and it would write every search's text into the log.
     access_log: bool = False
+    # How long the server keeps an idle HTTP connection open for the client's next request. Longer
+    # than an agent's usual pause between calls, so that its next request rarely finds the
+    # connection closed (the client retries a read once when it does).
+    keep_alive: int = 75  # seconds
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +104,7 @@ class Settings:
             models_dir=Path(data_dir).expanduser() / "models" if data_dir else None,
             prepared_statements=_flag("HQ_PREPARED_STATEMENTS", env.get("HQ_PREPARED_STATEMENTS", ""), default=True),
             access_log=_flag("HQ_ACCESS_LOG", env.get("HQ_ACCESS_LOG", "")),
+            keep_alive=_count("HQ_KEEP_ALIVE", env.get("HQ_KEEP_ALIVE", ""), minimum=1) or 75,
         )
 
 

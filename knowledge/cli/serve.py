@@ -139,6 +139,7 @@ def serve(
                 port=port,
                 log_level="info",
                 access_log=settings.access_log,
+                timeout_keep_alive=settings.keep_alive,
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             )
         )

@@ -43,9 +43,10 @@ from knowledge.client.calls import (
     finish,
     latest_lsn,
     overview_call,
-    request_headers,
+    request_args,
     save_call,
     search_call,
+    send_again,
     unreachable,
     update_call,
 )
@@ -108,14 +109,14 @@ class KnowledgeClient:
             self._http.close()
 
     def _run(self, call: Call[T]) -> T:
+        args = request_args(call, self.agent, self.key, self.write_lsn)
         try:
-            response = self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                headers=request_headers(call, self.agent, self.key, self.write_lsn),
-            )
+            try:
+                response = self._http.request(**args)
+            except httpx.TransportError as e:
+                if not send_again(call, e):
+                    raise
+                response = self._http.request(**args)  # on another connection: the dropped one is gone
         except httpx.TransportError as e:
             raise unreachable(self._http.base_url, e) from e
         self.write_lsn = latest_lsn(self.write_lsn, response)
@@ -198,14 +199,14 @@ class AsyncKnowledgeClient:
             await self._http.aclose()
 
     async def _run(self, call: Call[T]) -> T:
+        args = request_args(call, self.agent, self.key, self.write_lsn)
         try:
-            response = await self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                headers=request_headers(call, self.agent, self.key, self.write_lsn),
-            )
+            try:
+                response = await self._http.request(**args)
+            except httpx.TransportError as e:
+                if not send_again(call, e):
+                    raise
+                response = await self._http.request(**args)
         except httpx.TransportError as e:
             raise unreachable(self._http.base_url, e) from e
         self.write_lsn = latest_lsn(self.write_lsn, response)

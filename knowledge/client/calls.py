@@ -178,13 +178,25 @@ def finish(call: Call[T], response: httpx.Response) -> T:
         ) from e
 
 
-def request_headers(call: Call[Any], agent: str | None, key: str | None, write_lsn: str | None) -> dict[str, str]:
+def request_args(call: Call[Any], agent: str | None, key: str | None, write_lsn: str | None) -> dict[str, Any]:
+    """The arguments of httpx's `request` for `call`, with the caller's headers."""
     headers = {**call.headers, AGENT_HEADER: agent} if agent else dict(call.headers)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     if write_lsn:
         headers[WRITE_LSN_HEADER] = write_lsn
-    return headers
+    return {"method": call.method, "url": call.path, "params": call.params, "json": call.json, "headers": headers}
+
+
+# The transport errors of a connection the server closed before it answered: most often an idle
+# keep-alive connection it timed out just as the client sent on it.
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def send_again(call: Call[Any], error: httpx.TransportError) -> bool:
+    """Whether `call` is sent once more after `error`: a read (GET: searches among them) whose
+    connection was dropped before any answer. A write is not: the service may have done it."""
+    return call.method == "GET" and isinstance(error, DROPPED)
 
 
 def latest_lsn(known: str | None, response: httpx.Response) -> str | None:
