@@ -8,5 +8,6 @@ from knowledge.errors import InvalidInput
 __all__ = ["ExtractError"]
 
 
-class ExtractError(InvalidInput):
-    """Content that cannot be turned into text; the message says where and why."""
+class ExtractError(InvalidInput, ValueError):
+    """Content that cannot be turned into text; the message says where and why. A 422 where it
+    reaches the API, and a ValueError to the pure functions' callers."""
