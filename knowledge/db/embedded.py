@@ -6,7 +6,7 @@ per data directory, shared by every process of this package that opens it, stopp
 the last one to close it. A process that was killed never closes; its entry in the
 register is pruned the next time anyone looks, so an orphaned postmaster is reused by
 the next process and stopped when that one is done. A postmaster that dies while in use
-is started again by `restart()` (knowledge.db's watchdog calls it) on the same data
+is started again by `restart()` (knowledge.db.connect's watchdog calls it) on the same data
 directory, where PostgreSQL's crash recovery runs.
 """
 

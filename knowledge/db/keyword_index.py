@@ -20,7 +20,7 @@ points at text that is gone, `bm25_summarize_index` fails with "missing chunk nu
 toast value", queries again return nothing, and after a VACUUM it counts a few passages
 (6-38 of 766 here). REINDEX restored it on a small database; at 100,000 passages only a
 REINDEX followed by a restart did (repair_bm25_index, and the embedded server's restart in
-knowledge.db).
+knowledge.db.connect).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def item_routes(
     update_writer: Callable[..., Any] = no_writer,
 ) -> APIRouter:
     """The router of the collection of the `kind` of item (document, asset) that the module
-    `domain` (knowledge.documents, knowledge.assets) keeps, with its functions named by the kind
+    `domain` (knowledge.store.documents, knowledge.store.assets) keeps, with its functions named by the kind
     (`create_document`, `list_documents`, `retry_document_embedding`, ...). `models`: the create,
     update and response models.
 
