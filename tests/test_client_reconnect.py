@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 
+from knowledge.cli.serve import http_config
 from knowledge.client import AsyncKnowledgeClient, KnowledgeClient
 from knowledge.config import Settings
 from knowledge.errors import InvalidInput, ServiceUnavailable
@@ -137,6 +138,9 @@ def test_a_write_on_a_dropped_connection_is_not_sent_again(
 def test_idle_connections_are_kept_for_75_seconds_by_default() -> None:
     assert Settings.from_env({}).keep_alive == 75
     assert Settings.from_env({"HQ_KEEP_ALIVE": "300"}).keep_alive == 300
+    # what `serve` hands uvicorn
+    assert http_config(None, "127.0.0.1", 8765, Settings.from_env({})).timeout_keep_alive == 75
+    assert http_config(None, "127.0.0.1", 8765, Settings.from_env({"HQ_KEEP_ALIVE": "120"})).timeout_keep_alive == 120
     for value in ("0", "soon", "1.5"):
         with pytest.raises(InvalidInput, match="HQ_KEEP_ALIVE"):
             Settings.from_env({"HQ_KEEP_ALIVE": value})

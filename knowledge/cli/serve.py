@@ -10,7 +10,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowledge.config import Settings, describe_url
 from knowledge.db.connect import connect, database
@@ -23,7 +23,10 @@ from knowledge.health import Health
 from knowledge.ingest import queue
 from knowledge.search.admission import admission_for
 
-__all__ = ["run_mcp", "run_worker", "serve"]
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["http_config", "run_mcp", "run_worker", "serve"]
 
 log = logging.getLogger("hq_knowledge")
 
@@ -100,7 +103,7 @@ def serve(
     import uvicorn
 
     from knowledge.api import create_app
-    from knowledge.api.security import MAX_HEADER_BYTES, AccessPolicy
+    from knowledge.api.security import AccessPolicy
 
     _logging()
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again with the
@@ -132,17 +135,7 @@ def serve(
             admission=admission_for(settings.search_concurrency, settings.search_queue),
             prepared_statements=settings.prepared_statements,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=address,
-                port=port,
-                log_level="info",
-                access_log=settings.access_log,
-                timeout_keep_alive=settings.keep_alive,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            )
-        )
+        server = uvicorn.Server(http_config(app, address, port, settings))
         stop = threading.Event()
         failed: list[BaseException] = []
 
@@ -169,6 +162,24 @@ def serve(
         )
         return 1
     return 0
+
+
+def http_config(app: Any, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """How `serve` runs the app: its access log and idle keep-alive as `settings` say, and
+    request heads bounded (MAX_HEADER_BYTES)."""
+    import uvicorn
+
+    from knowledge.api.security import MAX_HEADER_BYTES
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
 
 
 def _check_keys(url: str, address: str, access: Any) -> None:
