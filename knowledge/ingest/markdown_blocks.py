@@ -27,6 +27,7 @@ _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)|[。！？]+")  # noqa: RUF001 - CJK full stops
 _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]+")
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,10 @@ def parse_sections(md: str) -> list[Section]:
 def drop_title_heading(md: str, title: str) -> str:
     """`md` without its opening level-1 heading when that heading says `title` (the same text
     once case, spacing, emphasis marks and Unicode forms are set aside): for a reader that
-    prints the title above the body already. Any other heading, and any text before it, stays."""
-    first = next(iter(parse_sections(md)), None)
+    prints the title above the body already. Any other heading, and any text before it, stays.
+    Only the first block is parsed: a heading is one, so the rest cannot change the answer."""
+    gap = _BLANK_LINE.search(md, len(md) - len(md.lstrip()))
+    first = next(iter(parse_sections(md if gap is None else md[: gap.start()])), None)
     if first is None or first.heading is None or first.level != 1 or not first.path:
         return md
     if _plain(first.path[-1]) != _plain(title):
