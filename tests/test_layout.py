@@ -50,12 +50,9 @@ MODULES = _modules()
 
 
 def _unit(module: str) -> str:
+    """`embeddings`, `knowledge` itself, or the folder or top module of `knowledge` holding `module`."""
     parts = module.split(".")
-    if parts[0] == "embeddings":
-        return "embeddings"
-    if len(parts) > 1 and (ROOT / parts[0] / parts[1]).is_dir():
-        return ".".join(parts[:2])
-    return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
+    return "embeddings" if parts[0] == "embeddings" else ".".join(parts[:2])
 
 
 def _imported(module: str, path: Path) -> set[str]:
