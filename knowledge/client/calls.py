@@ -140,9 +140,10 @@ def error_message(response: httpx.Response, rename: Mapping[str, str]) -> str:
 
 def raise_for(response: httpx.Response, rename: Mapping[str, str]) -> NoReturn:
     """The service's error as the package's, with the field it concerns by the method's name."""
-    error = _ERRORS.get(response.status_code, KnowledgeError)(error_message(response, rename))
+    error = _ERRORS.get(response.status_code, KnowledgeError)(
+        error_message(response, rename), field=error_field(response, rename)
+    )
     error.status = response.status_code
-    error.field = error_field(response, rename)
     raise error
 
 
@@ -155,7 +156,7 @@ def error_field(response: httpx.Response, rename: Mapping[str, str]) -> str | No
         return None
     field = body.get("field") if isinstance(body, dict) else None
     if field is None and isinstance(body, dict) and isinstance(body.get("detail"), list):
-        names = {str(item.get("loc", [None, None])[1]) for item in body["detail"] if len(item.get("loc", [])) > 1}
+        names = {str(loc[1]) for item in body["detail"] if len(loc := item.get("loc", [])) > 1}
         field = names.pop() if len(names) == 1 else None
     return rename.get(field, field) if isinstance(field, str) else None
 
