@@ -119,46 +119,38 @@ _ERRORS: dict[int, type[KnowledgeError]] = {
 }
 
 
-def error_message(response: httpx.Response, rename: Mapping[str, str]) -> str:
-    """The server's message: {"detail": "..."} as it is, FastAPI's validation list as
-    `name: msg; ...`; a leading server parameter name is replaced by the method's."""
+def error_details(response: httpx.Response, rename: Mapping[str, str]) -> tuple[str, str | None]:
+    """The server's message and the field it concerns, by the method's names: {"detail": "..."}
+    as it is, with its `field`; FastAPI's validation list as `name: msg; ...`, its field the
+    one input it names (None for several). A leading server parameter name is replaced by the
+    method's."""
     try:
-        detail = response.json()["detail"]
+        body = response.json()
+        detail = body["detail"]
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}"
+        return f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}", None
     if isinstance(detail, list):
-        parts = []
+        parts, inputs = [], set()
         for item in detail:
             loc = [str(p) for p in item.get("loc", [])[1:]]  # without "query", "body", "path"
+            inputs.update(loc[:1])
             name = ".".join(rename.get(p, p) for p in loc)
             parts.append(f"{name}: {item.get('msg', '')}" if name else str(item.get("msg", "")))
-        return "; ".join(parts)
+        field = inputs.pop() if len(inputs) == 1 else None
+        return "; ".join(parts), rename.get(field, field) if field else None
     text = str(detail)
     head, sep, tail = text.partition(":")
-    return f"{rename[head]}{sep}{tail}" if sep and head in rename else text
+    field = body.get("field")
+    message = f"{rename[head]}{sep}{tail}" if sep and head in rename else text
+    return message, rename.get(field, field) if isinstance(field, str) else None
 
 
 def raise_for(response: httpx.Response, rename: Mapping[str, str]) -> NoReturn:
     """The service's error as the package's, with the field it concerns by the method's name."""
-    error = _ERRORS.get(response.status_code, KnowledgeError)(
-        error_message(response, rename), field=error_field(response, rename)
-    )
+    message, field = error_details(response, rename)
+    error = _ERRORS.get(response.status_code, KnowledgeError)(message, field=field)
     error.status = response.status_code
     raise error
-
-
-def error_field(response: httpx.Response, rename: Mapping[str, str]) -> str | None:
-    """The field an error answer concerns: its `field`, or the one input FastAPI's validation
-    list names; None when it names none (or several)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    field = body.get("field") if isinstance(body, dict) else None
-    if field is None and isinstance(body, dict) and isinstance(body.get("detail"), list):
-        names = {str(loc[1]) for item in body["detail"] if len(loc := item.get("loc", [])) > 1}
-        field = names.pop() if len(names) == 1 else None
-    return rename.get(field, field) if isinstance(field, str) else None
 
 
 def unreachable(base_url: httpx.URL, e: httpx.TransportError) -> ServiceUnavailable:
