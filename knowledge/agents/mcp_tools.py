@@ -127,12 +127,13 @@ class Tools:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; the package's errors raised meanwhile become tool errors."""
+        """A pooled connection; the package's errors raised meanwhile become tool errors
+        naming the argument they concern (`tool_error`)."""
         try:
             with pooled_connection(self._pool()) as conn:
                 yield conn
         except KnowledgeError as e:
-            raise ToolError(e.message) from e
+            raise tool_error(e) from e
 
     def agent(self, ctx: Context[Any, Any] | None) -> str | None:
         """The agent this session is bound to: the agent of the request's API key, else the
@@ -164,12 +165,9 @@ class Tools:
 
         def run(conn: psycopg.Connection[Any]) -> SearchResult:
             folder_id = resolve_folder(conn, folder) if folder else None
-            try:
-                q = SearchQuery(
-                    q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()), folder=folder_id, kind=kind
-                ).validated()
-            except KnowledgeError as e:  # the REST parameter q is this tool's query
-                raise tool_error(e) from e
+            q = SearchQuery(
+                q=query, limit=shown, mode=mode, tags_any=tuple(tags_any or ()), folder=folder_id, kind=kind
+            ).validated()
             return search_active(conn, q)
 
         admission = self._admission() if self._admission is not None else None
@@ -181,7 +179,7 @@ class Tools:
                 else:  # on a read replica when one is up to date, else (or when it fails) on the primary
                     result = self._reads().run(run)
         except KnowledgeError as e:  # Overloaded among them: the message says when to retry
-            raise ToolError(e.message) from e
+            raise tool_error(e) from e
         where = f" in {folder}" if folder else ""
         if not result.hits:
             text = (
@@ -232,10 +230,7 @@ class Tools:
     def document(self, id: str, max_tokens: int | None, section: str | None) -> CallToolResult:
         doc_id = uuid_argument("id", id)
         with self.connection() as conn:
-            try:
-                doc = read_document(conn, doc_id, max_tokens=max_tokens, section=section)
-            except KnowledgeError as e:
-                raise tool_error(e) from e
+            doc = read_document(conn, doc_id, max_tokens=max_tokens, section=section)
         head = [
             f"Document {doc.id} | {doc.folder_path}"
             + (f" | tags: {', '.join(doc.tags)}" if doc.tags else "")
@@ -273,19 +268,16 @@ class Tools:
         if not slug:
             raise ToolError("agent_slug: give your agent's slug (this session is not bound to an agent)")
         with self.connection() as conn:
-            try:
-                if known_version:
-                    current = boot_version(conn, slug, max_tokens, MARKDOWN)
-                    if known_version.strip().strip('"') == current:
-                        return tool_result(
-                            f"unchanged: the boot bundle of {slug} is still version {current}.",
-                            {"agent": slug, "version": current, "unchanged": True},
-                        )
-                bundle = boot_bundle(
-                    conn, slug, max_tokens=max_tokens, media_type=MARKDOWN, count_tokens=default_token_counter()
-                )
-            except KnowledgeError as e:
-                raise tool_error(e) from e
+            if known_version:
+                current = boot_version(conn, slug, max_tokens, MARKDOWN)
+                if known_version.strip().strip('"') == current:
+                    return tool_result(
+                        f"unchanged: the boot bundle of {slug} is still version {current}.",
+                        {"agent": slug, "version": current, "unchanged": True},
+                    )
+            bundle = boot_bundle(
+                conn, slug, max_tokens=max_tokens, media_type=MARKDOWN, count_tokens=default_token_counter()
+            )
         omitted = [
             {"id": str(o.id), "kind": o.kind, "title": o.title, "tokens": o.tokens, "reason": o.reason}
             for o in bundle.omitted
@@ -341,12 +333,9 @@ class Tools:
         need_write("update_document", ctx)
         doc_id = uuid_argument("id", id)
         with self.connection() as conn:
-            try:
-                doc = update_markdown_document(
-                    conn, doc_id, markdown=markdown, title=title, tags=tags, agent=self.agent(ctx)
-                )
-            except KnowledgeError as e:
-                raise tool_error(e) from e
+            doc = update_markdown_document(
+                conn, doc_id, markdown=markdown, title=title, tags=tags, agent=self.agent(ctx)
+            )
         return tool_result(
             f"Updated document {doc.id} ({doc.title!r}, version {doc.content_version}).",
             {"id": str(doc.id), "title": doc.title, "tags": doc.tags, "content_version": doc.content_version},
